@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint install test-deps migrate clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: install, migrate, seed the demo tenant, start web + worker + beat (Ctrl-C stops all)
+run: $(STAMP)
+	@scripts/run
+
+## make test: ruff and the whole suite (installs the IdP and Chromium the end-to-end tests use)
+test: $(STAMP) test-deps
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+test-deps:
+	@scripts/test-deps
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache test-artifacts

@@ -1,0 +1,1 @@
+"""Approvals models: filled in by the approvals issue."""

@@ -1,0 +1,38 @@
+"""Structured JSON logs carrying the request id that also appears in audit events."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from governance import context
+
+
+class RequestContextFilter(logging.Filter):
+    """Attach the current request id and client IP to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = context.current()
+        record.request_id = ctx.request_id if ctx else None
+        record.client_ip = ctx.ip if ctx else None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("request_id", "client_ip"):
+            value = getattr(record, key, None)
+            if value:
+                payload[key] = value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)

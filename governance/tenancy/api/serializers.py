@@ -1,0 +1,61 @@
+"""Input/output serializers of the tenancy API (no logic in save(): views call services)."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
+from governance.tenancy.roles import Role
+
+
+class MembershipOut(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+    email = serializers.CharField(source="user.email", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "username", "email", "role", "source", "created_at", "updated_at"]
+
+
+class MembershipIn(serializers.Serializer):
+    login = serializers.CharField(max_length=254, help_text="username or e-mail address")
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MembershipRoleIn(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class GroupMappingOut(serializers.ModelSerializer):
+    class Meta:
+        model = IdpGroupMapping
+        fields = ["id", "group", "role", "created_at"]
+
+
+class GroupMappingIn(serializers.Serializer):
+    group = serializers.CharField(max_length=200)
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class ApiTokenOut(serializers.ModelSerializer):
+    owner = serializers.CharField(source="user.username", read_only=True, default=None)
+    state = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "kind", "role", "prefix", "owner", "state", "created_at",
+                  "expires_at", "revoked_at", "last_used_at"]
+
+
+class ApiTokenIn(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    kind = serializers.ChoiceField(choices=ApiToken.Kind.choices, default=ApiToken.Kind.PERSONAL)
+    role = serializers.ChoiceField(choices=Role.choices)
+    expires_at = serializers.DateTimeField()
+
+
+class ApiTokenCreatedOut(ApiTokenOut):
+    token = serializers.CharField(read_only=True, help_text="shown only in this response")
+
+    class Meta(ApiTokenOut.Meta):
+        fields = [*ApiTokenOut.Meta.fields, "token"]

@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from rest_framework.routers import SimpleRouter
+
+from governance.tenancy.api import views
+
+router = SimpleRouter()
+router.register("members", views.MembershipViewSet, basename="members")
+router.register("group-mappings", views.GroupMappingViewSet, basename="group-mappings")
+router.register("tokens", views.ApiTokenViewSet, basename="tokens")
+
+urlpatterns = router.urls

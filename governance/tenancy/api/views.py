@@ -1,0 +1,157 @@
+"""Tenancy REST API: members, IdP group mappings, API tokens, and who-am-I."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from governance.tenancy import selectors, services
+from governance.tenancy.access import visible_tokens
+from governance.tenancy.api import serializers as s
+from governance.tenancy.api.base import TenantViewSet
+from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
+from governance.tenancy.roles import Cap
+
+
+class MeView(APIView):
+    """Who the caller is, and where."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request) -> Response:
+        token = request.auth if isinstance(request.auth, ApiToken) else None
+        if token is not None:
+            return Response({
+                "principal": request.user.get_username(),
+                "token": {"name": token.name, "kind": token.kind, "prefix": token.prefix},
+                "tenants": [{"slug": token.tenant.slug, "role": token.role}],
+            })
+        return Response({
+            "principal": request.user.get_username(),
+            "token": None,
+            "tenants": [{"slug": m.tenant.slug, "role": m.role}
+                        for m in selectors.user_memberships(request.user)],
+        })
+
+
+class MembershipViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+    """Members of the tenant."""
+
+    model = Membership
+    serializer_class = s.MembershipOut
+    capabilities = {"*": Cap.MANAGE_MEMBERS}
+
+    def get_queryset(self):
+        return super().get_queryset().select_related("user").order_by("user__username")
+
+    @extend_schema(request=s.MembershipIn, responses={201: s.MembershipOut})
+    def create(self, request: Request, tenant_slug: str) -> Response:
+        data = s.MembershipIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = selectors.user_by_login(data.validated_data["login"])
+        if user is None:
+            raise ValidationError({"login": ["No active user with that username or e-mail."]})
+        membership = services.membership_create(
+            tenant=self.tenancy.tenant, actor=self.tenancy.actor, user=user,
+            role=data.validated_data["role"],
+        )
+        return Response(s.MembershipOut(membership).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.MembershipRoleIn, responses={200: s.MembershipOut})
+    def partial_update(self, request: Request, tenant_slug: str, pk: str) -> Response:
+        membership = self.get_object()
+        data = s.MembershipRoleIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = services.membership_change_role(
+            tenant=self.tenancy.tenant, actor=self.tenancy.actor, membership=membership,
+            role=data.validated_data["role"],
+        )
+        return Response(s.MembershipOut(membership).data)
+
+    def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
+        services.membership_delete(
+            tenant=self.tenancy.tenant, actor=self.tenancy.actor, membership=self.get_object()
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class GroupMappingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+    """IdP group → role mappings of the tenant."""
+
+    model = IdpGroupMapping
+    serializer_class = s.GroupMappingOut
+    capabilities = {"*": Cap.MANAGE_GROUP_MAPPINGS}
+
+    def get_queryset(self):
+        return super().get_queryset().order_by("group")
+
+    @extend_schema(request=s.GroupMappingIn, responses={201: s.GroupMappingOut})
+    def create(self, request: Request, tenant_slug: str) -> Response:
+        data = s.GroupMappingIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        mapping = services.group_mapping_create(
+            tenant=self.tenancy.tenant, actor=self.tenancy.actor, **data.validated_data
+        )
+        return Response(s.GroupMappingOut(mapping).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.MembershipRoleIn, responses={200: s.GroupMappingOut})
+    def partial_update(self, request: Request, tenant_slug: str, pk: str) -> Response:
+        mapping = self.get_object()
+        data = s.MembershipRoleIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        mapping = services.group_mapping_update(
+            tenant=self.tenancy.tenant, actor=self.tenancy.actor, mapping=mapping,
+            role=data.validated_data["role"],
+        )
+        return Response(s.GroupMappingOut(mapping).data)
+
+    def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
+        services.group_mapping_delete(
+            tenant=self.tenancy.tenant, actor=self.tenancy.actor, mapping=self.get_object()
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+    """API tokens: your own, or (with the capability) every token of the tenant."""
+
+    model = ApiToken
+    serializer_class = s.ApiTokenOut
+    capabilities = {"*": Cap.PERSONAL_TOKENS}
+
+    def get_queryset(self):
+        return visible_tokens(self.tenancy)
+
+    @extend_schema(request=s.ApiTokenIn, responses={201: s.ApiTokenCreatedOut})
+    def create(self, request: Request, tenant_slug: str) -> Response:
+        data = s.ApiTokenIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        if values["kind"] == ApiToken.Kind.SERVICE:
+            self.tenancy.require(Cap.MANAGE_SERVICE_TOKENS)
+        elif self.tenancy.user is None:
+            raise ValidationError({"kind": ["A service token cannot own a personal token."]})
+        creator = self.tenancy.user
+        token, plaintext = services.api_token_create(
+            tenant=self.tenancy.tenant, actor=self.tenancy.actor, created_by=creator,
+            kind=values["kind"], name=values["name"], role=values["role"],
+            expires_at=values["expires_at"],
+            owner=creator if values["kind"] == ApiToken.Kind.PERSONAL else None,
+        )
+        body = s.ApiTokenOut(token).data | {"token": plaintext}
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
+
+    def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
+        """Revoke (the record stays, with its revocation time)."""
+        token = self.get_object()
+        own = self.tenancy.user is not None and token.user_id == self.tenancy.user.pk
+        if not own:
+            self.tenancy.require(Cap.MANAGE_SERVICE_TOKENS)
+        services.api_token_revoke(
+            tenant=self.tenancy.tenant, actor=self.tenancy.actor, token=token,
+            reason="revoked through the API",
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,65 @@
+"""Web forms of the tenancy pages (validation only; writes go through services)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from governance.tenancy.models import ApiToken
+from governance.tenancy.roles import Role, role_covers
+
+EXPIRY_CHOICES = [(7, "7 days"), (30, "30 days"), (90, "90 days"), (180, "180 days"),
+                  (365, "365 days")]
+
+
+def add_service_errors(form: forms.Form, exc: ValidationError) -> None:
+    """Show a service's ValidationError on the form field it names (or on the whole form)."""
+    if hasattr(exc, "error_dict"):
+        for field, errors in exc.error_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, exc)
+
+
+class MemberAddForm(forms.Form):
+    login = forms.CharField(
+        label="Username or e-mail", max_length=254,
+        help_text="The person must have signed in once (with SSO) or exist locally.",
+    )
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEWER)
+
+
+class MemberEditForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+    may_manage_group_mappings = forms.BooleanField(
+        required=False,
+        label="May manage IdP group mappings of this tenant",
+        help_text="An object permission on this tenant only (django-guardian).",
+    )
+
+
+class GroupMappingForm(forms.Form):
+    group = forms.CharField(label="IdP group", max_length=200)
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEWER)
+
+
+class GroupMappingRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class TokenCreateForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What will use it, e.g. “CI pipeline”.")
+    kind = forms.ChoiceField(choices=ApiToken.Kind.choices, initial=ApiToken.Kind.PERSONAL)
+    role = forms.ChoiceField(choices=Role.choices)
+    expires_in_days = forms.TypedChoiceField(
+        choices=EXPIRY_CHOICES, coerce=int, initial=90, label="Expires in"
+    )
+
+    def __init__(self, *args, my_role: str, may_issue_service: bool, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = [
+            (value, label) for value, label in Role.choices if role_covers(my_role, value)
+        ]
+        self.fields["role"].initial = Role.VIEWER
+        if not may_issue_service:
+            self.fields["kind"].choices = [(ApiToken.Kind.PERSONAL, "Personal")]

@@ -1,0 +1,192 @@
+"""Tenants, memberships, IdP group mappings, external identities and API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from governance.tenancy.roles import Role
+
+SLUG_VALIDATOR = RegexValidator(
+    r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
+    "Use 1–50 lowercase letters, digits and inner hyphens.",
+)
+
+
+class Tenant(models.Model):
+    """An organisation: everything else in Tollgate belongs to exactly one tenant."""
+
+    slug = models.CharField(max_length=50, unique=True, validators=[SLUG_VALIDATOR])
+    name = models.CharField(max_length=200)
+    settings = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            # Worked example of django-guardian object permissions: granted on one Tenant object,
+            # it lets a non-admin member manage that tenant's IdP group mappings, and nothing else.
+            ("manage_group_mappings", "Can manage IdP group mappings of this tenant"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TenantScopedQuerySet(models.QuerySet):
+    """Querysets of tenant-owned rows; every read path starts with ``for_tenant``."""
+
+    def for_tenant(self, tenant: Tenant) -> TenantScopedQuerySet:
+        return self.filter(tenant=tenant)
+
+
+class TenantScopedManager(models.Manager.from_queryset(TenantScopedQuerySet)):
+    """Default manager of tenant-owned models."""
+
+
+class TenantScopedModel(models.Model):
+    """Base of every tenant-owned model: a non-null, indexed tenant and a scoping manager."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=True)
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        abstract = True
+
+
+class Membership(TenantScopedModel):
+    """A user's role in a tenant; ``source`` says who manages it (the IdP or an admin)."""
+
+    class Source(models.TextChoices):
+        IDP = "idp", "IdP groups"
+        MANUAL = "manual", "Added by an admin"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=20, choices=Role.choices)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.MANUAL)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["user__username"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "user"], name="membership_unique_user"),
+            models.CheckConstraint(
+                condition=models.Q(role__in=Role.values), name="membership_role_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} · {self.role}"
+
+
+class IdpGroupMapping(TenantScopedModel):
+    """Members of IdP group ``group`` get ``role`` in the tenant at their next login."""
+
+    group = models.CharField(max_length=200)
+    role = models.CharField(max_length=20, choices=Role.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["group"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "group"], name="groupmapping_unique_group"),
+            models.CheckConstraint(
+                condition=models.Q(role__in=Role.values), name="groupmapping_role_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group} → {self.role}"
+
+
+class ExternalIdentity(models.Model):
+    """The (issuer, subject) pair an OIDC login is matched on (never the e-mail address)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="external_identities"
+    )
+    issuer = models.CharField(max_length=500)
+    subject = models.CharField(max_length=255)
+    last_groups = models.JSONField(default=list, blank=True)
+    last_login_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="identity_unique_subject")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} @ {self.issuer}"
+
+
+def hash_token(plaintext: str) -> str:
+    """Tokens carry 256 random bits, so one SHA-256 is a safe, fast lookup hash."""
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+class ApiToken(TenantScopedModel):
+    """A bearer token for the admin REST API, bound to one tenant and one role."""
+
+    class Kind(models.TextChoices):
+        PERSONAL = "personal", "Personal"
+        SERVICE = "service", "Service"
+
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    # Personal tokens act as their user (and never exceed the user's current role);
+    # service tokens belong to the tenant and act as themselves.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="api_tokens",
+    )
+    role = models.CharField(max_length=20, choices=Role.choices)
+    token_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=16)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(kind="personal", user__isnull=False)
+                    | models.Q(kind="service", user__isnull=True)
+                ),
+                name="apitoken_owner_matches_kind",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(role__in=Role.values), name="apitoken_role_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None and self.expires_at > timezone.now()
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "active"

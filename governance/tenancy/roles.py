@@ -1,0 +1,82 @@
+"""Roles, capabilities and the one permission matrix (the README's table is checked against it)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    """A member's role in one tenant."""
+
+    ADMIN = "admin", "Admin"
+    APPROVER = "approver", "Approver"
+    AUDITOR = "auditor", "Auditor"
+    DEVELOPER = "developer", "Developer"
+    VIEWER = "viewer", "Viewer"
+
+
+# When a user's IdP groups map to several roles in one tenant, the first in this order wins.
+ROLE_PRECEDENCE: tuple[str, ...] = (
+    Role.ADMIN,
+    Role.APPROVER,
+    Role.AUDITOR,
+    Role.DEVELOPER,
+    Role.VIEWER,
+)
+
+
+class Cap(StrEnum):
+    """Something a caller may do in a tenant."""
+
+    VIEW = "tenant.view"
+    PERSONAL_TOKENS = "tokens.personal"
+    MANAGE_MEMBERS = "members.manage"
+    MANAGE_GROUP_MAPPINGS = "group_mappings.manage"
+    MANAGE_SERVICE_TOKENS = "tokens.service"
+    VIEW_AUDIT = "audit.view"
+    MANAGE_REGISTRY = "registry.manage"
+    OWN_AGENTS = "agents.own"
+    REQUEST_ACCESS = "access.request"
+    DECIDE_APPROVALS = "approvals.decide"
+
+
+_EVERYONE = {Cap.VIEW, Cap.PERSONAL_TOKENS}
+
+ROLE_CAPABILITIES: dict[str, frozenset[Cap]] = {
+    Role.ADMIN: frozenset(Cap),
+    Role.APPROVER: frozenset(_EVERYONE | {Cap.DECIDE_APPROVALS}),
+    Role.AUDITOR: frozenset(_EVERYONE | {Cap.VIEW_AUDIT}),
+    Role.DEVELOPER: frozenset(_EVERYONE | {Cap.OWN_AGENTS, Cap.REQUEST_ACCESS}),
+    Role.VIEWER: frozenset(_EVERYONE),
+}
+
+CAPABILITY_LABELS: dict[Cap, str] = {
+    Cap.VIEW: "See the tenant (registry, dashboards)",
+    Cap.PERSONAL_TOKENS: "Create and revoke own API tokens",
+    Cap.MANAGE_MEMBERS: "Manage members and roles",
+    Cap.MANAGE_GROUP_MAPPINGS: "Manage IdP group → role mappings",
+    Cap.MANAGE_SERVICE_TOKENS: "Create and revoke service tokens, revoke anyone's token",
+    Cap.VIEW_AUDIT: "Read the audit trail",
+    Cap.MANAGE_REGISTRY: "Manage servers, tools, scopes, agents, gateways, keys",
+    Cap.OWN_AGENTS: "Own and manage own agents",
+    Cap.REQUEST_ACCESS: "Request tool scopes for agents",
+    Cap.DECIDE_APPROVALS: "Decide access requests and escalations",
+}
+
+
+def capabilities(role: str) -> frozenset[Cap]:
+    return ROLE_CAPABILITIES.get(role, frozenset())
+
+
+def role_covers(holder: str, wanted: str) -> bool:
+    """True when ``holder`` can do everything ``wanted`` can (tokens never exceed their owner)."""
+    return capabilities(wanted) <= capabilities(holder)
+
+
+def strongest(roles: list[str]) -> str | None:
+    for role in ROLE_PRECEDENCE:
+        if role in roles:
+            return role
+    return None

@@ -1,0 +1,316 @@
+"""Web pages: tenant picker, tenant home, members, IdP group mappings, API tokens."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+
+from governance.tenancy import selectors, services
+from governance.tenancy.access import (
+    access_api_token,
+    access_group_mapping,
+    access_membership,
+    visible_tokens,
+)
+from governance.tenancy.forms import (
+    GroupMappingForm,
+    GroupMappingRoleForm,
+    MemberAddForm,
+    MemberEditForm,
+    TokenCreateForm,
+    add_service_errors,
+)
+from governance.tenancy.mixins import TenantPageView
+from governance.tenancy.models import ApiToken
+from governance.tenancy.roles import CAPABILITY_LABELS, ROLE_PRECEDENCE, Cap
+
+PAGE_SIZE = 25
+
+
+def _page(request: HttpRequest, queryset):
+    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """The tenant picker: straight into the only tenant, a list for several, a clear no-access."""
+    memberships = list(selectors.user_memberships(request.user))
+    if len(memberships) == 1:
+        return redirect("tenancy:tenant_home", tenant_slug=memberships[0].tenant.slug)
+    if not memberships:
+        identity = request.user.external_identities.order_by("-last_login_at").first()
+        return render(
+            request, "tenancy/no_access.html",
+            {"groups": identity.last_groups if identity else None},
+        )
+    return render(request, "tenancy/picker.html", {"memberships": memberships})
+
+
+class TenantHomeView(TenantPageView):
+    """Overview of one tenant for any member."""
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        from governance.audit.selectors import audit_event_list
+
+        recent = audit_event_list(self.tenant)[:10] if self.tenancy.can(Cap.VIEW_AUDIT) else []
+        return render(request, "tenancy/tenant_home.html", {
+            "member_count": selectors.membership_list(self.tenant).count(),
+            "mapping_count": selectors.group_mapping_list(self.tenant).count(),
+            "recent_events": recent,
+            "my_caps": [CAPABILITY_LABELS[c] for c in Cap if self.tenancy.can(c)],
+        })
+
+
+class MemberListView(TenantPageView):
+    """Members of the tenant, and the form to add one."""
+
+    capability = Cap.MANAGE_MEMBERS
+
+    def render_page(self, request: HttpRequest, form: MemberAddForm, status: int = 200):
+        search = request.GET.get("q", "").strip()
+        members = selectors.membership_list(self.tenant, search=search)
+        return render(request, "tenancy/members.html", {
+            "page": _page(request, members), "form": form, "q": search,
+            "query": urlencode({"q": search}) if search else "",
+        }, status=status)
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        return self.render_page(request, MemberAddForm())
+
+    def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        form = MemberAddForm(request.POST)
+        if form.is_valid():
+            user = selectors.user_by_login(form.cleaned_data["login"])
+            if user is None:
+                form.add_error("login", "No active user with that username or e-mail. People "
+                                        "appear here after their first sign-in.")
+            else:
+                try:
+                    services.membership_create(
+                        tenant=self.tenant, actor=self.actor, user=user,
+                        role=form.cleaned_data["role"],
+                    )
+                except ValidationError as exc:
+                    add_service_errors(form, exc)
+                else:
+                    messages.success(request, f"{user.get_username()} added as "
+                                              f"{form.cleaned_data['role']}.")
+                    return redirect("tenancy:members", tenant_slug=tenant_slug)
+        return self.render_page(request, form, status=400)
+
+
+class MemberEditView(TenantPageView):
+    """Change a member's role and delegated permissions."""
+
+    capability = Cap.MANAGE_MEMBERS
+
+    def get(self, request: HttpRequest, tenant_slug: str, membership_id: int) -> HttpResponse:
+        membership = access_membership(self.tenancy, membership_id)
+        form = MemberEditForm(initial={
+            "role": membership.role,
+            "may_manage_group_mappings": membership.user.has_perm(
+                services.MAPPING_PERMISSION, self.tenant),
+        })
+        return render(request, "tenancy/member_edit.html", {"membership": membership,
+                                                             "form": form})
+
+    def post(self, request: HttpRequest, tenant_slug: str, membership_id: int) -> HttpResponse:
+        membership = access_membership(self.tenancy, membership_id)
+        form = MemberEditForm(request.POST)
+        if form.is_valid():
+            try:
+                services.membership_change_role(
+                    tenant=self.tenant, actor=self.actor, membership=membership,
+                    role=form.cleaned_data["role"],
+                )
+                services.membership_set_mapping_delegate(
+                    tenant=self.tenant, actor=self.actor, membership=membership,
+                    allowed=form.cleaned_data["may_manage_group_mappings"],
+                )
+            except ValidationError as exc:
+                add_service_errors(form, exc)
+            else:
+                messages.success(request, f"Saved {membership.user.get_username()}.")
+                return redirect("tenancy:members", tenant_slug=tenant_slug)
+        return render(request, "tenancy/member_edit.html",
+                      {"membership": membership, "form": form}, status=400)
+
+
+class MemberRemoveView(TenantPageView):
+    """Confirm, then remove a member."""
+
+    capability = Cap.MANAGE_MEMBERS
+
+    def get(self, request: HttpRequest, tenant_slug: str, membership_id: int) -> HttpResponse:
+        membership = access_membership(self.tenancy, membership_id)
+        return render(request, "tenancy/confirm.html", {
+            "title": f"Remove {membership.user.get_username()}?",
+            "body": "They lose access to this tenant now and their personal API tokens here are "
+                    "revoked. If an IdP group maps them to a role, their next sign-in adds "
+                    "them back.",
+            "action": "Remove member",
+            "cancel_url": reverse("tenancy:members", args=[tenant_slug]),
+        })
+
+    def post(self, request: HttpRequest, tenant_slug: str, membership_id: int) -> HttpResponse:
+        membership = access_membership(self.tenancy, membership_id)
+        try:
+            services.membership_delete(tenant=self.tenant, actor=self.actor,
+                                       membership=membership)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            messages.success(request, f"Removed {membership.user.get_username()}.")
+        return redirect("tenancy:members", tenant_slug=tenant_slug)
+
+
+class GroupMappingListView(TenantPageView):
+    """IdP group → role mappings, and the form to add one."""
+
+    capability = Cap.MANAGE_GROUP_MAPPINGS
+
+    def render_page(self, request, form, status=200):
+        return render(request, "tenancy/group_mappings.html", {
+            "page": _page(request, selectors.group_mapping_list(self.tenant)),
+            "form": form,
+            "precedence": ROLE_PRECEDENCE,
+        }, status=status)
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        return self.render_page(request, GroupMappingForm())
+
+    def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        form = GroupMappingForm(request.POST)
+        if form.is_valid():
+            try:
+                services.group_mapping_create(tenant=self.tenant, actor=self.actor,
+                                              **form.cleaned_data)
+            except ValidationError as exc:
+                add_service_errors(form, exc)
+            else:
+                messages.success(request, f"Group {form.cleaned_data['group']!r} now maps to "
+                                          f"{form.cleaned_data['role']}.")
+                return redirect("tenancy:group_mappings", tenant_slug=tenant_slug)
+        return self.render_page(request, form, status=400)
+
+
+class GroupMappingEditView(TenantPageView):
+    """Change the role of one mapping."""
+
+    capability = Cap.MANAGE_GROUP_MAPPINGS
+
+    def get(self, request: HttpRequest, tenant_slug: str, mapping_id: int) -> HttpResponse:
+        mapping = access_group_mapping(self.tenancy, mapping_id)
+        return render(request, "tenancy/group_mapping_edit.html", {
+            "mapping": mapping, "form": GroupMappingRoleForm(initial={"role": mapping.role}),
+        })
+
+    def post(self, request: HttpRequest, tenant_slug: str, mapping_id: int) -> HttpResponse:
+        mapping = access_group_mapping(self.tenancy, mapping_id)
+        form = GroupMappingRoleForm(request.POST)
+        if form.is_valid():
+            services.group_mapping_update(tenant=self.tenant, actor=self.actor, mapping=mapping,
+                                          role=form.cleaned_data["role"])
+            messages.success(request, f"Group {mapping.group!r} now maps to "
+                                      f"{form.cleaned_data['role']}.")
+            return redirect("tenancy:group_mappings", tenant_slug=tenant_slug)
+        return render(request, "tenancy/group_mapping_edit.html",
+                      {"mapping": mapping, "form": form}, status=400)
+
+
+class GroupMappingDeleteView(TenantPageView):
+    """Confirm, then delete a mapping."""
+
+    capability = Cap.MANAGE_GROUP_MAPPINGS
+
+    def get(self, request: HttpRequest, tenant_slug: str, mapping_id: int) -> HttpResponse:
+        mapping = access_group_mapping(self.tenancy, mapping_id)
+        return render(request, "tenancy/confirm.html", {
+            "title": f"Delete the mapping of group {mapping.group!r}?",
+            "body": f"Members who hold the {mapping.role} role only through this group lose it "
+                    "at their next sign-in.",
+            "action": "Delete mapping",
+            "cancel_url": reverse("tenancy:group_mappings", args=[tenant_slug]),
+        })
+
+    def post(self, request: HttpRequest, tenant_slug: str, mapping_id: int) -> HttpResponse:
+        mapping = access_group_mapping(self.tenancy, mapping_id)
+        services.group_mapping_delete(tenant=self.tenant, actor=self.actor, mapping=mapping)
+        messages.success(request, f"Deleted the mapping of group {mapping.group!r}.")
+        return redirect("tenancy:group_mappings", tenant_slug=tenant_slug)
+
+
+class TokenListView(TenantPageView):
+    """API tokens: your own (everyone), all and service tokens (admins). Plaintext shown once."""
+
+    capability = Cap.PERSONAL_TOKENS
+
+    def form(self, data=None) -> TokenCreateForm:
+        return TokenCreateForm(
+            data, my_role=self.tenancy.role,
+            may_issue_service=self.tenancy.can(Cap.MANAGE_SERVICE_TOKENS),
+        )
+
+    def render_page(self, request, form, *, plaintext=None, status=200):
+        response = render(request, "tenancy/tokens.html", {
+            "page": _page(request, visible_tokens(self.tenancy)),
+            "form": form,
+            "plaintext": plaintext,
+        }, status=status)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @never_cache
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        return self.render_page(request, self.form())
+
+    def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        form = self.form(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            if data["kind"] == ApiToken.Kind.SERVICE:
+                self.tenancy.require(Cap.MANAGE_SERVICE_TOKENS)
+            try:
+                token, plaintext = services.api_token_create(
+                    tenant=self.tenant, actor=self.actor, created_by=request.user,
+                    kind=data["kind"], name=data["name"], role=data["role"],
+                    expires_at=timezone.now() + timedelta(days=data["expires_in_days"]),
+                    owner=request.user if data["kind"] == ApiToken.Kind.PERSONAL else None,
+                )
+            except ValidationError as exc:
+                add_service_errors(form, exc)
+            else:
+                return self.render_page(request, self.form(), plaintext=(token, plaintext))
+        return self.render_page(request, form, status=400)
+
+
+class TokenRevokeView(TenantPageView):
+    """Confirm, then revoke a token."""
+
+    capability = Cap.PERSONAL_TOKENS
+
+    def get(self, request: HttpRequest, tenant_slug: str, token_id: int) -> HttpResponse:
+        token = access_api_token(self.tenancy, token_id)
+        return render(request, "tenancy/confirm.html", {
+            "title": f"Revoke token {token.name!r} ({token.prefix}…)?",
+            "body": "Anything using it gets 401 from its next request. This cannot be undone.",
+            "action": "Revoke token",
+            "cancel_url": reverse("tenancy:tokens", args=[tenant_slug]),
+        })
+
+    def post(self, request: HttpRequest, tenant_slug: str, token_id: int) -> HttpResponse:
+        token = access_api_token(self.tenancy, token_id)
+        services.api_token_revoke(tenant=self.tenant, actor=self.actor, token=token,
+                                  reason="revoked in the web UI")
+        messages.success(request, f"Revoked {token.name!r}.")
+        return redirect("tenancy:tokens", tenant_slug=tenant_slug)

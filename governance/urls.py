@@ -1,0 +1,38 @@
+"""URL map: web UI under /t/<tenant>/, admin API under /api/v1/t/<tenant>/, gateway API later."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from governance.tenancy import auth_views, views
+from governance.tenancy.api.views import MeView
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+tenant_api = [
+    path("", include("governance.tenancy.api.urls")),
+    path("", include("governance.audit.api.urls")),
+]
+
+tenant_web = [
+    path("", include("governance.tenancy.urls")),
+    path("", include("governance.audit.urls")),
+]
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", healthz, name="healthz"),
+    path("login/", auth_views.login_view, name="login"),
+    path("logout/", auth_views.logout_view, name="logout"),
+    path("oidc/authenticate/", auth_views.oidc_authenticate, name="oidc_authentication_init"),
+    path("oidc/callback/", auth_views.oidc_callback, name="oidc_authentication_callback"),
+    path("t/<slug:tenant_slug>/", include(tenant_web)),
+    path("api/v1/me/", MeView.as_view(), name="api-me"),
+    path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/v1/t/<slug:tenant_slug>/", include(tenant_api)),
+]

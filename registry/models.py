@@ -1,0 +1,1 @@
+"""Registry models: filled in by the registry issue."""
