@@ -1,0 +1,114 @@
+"""The fixed cast: tenant A (alice admin, bob approver, audrey auditor, dave developer,
+victor viewer) and tenant B (oscar, its admin: the outsider to everything in A)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test import Client
+from rest_framework.test import APIClient
+
+from governance.tenancy.roles import Role
+from tests.factories import MembershipFactory, TenantFactory, UserFactory, make_token
+
+
+@pytest.fixture(autouse=True)
+def _plain_settings(settings):
+    # Tests speak plain HTTP to the test server; production defaults stay as they are.
+    settings.SECURE_SSL_REDIRECT = False
+    settings.AXES_ENABLED = True
+
+
+@pytest.fixture
+def tenant_a(db):
+    return TenantFactory(slug="alpha", name="Alpha Corp")
+
+
+@pytest.fixture
+def tenant_b(db):
+    return TenantFactory(slug="bravo", name="Bravo Inc")
+
+
+def _member(tenant, username, role):
+    user = UserFactory(username=username)
+    MembershipFactory(tenant=tenant, user=user, role=role)
+    return user
+
+
+@pytest.fixture
+def alice(tenant_a):
+    return _member(tenant_a, "alice", Role.ADMIN)
+
+
+@pytest.fixture
+def bob(tenant_a):
+    return _member(tenant_a, "bob", Role.APPROVER)
+
+
+@pytest.fixture
+def audrey(tenant_a):
+    return _member(tenant_a, "audrey", Role.AUDITOR)
+
+
+@pytest.fixture
+def dave(tenant_a):
+    return _member(tenant_a, "dave", Role.DEVELOPER)
+
+
+@pytest.fixture
+def victor(tenant_a):
+    return _member(tenant_a, "victor", Role.VIEWER)
+
+
+@pytest.fixture
+def oscar(tenant_b):
+    return _member(tenant_b, "oscar", Role.ADMIN)
+
+
+@pytest.fixture
+def cast(alice, bob, audrey, dave, victor, oscar):
+    return {"alice": alice, "bob": bob, "audrey": audrey, "dave": dave, "victor": victor,
+            "oscar": oscar}
+
+
+@pytest.fixture
+def login():
+    """``login(user)`` → a Django test client with that user's session."""
+
+    def make(user) -> Client:
+        client = Client()
+        client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api():
+    """``api(token_plaintext)`` → an API client sending ``Authorization: Bearer``."""
+
+    def make(plaintext: str | None = None) -> APIClient:
+        client = APIClient()
+        if plaintext:
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def token_for():
+    """``token_for(user, tenant, role)`` → plaintext of a fresh personal token."""
+
+    def make(user, tenant, role=None, **kwargs) -> str:
+        membership = user.memberships.get(tenant=tenant)
+        return make_token(tenant, user=user, role=role or membership.role, **kwargs)[1]
+
+    return make
+
+
+@pytest.fixture
+def postgres_only(db):
+    """Skip where behaviour can only be proven on PostgreSQL (CI always runs it there)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: set DATABASE_URL=postgres://…")
