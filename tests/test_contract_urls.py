@@ -1,0 +1,228 @@
+"""The tenancy contract, for every URL the project has (new URLs are covered automatically).
+
+For each tenant-scoped pattern (one with ``<tenant_slug>``):
+- anonymous: the web UI sends to the login page, the API answers 401;
+- an outsider (admin of tenant B, by session or by B's API token): 404, whatever the method;
+- tenant B's admin asking for tenant A's object under B's own slug: 404;
+- a member of A whose role lacks the capability the view declares: 403.
+A pattern whose object kwarg the test cannot fill, or a new URL outside tenants that is not
+listed below, fails the test: decide consciously how it is protected.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from governance.audit.models import AuditEvent
+from governance.tenancy.access import TenantContext
+from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
+from governance.tenancy.roles import Role
+from tests.factories import GroupMappingFactory, make_token
+
+# Patterns outside any tenant, and why they are safe.
+NON_TENANT_PATTERNS = {
+    "": "tenant picker: login required, shows only the caller's memberships",
+    "healthz": "liveness probe, no data",
+    "login/": "sign-in page",
+    "logout/": "sign-out, POST only",
+    "oidc/authenticate/": "starts OIDC (404 when not configured)",
+    "oidc/callback/": "OIDC callback (404 when not configured)",
+    "api/v1/me/": "who-am-I for the caller only (401 anonymous)",
+    "api/v1/schema/": "OpenAPI schema (401 anonymous)",
+}
+
+# Which model an object kwarg names, for web patterns; API viewsets name it with ``pk``.
+KWARG_MODELS = {
+    "membership_id": Membership,
+    "mapping_id": IdpGroupMapping,
+    "token_id": ApiToken,
+    "event_id": AuditEvent,
+}
+
+# ``<converter:name>`` (path()) or ``(?P<name>regex)`` (DRF routers' re_path()).
+PARAM = re.compile(r"\(\?P<(?P<rx>\w+)>[^)]*\)|<(?:[^>:]+:)?(?P<name>[^>]+)>")
+
+
+@dataclass
+class Route:
+    route: str
+    callback: object
+
+    @property
+    def params(self) -> list[str]:
+        return [m.group("rx") or m.group("name") for m in PARAM.finditer(self.route)]
+
+    @property
+    def is_api(self) -> bool:
+        return self.route.startswith("api/")
+
+    @property
+    def view_class(self):
+        return getattr(self.callback, "view_class", None) or getattr(self.callback, "cls", None)
+
+    def url(self, **values) -> str:
+        def fill(match):
+            return str(values[match.group("rx") or match.group("name")])
+
+        path = PARAM.sub(fill, self.route)
+        path = path.replace("^", "").replace("$", "").replace("\\.", ".")
+        return "/" + path
+
+    def model_for(self, param: str):
+        if param == "pk":
+            return getattr(self.view_class, "model", None)
+        return KWARG_MODELS.get(param)
+
+    def capability(self, method: str):
+        cls = self.view_class
+        actions = getattr(self.callback, "actions", None)
+        if actions is not None:  # DRF viewset
+            action = actions.get(method.lower())
+            if action is None:
+                return None
+            caps = cls.capabilities
+            return caps.get(action, caps["*"])
+        if hasattr(cls, "capabilities"):  # DRF APIView
+            return cls.capabilities.get(method.lower(), cls.capabilities["*"])
+        if method == "GET":
+            return getattr(cls, "capability", None)
+        return getattr(cls, "post_capability", None) or getattr(cls, "capability", None)
+
+
+def _walk(patterns, prefix=""):
+    for p in patterns:
+        if isinstance(p, URLResolver):
+            yield from _walk(p.url_patterns, prefix + str(p.pattern))
+        elif isinstance(p, URLPattern):
+            yield Route(prefix + str(p.pattern), p.callback)
+
+
+def all_routes() -> list[Route]:
+    routes = []
+    for route in _walk(get_resolver().url_patterns):
+        if route.route.endswith("\\.(?P<format>[a-z0-9]+)/?$"):
+            continue  # DRF format-suffix variants are the same views
+        routes.append(route)
+    return routes
+
+
+TENANT_ROUTES = [r for r in all_routes() if "tenant_slug" in r.params]
+
+
+def test_every_non_tenant_url_is_accounted_for():
+    others = {r.route for r in all_routes() if "tenant_slug" not in r.params}
+    assert others == set(NON_TENANT_PATTERNS), (
+        "A URL outside /t/<tenant>/ and /api/v1/t/<tenant>/ appeared or vanished; say in "
+        "NON_TENANT_PATTERNS why it is safe."
+    )
+
+
+def test_there_are_tenant_routes_to_check():
+    assert len(TENANT_ROUTES) >= 15
+
+
+@pytest.fixture
+def objects_a(cast, tenant_a):
+    """One object of tenant A per model a URL can name."""
+    alice = cast["alice"]
+    token, _ = make_token(tenant_a, user=alice, role=Role.ADMIN)
+    return {
+        Membership: Membership.objects.for_tenant(tenant_a).get(user=cast["victor"]),
+        IdpGroupMapping: GroupMappingFactory(tenant=tenant_a, group="a-group"),
+        ApiToken: token,
+        AuditEvent: AuditEvent.objects.filter(tenant=tenant_a).first(),
+    }
+
+
+def _values(route: Route, slug: str, objects: dict) -> dict:
+    values = {"tenant_slug": slug}
+    for param in route.params:
+        if param == "tenant_slug":
+            continue
+        model = route.model_for(param)
+        assert model in objects, (
+            f"{route.route}: the contract test cannot fill <{param}>; add its model to "
+            "KWARG_MODELS and an object to objects_a"
+        )
+        values[param] = objects[model].pk
+    return values
+
+
+def _call(client, method: str, url: str):
+    return getattr(client, method.lower())(url)
+
+
+WEB_METHODS = ["GET", "POST"]
+API_METHODS = ["GET", "POST", "PATCH", "DELETE"]
+
+
+@pytest.mark.parametrize("route", TENANT_ROUTES, ids=lambda r: r.route)
+def test_anonymous_is_sent_to_login_or_gets_401(route, client, api, objects_a, tenant_a):
+    url = route.url(**_values(route, tenant_a.slug, objects_a))
+    for method in API_METHODS if route.is_api else WEB_METHODS:
+        response = _call(api() if route.is_api else client, method, url)
+        if route.is_api:
+            assert response.status_code == 401, (method, url, response.status_code)
+            assert response["WWW-Authenticate"].startswith("Bearer")
+        else:
+            assert response.status_code == 302, (method, url, response.status_code)
+            assert response["Location"].startswith("/login/?next=")
+
+
+@pytest.mark.parametrize("route", TENANT_ROUTES, ids=lambda r: r.route)
+def test_outsider_gets_404(route, login, api, token_for, cast, objects_a, tenant_a, tenant_b):
+    oscar = cast["oscar"]
+    url = route.url(**_values(route, tenant_a.slug, objects_a))
+    clients = [login(oscar)]
+    if route.is_api:
+        clients.append(api(token_for(oscar, tenant_b)))
+    for client in clients:
+        for method in API_METHODS if route.is_api else WEB_METHODS:
+            response = _call(client, method, url)
+            assert response.status_code == 404, (method, url, response.status_code)
+
+
+@pytest.mark.parametrize(
+    "route", [r for r in TENANT_ROUTES if len(r.params) > 1], ids=lambda r: r.route
+)
+def test_other_tenants_object_is_404_in_own_tenant(
+    route, login, api, token_for, cast, objects_a, tenant_b
+):
+    oscar = cast["oscar"]
+    url = route.url(**_values(route, tenant_b.slug, objects_a))
+    client = api(token_for(oscar, tenant_b)) if route.is_api else login(oscar)
+    for method in API_METHODS if route.is_api else WEB_METHODS:
+        response = _call(client, method, url)
+        if response.status_code == 405:
+            continue  # the pattern does not take this method at all
+        assert response.status_code == 404, (method, url, response.status_code)
+
+
+@pytest.mark.parametrize("route", TENANT_ROUTES, ids=lambda r: r.route)
+def test_member_without_the_capability_gets_403(
+    route, login, api, token_for, cast, objects_a, tenant_a
+):
+    url = route.url(**_values(route, tenant_a.slug, objects_a))
+    checked = 0
+    for method in API_METHODS if route.is_api else WEB_METHODS:
+        cap = route.capability(method)
+        if cap is None:
+            continue
+        for name in ("victor", "dave", "audrey", "bob"):
+            user = cast[name]
+            membership = Membership.objects.get(tenant=tenant_a, user=user)
+            ctx = TenantContext(tenant=tenant_a, role=membership.role, user=user,
+                                membership=membership)
+            if ctx.can(cap):
+                continue
+            client = api(token_for(user, tenant_a)) if route.is_api else login(user)
+            response = _call(client, method, url)
+            assert response.status_code == 403, (name, method, url, response.status_code)
+            checked += 1
+    if checked == 0:
+        # Every role may use it: make sure that is really meant.
+        assert route.capability("GET") is not None
