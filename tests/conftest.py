@@ -17,6 +17,8 @@ def _plain_settings(settings):
     # Tests speak plain HTTP to the test server; production defaults stay as they are.
     settings.SECURE_SSL_REDIRECT = False
     settings.AXES_ENABLED = True
+    # Real hashing is slow by design; the tests do not measure it.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
