@@ -236,8 +236,8 @@ def identity_login(
         .first()
     )
     if identity is None:
+        # No password argument: the account gets an unusable password (SSO only).
         user = User.objects.create_user(username=_free_username(username), email=email)
-        user.set_unusable_password()
         identity = ExternalIdentity(user=user, issuer=issuer, subject=subject)
         audit_record(
             tenant=None, actor=Actor.system("oidc"), action="user.created", obj=user,

@@ -13,7 +13,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.cache import never_cache
 
 from governance.tenancy import selectors, services
 from governance.tenancy.access import (
@@ -270,7 +269,6 @@ class TokenListView(TenantPageView):
         response["Cache-Control"] = "no-store"
         return response
 
-    @never_cache
     def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
         return self.render_page(request, self.form())
 

@@ -1,0 +1,212 @@
+"""REST API: bearer tokens (personal and service), members, group mappings, tokens, audit."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from governance.audit.models import AuditEvent
+from governance.audit.services import Actor
+from governance.tenancy import services
+from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
+from governance.tenancy.roles import Role
+from tests.factories import UserFactory, make_token
+
+# --- Bearer authentication -------------------------------------------------------------------
+
+
+def test_a_valid_token_authenticates(api, token_for, victor, tenant_a):
+    response = api(token_for(victor, tenant_a)).get("/api/v1/me/")
+    assert response.status_code == 200
+    assert response.json()["principal"] == "victor"
+    assert response.json()["tenants"] == [{"slug": "alpha", "role": "viewer"}]
+
+
+def test_no_or_unknown_token_is_401_with_a_json_error(api, db):
+    response = api().get("/api/v1/me/")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Bearer realm="tollgate"'
+    assert response.json()["code"] == "not_authenticated"
+    response = api("tgp_not-a-real-token").get("/api/v1/me/")
+    assert response.status_code == 401
+    assert response.json() == {"code": "authentication_failed", "message": "Invalid token."}
+
+
+def test_a_revoked_token_is_refused(api, alice, tenant_a):
+    token, plaintext = make_token(tenant_a, user=alice, role=Role.ADMIN)
+    services.api_token_revoke(tenant=tenant_a, actor=Actor.user(alice), token=token)
+    response = api(plaintext).get("/api/v1/t/alpha/members/")
+    assert response.status_code == 401
+    assert response.json()["message"] == "This token has been revoked."
+
+
+def test_an_expired_token_is_refused(api, alice, tenant_a):
+    token, plaintext = make_token(tenant_a, user=alice, role=Role.ADMIN)
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    response = api(plaintext).get("/api/v1/t/alpha/members/")
+    assert response.status_code == 401
+    assert response.json()["message"] == "This token has expired."
+
+
+def test_a_token_never_exceeds_its_owners_current_role(api, alice, tenant_a):
+    second = UserFactory(username="second-admin")
+    services.membership_create(tenant=tenant_a, actor=Actor.system(), user=second,
+                               role=Role.ADMIN)
+    token, plaintext = make_token(tenant_a, user=second, role=Role.ADMIN)
+    # Demote behind the token's back (as a direct change would): the token stops working.
+    Membership.objects.filter(tenant=tenant_a, user=second).update(role=Role.VIEWER)
+    response = api(plaintext).get("/api/v1/t/alpha/members/")
+    assert response.status_code == 401
+    assert "exceeds its owner's current role" in response.json()["message"]
+
+
+def test_a_token_acts_with_its_own_role_not_the_owners(api, alice, tenant_a):
+    _, plaintext = make_token(tenant_a, user=alice, role=Role.VIEWER)
+    response = api(plaintext).get("/api/v1/t/alpha/members/")
+    assert response.status_code == 403
+    assert response.json()["code"] == "permission_denied"
+
+
+def test_a_token_only_opens_its_own_tenant(api, token_for, alice, tenant_a, tenant_b):
+    services.membership_create(tenant=tenant_b, actor=Actor.system(), user=alice,
+                               role=Role.ADMIN)
+    plaintext = token_for(alice, tenant_a)
+    assert api(plaintext).get("/api/v1/t/alpha/members/").status_code == 200
+    assert api(plaintext).get("/api/v1/t/bravo/members/").status_code == 404
+
+
+def test_service_tokens_act_as_themselves(api, alice, tenant_a):
+    _, plaintext = make_token(tenant_a, kind="service", role=Role.AUDITOR, name="siem")
+    response = api(plaintext).get("/api/v1/t/alpha/audit-events/")
+    assert response.status_code == 200
+    assert api(plaintext).get("/api/v1/t/alpha/members/").status_code == 403
+    me = api(plaintext).get("/api/v1/me/").json()
+    assert me["principal"] == "service:siem"
+
+
+def test_last_used_is_recorded(api, victor, tenant_a):
+    token, plaintext = make_token(tenant_a, user=victor)
+    api(plaintext).get("/api/v1/me/")
+    token.refresh_from_db()
+    assert token.last_used_at is not None
+
+
+def test_session_users_can_use_the_api_too(login, alice):
+    response = login(alice).get("/api/v1/t/alpha/members/")
+    assert response.status_code == 200
+
+
+# --- Members ----------------------------------------------------------------------------------
+
+
+def test_members_crud(api, token_for, alice, victor, tenant_a):
+    client = api(token_for(alice, tenant_a))
+    listing = client.get("/api/v1/t/alpha/members/").json()
+    assert [m["username"] for m in listing["results"]] == ["alice", "victor"]
+    UserFactory(username="zed")
+    created = client.post("/api/v1/t/alpha/members/", {"login": "zed", "role": "developer"},
+                          format="json")
+    assert created.status_code == 201 and created.json()["role"] == "developer"
+    pk = created.json()["id"]
+    changed = client.patch(f"/api/v1/t/alpha/members/{pk}/", {"role": "auditor"},
+                           format="json")
+    assert changed.json()["role"] == "auditor"
+    assert client.delete(f"/api/v1/t/alpha/members/{pk}/").status_code == 204
+    actions = list(AuditEvent.objects.filter(tenant=tenant_a).order_by("-seq")
+                   .values_list("action", "actor_type")[:3])
+    assert actions == [("membership.deleted", "token"), ("membership.role_changed", "token"),
+                       ("membership.created", "token")]
+
+
+def test_member_errors_are_json_with_the_field(api, token_for, alice, tenant_a):
+    client = api(token_for(alice, tenant_a))
+    response = client.post("/api/v1/t/alpha/members/", {"login": "ghost", "role": "viewer"},
+                           format="json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "code": "invalid",
+        "message": "No active user with that username or e-mail.",
+        "errors": {"login": ["No active user with that username or e-mail."]},
+    }
+    response = client.post("/api/v1/t/alpha/members/", {"login": "alice", "role": "boss"},
+                           format="json")
+    assert response.status_code == 400 and "role" in response.json()["errors"]
+    me = Membership.objects.get(tenant=tenant_a, user=alice)
+    response = client.delete(f"/api/v1/t/alpha/members/{me.pk}/")
+    assert response.status_code == 400
+    assert "last admin" in response.json()["message"]
+
+
+# --- Group mappings ------------------------------------------------------------------------
+
+
+def test_group_mappings_crud(api, token_for, alice, tenant_a):
+    client = api(token_for(alice, tenant_a))
+    created = client.post("/api/v1/t/alpha/group-mappings/", {"group": "ops", "role": "viewer"},
+                          format="json")
+    assert created.status_code == 201
+    pk = created.json()["id"]
+    assert client.patch(f"/api/v1/t/alpha/group-mappings/{pk}/", {"role": "admin"},
+                        format="json").json()["role"] == "admin"
+    dup = client.post("/api/v1/t/alpha/group-mappings/", {"group": "ops", "role": "viewer"},
+                      format="json")
+    assert dup.status_code == 400 and dup.json()["errors"]["group"]
+    assert client.delete(f"/api/v1/t/alpha/group-mappings/{pk}/").status_code == 204
+    assert not IdpGroupMapping.objects.filter(pk=pk).exists()
+
+
+# --- Tokens ------------------------------------------------------------------------------------
+
+
+def test_create_a_token_through_the_api(api, token_for, victor, tenant_a):
+    client = api(token_for(victor, tenant_a))
+    expires = (timezone.now() + timedelta(days=10)).isoformat()
+    response = client.post("/api/v1/t/alpha/tokens/", {"name": "ci", "role": "viewer",
+                                                       "expires_at": expires}, format="json")
+    assert response.status_code == 201
+    assert response["Cache-Control"] == "no-store"
+    new = response.json()["token"]
+    assert api(new).get("/api/v1/me/").status_code == 200
+    listed = client.get("/api/v1/t/alpha/tokens/").json()["results"]
+    assert all("token" not in t for t in listed)
+
+
+def test_a_viewer_cannot_create_service_tokens(api, token_for, victor, tenant_a):
+    expires = (timezone.now() + timedelta(days=10)).isoformat()
+    response = api(token_for(victor, tenant_a)).post(
+        "/api/v1/t/alpha/tokens/", {"name": "x", "kind": "service", "role": "viewer",
+                                    "expires_at": expires}, format="json")
+    assert response.status_code == 403
+
+
+def test_revoke_through_the_api(api, token_for, alice, victor, tenant_a):
+    token, plaintext = make_token(tenant_a, user=victor)
+    assert api(token_for(victor, tenant_a)).delete(
+        f"/api/v1/t/alpha/tokens/{token.pk}/").status_code == 204
+    assert api(plaintext).get("/api/v1/me/").status_code == 401
+
+
+def test_others_tokens_are_invisible_without_the_capability(api, token_for, alice, victor,
+                                                           tenant_a):
+    token, _ = make_token(tenant_a, user=alice, role=Role.ADMIN)
+    client = api(token_for(victor, tenant_a))
+    assert client.get(f"/api/v1/t/alpha/tokens/{token.pk}/").status_code == 404
+    assert client.delete(f"/api/v1/t/alpha/tokens/{token.pk}/").status_code == 404
+
+
+# --- Audit -------------------------------------------------------------------------------------
+
+
+def test_audit_events_api_filters(api, token_for, audrey, tenant_a):
+    client = api(token_for(audrey, tenant_a))
+    body = client.get("/api/v1/t/alpha/audit-events/?action=membership.").json()
+    assert body["count"] >= 1
+    assert {e["action"] for e in body["results"]} == {"membership.created"}
+    assert client.get("/api/v1/t/alpha/audit-events/?since=nope").status_code == 400
+
+
+def test_schema_is_served(api, token_for, alice, tenant_a):
+    response = api(token_for(alice, tenant_a)).get("/api/v1/schema/")
+    assert response.status_code == 200
+    assert b"/api/v1/t/{tenant_slug}/members/" in response.content
