@@ -80,3 +80,16 @@ def strongest(roles: list[str]) -> str | None:
         if role in roles:
             return role
     return None
+
+
+def permission_matrix_markdown() -> str:
+    """The README's permission table, generated from ROLE_CAPABILITIES (a test compares them)."""
+    roles = list(ROLE_PRECEDENCE)
+    lines = [
+        "| Capability | " + " | ".join(roles) + " |",
+        "|---|" + "---|" * len(roles),
+    ]
+    for cap in Cap:
+        marks = ["✓" if cap in capabilities(role) else "" for role in roles]
+        lines.append(f"| {CAPABILITY_LABELS[cap]} | " + " | ".join(marks) + " |")
+    return "\n".join(lines)
