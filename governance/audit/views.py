@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from governance.audit import selectors
@@ -44,9 +44,7 @@ class AuditEventView(TenantPageView):
     capability = Cap.VIEW_AUDIT
 
     def get(self, request: HttpRequest, tenant_slug: str, event_id: int) -> HttpResponse:
-        from django.http import Http404
-
-        event = AuditEvent.objects.filter(tenant=self.tenant, pk=event_id).first()
+        event = selectors.audit_event_list(self.tenant).filter(pk=event_id).first()
         if event is None:
             raise Http404("No such audit event")
         return render(request, "audit/event.html", {"event": event})
