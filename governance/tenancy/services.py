@@ -104,6 +104,19 @@ def membership_change_role(
     if role not in Role.values:
         raise ValidationError(f"Unknown role {role!r}.")
     _ensure_admin_remains(tenant, leaving=membership)
+    _set_role(tenant=tenant, actor=actor, membership=membership, role=role)
+    return membership
+
+
+@transaction.atomic
+def membership_delete(*, tenant: Tenant, actor: Actor, membership: Membership) -> None:
+    """Remove a member; their personal tokens in the tenant are revoked with them."""
+    membership = Membership.objects.for_tenant(tenant).select_for_update().get(pk=membership.pk)
+    _ensure_admin_remains(tenant, leaving=membership)
+    _remove(tenant=tenant, actor=actor, membership=membership)
+
+
+def _set_role(*, tenant: Tenant, actor: Actor, membership: Membership, role: str) -> None:
     before = _membership_state(membership)
     membership.role = role
     membership.updated_at = timezone.now()
@@ -113,18 +126,14 @@ def membership_change_role(
         before=before, after=_membership_state(membership),
     )
     _revoke_tokens_exceeding(tenant=tenant, actor=actor, membership=membership)
-    return membership
 
 
-@transaction.atomic
-def membership_delete(*, tenant: Tenant, actor: Actor, membership: Membership) -> None:
-    """Remove a member; their personal tokens in the tenant are revoked with them."""
-    membership = Membership.objects.for_tenant(tenant).select_for_update().get(pk=membership.pk)
-    _ensure_admin_remains(tenant, leaving=membership)
-    before = _membership_state(membership)
+def _remove(*, tenant: Tenant, actor: Actor, membership: Membership) -> None:
+    """Delete a membership with everything it carried: delegations and personal tokens."""
     user = membership.user
     audit_record(
-        tenant=tenant, actor=actor, action="membership.deleted", obj=membership, before=before
+        tenant=tenant, actor=actor, action="membership.deleted", obj=membership,
+        before=_membership_state(membership),
     )
     membership.delete()
     if user.has_perm(MAPPING_PERMISSION, tenant):
@@ -290,36 +299,11 @@ def memberships_sync_from_groups(*, user: AbstractBaseUser, groups: list[str]) -
                 tenant=tenant, actor=actor, user=user, role=role, source=Membership.Source.IDP
             )
         elif membership is not None and role is None:
-            _idp_membership_remove(tenant=tenant, actor=actor, membership=membership)
+            # The IdP is the source of truth for this membership: it goes even if it was the
+            # last admin (a platform operator can always add an admin back by hand).
+            _remove(tenant=tenant, actor=actor, membership=membership)
         elif membership is not None and role != membership.role:
-            _idp_membership_set_role(tenant=tenant, actor=actor, membership=membership, role=role)
-
-
-def _idp_membership_remove(*, tenant: Tenant, actor: Actor, membership: Membership) -> None:
-    # The IdP is the source of truth for this membership: it goes even if it was the last admin
-    # (a platform operator can always add an admin back by hand).
-    user = membership.user
-    audit_record(
-        tenant=tenant, actor=actor, action="membership.deleted", obj=membership,
-        before=_membership_state(membership),
-    )
-    membership.delete()
-    for token in ApiToken.objects.for_tenant(tenant).filter(user=user, revoked_at__isnull=True):
-        api_token_revoke(tenant=tenant, actor=actor, token=token, reason="membership removed")
-
-
-def _idp_membership_set_role(
-    *, tenant: Tenant, actor: Actor, membership: Membership, role: str
-) -> None:
-    before = _membership_state(membership)
-    membership.role = role
-    membership.updated_at = timezone.now()
-    membership.save(update_fields=["role", "updated_at"])
-    audit_record(
-        tenant=tenant, actor=actor, action="membership.role_changed", obj=membership,
-        before=before, after=_membership_state(membership),
-    )
-    _revoke_tokens_exceeding(tenant=tenant, actor=actor, membership=membership)
+            _set_role(tenant=tenant, actor=actor, membership=membership, role=role)
 
 
 @transaction.atomic
