@@ -198,3 +198,14 @@ def test_role_coverage():
 def test_tenant_slugs_are_validated(db):
     with pytest.raises(ValidationError):
         TenantFactory(slug="Bad Slug!")
+
+
+def test_losing_the_membership_also_withdraws_delegations(tenant_a):
+    GroupMappingFactory(tenant=tenant_a, group="g", role=Role.VIEWER)
+    user = _login(["g"])
+    membership = Membership.objects.get(user=user)
+    services.membership_set_mapping_delegate(tenant=tenant_a, actor=Actor.system(),
+                                             membership=membership, allowed=True)
+    assert user.has_perm("tenancy.manage_group_mappings", tenant_a)
+    _login([])
+    assert not user.has_perm("tenancy.manage_group_mappings", tenant_a)
