@@ -226,3 +226,20 @@ def test_member_without_the_capability_gets_403(
     if checked == 0:
         # Every role may use it: make sure that is really meant.
         assert route.capability("GET") is not None
+
+
+def test_every_tenant_model_is_covered_by_the_contract():
+    """A new tenant-owned model must be reachable by the checks above, or say why not."""
+    from django.apps import apps
+
+    from governance.tenancy.models import TenantScopedModel
+
+    not_exposed: dict[type, str] = {}
+    covered = set(KWARG_MODELS.values()) | {
+        getattr(r.view_class, "model", None) for r in TENANT_ROUTES
+    }
+    for model in apps.get_models():
+        if issubclass(model, TenantScopedModel) and model not in not_exposed:
+            assert model in covered, (
+                f"{model.__name__} is tenant-owned but no URL of the contract test names it"
+            )

@@ -1,0 +1,52 @@
+"""Operator commands: create_tenant, seed_demo."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from governance.audit.models import AuditEvent
+from governance.tenancy.models import IdpGroupMapping, Membership, Tenant
+from tests.factories import UserFactory
+
+
+def test_create_tenant_with_an_admin_group_and_user(db):
+    UserFactory(username="root")
+    out = io.StringIO()
+    call_command("create_tenant", "initech", "Initech", "--admin-group", "it-admins",
+                 "--admin-user", "root", stdout=out)
+    tenant = Tenant.objects.get(slug="initech")
+    assert IdpGroupMapping.objects.get(tenant=tenant).role == "admin"
+    assert Membership.objects.get(tenant=tenant).user.username == "root"
+    assert list(AuditEvent.objects.filter(tenant=tenant).order_by("seq")
+                .values_list("action", flat=True)) == [
+        "tenant.created", "group_mapping.created", "membership.created"]
+    assert "Created tenant 'initech'" in out.getvalue()
+
+
+def test_create_tenant_refuses_what_would_leave_it_unmanaged_or_clash(db):
+    with pytest.raises(CommandError, match="at least one --admin-group or --admin-user"):
+        call_command("create_tenant", "x", "X")
+    with pytest.raises(CommandError, match="No active user 'ghost'"):
+        call_command("create_tenant", "x", "X", "--admin-user", "ghost")
+    assert not Tenant.objects.filter(slug="x").exists()  # nothing half-created
+    with pytest.raises(CommandError, match="Use 1–50 lowercase"):
+        call_command("create_tenant", "Not A Slug", "X", "--admin-group", "g")
+    call_command("create_tenant", "x", "X", "--admin-group", "g", stdout=io.StringIO())
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("create_tenant", "x", "X", "--admin-group", "g")
+
+
+def test_seed_demo_is_idempotent_and_refuses_production(db, settings):
+    settings.DEBUG = True
+    call_command("seed_demo", stdout=io.StringIO())
+    call_command("seed_demo", stdout=io.StringIO())
+    acme = Tenant.objects.get(slug="acme")
+    assert Membership.objects.for_tenant(acme).count() == 5
+    assert Membership.objects.get(tenant__slug="globex").user.username == "admin"
+    settings.DEBUG = False
+    with pytest.raises(CommandError, match="Refusing to create demo users"):
+        call_command("seed_demo")
