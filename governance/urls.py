@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
+from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView
 
 from governance.tenancy import auth_views, views
@@ -12,6 +13,23 @@ from governance.tenancy.api.views import MeView
 
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
+
+
+def _api_error(request: HttpRequest, status: int, code: str, message: str):
+    return JsonResponse({"code": code, "message": message}, status=status)
+
+
+def handler404(request: HttpRequest, exception=None):
+    if request.path.startswith("/api/"):
+        return _api_error(request, 404, "not_found", "Not found.")
+    return defaults.page_not_found(request, exception)
+
+
+def handler500(request: HttpRequest):
+    if request.path.startswith("/api/"):
+        return _api_error(request, 500, "server_error",
+                          "Internal error; it has been logged with this request's id.")
+    return defaults.server_error(request)
 
 
 tenant_api = [

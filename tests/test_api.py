@@ -210,3 +210,18 @@ def test_schema_is_served(api, token_for, alice, tenant_a):
     response = api(token_for(alice, tenant_a)).get("/api/v1/schema/")
     assert response.status_code == 200
     assert b"/api/v1/t/{tenant_slug}/members/" in response.content
+
+
+def test_unknown_api_paths_are_json_404(client, db):
+    response = client.get("/api/v1/nope/")
+    assert response.status_code == 404
+    assert response.json() == {"code": "not_found", "message": "Not found."}
+    assert client.get("/nope/")["Content-Type"].startswith("text/html")
+
+
+def test_the_openapi_schema_validates_without_warnings(tmp_path):
+    from django.core.management import call_command
+
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file",
+                 str(tmp_path / "schema.yml"))
+    assert "/api/v1/t/{tenant_slug}/audit-events/" in (tmp_path / "schema.yml").read_text()
