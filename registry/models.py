@@ -1,1 +1,262 @@
-"""Registry models: filled in by the registry issue."""
+"""The registry: MCP servers, their pinned tools, tool scopes, agents and grants (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from governance.tenancy.models import TenantScopedModel
+
+
+class DataClass(models.TextChoices):
+    PII = "pii", "PII"
+    PHI = "phi", "PHI"
+    PCI = "pci", "PCI"
+    FINANCIAL = "financial", "Financial"
+    CONFIDENTIAL = "confidential", "Confidential"
+    PUBLIC = "public", "Public"
+
+
+class Risk(models.TextChoices):
+    LOW = "low", "Low"
+    MEDIUM = "medium", "Medium"
+    HIGH = "high", "High"
+    CRITICAL = "critical", "Critical"
+
+
+class McpServer(TenantScopedModel):
+    """An MCP server agents reach through gateways."""
+
+    class Transport(models.TextChoices):
+        STREAMABLE_HTTP = "streamable-http", "Streamable HTTP"
+        SSE = "sse", "SSE"
+        STDIO = "stdio", "stdio"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+        RETIRED = "retired", "Retired"
+
+    TRANSITIONS: dict[str, set[str]] = {
+        Status.PENDING: {Status.ACTIVE, Status.RETIRED},
+        Status.ACTIVE: {Status.SUSPENDED, Status.RETIRED},
+        Status.SUSPENDED: {Status.ACTIVE, Status.RETIRED},
+        Status.RETIRED: set(),
+    }
+
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    transport = models.CharField(max_length=20, choices=Transport.choices)
+    url = models.URLField(max_length=500, blank=True)
+    command = models.JSONField(default=list, blank=True)  # argv for stdio servers
+    version = models.CharField(max_length=50, blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    data_classes = models.JSONField(default=list, blank=True)
+    risk_tier = models.CharField(max_length=10, choices=Risk.choices, default=Risk.MEDIUM)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="server_unique_name"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=["pending", "active", "suspended", "retired"]),
+                name="server_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=(models.Q(transport="stdio") | ~models.Q(url="")),
+                name="server_remote_has_url",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def can_become(self, status: str) -> bool:
+        return status in self.TRANSITIONS.get(self.status, set())
+
+
+class Tool(TenantScopedModel):
+    """A tool of a server, pinned to the definition someone approved."""
+
+    class Status(models.TextChoices):
+        PENDING_REVIEW = "pending_review", "Pending review"
+        APPROVED = "approved", "Approved"
+        QUARANTINED = "quarantined", "Quarantined (definition drifted)"
+        BLOCKED = "blocked", "Blocked"
+
+    server = models.ForeignKey(McpServer, on_delete=models.PROTECT, related_name="tools")
+    name = models.CharField(max_length=200)
+    title = models.CharField(max_length=300, blank=True)
+    description = models.TextField(blank=True)
+    input_schema = models.JSONField(default=dict, blank=True)
+    output_schema = models.JSONField(null=True, blank=True)
+    annotations = models.JSONField(default=dict, blank=True)
+    definition_sha256 = models.CharField(max_length=64)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.PENDING_REVIEW
+    )
+    # A drifted definition waits here, next to the pinned one, until it is approved or blocked.
+    drifted_definition = models.JSONField(null=True, blank=True)
+    drifted_sha256 = models.CharField(max_length=64, blank=True)
+    present = models.BooleanField(default=True)  # still listed by the server at the last sync
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["server__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["server", "name"], name="tool_unique_name"),
+            models.CheckConstraint(
+                condition=models.Q(
+                    status__in=["pending_review", "approved", "quarantined", "blocked"]),
+                name="tool_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.server.name}/{self.name}"
+
+
+class ToolScope(TenantScopedModel):
+    """A named set of tools (``payroll:read``) that grants are made of."""
+
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    risk_level = models.CharField(max_length=10, choices=Risk.choices, default=Risk.MEDIUM)
+    data_classes = models.JSONField(default=list, blank=True)
+    tools = models.ManyToManyField(Tool, blank=True, related_name="scopes")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="scope_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Agent(TenantScopedModel):
+    """An AI agent, recognised by gateways through its principals."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    TRANSITIONS: dict[str, set[str]] = {
+        Status.ACTIVE: {Status.SUSPENDED},
+        Status.SUSPENDED: {Status.ACTIVE},
+    }
+
+    name = models.CharField(max_length=200)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="owned_agents",
+    )
+    purpose = models.TextField(blank=True)
+    environment = models.CharField(max_length=50, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="agent_unique_name"),
+            models.CheckConstraint(condition=models.Q(status__in=["active", "suspended"]),
+                                   name="agent_status_valid"),
+        ]
+        permissions = [("manage_agent", "Can manage this agent (owner)")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def can_become(self, status: str) -> bool:
+        return status in self.TRANSITIONS.get(self.status, set())
+
+
+class AgentPrincipal(TenantScopedModel):
+    """An (issuer, subject) pair a gateway recognises the agent by: JWT sub, client id, SPIFFE."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="principals")
+    issuer = models.CharField(max_length=500)
+    subject = models.CharField(max_length=500)
+
+    class Meta:
+        ordering = ["issuer", "subject"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "issuer", "subject"],
+                                    name="principal_unique_per_tenant"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} @ {self.issuer}"
+
+
+class Grant(TenantScopedModel):
+    """Agent × scope, with limits, argument constraints, an approval mode and an expiry."""
+
+    class ApprovalMode(models.TextChoices):
+        NEVER = "never", "Never"
+        ALWAYS = "always", "Always"
+        WHEN = "when", "When arguments match a condition"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        REVOKED = "revoked", "Revoked"
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="grants")
+    scope = models.ForeignKey(ToolScope, on_delete=models.PROTECT, related_name="grants")
+    calls_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    calls_per_day = models.PositiveIntegerField(null=True, blank=True)
+    # Time window (in window_tz): calls allowed only between start and end on the given weekdays.
+    window_start = models.TimeField(null=True, blank=True)
+    window_end = models.TimeField(null=True, blank=True)
+    window_days = models.JSONField(default=list, blank=True)  # 0=Monday … 6=Sunday; [] = every day
+    window_tz = models.CharField(max_length=64, default="UTC")
+    # {tool name: {argument: {enum|const|minimum|maximum|maxLength|pattern: …}}}
+    argument_constraints = models.JSONField(default=dict, blank=True)
+    approval_mode = models.CharField(max_length=10, choices=ApprovalMode.choices,
+                                     default=ApprovalMode.NEVER)
+    # Same shape as argument_constraints: the call is escalated when every listed check holds.
+    approval_condition = models.JSONField(default=dict, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(status__in=["active", "revoked"]),
+                                   name="grant_status_valid"),
+            models.CheckConstraint(
+                condition=models.Q(approval_mode__in=["never", "always", "when"]),
+                name="grant_approval_mode_valid",
+            ),
+            models.CheckConstraint(
+                condition=(models.Q(window_start__isnull=True, window_end__isnull=True)
+                           | models.Q(window_start__isnull=False, window_end__isnull=False)),
+                name="grant_window_complete",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "status", "expires_at"],
+                                name="grant_tenant_active")]
+
+    def __str__(self) -> str:
+        return f"{self.agent} → {self.scope}"
+
+    def is_in_force(self, at=None) -> bool:
+        at = at or timezone.now()
+        return self.status == self.Status.ACTIVE and (
+            self.expires_at is None or self.expires_at > at)

@@ -233,8 +233,14 @@ def test_every_tenant_model_is_covered_by_the_contract():
     from django.apps import apps
 
     from governance.tenancy.models import TenantScopedModel
+    from registry import models as registry
 
-    not_exposed: dict[type, str] = {}
+    # Each entry is a promise: remove it when the model's URLs land.
+    pending = "registry API and pages land in the next increment of issue #3"
+    not_exposed: dict[type, str] = {
+        registry.McpServer: pending, registry.Tool: pending, registry.ToolScope: pending,
+        registry.Agent: pending, registry.AgentPrincipal: pending, registry.Grant: pending,
+    }
     covered = set(KWARG_MODELS.values()) | {
         getattr(r.view_class, "model", None) for r in TENANT_ROUTES
     }

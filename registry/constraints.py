@@ -1,0 +1,116 @@
+"""Per-tool argument constraints: a small JSON-Schema subset, validated and evaluated.
+
+Shape: ``{tool name: {argument name: {keyword: value, …}}}`` with the keywords ``enum``,
+``const``, ``minimum``, ``maximum``, ``maxLength`` and ``pattern``. The same shape serves as a
+grant's approval condition. Pure Python: the compiler, the reference gateway and the tests share
+it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+KEYWORDS = {"enum", "const", "minimum", "maximum", "maxLength", "pattern"}
+MAX_PATTERN_LENGTH = 500
+
+
+class ConstraintError(ValueError):
+    """A constraint document is malformed; ``path`` points at the offending part."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validate_constraints(doc: Any, *, tools: set[str] | None = None, root: str = "") -> None:
+    """Raise ConstraintError naming the first bad part; ``tools`` limits the tool names."""
+    if not isinstance(doc, dict):
+        raise ConstraintError(root or "constraints", "must be an object keyed by tool name")
+    for tool, args in doc.items():
+        where = f"{root}.{tool}" if root else tool
+        if tools is not None and tool not in tools:
+            raise ConstraintError(where, "no such tool in this scope")
+        if not isinstance(args, dict):
+            raise ConstraintError(where, "must be an object keyed by argument name")
+        for arg, rules in args.items():
+            at = f"{where}.{arg}"
+            if not isinstance(rules, dict) or not rules:
+                raise ConstraintError(at, "must be a non-empty object of checks")
+            unknown = set(rules) - KEYWORDS
+            if unknown:
+                raise ConstraintError(
+                    f"{at}.{sorted(unknown)[0]}",
+                    f"unsupported keyword; use one of {', '.join(sorted(KEYWORDS))}",
+                )
+            _validate_rules(at, rules)
+
+
+def _validate_rules(at: str, rules: dict) -> None:
+    if "enum" in rules and (not isinstance(rules["enum"], list) or not rules["enum"]):
+        raise ConstraintError(f"{at}.enum", "must be a non-empty list")
+    for key in ("minimum", "maximum"):
+        if key in rules and not _is_number(rules[key]):
+            raise ConstraintError(f"{at}.{key}", "must be a number")
+    if "minimum" in rules and "maximum" in rules and rules["minimum"] > rules["maximum"]:
+        raise ConstraintError(f"{at}.minimum", "is greater than maximum")
+    if "maxLength" in rules and (
+        not isinstance(rules["maxLength"], int) or isinstance(rules["maxLength"], bool)
+        or rules["maxLength"] < 0
+    ):
+        raise ConstraintError(f"{at}.maxLength", "must be a non-negative integer")
+    if "pattern" in rules:
+        pattern = rules["pattern"]
+        if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_LENGTH:
+            raise ConstraintError(f"{at}.pattern",
+                                  f"must be a regular expression of at most "
+                                  f"{MAX_PATTERN_LENGTH} characters")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConstraintError(f"{at}.pattern", f"invalid regular expression ({exc})") from None
+
+
+def check_value(rules: dict, value: Any) -> str | None:
+    """None when ``value`` satisfies every rule, else why not."""
+    if "const" in rules and value != rules["const"]:
+        return f"must equal {rules['const']!r}"
+    if "enum" in rules and value not in rules["enum"]:
+        return f"must be one of {rules['enum']!r}"
+    if "minimum" in rules and (not _is_number(value) or value < rules["minimum"]):
+        return f"must be a number ≥ {rules['minimum']}"
+    if "maximum" in rules and (not _is_number(value) or value > rules["maximum"]):
+        return f"must be a number ≤ {rules['maximum']}"
+    if "maxLength" in rules and (not isinstance(value, str) or len(value) > rules["maxLength"]):
+        return f"must be a string of at most {rules['maxLength']} characters"
+    if "pattern" in rules and (
+        not isinstance(value, str) or re.search(rules["pattern"], value) is None
+    ):
+        return f"must match {rules['pattern']!r}"
+    return None
+
+
+def violations(doc: dict, tool: str, arguments: dict) -> list[str]:
+    """Every failed check of ``tool``'s constraints against the call's ``arguments``.
+
+    A constrained argument that is absent fails (a constraint cannot be dodged by omission).
+    """
+    problems = []
+    for arg, rules in doc.get(tool, {}).items():
+        if arg not in arguments:
+            problems.append(f"{arg}: required by the grant's constraints")
+            continue
+        reason = check_value(rules, arguments[arg])
+        if reason:
+            problems.append(f"{arg}: {reason}")
+    return problems
+
+
+def matches(doc: dict, tool: str, arguments: dict) -> bool:
+    """For approval conditions: True when the tool has a condition and all of it holds."""
+    return bool(doc.get(tool)) and not violations(doc, tool, arguments)

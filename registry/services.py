@@ -1,0 +1,482 @@
+"""Every write to the registry: keyword-only, atomic, audited in the same transaction."""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, time
+from typing import Any, Protocol
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from guardian.shortcuts import assign_perm
+
+from governance.audit.services import Actor, audit_record
+from governance.tenancy.models import Membership, Tenant
+from registry.constraints import ConstraintError, validate_constraints
+from registry.models import (
+    Agent,
+    AgentPrincipal,
+    DataClass,
+    Grant,
+    McpServer,
+    Risk,
+    Tool,
+    ToolScope,
+)
+
+AGENT_PERMISSION = "registry.manage_agent"
+
+
+def _check_choices(field: str, values: Iterable[str], allowed: Iterable[str]) -> list[str]:
+    values = list(values)
+    bad = sorted(set(values) - set(allowed))
+    if bad:
+        raise ValidationError({field: f"Unknown value(s) {', '.join(bad)}; use "
+                                      f"{', '.join(sorted(allowed))}."})
+    return sorted(set(values))
+
+
+def _state(obj, fields: Sequence[str]) -> dict[str, Any]:
+    return {f: getattr(obj, f) for f in fields}
+
+
+# --- Servers ----------------------------------------------------------------------------------
+
+SERVER_FIELDS = ("name", "description", "transport", "url", "command", "version", "data_classes",
+                 "risk_tier", "status")
+
+
+def _validate_server(server: McpServer) -> None:
+    server.data_classes = _check_choices("data_classes", server.data_classes, DataClass.values)
+    if server.transport == McpServer.Transport.STDIO:
+        if not server.command or not all(isinstance(a, str) and a for a in server.command):
+            raise ValidationError({"command": "A stdio server needs a command: a list of "
+                                              "program and arguments."})
+    else:
+        if not server.url:
+            raise ValidationError({"url": f"A {server.transport} server needs a URL."})
+        server.command = []
+    server.full_clean(exclude=["tenant", "owner"], validate_unique=False)
+    clash = McpServer.objects.for_tenant(server.tenant).filter(name=server.name)
+    if clash.exclude(pk=server.pk).exists():
+        raise ValidationError({"name": f"A server named {server.name!r} already exists."})
+
+
+@transaction.atomic
+def server_create(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    name: str,
+    transport: str,
+    url: str = "",
+    command: list[str] | None = None,
+    description: str = "",
+    version: str = "",
+    owner: AbstractBaseUser | None = None,
+    data_classes: Sequence[str] = (),
+    risk_tier: str = Risk.MEDIUM,
+) -> McpServer:
+    """Register a server (status pending until an admin activates it)."""
+    server = McpServer(
+        tenant=tenant, name=name.strip(), transport=transport, url=url.strip(),
+        command=list(command or []), description=description, version=version, owner=owner,
+        data_classes=list(data_classes), risk_tier=risk_tier,
+    )
+    _validate_server(server)
+    server.save()
+    audit_record(tenant=tenant, actor=actor, action="server.created", obj=server,
+                 after=_state(server, SERVER_FIELDS))
+    return server
+
+
+@transaction.atomic
+def server_update(*, tenant: Tenant, actor: Actor, server: McpServer, **changes: Any) -> McpServer:
+    """Change a server's descriptive fields (status changes go through server_transition)."""
+    server = McpServer.objects.for_tenant(tenant).select_for_update().get(pk=server.pk)
+    allowed = set(SERVER_FIELDS) - {"status"} | {"owner"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
+    before = _state(server, SERVER_FIELDS)
+    for field, value in changes.items():
+        setattr(server, field, value)
+    _validate_server(server)
+    server.updated_at = timezone.now()
+    server.save()
+    audit_record(tenant=tenant, actor=actor, action="server.updated", obj=server,
+                 before=before, after=_state(server, SERVER_FIELDS))
+    return server
+
+
+@transaction.atomic
+def server_transition(*, tenant: Tenant, actor: Actor, server: McpServer, status: str) -> McpServer:
+    """Move a server along pending → active → suspended → retired (allowed steps only)."""
+    server = McpServer.objects.for_tenant(tenant).select_for_update().get(pk=server.pk)
+    if not server.can_become(status):
+        allowed = sorted(McpServer.TRANSITIONS.get(server.status, set()))
+        raise ValidationError({"status": (
+            f"A {server.status} server cannot become {status}; allowed: "
+            f"{', '.join(allowed) or 'nothing (retired is final)'}.")})
+    before = server.status
+    server.status = status
+    server.updated_at = timezone.now()
+    server.save(update_fields=["status", "updated_at"])
+    audit_record(tenant=tenant, actor=actor, action=f"server.{status}", obj=server,
+                 before={"status": before}, after={"status": status})
+    return server
+
+
+# --- Tools: discovery results and review -------------------------------------------------------
+
+
+class Definition(Protocol):
+    name: str
+    title: str
+    description: str
+    input_schema: dict
+    output_schema: dict | None
+    annotations: dict
+
+
+TOOL_DEFINITION_FIELDS = ("title", "description", "input_schema", "output_schema", "annotations")
+
+
+def definition_dict(definition: Definition) -> dict[str, Any]:
+    return {"name": definition.name} | {f: getattr(definition, f) for f in TOOL_DEFINITION_FIELDS}
+
+
+@dataclass
+class SyncSummary:
+    """What a discovery changed."""
+
+    new: int = 0
+    unchanged: int = 0
+    drifted: int = 0
+    updated: int = 0
+    disappeared: int = 0
+    reappeared: int = 0
+
+
+@transaction.atomic
+def tools_record_discovery(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    server: McpServer,
+    definitions: Sequence[tuple[Definition, str]],
+) -> SyncSummary:
+    """Apply one complete ``tools/list`` result (definition, sha256 pairs) — all or nothing.
+
+    New tools arrive pending review. A changed definition of an approved tool is drift: the
+    tool is quarantined with the new definition kept beside the pinned one. Tools the server
+    no longer lists are marked absent.
+    """
+    now = timezone.now()
+    summary = SyncSummary()
+    existing = {t.name: t for t in Tool.objects.for_tenant(tenant).filter(server=server)
+                .select_for_update()}
+    seen: set[str] = set()
+    for definition, sha in definitions:
+        seen.add(definition.name)
+        tool = existing.get(definition.name)
+        values = definition_dict(definition)
+        if tool is None:
+            tool = Tool.objects.create(tenant=tenant, server=server, definition_sha256=sha,
+                                       first_seen_at=now, last_seen_at=now,
+                                       **{k: v for k, v in values.items()})
+            summary.new += 1
+            audit_record(tenant=tenant, actor=actor, action="tool.discovered", obj=tool,
+                         after={"definition": values, "sha256": sha})
+            continue
+        tool.last_seen_at = now
+        if not tool.present:
+            tool.present = True
+            summary.reappeared += 1
+            audit_record(tenant=tenant, actor=actor, action="tool.reappeared", obj=tool)
+        if sha == tool.definition_sha256 or sha == tool.drifted_sha256:
+            summary.unchanged += 1
+        elif tool.status == Tool.Status.PENDING_REVIEW:
+            before = {"definition": _pinned(tool), "sha256": tool.definition_sha256}
+            for field in TOOL_DEFINITION_FIELDS:
+                setattr(tool, field, values[field])
+            tool.definition_sha256 = sha
+            summary.updated += 1
+            audit_record(tenant=tenant, actor=actor, action="tool.definition_updated", obj=tool,
+                         before=before, after={"definition": values, "sha256": sha})
+        else:
+            previous_status = tool.status
+            tool.drifted_definition = values
+            tool.drifted_sha256 = sha
+            if tool.status == Tool.Status.APPROVED:
+                tool.status = Tool.Status.QUARANTINED
+            summary.drifted += 1
+            audit_record(
+                tenant=tenant, actor=actor, action="tool.drift_detected", obj=tool,
+                before={"status": previous_status, "sha256": tool.definition_sha256},
+                after={"status": tool.status, "sha256": sha, "definition": values},
+            )
+        tool.save()
+    for name, tool in existing.items():
+        if name not in seen and tool.present:
+            tool.present = False
+            tool.save(update_fields=["present"])
+            summary.disappeared += 1
+            audit_record(tenant=tenant, actor=actor, action="tool.disappeared", obj=tool)
+    return summary
+
+
+def _pinned(tool: Tool) -> dict[str, Any]:
+    return {"name": tool.name} | {f: getattr(tool, f) for f in TOOL_DEFINITION_FIELDS}
+
+
+@transaction.atomic
+def tool_approve(*, tenant: Tenant, actor: Actor, tool: Tool) -> Tool:
+    """Approve a tool; for a quarantined one, pin the new (drifted) definition."""
+    tool = Tool.objects.for_tenant(tenant).select_for_update().get(pk=tool.pk)
+    if tool.status == Tool.Status.APPROVED:
+        raise ValidationError({"status": "This tool is already approved."})
+    before = {"status": tool.status, "sha256": tool.definition_sha256}
+    if tool.drifted_definition is not None:
+        for field in TOOL_DEFINITION_FIELDS:
+            setattr(tool, field, tool.drifted_definition[field])
+        tool.definition_sha256 = tool.drifted_sha256
+        tool.drifted_definition, tool.drifted_sha256 = None, ""
+    tool.status = Tool.Status.APPROVED
+    tool.save()
+    audit_record(tenant=tenant, actor=actor, action="tool.approved", obj=tool, before=before,
+                 after={"status": tool.status, "sha256": tool.definition_sha256})
+    return tool
+
+
+@transaction.atomic
+def tool_block(*, tenant: Tenant, actor: Actor, tool: Tool) -> Tool:
+    """Block a tool: it is out of every bundle until approved again."""
+    tool = Tool.objects.for_tenant(tenant).select_for_update().get(pk=tool.pk)
+    if tool.status == Tool.Status.BLOCKED:
+        raise ValidationError({"status": "This tool is already blocked."})
+    before = tool.status
+    tool.status = Tool.Status.BLOCKED
+    tool.save(update_fields=["status"])
+    audit_record(tenant=tenant, actor=actor, action="tool.blocked", obj=tool,
+                 before={"status": before}, after={"status": tool.status})
+    return tool
+
+
+# --- Scopes -------------------------------------------------------------------------------------
+
+
+def _tools_of_tenant(tenant: Tenant, tools: Iterable[Tool]) -> list[Tool]:
+    tools = list(tools)
+    ids = {t.pk for t in tools}
+    found = set(Tool.objects.for_tenant(tenant).filter(pk__in=ids).values_list("pk", flat=True))
+    if found != ids:
+        raise ValidationError({"tools": "Some tools do not exist in this tenant."})
+    return tools
+
+
+@transaction.atomic
+def scope_create(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    name: str,
+    description: str = "",
+    risk_level: str = Risk.MEDIUM,
+    data_classes: Sequence[str] = (),
+    tools: Iterable[Tool] = (),
+) -> ToolScope:
+    """Create a named set of tools."""
+    scope = ToolScope(tenant=tenant, name=name.strip(), description=description,
+                      risk_level=risk_level,
+                      data_classes=_check_choices("data_classes", data_classes, DataClass.values))
+    scope.full_clean(exclude=["tenant"], validate_unique=False)
+    if ToolScope.objects.for_tenant(tenant).filter(name=scope.name).exists():
+        raise ValidationError({"name": f"A scope named {scope.name!r} already exists."})
+    members = _tools_of_tenant(tenant, tools)
+    scope.save()
+    scope.tools.set(members)
+    audit_record(tenant=tenant, actor=actor, action="scope.created", obj=scope, after={
+        "name": scope.name, "risk_level": risk_level, "data_classes": scope.data_classes,
+        "tools": sorted(str(t) for t in members)})
+    return scope
+
+
+@transaction.atomic
+def scope_set_tools(*, tenant: Tenant, actor: Actor, scope: ToolScope,
+                    tools: Iterable[Tool]) -> ToolScope:
+    """Replace the tools of a scope."""
+    scope = ToolScope.objects.for_tenant(tenant).select_for_update().get(pk=scope.pk)
+    members = _tools_of_tenant(tenant, tools)
+    before = sorted(str(t) for t in scope.tools.select_related("server"))
+    scope.tools.set(members)
+    audit_record(tenant=tenant, actor=actor, action="scope.tools_changed", obj=scope,
+                 before={"tools": before}, after={"tools": sorted(str(t) for t in members)})
+    return scope
+
+
+# --- Agents -------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def agent_create(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    name: str,
+    owner: AbstractBaseUser | None,
+    purpose: str = "",
+    environment: str = "",
+) -> Agent:
+    """Register an agent; its owner gets the object permission to manage it."""
+    if owner is not None and not Membership.objects.for_tenant(tenant).filter(
+            user=owner).exists():
+        raise ValidationError({"owner": "The owner must be a member of this tenant."})
+    agent = Agent(tenant=tenant, name=name.strip(), owner=owner, purpose=purpose,
+                  environment=environment)
+    agent.full_clean(exclude=["tenant", "owner"], validate_unique=False)
+    if Agent.objects.for_tenant(tenant).filter(name=agent.name).exists():
+        raise ValidationError({"name": f"An agent named {agent.name!r} already exists."})
+    agent.save()
+    if owner is not None:
+        assign_perm(AGENT_PERMISSION, owner, agent)
+    audit_record(tenant=tenant, actor=actor, action="agent.created", obj=agent, after={
+        "name": agent.name, "owner": owner.get_username() if owner else None,
+        "purpose": purpose, "environment": environment})
+    return agent
+
+
+@transaction.atomic
+def agent_transition(*, tenant: Tenant, actor: Actor, agent: Agent, status: str) -> Agent:
+    """Suspend or reactivate an agent."""
+    agent = Agent.objects.for_tenant(tenant).select_for_update().get(pk=agent.pk)
+    if not agent.can_become(status):
+        raise ValidationError(
+            {"status": f"This agent is {agent.status}; it cannot become {status}."})
+    before = agent.status
+    agent.status = status
+    agent.save(update_fields=["status"])
+    audit_record(tenant=tenant, actor=actor, action=f"agent.{status}", obj=agent,
+                 before={"status": before}, after={"status": status})
+    return agent
+
+
+@transaction.atomic
+def agent_principal_add(*, tenant: Tenant, actor: Actor, agent: Agent, issuer: str,
+                        subject: str) -> AgentPrincipal:
+    """Add an (issuer, subject) pair; it may identify only one agent in the tenant."""
+    issuer, subject = issuer.strip(), subject.strip()
+    if not issuer or not subject:
+        raise ValidationError("Both issuer and subject are required.")
+    taken = AgentPrincipal.objects.for_tenant(tenant).filter(issuer=issuer, subject=subject)
+    if taken.exists():
+        raise ValidationError({"subject": f"{subject!r} from {issuer!r} already identifies "
+                                          f"agent {taken.get().agent.name!r}."})
+    try:
+        with transaction.atomic():
+            principal = AgentPrincipal.objects.create(tenant=tenant, agent=agent, issuer=issuer,
+                                                      subject=subject)
+    except IntegrityError:  # a concurrent add won the race
+        raise ValidationError({"subject": "This principal is already in use."}) from None
+    audit_record(tenant=tenant, actor=actor, action="agent.principal_added", obj=agent,
+                 after={"issuer": issuer, "subject": subject})
+    return principal
+
+
+@transaction.atomic
+def agent_principal_remove(*, tenant: Tenant, actor: Actor, principal: AgentPrincipal) -> None:
+    """Remove a principal: gateways stop recognising the agent by it."""
+    agent = principal.agent
+    audit_record(tenant=tenant, actor=actor, action="agent.principal_removed", obj=agent,
+                 before={"issuer": principal.issuer, "subject": principal.subject})
+    principal.delete()
+
+
+# --- Grants -------------------------------------------------------------------------------------
+
+GRANT_FIELDS = ("calls_per_minute", "calls_per_day", "window_start", "window_end", "window_days",
+                "window_tz", "argument_constraints", "approval_mode", "approval_condition",
+                "expires_at", "status")
+
+
+@transaction.atomic
+def grant_create(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    agent: Agent,
+    scope: ToolScope,
+    created_by: AbstractBaseUser | None = None,
+    calls_per_minute: int | None = None,
+    calls_per_day: int | None = None,
+    window_start: time | None = None,
+    window_end: time | None = None,
+    window_days: Sequence[int] = (),
+    window_tz: str = "UTC",
+    argument_constraints: dict | None = None,
+    approval_mode: str = Grant.ApprovalMode.NEVER,
+    approval_condition: dict | None = None,
+    expires_at: datetime | None = None,
+) -> Grant:
+    """Grant a scope to an agent with its limits; every part is validated with a field path."""
+    if agent.tenant_id != tenant.pk or scope.tenant_id != tenant.pk:
+        raise ValidationError("Agent and scope must belong to this tenant.")
+    tool_names = set(scope.tools.values_list("name", flat=True))
+    argument_constraints = argument_constraints or {}
+    approval_condition = approval_condition or {}
+    try:
+        validate_constraints(argument_constraints, tools=tool_names,
+                             root="argument_constraints")
+        validate_constraints(approval_condition, tools=tool_names, root="approval_condition")
+    except ConstraintError as exc:
+        field = exc.path.split(".")[0]
+        raise ValidationError({field: f"{exc.path}: {exc.message}"}) from None
+    if approval_mode == Grant.ApprovalMode.WHEN and not approval_condition:
+        raise ValidationError({"approval_condition": "Approval mode 'when' needs a condition."})
+    if approval_mode != Grant.ApprovalMode.WHEN and approval_condition:
+        raise ValidationError({"approval_condition": "A condition is only used with mode "
+                                                     "'when'."})
+    if (window_start is None) != (window_end is None):
+        raise ValidationError({"window_end": "Give both the start and the end of the window."})
+    if any(not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= 6
+           for d in window_days):
+        raise ValidationError({"window_days": "Days are 0 (Monday) to 6 (Sunday)."})
+    try:
+        zoneinfo.ZoneInfo(window_tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValidationError({"window_tz": f"Unknown time zone {window_tz!r}."}) from None
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "Choose an expiry in the future."})
+    for field, value in (("calls_per_minute", calls_per_minute),
+                         ("calls_per_day", calls_per_day)):
+        if value is not None and value < 1:
+            raise ValidationError({field: "Must be at least 1 (leave empty for no limit)."})
+    grant = Grant.objects.create(
+        tenant=tenant, agent=agent, scope=scope, created_by=created_by,
+        calls_per_minute=calls_per_minute, calls_per_day=calls_per_day,
+        window_start=window_start, window_end=window_end, window_days=sorted(set(window_days)),
+        window_tz=window_tz, argument_constraints=argument_constraints,
+        approval_mode=approval_mode, approval_condition=approval_condition,
+        expires_at=expires_at,
+    )
+    audit_record(tenant=tenant, actor=actor, action="grant.created", obj=grant,
+                 after={"agent": agent.name, "scope": scope.name} | _state(grant, GRANT_FIELDS))
+    return grant
+
+
+@transaction.atomic
+def grant_revoke(*, tenant: Tenant, actor: Actor, grant: Grant, reason: str = "") -> Grant:
+    """Revoke a grant at once."""
+    grant = Grant.objects.for_tenant(tenant).select_for_update().get(pk=grant.pk)
+    if grant.status == Grant.Status.REVOKED:
+        return grant
+    grant.status = Grant.Status.REVOKED
+    grant.revoked_at = timezone.now()
+    grant.save(update_fields=["status", "revoked_at"])
+    audit_record(tenant=tenant, actor=actor, action="grant.revoked", obj=grant,
+                 after={"reason": reason})
+    return grant
