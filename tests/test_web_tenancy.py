@@ -197,7 +197,8 @@ def test_a_new_token_is_shown_once(login, victor, tenant_a):
     client = login(victor)
     response = client.post("/t/alpha/tokens/", {"name": "laptop", "kind": "personal",
                                                 "role": "viewer", "expires_in_days": "30"})
-    assert response.status_code == 200
+    assert response.status_code == 303 and response["Location"] == "/t/alpha/tokens/"
+    response = client.get("/t/alpha/tokens/")
     assert response["Cache-Control"] == "no-store"
     body = response.content.decode()
     token = ApiToken.objects.get(tenant=tenant_a, name="laptop")
@@ -207,6 +208,7 @@ def test_a_new_token_is_shown_once(login, victor, tenant_a):
     assert "shown only this once" in body
     assert plaintext not in client.get("/t/alpha/tokens/").content.decode()
     assert token.expires_at - timezone.now() > timedelta(days=29)
+    assert ApiToken.objects.filter(tenant=tenant_a).count() == 1
 
 
 def test_a_viewer_cannot_issue_service_tokens_or_stronger_roles(login, victor):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils.cache import patch_vary_headers
 
 from governance.audit import selectors
 from governance.audit.forms import AuditFilterForm
@@ -32,10 +33,14 @@ class AuditLogView(TenantPageView):
         query = request.GET.copy()
         query.pop("page", None)
         template = "audit/_events_table.html" if request.htmx else "audit/log.html"
-        return render(request, template, {
+        # htmx swaps only 2xx responses: a rejected filter is shown in the table with a 200.
+        status = 400 if form.errors and not request.htmx else 200
+        response = render(request, template, {
             "form": form, "page": page, "query": query.urlencode(),
             "actions": selectors.audit_actions(self.tenant),
-        }, status=200 if not form.errors else 400)
+        }, status=status)
+        patch_vary_headers(response, ["HX-Request"])
+        return response
 
 
 class AuditEventView(TenantPageView):

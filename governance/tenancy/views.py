@@ -260,7 +260,16 @@ class TokenListView(TenantPageView):
             may_issue_service=self.tenancy.can(Cap.MANAGE_SERVICE_TOKENS),
         )
 
-    def render_page(self, request, form, *, plaintext=None, status=200):
+    # The new token's plaintext waits in the session for exactly one GET after the POST
+    # (post/redirect/get: a reload cannot create a second token), then it is gone.
+    SESSION_KEY = "tollgate_new_token"
+
+    def render_page(self, request, form, *, status=200):
+        revealed = request.session.pop(self.SESSION_KEY, None)
+        plaintext = None
+        if revealed and revealed.get("tenant") == self.tenant.pk:
+            token = visible_tokens(self.tenancy).filter(pk=revealed["id"]).first()
+            plaintext = (token, revealed["plaintext"]) if token else None
         response = render(request, "tenancy/tokens.html", {
             "page": _page(request, visible_tokens(self.tenancy)),
             "form": form,
@@ -288,7 +297,12 @@ class TokenListView(TenantPageView):
             except ValidationError as exc:
                 add_service_errors(form, exc)
             else:
-                return self.render_page(request, self.form(), plaintext=(token, plaintext))
+                request.session[self.SESSION_KEY] = {
+                    "tenant": self.tenant.pk, "id": token.pk, "plaintext": plaintext}
+                # 303: the browser follows with a GET, so a reload cannot re-submit the form.
+                response = HttpResponse(status=303)
+                response["Location"] = reverse("tenancy:tokens", args=[tenant_slug])
+                return response
         return self.render_page(request, form, status=400)
 
 
