@@ -60,16 +60,18 @@ def _validate_rules(at: str, rules: dict) -> None:
     if "minimum" in rules and "maximum" in rules and rules["minimum"] > rules["maximum"]:
         raise ConstraintError(f"{at}.minimum", "is greater than maximum")
     if "maxLength" in rules and (
-        not isinstance(rules["maxLength"], int) or isinstance(rules["maxLength"], bool)
+        not isinstance(rules["maxLength"], int)
+        or isinstance(rules["maxLength"], bool)
         or rules["maxLength"] < 0
     ):
         raise ConstraintError(f"{at}.maxLength", "must be a non-negative integer")
     if "pattern" in rules:
         pattern = rules["pattern"]
         if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_LENGTH:
-            raise ConstraintError(f"{at}.pattern",
-                                  f"must be a regular expression of at most "
-                                  f"{MAX_PATTERN_LENGTH} characters")
+            raise ConstraintError(
+                f"{at}.pattern",
+                f"must be a regular expression of at most {MAX_PATTERN_LENGTH} characters",
+            )
         try:
             re.compile(pattern)
         except re.error as exc:

@@ -52,9 +52,23 @@ PROTOCOL: Final = "protocol"
 TOO_MANY_TOOLS: Final = "too_many_tools"
 PAGINATION_LOOP: Final = "pagination_loop"
 DUPLICATE_TOOL: Final = "duplicate_tool"
-ERROR_CODES: Final = (UNREACHABLE, TIMEOUT, PROTOCOL, TOO_MANY_TOOLS, PAGINATION_LOOP, DUPLICATE_TOOL)
+ERROR_CODES: Final = (
+    UNREACHABLE,
+    TIMEOUT,
+    PROTOCOL,
+    TOO_MANY_TOOLS,
+    PAGINATION_LOOP,
+    DUPLICATE_TOOL,
+)
 
-CANONICAL_KEYS: Final = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+CANONICAL_KEYS: Final = (
+    "name",
+    "title",
+    "description",
+    "inputSchema",
+    "outputSchema",
+    "annotations",
+)
 """The wire keys of a Tool that the definition hash covers (and nothing else: not icons, _meta)."""
 
 _CLIENT_INFO: Final = mcp_types.Implementation(name="tollgate-discovery", version="1.0")
@@ -86,11 +100,15 @@ class DiscoveryError(Exception):
 
 @dataclass(frozen=True)
 class ToolDefinition:
-    """One tool as a server declared it, normalised for hashing (see :func:`definition_sha256`)."""
+    """One tool as a server declared it, normalised for hashing (see :func:`definition_sha256`).
+
+    Absent ``title``/``description`` are ``""``, absent ``output_schema`` is None, absent
+    ``annotations`` is ``{}``: the field names and types of ``registry.models.Tool``.
+    """
 
     name: str
-    title: str | None = None
-    description: str | None = None
+    title: str = ""
+    description: str = ""
     input_schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
     output_schema: dict[str, Any] | None = None
     annotations: dict[str, Any] = field(default_factory=dict)
@@ -121,8 +139,8 @@ class ToolDefinition:
             raise ValueError(f"tool {name!r}: annotations must be a JSON object")
         return cls(
             name=name,
-            title=title,
-            description=description,
+            title=title or "",
+            description=description or "",
             input_schema=copy.deepcopy(dict(input_schema)),
             output_schema=None if output_schema is None else copy.deepcopy(dict(output_schema)),
             annotations={
@@ -171,9 +189,11 @@ def definition_sha256(tool: ToolDefinition | Mapping[str, Any]) -> str:
 
     1. Take exactly the Tool keys ``name``, ``title``, ``description``, ``inputSchema``,
        ``outputSchema``, ``annotations`` (everything else, e.g. ``icons``, ``_meta``,
-       ``execution``, is ignored). A missing ``title``/``description``/``outputSchema`` is
-       ``null``; missing or ``null`` ``annotations`` is ``{}``; top-level annotation keys whose
-       value is ``null`` are dropped; unknown annotation keys are kept, as sent.
+       ``execution``, is ignored). A missing or ``null`` ``title``/``description`` is ``""``
+       (so the hash can be recomputed from a row that stores text, not NULL); a missing
+       ``outputSchema`` is ``null``; missing or ``null`` ``annotations`` is ``{}``; top-level
+       annotation keys whose value is ``null`` are dropped; unknown annotation keys are kept,
+       as sent.
     2. Serialise with Python's ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
        ensure_ascii=False, allow_nan=False)`` (keys sorted by code point, recursively; numbers
        as Python prints the parsed value, so ``1`` and ``1.0`` differ) and encode as UTF-8.
@@ -288,7 +308,7 @@ async def discover_tools_async(
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
             attempt.scope = scope
             try:
-                async with _connect(transport, url, command, env, headers, timeout, errlog) as (
+                async with _connect(attempt, url, command, env, headers, errlog) as (
                     read_stream,
                     write_stream,
                 ):
@@ -299,7 +319,7 @@ async def discover_tools_async(
                         message_handler=attempt.on_message,
                     ) as session:
                         result = await _initialize_and_list(session, attempt, max_tools, max_pages)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a DiscoveryError
+            except Exception as exc:  # every failure of the server becomes a DiscoveryError
                 if result is None:
                     raise attempt.translate(exc) from exc
                 # The tools are in hand; a failure while hanging up does not undo that.
@@ -344,31 +364,49 @@ def _check_arguments(
 
 @asynccontextmanager
 async def _connect(
-    transport: str,
+    attempt: _Attempt,
     url: str | None,
     command: Sequence[str] | None,
     env: Mapping[str, str] | None,
     headers: Mapping[str, str] | None,
-    timeout: float,
     errlog: TextIO,
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Open the SDK transport and yield its (read, write) streams."""
-    if transport == "stdio":
-        assert command  # noqa: S101 - checked by _check_arguments
+    if attempt.transport == "stdio":
+        if not command:
+            raise ValueError("stdio discovery needs command")
         params = StdioServerParameters(
             command=command[0], args=list(command[1:]), env=dict(env) if env else None
         )
         async with stdio_client(params, errlog=errlog) as streams:
             yield streams
-    elif transport == "sse":
-        assert url  # noqa: S101 - checked by _check_arguments
+        return
+    if not url:
+        raise ValueError(f"{attempt.transport} discovery needs url")
+
+    def client_factory(
+        headers: dict[str, str] | None = None,
+        timeout: httpx2.Timeout | None = None,
+        auth: httpx2.Auth | None = None,
+    ) -> httpx2.AsyncClient:
+        """The SDK's HTTP client, bounded by our timeout, noting HTTP errors for the message."""
+        client = create_mcp_http_client(
+            headers=headers, timeout=httpx2.Timeout(attempt.timeout), auth=auth
+        )
+        client.event_hooks = {"response": [attempt.on_http_response]}
+        return client
+
+    if attempt.transport == "sse":
         async with sse_client(
-            url, headers=dict(headers or {}), timeout=timeout, sse_read_timeout=timeout
+            url,
+            headers=dict(headers or {}),
+            timeout=attempt.timeout,
+            sse_read_timeout=attempt.timeout,
+            httpx_client_factory=client_factory,
         ) as streams:
             yield streams
     else:
-        assert url  # noqa: S101 - checked by _check_arguments
-        client = create_mcp_http_client(headers=dict(headers or {}), timeout=httpx2.Timeout(timeout))
+        client = client_factory(headers=dict(headers or {}))
         async with client, streamable_http_client(url, http_client=client) as streams:
             yield streams
 
@@ -401,9 +439,26 @@ async def _initialize_and_list(
         # send_request still validates the result against the negotiated protocol's schema.
         page = await session.send_request(mcp_types.ListToolsRequest(params=params), _RAW_RESULT)
         pages += 1
+        next_cursor = page.get("nextCursor")
         raw_tools = page.get("tools")
-        if not isinstance(raw_tools, list):
-            raise DiscoveryError(PROTOCOL, f"{attempt.who} answered tools/list without a tool list.")
+        if not isinstance(raw_tools, list) or not isinstance(next_cursor, str | None):
+            raise DiscoveryError(PROTOCOL, f"{attempt.who} sent a malformed tools/list result.")
+        # A repeated cursor first: a looping server repeats its tools too, and the loop is the
+        # better diagnosis than the duplicate names it causes.
+        if next_cursor is not None and (next_cursor in seen_cursors or next_cursor == cursor):
+            raise DiscoveryError(
+                PAGINATION_LOOP,
+                f"{attempt.who} sent the same tools/list cursor twice (after {pages} pages), so "
+                "paging through its tools would never end.",
+            )
+        if len(tools) + len(raw_tools) > max_tools:
+            more = " and said there were more" if next_cursor is not None else ""
+            raise DiscoveryError(
+                TOO_MANY_TOOLS,
+                f"{attempt.who} lists more tools than the limit of {max_tools}: it had listed "
+                f"{len(tools) + len(raw_tools)} in {pages} page{'s' if pages != 1 else ''}{more} "
+                "when discovery stopped.",
+            )
         for raw in raw_tools:
             try:
                 tool = ToolDefinition.from_wire(raw)
@@ -420,25 +475,8 @@ async def _initialize_and_list(
                 )
             names.add(tool.name)
             tools.append(tool)
-        next_cursor = page.get("nextCursor")
-        if len(tools) > max_tools:
-            more = " and said there were more" if next_cursor is not None else ""
-            raise DiscoveryError(
-                TOO_MANY_TOOLS,
-                f"{attempt.who} lists more tools than the limit of {max_tools}: it had listed "
-                f"{len(tools)} in {pages} page{'s' if pages != 1 else ''}{more} when discovery "
-                "stopped.",
-            )
         if next_cursor is None:
             break
-        if not isinstance(next_cursor, str):
-            raise DiscoveryError(PROTOCOL, f"{attempt.who} sent a nextCursor that is not a string.")
-        if next_cursor in seen_cursors or next_cursor == cursor:
-            raise DiscoveryError(
-                PAGINATION_LOOP,
-                f"{attempt.who} sent the same tools/list cursor twice (after {pages} pages), so "
-                "paging through its tools would never end.",
-            )
         seen_cursors.add(next_cursor)
         cursor = next_cursor
     server_info = init.server_info
@@ -462,6 +500,7 @@ class _Attempt:
     scope: anyio.CancelScope | None = None
     stream_error: Exception | None = None
     errlog: TextIO | None = None
+    http_error: int | None = None
 
     @property
     def who(self) -> str:
@@ -476,6 +515,27 @@ class _Attempt:
             self.stream_error = message
             if self.scope is not None:
                 self.scope.cancel()
+
+    async def on_http_response(self, response: httpx2.Response) -> None:
+        """Remember an HTTP error answering a message (the SDK's JSON-RPC error drops it)."""
+        if response.status_code >= 400 and response.request.method == "POST":
+            self.http_error = response.status_code
+
+    def http_error_text(self) -> str:
+        """'HTTP 401 Unauthorized' and what to check, or '' when no HTTP error was seen."""
+        if self.http_error is None:
+            return ""
+        try:
+            reason = httpx2.codes.get_reason_phrase(self.http_error)
+        except ValueError:
+            reason = ""
+        hint = {
+            401: " Check the credentials (headers) configured for this server.",
+            403: " Check the credentials (headers) configured for this server.",
+            404: " Check the URL: is this the server's MCP endpoint?",
+            405: " Check the URL: is this the server's MCP endpoint?",
+        }.get(self.http_error, "")
+        return f"HTTP {self.http_error} {reason}".rstrip() + "." + hint
 
     def stderr_tail(self) -> str:
         """The end of what a stdio server wrote on stderr, as a sentence (or '')."""
@@ -535,10 +595,17 @@ class _Attempt:
                 return self._unreachable(leaf)
         for leaf in leaves:
             if isinstance(leaf, httpx2.HTTPStatusError):
+                self.http_error = leaf.response.status_code
                 return DiscoveryError(
                     PROTOCOL,
-                    f"{self.who} answered HTTP {leaf.response.status_code} instead of an MCP "
-                    "event stream.",
+                    f"{self.who} answered the SSE connection with {self.http_error_text()}",
+                )
+        for leaf in leaves:
+            if isinstance(leaf, httpx2.SSEError):
+                return DiscoveryError(
+                    PROTOCOL,
+                    f"{self.who} did not open an MCP event stream "
+                    f"({_excerpt(_describe_exception(leaf))}). Is this its SSE endpoint?",
                 )
         for leaf in leaves:
             if isinstance(leaf, MCPError):
@@ -565,9 +632,7 @@ class _Attempt:
             return DiscoveryError(
                 UNREACHABLE, f"{self.who} could not be started: {_excerpt(reason)}."
             )
-        return DiscoveryError(
-            UNREACHABLE, f"{self.who} could not be reached: {_excerpt(reason)}."
-        )
+        return DiscoveryError(UNREACHABLE, f"{self.who} could not be reached: {_excerpt(reason)}.")
 
     def _mcp_error(self, error: MCPError) -> DiscoveryError:
         """A JSON-RPC error, real or synthesised by the SDK's transport."""
@@ -583,6 +648,10 @@ class _Attempt:
             )
         if error.code == mcp_types.REQUEST_TIMEOUT:
             return self.timeout_error()
+        if self.http_error is not None:
+            return DiscoveryError(
+                PROTOCOL, f"{self.who} answered {self.stage} with {self.http_error_text()}"
+            )
         if self.stage == "initialize":
             return DiscoveryError(
                 PROTOCOL,

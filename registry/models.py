@@ -53,7 +53,10 @@ class McpServer(TenantScopedModel):
     command = models.JSONField(default=list, blank=True)  # argv for stdio servers
     version = models.CharField(max_length=50, blank=True)
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     data_classes = models.JSONField(default=list, blank=True)
@@ -100,9 +103,7 @@ class Tool(TenantScopedModel):
     output_schema = models.JSONField(null=True, blank=True)
     annotations = models.JSONField(default=dict, blank=True)
     definition_sha256 = models.CharField(max_length=64)
-    status = models.CharField(
-        max_length=20, choices=Status.choices, default=Status.PENDING_REVIEW
-    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING_REVIEW)
     # A drifted definition waits here, next to the pinned one, until it is approved or blocked.
     drifted_definition = models.JSONField(null=True, blank=True)
     drifted_sha256 = models.CharField(max_length=64, blank=True)
@@ -116,7 +117,8 @@ class Tool(TenantScopedModel):
             models.UniqueConstraint(fields=["server", "name"], name="tool_unique_name"),
             models.CheckConstraint(
                 condition=models.Q(
-                    status__in=["pending_review", "approved", "quarantined", "blocked"]),
+                    status__in=["pending_review", "approved", "quarantined", "blocked"]
+                ),
                 name="tool_status_valid",
             ),
         ]
@@ -159,7 +161,10 @@ class Agent(TenantScopedModel):
 
     name = models.CharField(max_length=200)
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="owned_agents",
     )
     purpose = models.TextField(blank=True)
@@ -171,8 +176,9 @@ class Agent(TenantScopedModel):
         ordering = ["name"]
         constraints = [
             models.UniqueConstraint(fields=["tenant", "name"], name="agent_unique_name"),
-            models.CheckConstraint(condition=models.Q(status__in=["active", "suspended"]),
-                                   name="agent_status_valid"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=["active", "suspended"]), name="agent_status_valid"
+            ),
         ]
         permissions = [("manage_agent", "Can manage this agent (owner)")]
 
@@ -193,8 +199,9 @@ class AgentPrincipal(TenantScopedModel):
     class Meta:
         ordering = ["issuer", "subject"]
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "issuer", "subject"],
-                                    name="principal_unique_per_tenant"),
+            models.UniqueConstraint(
+                fields=["tenant", "issuer", "subject"], name="principal_unique_per_tenant"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -224,34 +231,40 @@ class Grant(TenantScopedModel):
     window_tz = models.CharField(max_length=64, default="UTC")
     # {tool name: {argument: {enum|const|minimum|maximum|maxLength|pattern: …}}}
     argument_constraints = models.JSONField(default=dict, blank=True)
-    approval_mode = models.CharField(max_length=10, choices=ApprovalMode.choices,
-                                     default=ApprovalMode.NEVER)
+    approval_mode = models.CharField(
+        max_length=10, choices=ApprovalMode.choices, default=ApprovalMode.NEVER
+    )
     # Same shape as argument_constraints: the call is escalated when every listed check holds.
     approval_condition = models.JSONField(default=dict, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            models.CheckConstraint(condition=models.Q(status__in=["active", "revoked"]),
-                                   name="grant_status_valid"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=["active", "revoked"]), name="grant_status_valid"
+            ),
             models.CheckConstraint(
                 condition=models.Q(approval_mode__in=["never", "always", "when"]),
                 name="grant_approval_mode_valid",
             ),
             models.CheckConstraint(
-                condition=(models.Q(window_start__isnull=True, window_end__isnull=True)
-                           | models.Q(window_start__isnull=False, window_end__isnull=False)),
+                condition=(
+                    models.Q(window_start__isnull=True, window_end__isnull=True)
+                    | models.Q(window_start__isnull=False, window_end__isnull=False)
+                ),
                 name="grant_window_complete",
             ),
         ]
-        indexes = [models.Index(fields=["tenant", "status", "expires_at"],
-                                name="grant_tenant_active")]
+        indexes = [
+            models.Index(fields=["tenant", "status", "expires_at"], name="grant_tenant_active")
+        ]
 
     def __str__(self) -> str:
         return f"{self.agent} → {self.scope}"
@@ -259,4 +272,5 @@ class Grant(TenantScopedModel):
     def is_in_force(self, at=None) -> bool:
         at = at or timezone.now()
         return self.status == self.Status.ACTIVE and (
-            self.expires_at is None or self.expires_at > at)
+            self.expires_at is None or self.expires_at > at
+        )

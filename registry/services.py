@@ -35,8 +35,9 @@ def _check_choices(field: str, values: Iterable[str], allowed: Iterable[str]) ->
     values = list(values)
     bad = sorted(set(values) - set(allowed))
     if bad:
-        raise ValidationError({field: f"Unknown value(s) {', '.join(bad)}; use "
-                                      f"{', '.join(sorted(allowed))}."})
+        raise ValidationError(
+            {field: f"Unknown value(s) {', '.join(bad)}; use {', '.join(sorted(allowed))}."}
+        )
     return sorted(set(values))
 
 
@@ -46,16 +47,26 @@ def _state(obj, fields: Sequence[str]) -> dict[str, Any]:
 
 # --- Servers ----------------------------------------------------------------------------------
 
-SERVER_FIELDS = ("name", "description", "transport", "url", "command", "version", "data_classes",
-                 "risk_tier", "status")
+SERVER_FIELDS = (
+    "name",
+    "description",
+    "transport",
+    "url",
+    "command",
+    "version",
+    "data_classes",
+    "risk_tier",
+    "status",
+)
 
 
 def _validate_server(server: McpServer) -> None:
     server.data_classes = _check_choices("data_classes", server.data_classes, DataClass.values)
     if server.transport == McpServer.Transport.STDIO:
         if not server.command or not all(isinstance(a, str) and a for a in server.command):
-            raise ValidationError({"command": "A stdio server needs a command: a list of "
-                                              "program and arguments."})
+            raise ValidationError(
+                {"command": "A stdio server needs a command: a list of program and arguments."}
+            )
     else:
         if not server.url:
             raise ValidationError({"url": f"A {server.transport} server needs a URL."})
@@ -83,14 +94,26 @@ def server_create(
 ) -> McpServer:
     """Register a server (status pending until an admin activates it)."""
     server = McpServer(
-        tenant=tenant, name=name.strip(), transport=transport, url=url.strip(),
-        command=list(command or []), description=description, version=version, owner=owner,
-        data_classes=list(data_classes), risk_tier=risk_tier,
+        tenant=tenant,
+        name=name.strip(),
+        transport=transport,
+        url=url.strip(),
+        command=list(command or []),
+        description=description,
+        version=version,
+        owner=owner,
+        data_classes=list(data_classes),
+        risk_tier=risk_tier,
     )
     _validate_server(server)
     server.save()
-    audit_record(tenant=tenant, actor=actor, action="server.created", obj=server,
-                 after=_state(server, SERVER_FIELDS))
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="server.created",
+        obj=server,
+        after=_state(server, SERVER_FIELDS),
+    )
     return server
 
 
@@ -108,8 +131,14 @@ def server_update(*, tenant: Tenant, actor: Actor, server: McpServer, **changes:
     _validate_server(server)
     server.updated_at = timezone.now()
     server.save()
-    audit_record(tenant=tenant, actor=actor, action="server.updated", obj=server,
-                 before=before, after=_state(server, SERVER_FIELDS))
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="server.updated",
+        obj=server,
+        before=before,
+        after=_state(server, SERVER_FIELDS),
+    )
     return server
 
 
@@ -119,15 +148,26 @@ def server_transition(*, tenant: Tenant, actor: Actor, server: McpServer, status
     server = McpServer.objects.for_tenant(tenant).select_for_update().get(pk=server.pk)
     if not server.can_become(status):
         allowed = sorted(McpServer.TRANSITIONS.get(server.status, set()))
-        raise ValidationError({"status": (
-            f"A {server.status} server cannot become {status}; allowed: "
-            f"{', '.join(allowed) or 'nothing (retired is final)'}.")})
+        raise ValidationError(
+            {
+                "status": (
+                    f"A {server.status} server cannot become {status}; allowed: "
+                    f"{', '.join(allowed) or 'nothing (retired is final)'}."
+                )
+            }
+        )
     before = server.status
     server.status = status
     server.updated_at = timezone.now()
     server.save(update_fields=["status", "updated_at"])
-    audit_record(tenant=tenant, actor=actor, action=f"server.{status}", obj=server,
-                 before={"status": before}, after={"status": status})
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action=f"server.{status}",
+        obj=server,
+        before={"status": before},
+        after={"status": status},
+    )
     return server
 
 
@@ -143,6 +183,7 @@ class Definition(Protocol):
     annotations: dict
 
 
+NAME_LIMIT = Tool._meta.get_field("name").max_length
 TOOL_DEFINITION_FIELDS = ("title", "description", "input_schema", "output_schema", "annotations")
 
 
@@ -178,20 +219,35 @@ def tools_record_discovery(
     """
     now = timezone.now()
     summary = SyncSummary()
-    existing = {t.name: t for t in Tool.objects.for_tenant(tenant).filter(server=server)
-                .select_for_update()}
+    existing = {
+        t.name: t for t in Tool.objects.for_tenant(tenant).filter(server=server).select_for_update()
+    }
     seen: set[str] = set()
+    too_long = [d.name for d, _ in definitions if len(d.name) > NAME_LIMIT]
+    if too_long:
+        raise ValidationError(f"The server lists a tool whose name is longer than {NAME_LIMIT} "
+                              f"characters ({too_long[0][:60]}…); nothing was recorded.")
     for definition, sha in definitions:
         seen.add(definition.name)
         tool = existing.get(definition.name)
         values = definition_dict(definition)
         if tool is None:
-            tool = Tool.objects.create(tenant=tenant, server=server, definition_sha256=sha,
-                                       first_seen_at=now, last_seen_at=now,
-                                       **{k: v for k, v in values.items()})
+            tool = Tool.objects.create(
+                tenant=tenant,
+                server=server,
+                definition_sha256=sha,
+                first_seen_at=now,
+                last_seen_at=now,
+                **{k: v for k, v in values.items()},
+            )
             summary.new += 1
-            audit_record(tenant=tenant, actor=actor, action="tool.discovered", obj=tool,
-                         after={"definition": values, "sha256": sha})
+            audit_record(
+                tenant=tenant,
+                actor=actor,
+                action="tool.discovered",
+                obj=tool,
+                after={"definition": values, "sha256": sha},
+            )
             continue
         tool.last_seen_at = now
         if not tool.present:
@@ -206,8 +262,14 @@ def tools_record_discovery(
                 setattr(tool, field, values[field])
             tool.definition_sha256 = sha
             summary.updated += 1
-            audit_record(tenant=tenant, actor=actor, action="tool.definition_updated", obj=tool,
-                         before=before, after={"definition": values, "sha256": sha})
+            audit_record(
+                tenant=tenant,
+                actor=actor,
+                action="tool.definition_updated",
+                obj=tool,
+                before=before,
+                after={"definition": values, "sha256": sha},
+            )
         else:
             previous_status = tool.status
             tool.drifted_definition = values
@@ -216,7 +278,10 @@ def tools_record_discovery(
                 tool.status = Tool.Status.QUARANTINED
             summary.drifted += 1
             audit_record(
-                tenant=tenant, actor=actor, action="tool.drift_detected", obj=tool,
+                tenant=tenant,
+                actor=actor,
+                action="tool.drift_detected",
+                obj=tool,
                 before={"status": previous_status, "sha256": tool.definition_sha256},
                 after={"status": tool.status, "sha256": sha, "definition": values},
             )
@@ -248,8 +313,14 @@ def tool_approve(*, tenant: Tenant, actor: Actor, tool: Tool) -> Tool:
         tool.drifted_definition, tool.drifted_sha256 = None, ""
     tool.status = Tool.Status.APPROVED
     tool.save()
-    audit_record(tenant=tenant, actor=actor, action="tool.approved", obj=tool, before=before,
-                 after={"status": tool.status, "sha256": tool.definition_sha256})
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="tool.approved",
+        obj=tool,
+        before=before,
+        after={"status": tool.status, "sha256": tool.definition_sha256},
+    )
     return tool
 
 
@@ -262,8 +333,14 @@ def tool_block(*, tenant: Tenant, actor: Actor, tool: Tool) -> Tool:
     before = tool.status
     tool.status = Tool.Status.BLOCKED
     tool.save(update_fields=["status"])
-    audit_record(tenant=tenant, actor=actor, action="tool.blocked", obj=tool,
-                 before={"status": before}, after={"status": tool.status})
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="tool.blocked",
+        obj=tool,
+        before={"status": before},
+        after={"status": tool.status},
+    )
     return tool
 
 
@@ -291,31 +368,51 @@ def scope_create(
     tools: Iterable[Tool] = (),
 ) -> ToolScope:
     """Create a named set of tools."""
-    scope = ToolScope(tenant=tenant, name=name.strip(), description=description,
-                      risk_level=risk_level,
-                      data_classes=_check_choices("data_classes", data_classes, DataClass.values))
+    scope = ToolScope(
+        tenant=tenant,
+        name=name.strip(),
+        description=description,
+        risk_level=risk_level,
+        data_classes=_check_choices("data_classes", data_classes, DataClass.values),
+    )
     scope.full_clean(exclude=["tenant"], validate_unique=False)
     if ToolScope.objects.for_tenant(tenant).filter(name=scope.name).exists():
         raise ValidationError({"name": f"A scope named {scope.name!r} already exists."})
     members = _tools_of_tenant(tenant, tools)
     scope.save()
     scope.tools.set(members)
-    audit_record(tenant=tenant, actor=actor, action="scope.created", obj=scope, after={
-        "name": scope.name, "risk_level": risk_level, "data_classes": scope.data_classes,
-        "tools": sorted(str(t) for t in members)})
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="scope.created",
+        obj=scope,
+        after={
+            "name": scope.name,
+            "risk_level": risk_level,
+            "data_classes": scope.data_classes,
+            "tools": sorted(str(t) for t in members),
+        },
+    )
     return scope
 
 
 @transaction.atomic
-def scope_set_tools(*, tenant: Tenant, actor: Actor, scope: ToolScope,
-                    tools: Iterable[Tool]) -> ToolScope:
+def scope_set_tools(
+    *, tenant: Tenant, actor: Actor, scope: ToolScope, tools: Iterable[Tool]
+) -> ToolScope:
     """Replace the tools of a scope."""
     scope = ToolScope.objects.for_tenant(tenant).select_for_update().get(pk=scope.pk)
     members = _tools_of_tenant(tenant, tools)
     before = sorted(str(t) for t in scope.tools.select_related("server"))
     scope.tools.set(members)
-    audit_record(tenant=tenant, actor=actor, action="scope.tools_changed", obj=scope,
-                 before={"tools": before}, after={"tools": sorted(str(t) for t in members)})
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="scope.tools_changed",
+        obj=scope,
+        before={"tools": before},
+        after={"tools": sorted(str(t) for t in members)},
+    )
     return scope
 
 
@@ -333,20 +430,29 @@ def agent_create(
     environment: str = "",
 ) -> Agent:
     """Register an agent; its owner gets the object permission to manage it."""
-    if owner is not None and not Membership.objects.for_tenant(tenant).filter(
-            user=owner).exists():
+    if owner is not None and not Membership.objects.for_tenant(tenant).filter(user=owner).exists():
         raise ValidationError({"owner": "The owner must be a member of this tenant."})
-    agent = Agent(tenant=tenant, name=name.strip(), owner=owner, purpose=purpose,
-                  environment=environment)
+    agent = Agent(
+        tenant=tenant, name=name.strip(), owner=owner, purpose=purpose, environment=environment
+    )
     agent.full_clean(exclude=["tenant", "owner"], validate_unique=False)
     if Agent.objects.for_tenant(tenant).filter(name=agent.name).exists():
         raise ValidationError({"name": f"An agent named {agent.name!r} already exists."})
     agent.save()
     if owner is not None:
         assign_perm(AGENT_PERMISSION, owner, agent)
-    audit_record(tenant=tenant, actor=actor, action="agent.created", obj=agent, after={
-        "name": agent.name, "owner": owner.get_username() if owner else None,
-        "purpose": purpose, "environment": environment})
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="agent.created",
+        obj=agent,
+        after={
+            "name": agent.name,
+            "owner": owner.get_username() if owner else None,
+            "purpose": purpose,
+            "environment": environment,
+        },
+    )
     return agent
 
 
@@ -356,34 +462,52 @@ def agent_transition(*, tenant: Tenant, actor: Actor, agent: Agent, status: str)
     agent = Agent.objects.for_tenant(tenant).select_for_update().get(pk=agent.pk)
     if not agent.can_become(status):
         raise ValidationError(
-            {"status": f"This agent is {agent.status}; it cannot become {status}."})
+            {"status": f"This agent is {agent.status}; it cannot become {status}."}
+        )
     before = agent.status
     agent.status = status
     agent.save(update_fields=["status"])
-    audit_record(tenant=tenant, actor=actor, action=f"agent.{status}", obj=agent,
-                 before={"status": before}, after={"status": status})
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action=f"agent.{status}",
+        obj=agent,
+        before={"status": before},
+        after={"status": status},
+    )
     return agent
 
 
 @transaction.atomic
-def agent_principal_add(*, tenant: Tenant, actor: Actor, agent: Agent, issuer: str,
-                        subject: str) -> AgentPrincipal:
+def agent_principal_add(
+    *, tenant: Tenant, actor: Actor, agent: Agent, issuer: str, subject: str
+) -> AgentPrincipal:
     """Add an (issuer, subject) pair; it may identify only one agent in the tenant."""
     issuer, subject = issuer.strip(), subject.strip()
     if not issuer or not subject:
         raise ValidationError("Both issuer and subject are required.")
     taken = AgentPrincipal.objects.for_tenant(tenant).filter(issuer=issuer, subject=subject)
     if taken.exists():
-        raise ValidationError({"subject": f"{subject!r} from {issuer!r} already identifies "
-                                          f"agent {taken.get().agent.name!r}."})
+        raise ValidationError(
+            {
+                "subject": f"{subject!r} from {issuer!r} already identifies "
+                f"agent {taken.get().agent.name!r}."
+            }
+        )
     try:
         with transaction.atomic():
-            principal = AgentPrincipal.objects.create(tenant=tenant, agent=agent, issuer=issuer,
-                                                      subject=subject)
+            principal = AgentPrincipal.objects.create(
+                tenant=tenant, agent=agent, issuer=issuer, subject=subject
+            )
     except IntegrityError:  # a concurrent add won the race
         raise ValidationError({"subject": "This principal is already in use."}) from None
-    audit_record(tenant=tenant, actor=actor, action="agent.principal_added", obj=agent,
-                 after={"issuer": issuer, "subject": subject})
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="agent.principal_added",
+        obj=agent,
+        after={"issuer": issuer, "subject": subject},
+    )
     return principal
 
 
@@ -391,16 +515,31 @@ def agent_principal_add(*, tenant: Tenant, actor: Actor, agent: Agent, issuer: s
 def agent_principal_remove(*, tenant: Tenant, actor: Actor, principal: AgentPrincipal) -> None:
     """Remove a principal: gateways stop recognising the agent by it."""
     agent = principal.agent
-    audit_record(tenant=tenant, actor=actor, action="agent.principal_removed", obj=agent,
-                 before={"issuer": principal.issuer, "subject": principal.subject})
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="agent.principal_removed",
+        obj=agent,
+        before={"issuer": principal.issuer, "subject": principal.subject},
+    )
     principal.delete()
 
 
 # --- Grants -------------------------------------------------------------------------------------
 
-GRANT_FIELDS = ("calls_per_minute", "calls_per_day", "window_start", "window_end", "window_days",
-                "window_tz", "argument_constraints", "approval_mode", "approval_condition",
-                "expires_at", "status")
+GRANT_FIELDS = (
+    "calls_per_minute",
+    "calls_per_day",
+    "window_start",
+    "window_end",
+    "window_days",
+    "window_tz",
+    "argument_constraints",
+    "approval_mode",
+    "approval_condition",
+    "expires_at",
+    "status",
+)
 
 
 @transaction.atomic
@@ -429,8 +568,7 @@ def grant_create(
     argument_constraints = argument_constraints or {}
     approval_condition = approval_condition or {}
     try:
-        validate_constraints(argument_constraints, tools=tool_names,
-                             root="argument_constraints")
+        validate_constraints(argument_constraints, tools=tool_names, root="argument_constraints")
         validate_constraints(approval_condition, tools=tool_names, root="approval_condition")
     except ConstraintError as exc:
         field = exc.path.split(".")[0]
@@ -438,12 +576,10 @@ def grant_create(
     if approval_mode == Grant.ApprovalMode.WHEN and not approval_condition:
         raise ValidationError({"approval_condition": "Approval mode 'when' needs a condition."})
     if approval_mode != Grant.ApprovalMode.WHEN and approval_condition:
-        raise ValidationError({"approval_condition": "A condition is only used with mode "
-                                                     "'when'."})
+        raise ValidationError({"approval_condition": "A condition is only used with mode 'when'."})
     if (window_start is None) != (window_end is None):
         raise ValidationError({"window_end": "Give both the start and the end of the window."})
-    if any(not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= 6
-           for d in window_days):
+    if any(not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= 6 for d in window_days):
         raise ValidationError({"window_days": "Days are 0 (Monday) to 6 (Sunday)."})
     try:
         zoneinfo.ZoneInfo(window_tz)
@@ -451,20 +587,32 @@ def grant_create(
         raise ValidationError({"window_tz": f"Unknown time zone {window_tz!r}."}) from None
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "Choose an expiry in the future."})
-    for field, value in (("calls_per_minute", calls_per_minute),
-                         ("calls_per_day", calls_per_day)):
+    for field, value in (("calls_per_minute", calls_per_minute), ("calls_per_day", calls_per_day)):
         if value is not None and value < 1:
             raise ValidationError({field: "Must be at least 1 (leave empty for no limit)."})
     grant = Grant.objects.create(
-        tenant=tenant, agent=agent, scope=scope, created_by=created_by,
-        calls_per_minute=calls_per_minute, calls_per_day=calls_per_day,
-        window_start=window_start, window_end=window_end, window_days=sorted(set(window_days)),
-        window_tz=window_tz, argument_constraints=argument_constraints,
-        approval_mode=approval_mode, approval_condition=approval_condition,
+        tenant=tenant,
+        agent=agent,
+        scope=scope,
+        created_by=created_by,
+        calls_per_minute=calls_per_minute,
+        calls_per_day=calls_per_day,
+        window_start=window_start,
+        window_end=window_end,
+        window_days=sorted(set(window_days)),
+        window_tz=window_tz,
+        argument_constraints=argument_constraints,
+        approval_mode=approval_mode,
+        approval_condition=approval_condition,
         expires_at=expires_at,
     )
-    audit_record(tenant=tenant, actor=actor, action="grant.created", obj=grant,
-                 after={"agent": agent.name, "scope": scope.name} | _state(grant, GRANT_FIELDS))
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="grant.created",
+        obj=grant,
+        after={"agent": agent.name, "scope": scope.name} | _state(grant, GRANT_FIELDS),
+    )
     return grant
 
 
@@ -477,6 +625,7 @@ def grant_revoke(*, tenant: Tenant, actor: Actor, grant: Grant, reason: str = ""
     grant.status = Grant.Status.REVOKED
     grant.revoked_at = timezone.now()
     grant.save(update_fields=["status", "revoked_at"])
-    audit_record(tenant=tenant, actor=actor, action="grant.revoked", obj=grant,
-                 after={"reason": reason})
+    audit_record(
+        tenant=tenant, actor=actor, action="grant.revoked", obj=grant, after={"reason": reason}
+    )
     return grant

@@ -14,6 +14,7 @@ from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from registry import services
 from registry.constraints import ConstraintError, matches, validate_constraints, violations
+from registry.discovery import ToolDefinition, definition_sha256
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, Tool, ToolScope
 
 SYSTEM = Actor.system("test")
@@ -30,13 +31,10 @@ class Def:
 
 
 def _sha(d: Def) -> str:
-    import hashlib
-    import json
-
-    doc = {"name": d.name, "description": d.description, "title": d.title,
-           "input_schema": d.input_schema, "output_schema": d.output_schema,
-           "annotations": d.annotations}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    """The real contract hash (registry.discovery), the one gateways recompute."""
+    return definition_sha256(ToolDefinition(
+        name=d.name, title=d.title, description=d.description, input_schema=d.input_schema,
+        output_schema=d.output_schema, annotations=d.annotations))
 
 
 def _sync(tenant, server, defs):
@@ -159,7 +157,10 @@ def test_a_failed_sync_writes_nothing(tenant_a, server):
     before = (Tool.objects.count(), AuditEvent.objects.count())
     with pytest.raises(TypeError):
         with transaction.atomic():
-            _sync(tenant_a, server, [Def("new-one"), Def("bad", input_schema=object())])
+            services.tools_record_discovery(
+                tenant=tenant_a, actor=SYSTEM, server=server,
+                definitions=[(Def("new-one"), "1" * 64),
+                             (Def("bad", input_schema=object()), "2" * 64)])
     assert (Tool.objects.count(), AuditEvent.objects.count()) == before
 
 
@@ -315,3 +316,20 @@ def test_constraint_checks():
     assert not matches({}, "pay", {"amount": 5})
     with pytest.raises(ConstraintError, match="minimum: is greater than maximum"):
         validate_constraints({"t": {"a": {"minimum": 5, "maximum": 1}}})
+
+
+def test_an_overlong_tool_name_is_refused_whole(tenant_a, server):
+    with pytest.raises(ValidationError, match="longer than 200 characters"):
+        _sync(tenant_a, server, [Def("ok"), Def("x" * 201)])
+    assert not Tool.objects.exists()
+
+
+def test_discovered_definitions_record_directly(tenant_a, server):
+    wire = {"name": "pay", "description": "Pay someone", "inputSchema": {"type": "object"},
+            "annotations": {"destructiveHint": True, "readOnlyHint": None}}
+    tool = ToolDefinition.from_wire(wire)
+    services.tools_record_discovery(tenant=tenant_a, actor=SYSTEM, server=server,
+                                    definitions=[(tool, definition_sha256(wire))])
+    stored = Tool.objects.get(name="pay")
+    assert stored.annotations == {"destructiveHint": True}
+    assert stored.definition_sha256 == definition_sha256(wire)

@@ -9,184 +9,418 @@ from governance.tenancy.db import EnforceSameTenant
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('tenancy', '0002_cache_table'),
+        ("tenancy", "0002_cache_table"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Agent',
+            name="Agent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('purpose', models.TextField(blank=True)),
-                ('environment', models.CharField(blank=True, max_length=50)),
-                ('status', models.CharField(choices=[('active', 'Active'), ('suspended', 'Suspended')], default='active', max_length=10)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('owner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='owned_agents', to=settings.AUTH_USER_MODEL)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='tenancy.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("purpose", models.TextField(blank=True)),
+                ("environment", models.CharField(blank=True, max_length=50)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("active", "Active"), ("suspended", "Suspended")],
+                        default="active",
+                        max_length=10,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="owned_agents",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to="tenancy.tenant"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
-                'permissions': [('manage_agent', 'Can manage this agent (owner)')],
+                "ordering": ["name"],
+                "permissions": [("manage_agent", "Can manage this agent (owner)")],
             },
         ),
         migrations.CreateModel(
-            name='AgentPrincipal',
+            name="AgentPrincipal",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('issuer', models.CharField(max_length=500)),
-                ('subject', models.CharField(max_length=500)),
-                ('agent', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='principals', to='registry.agent')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='tenancy.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("issuer", models.CharField(max_length=500)),
+                ("subject", models.CharField(max_length=500)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="principals",
+                        to="registry.agent",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to="tenancy.tenant"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['issuer', 'subject'],
+                "ordering": ["issuer", "subject"],
             },
         ),
         migrations.CreateModel(
-            name='McpServer',
+            name="McpServer",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('description', models.TextField(blank=True)),
-                ('transport', models.CharField(choices=[('streamable-http', 'Streamable HTTP'), ('sse', 'SSE'), ('stdio', 'stdio')], max_length=20)),
-                ('url', models.URLField(blank=True, max_length=500)),
-                ('command', models.JSONField(blank=True, default=list)),
-                ('version', models.CharField(blank=True, max_length=50)),
-                ('data_classes', models.JSONField(blank=True, default=list)),
-                ('risk_tier', models.CharField(choices=[('low', 'Low'), ('medium', 'Medium'), ('high', 'High'), ('critical', 'Critical')], default='medium', max_length=10)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('active', 'Active'), ('suspended', 'Suspended'), ('retired', 'Retired')], default='pending', max_length=10)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('owner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='tenancy.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "transport",
+                    models.CharField(
+                        choices=[
+                            ("streamable-http", "Streamable HTTP"),
+                            ("sse", "SSE"),
+                            ("stdio", "stdio"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("url", models.URLField(blank=True, max_length=500)),
+                ("command", models.JSONField(blank=True, default=list)),
+                ("version", models.CharField(blank=True, max_length=50)),
+                ("data_classes", models.JSONField(blank=True, default=list)),
+                (
+                    "risk_tier",
+                    models.CharField(
+                        choices=[
+                            ("low", "Low"),
+                            ("medium", "Medium"),
+                            ("high", "High"),
+                            ("critical", "Critical"),
+                        ],
+                        default="medium",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("active", "Active"),
+                            ("suspended", "Suspended"),
+                            ("retired", "Retired"),
+                        ],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to="tenancy.tenant"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Tool',
+            name="Tool",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('title', models.CharField(blank=True, max_length=300)),
-                ('description', models.TextField(blank=True)),
-                ('input_schema', models.JSONField(blank=True, default=dict)),
-                ('output_schema', models.JSONField(blank=True, null=True)),
-                ('annotations', models.JSONField(blank=True, default=dict)),
-                ('definition_sha256', models.CharField(max_length=64)),
-                ('status', models.CharField(choices=[('pending_review', 'Pending review'), ('approved', 'Approved'), ('quarantined', 'Quarantined (definition drifted)'), ('blocked', 'Blocked')], default='pending_review', max_length=20)),
-                ('drifted_definition', models.JSONField(blank=True, null=True)),
-                ('drifted_sha256', models.CharField(blank=True, max_length=64)),
-                ('present', models.BooleanField(default=True)),
-                ('first_seen_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('last_seen_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('server', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='tools', to='registry.mcpserver')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='tenancy.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("title", models.CharField(blank=True, max_length=300)),
+                ("description", models.TextField(blank=True)),
+                ("input_schema", models.JSONField(blank=True, default=dict)),
+                ("output_schema", models.JSONField(blank=True, null=True)),
+                ("annotations", models.JSONField(blank=True, default=dict)),
+                ("definition_sha256", models.CharField(max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending_review", "Pending review"),
+                            ("approved", "Approved"),
+                            ("quarantined", "Quarantined (definition drifted)"),
+                            ("blocked", "Blocked"),
+                        ],
+                        default="pending_review",
+                        max_length=20,
+                    ),
+                ),
+                ("drifted_definition", models.JSONField(blank=True, null=True)),
+                ("drifted_sha256", models.CharField(blank=True, max_length=64)),
+                ("present", models.BooleanField(default=True)),
+                ("first_seen_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("last_seen_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "server",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="tools",
+                        to="registry.mcpserver",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to="tenancy.tenant"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['server__name', 'name'],
+                "ordering": ["server__name", "name"],
             },
         ),
         migrations.CreateModel(
-            name='ToolScope',
+            name="ToolScope",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('description', models.TextField(blank=True)),
-                ('risk_level', models.CharField(choices=[('low', 'Low'), ('medium', 'Medium'), ('high', 'High'), ('critical', 'Critical')], default='medium', max_length=10)),
-                ('data_classes', models.JSONField(blank=True, default=list)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='tenancy.tenant')),
-                ('tools', models.ManyToManyField(blank=True, related_name='scopes', to='registry.tool')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "risk_level",
+                    models.CharField(
+                        choices=[
+                            ("low", "Low"),
+                            ("medium", "Medium"),
+                            ("high", "High"),
+                            ("critical", "Critical"),
+                        ],
+                        default="medium",
+                        max_length=10,
+                    ),
+                ),
+                ("data_classes", models.JSONField(blank=True, default=list)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to="tenancy.tenant"
+                    ),
+                ),
+                (
+                    "tools",
+                    models.ManyToManyField(blank=True, related_name="scopes", to="registry.tool"),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Grant',
+            name="Grant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('calls_per_minute', models.PositiveIntegerField(blank=True, null=True)),
-                ('calls_per_day', models.PositiveIntegerField(blank=True, null=True)),
-                ('window_start', models.TimeField(blank=True, null=True)),
-                ('window_end', models.TimeField(blank=True, null=True)),
-                ('window_days', models.JSONField(blank=True, default=list)),
-                ('window_tz', models.CharField(default='UTC', max_length=64)),
-                ('argument_constraints', models.JSONField(blank=True, default=dict)),
-                ('approval_mode', models.CharField(choices=[('never', 'Never'), ('always', 'Always'), ('when', 'When arguments match a condition')], default='never', max_length=10)),
-                ('approval_condition', models.JSONField(blank=True, default=dict)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('status', models.CharField(choices=[('active', 'Active'), ('revoked', 'Revoked')], default='active', max_length=10)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('agent', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='grants', to='registry.agent')),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='tenancy.tenant')),
-                ('scope', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='grants', to='registry.toolscope')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("calls_per_minute", models.PositiveIntegerField(blank=True, null=True)),
+                ("calls_per_day", models.PositiveIntegerField(blank=True, null=True)),
+                ("window_start", models.TimeField(blank=True, null=True)),
+                ("window_end", models.TimeField(blank=True, null=True)),
+                ("window_days", models.JSONField(blank=True, default=list)),
+                ("window_tz", models.CharField(default="UTC", max_length=64)),
+                ("argument_constraints", models.JSONField(blank=True, default=dict)),
+                (
+                    "approval_mode",
+                    models.CharField(
+                        choices=[
+                            ("never", "Never"),
+                            ("always", "Always"),
+                            ("when", "When arguments match a condition"),
+                        ],
+                        default="never",
+                        max_length=10,
+                    ),
+                ),
+                ("approval_condition", models.JSONField(blank=True, default=dict)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("active", "Active"), ("revoked", "Revoked")],
+                        default="active",
+                        max_length=10,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="grants",
+                        to="registry.agent",
+                    ),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to="tenancy.tenant"
+                    ),
+                ),
+                (
+                    "scope",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="grants",
+                        to="registry.toolscope",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddConstraint(
-            model_name='agent',
-            constraint=models.UniqueConstraint(fields=('tenant', 'name'), name='agent_unique_name'),
+            model_name="agent",
+            constraint=models.UniqueConstraint(fields=("tenant", "name"), name="agent_unique_name"),
         ),
         migrations.AddConstraint(
-            model_name='agent',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['active', 'suspended'])), name='agent_status_valid'),
+            model_name="agent",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["active", "suspended"])),
+                name="agent_status_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='agentprincipal',
-            constraint=models.UniqueConstraint(fields=('tenant', 'issuer', 'subject'), name='principal_unique_per_tenant'),
+            model_name="agentprincipal",
+            constraint=models.UniqueConstraint(
+                fields=("tenant", "issuer", "subject"), name="principal_unique_per_tenant"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='mcpserver',
-            constraint=models.UniqueConstraint(fields=('tenant', 'name'), name='server_unique_name'),
+            model_name="mcpserver",
+            constraint=models.UniqueConstraint(
+                fields=("tenant", "name"), name="server_unique_name"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='mcpserver',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['pending', 'active', 'suspended', 'retired'])), name='server_status_valid'),
+            model_name="mcpserver",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["pending", "active", "suspended", "retired"])),
+                name="server_status_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='mcpserver',
-            constraint=models.CheckConstraint(condition=models.Q(('transport', 'stdio'), models.Q(('url', ''), _negated=True), _connector='OR'), name='server_remote_has_url'),
+            model_name="mcpserver",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("transport", "stdio"), models.Q(("url", ""), _negated=True), _connector="OR"
+                ),
+                name="server_remote_has_url",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='tool',
-            constraint=models.UniqueConstraint(fields=('server', 'name'), name='tool_unique_name'),
+            model_name="tool",
+            constraint=models.UniqueConstraint(fields=("server", "name"), name="tool_unique_name"),
         ),
         migrations.AddConstraint(
-            model_name='tool',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['pending_review', 'approved', 'quarantined', 'blocked'])), name='tool_status_valid'),
+            model_name="tool",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("status__in", ["pending_review", "approved", "quarantined", "blocked"])
+                ),
+                name="tool_status_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='toolscope',
-            constraint=models.UniqueConstraint(fields=('tenant', 'name'), name='scope_unique_name'),
+            model_name="toolscope",
+            constraint=models.UniqueConstraint(fields=("tenant", "name"), name="scope_unique_name"),
         ),
         migrations.AddIndex(
-            model_name='grant',
-            index=models.Index(fields=['tenant', 'status', 'expires_at'], name='grant_tenant_active'),
+            model_name="grant",
+            index=models.Index(
+                fields=["tenant", "status", "expires_at"], name="grant_tenant_active"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='grant',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['active', 'revoked'])), name='grant_status_valid'),
+            model_name="grant",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["active", "revoked"])), name="grant_status_valid"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='grant',
-            constraint=models.CheckConstraint(condition=models.Q(('approval_mode__in', ['never', 'always', 'when'])), name='grant_approval_mode_valid'),
+            model_name="grant",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("approval_mode__in", ["never", "always", "when"])),
+                name="grant_approval_mode_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='grant',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('window_end__isnull', True), ('window_start__isnull', True)), models.Q(('window_end__isnull', False), ('window_start__isnull', False)), _connector='OR'), name='grant_window_complete'),
+            model_name="grant",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("window_end__isnull", True), ("window_start__isnull", True)),
+                    models.Q(("window_end__isnull", False), ("window_start__isnull", False)),
+                    _connector="OR",
+                ),
+                name="grant_window_complete",
+            ),
         ),
         EnforceSameTenant("tool", "server", "mcpserver"),
         EnforceSameTenant("agentprincipal", "agent", "agent"),
