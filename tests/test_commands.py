@@ -50,3 +50,7 @@ def test_seed_demo_is_idempotent_and_refuses_production(db, settings):
     settings.DEBUG = False
     with pytest.raises(CommandError, match="Refusing to create demo users"):
         call_command("seed_demo")
+
+
+def test_models_and_migrations_agree(db):
+    call_command("makemigrations", "--check", "--dry-run", stdout=io.StringIO())
