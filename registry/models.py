@@ -25,7 +25,16 @@ class Risk(models.TextChoices):
     CRITICAL = "critical", "Critical"
 
 
-class McpServer(TenantScopedModel):
+class LifecycleMixin:
+    """Models with a ``status`` and a ``TRANSITIONS`` map of the allowed next states."""
+
+    TRANSITIONS: dict[str, set[str]] = {}
+
+    def can_become(self, status: str) -> bool:
+        return status in self.TRANSITIONS.get(self.status, set())
+
+
+class McpServer(LifecycleMixin, TenantScopedModel):
     """An MCP server agents reach through gateways."""
 
     class Transport(models.TextChoices):
@@ -81,9 +90,6 @@ class McpServer(TenantScopedModel):
 
     def __str__(self) -> str:
         return self.name
-
-    def can_become(self, status: str) -> bool:
-        return status in self.TRANSITIONS.get(self.status, set())
 
 
 class Tool(TenantScopedModel):
@@ -147,7 +153,7 @@ class ToolScope(TenantScopedModel):
         return self.name
 
 
-class Agent(TenantScopedModel):
+class Agent(LifecycleMixin, TenantScopedModel):
     """An AI agent, recognised by gateways through its principals."""
 
     class Status(models.TextChoices):
@@ -184,9 +190,6 @@ class Agent(TenantScopedModel):
 
     def __str__(self) -> str:
         return self.name
-
-    def can_become(self, status: str) -> bool:
-        return status in self.TRANSITIONS.get(self.status, set())
 
 
 class AgentPrincipal(TenantScopedModel):

@@ -142,33 +142,34 @@ def server_update(*, tenant: Tenant, actor: Actor, server: McpServer, **changes:
     return server
 
 
+def _transition(*, tenant: Tenant, actor: Actor, obj, noun: str, status: str, refusal: str):
+    """Move ``obj`` to ``status`` if its model's TRANSITIONS allow it (row-locked, audited).
+
+    ``refusal`` is formatted with ``current``, ``wanted`` and ``allowed``.
+    """
+    obj = type(obj).objects.for_tenant(tenant).select_for_update().get(pk=obj.pk)
+    if not obj.can_become(status):
+        current = obj.status
+        allowed = ", ".join(sorted(obj.TRANSITIONS.get(current, set())))
+        raise ValidationError({"status": refusal.format(
+            current=current, wanted=status, allowed=allowed or f"nothing ({current} is final)")})
+    before = obj.status
+    obj.status = status
+    fields = ["status"]
+    if any(f.name == "updated_at" for f in obj._meta.fields):
+        obj.updated_at = timezone.now()
+        fields.append("updated_at")
+    obj.save(update_fields=fields)
+    audit_record(tenant=tenant, actor=actor, action=f"{noun}.{status}", obj=obj,
+                 before={"status": before}, after={"status": status})
+    return obj
+
+
 @transaction.atomic
 def server_transition(*, tenant: Tenant, actor: Actor, server: McpServer, status: str) -> McpServer:
     """Move a server along pending → active → suspended → retired (allowed steps only)."""
-    server = McpServer.objects.for_tenant(tenant).select_for_update().get(pk=server.pk)
-    if not server.can_become(status):
-        allowed = sorted(McpServer.TRANSITIONS.get(server.status, set()))
-        raise ValidationError(
-            {
-                "status": (
-                    f"A {server.status} server cannot become {status}; allowed: "
-                    f"{', '.join(allowed) or 'nothing (retired is final)'}."
-                )
-            }
-        )
-    before = server.status
-    server.status = status
-    server.updated_at = timezone.now()
-    server.save(update_fields=["status", "updated_at"])
-    audit_record(
-        tenant=tenant,
-        actor=actor,
-        action=f"server.{status}",
-        obj=server,
-        before={"status": before},
-        after={"status": status},
-    )
-    return server
+    return _transition(tenant=tenant, actor=actor, obj=server, noun="server", status=status,
+                       refusal="A {current} server cannot become {wanted}; allowed: {allowed}.")
 
 
 # --- Tools: discovery results and review -------------------------------------------------------
@@ -459,23 +460,8 @@ def agent_create(
 @transaction.atomic
 def agent_transition(*, tenant: Tenant, actor: Actor, agent: Agent, status: str) -> Agent:
     """Suspend or reactivate an agent."""
-    agent = Agent.objects.for_tenant(tenant).select_for_update().get(pk=agent.pk)
-    if not agent.can_become(status):
-        raise ValidationError(
-            {"status": f"This agent is {agent.status}; it cannot become {status}."}
-        )
-    before = agent.status
-    agent.status = status
-    agent.save(update_fields=["status"])
-    audit_record(
-        tenant=tenant,
-        actor=actor,
-        action=f"agent.{status}",
-        obj=agent,
-        before={"status": before},
-        after={"status": status},
-    )
-    return agent
+    return _transition(tenant=tenant, actor=actor, obj=agent, noun="agent", status=status,
+                       refusal="This agent is {current}; it cannot become {wanted}.")
 
 
 @transaction.atomic
