@@ -13,9 +13,13 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from django.db import connections
+from playwright.sync_api import Browser, sync_playwright
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IDP_DIR = REPO_ROOT / "tests" / "idp"
@@ -54,6 +58,33 @@ def require_e2e_tools() -> None:
         )
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} is missing: run `make test-deps` (installs Chromium)")
+
+
+def require_chromium() -> None:
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run `make test-deps` (installs Chromium)")
+
+
+@contextmanager
+def chromium_browser() -> Iterator[Browser]:
+    """The system Chromium under Playwright's sync API, for tests that read the database."""
+    require_chromium()
+    with pytest.MonkeyPatch.context() as mp:
+        # The sync API runs an event loop in this thread, and the tests read the database here.
+        mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            )
+            try:
+                yield chromium
+            finally:
+                # While that loop runs, Django keeps this thread's connections in context-local
+                # storage, apart from the ones pytest-django set up. Close them now: once the
+                # loop has stopped they are out of reach, and on PostgreSQL an open one stops
+                # the test database from being dropped at the end of the session.
+                connections.close_all()
+                chromium.close()
 
 
 class TestIdp:

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
-from django.db import connections
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from governance.audit.models import AuditEvent
@@ -25,9 +24,8 @@ from governance.tenancy.models import ExternalIdentity, Membership
 from governance.tenancy.roles import Role
 from tests.e2e_support import (
     ARTIFACTS_DIR,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     TestIdp,
+    chromium_browser,
     require_e2e_tools,
 )
 
@@ -90,23 +88,10 @@ def oidc_settings(settings, idp) -> None:
 
 
 @pytest.fixture
-def browser(monkeypatch) -> Iterator[Browser]:
+def browser() -> Iterator[Browser]:
     require_e2e_tools()
-    # The sync API runs an event loop in this thread, and the test reads the database here.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            # While that loop runs, Django keeps this thread's connections in context-local
-            # storage, apart from the ones pytest-django set up. Close them now: once the loop
-            # has stopped they are out of reach, and on PostgreSQL an open one stops the test
-            # database from being dropped at the end of the session.
-            connections.close_all()
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 @pytest.fixture

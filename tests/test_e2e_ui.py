@@ -13,19 +13,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from django.db import connections
-from playwright.sync_api import Browser, ConsoleMessage, Page, Response, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response
 
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from governance.tenancy import services
 from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership, hash_token
 from governance.tenancy.roles import Role
-from tests.e2e_support import ARTIFACTS_DIR, CHROMIUM, CHROMIUM_ARGS
+from tests.e2e_support import ARTIFACTS_DIR, chromium_browser
 from tests.factories import MembershipFactory, make_token
 
 pytestmark = pytest.mark.e2e
@@ -48,23 +46,8 @@ document.addEventListener("securitypolicyviolation", (event) => {
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """One Chromium for the module; every test gets its own context (see `ui`)."""
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: run `make test-deps` (installs Chromium)")
-    with pytest.MonkeyPatch.context() as mp:
-        # The sync API runs an event loop in this thread, and the tests read the database here.
-        mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        with sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(
-                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-            )
-            try:
-                yield chromium
-            finally:
-                # See tests/test_e2e_oidc.py: connections opened while the loop runs live in
-                # context-local storage and are out of reach once it stops (on PostgreSQL an
-                # open one would keep the test database from being dropped).
-                connections.close_all()
-                chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 @pytest.fixture
