@@ -149,7 +149,23 @@ CELERY_BEAT_SCHEDULE = {
         "task": "governance.audit.tasks.verify_audit_chains",
         "schedule": timedelta(minutes=env_int("AUDIT_VERIFY_MINUTES", 60, minimum=1)),
     },
+    # Looks every minute for servers whose tenant re-sync interval has passed.
+    "resync-servers": {
+        "task": "registry.tasks.resync_servers",
+        "schedule": timedelta(minutes=1),
+    },
 }
+
+# --- Registry: tool sync ----------------------------------------------------------------------
+# One deadline for talking to a server (connect, initialize, every tools/list page).
+REGISTRY_SYNC_TIMEOUT = env_int("REGISTRY_SYNC_TIMEOUT", 30, minimum=1)
+# A server listing more tools than this is refused as a whole (nothing is recorded).
+REGISTRY_MAX_TOOLS = env_int("REGISTRY_MAX_TOOLS", 5000, minimum=1)
+# The worker gives up on a run after these (the soft limit fails it cleanly; the hard one kills).
+REGISTRY_SYNC_SOFT_TIME_LIMIT = REGISTRY_SYNC_TIMEOUT + 60
+REGISTRY_SYNC_TIME_LIMIT = REGISTRY_SYNC_TIMEOUT + 90
+# A run no worker picked up within this many seconds is failed with "not started".
+REGISTRY_SYNC_QUEUE_EXPIRY = env_int("REGISTRY_SYNC_QUEUE_EXPIRY", 900, minimum=60)
 
 # --- Authentication -------------------------------------------------------------------------
 OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")

@@ -71,6 +71,13 @@ class McpServer(LifecycleMixin, TenantScopedModel):
     data_classes = models.JSONField(default=list, blank=True)
     risk_tier = models.CharField(max_length=10, choices=Risk.choices, default=Risk.MEDIUM)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    # Where the server came from when it was imported from an MCP registry server.json.
+    registry_name = models.CharField(max_length=200, blank=True)
+    # The newest tools/list run (shown on every server row without another query).
+    latest_sync = models.ForeignKey(
+        "ServerSync", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_synced_at = models.DateTimeField(null=True, blank=True)  # last successful sync
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -90,6 +97,59 @@ class McpServer(LifecycleMixin, TenantScopedModel):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ServerSync(TenantScopedModel):
+    """One run of ``tools/list`` against a server: queued → running → succeeded | failed."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "Started by a person"
+        API = "api", "Started through the API"
+        SCHEDULED = "scheduled", "Scheduled re-sync"
+
+    server = models.ForeignKey(McpServer, on_delete=models.CASCADE, related_name="syncs")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.MANUAL)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # What the run is doing now, for the progress display ("Connecting…", "Recording 12 tools").
+    progress = models.CharField(max_length=200, blank=True)
+    tools_listed = models.PositiveIntegerField(null=True, blank=True)
+    summary = models.JSONField(default=dict, blank=True)  # SyncSummary counts on success
+    error_code = models.CharField(max_length=40, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["queued", "running", "succeeded", "failed"]),
+                name="sync_status_valid",
+            ),
+            # At most one queued or running sync per server: a second request joins the first.
+            models.UniqueConstraint(
+                fields=["server"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="sync_one_open_per_server",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"sync of {self.server_id} ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
 
 
 class Tool(TenantScopedModel):

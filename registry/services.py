@@ -12,7 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from guardian.shortcuts import assign_perm
+from guardian.shortcuts import assign_perm, remove_perm
 
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Membership, Tenant
@@ -27,6 +27,7 @@ from registry.models import (
     Tool,
     ToolScope,
 )
+from registry.server_json import ServerJsonError, parse_document, read_server_json
 
 AGENT_PERMISSION = "registry.manage_agent"
 
@@ -170,6 +171,60 @@ def server_transition(*, tenant: Tenant, actor: Actor, server: McpServer, status
     """Move a server along pending → active → suspended → retired (allowed steps only)."""
     return _transition(tenant=tenant, actor=actor, obj=server, noun="server", status=status,
                        refusal="A {current} server cannot become {wanted}; allowed: {allowed}.")
+
+
+@transaction.atomic
+def server_import(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    document: bytes | str | dict,
+    owner: AbstractBaseUser | None = None,
+    data_classes: Sequence[str] = (),
+    risk_tier: str = Risk.MEDIUM,
+) -> McpServer:
+    """Register a server from an MCP registry ``server.json`` (errors name the field path)."""
+    try:
+        doc = document if isinstance(document, dict) else parse_document(document)
+        imported = read_server_json(doc)
+    except ServerJsonError as exc:
+        raise ValidationError(
+            {path or "document": [message] for path, message in _group(exc.problems).items()}
+        ) from None
+    if McpServer.objects.for_tenant(tenant).filter(registry_name=imported.registry_name).exists():
+        raise ValidationError(
+            {"name": f"{imported.registry_name} is already registered in this tenant."}
+        )
+    server = server_create(
+        tenant=tenant,
+        actor=actor,
+        name=imported.name,
+        transport=imported.transport,
+        url=imported.url,
+        command=imported.command,
+        description=imported.description,
+        version=imported.version,
+        owner=owner,
+        data_classes=data_classes,
+        risk_tier=risk_tier,
+    )
+    server.registry_name = imported.registry_name
+    server.save(update_fields=["registry_name"])
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="server.imported",
+        obj=server,
+        after={"registry_name": imported.registry_name, "version": imported.version},
+    )
+    return server
+
+
+def _group(problems: list[tuple[str, str]]) -> dict[str, str]:
+    grouped: dict[str, list[str]] = {}
+    for path, message in problems:
+        grouped.setdefault(path, []).append(message)
+    return {path: " ".join(messages) for path, messages in grouped.items()}
 
 
 # --- Tools: discovery results and review -------------------------------------------------------
@@ -417,6 +472,44 @@ def scope_set_tools(
     return scope
 
 
+SCOPE_FIELDS = ("name", "description", "risk_level", "data_classes")
+
+
+@transaction.atomic
+def scope_update(*, tenant: Tenant, actor: Actor, scope: ToolScope, **changes: Any) -> ToolScope:
+    """Change a scope's name, description, risk level or data classes."""
+    scope = ToolScope.objects.for_tenant(tenant).select_for_update().get(pk=scope.pk)
+    unknown = set(changes) - set(SCOPE_FIELDS)
+    if unknown:
+        raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
+    before = _state(scope, SCOPE_FIELDS)
+    for field, value in changes.items():
+        setattr(scope, field, value.strip() if field == "name" else value)
+    scope.data_classes = _check_choices("data_classes", scope.data_classes, DataClass.values)
+    scope.full_clean(exclude=["tenant"], validate_unique=False)
+    if ToolScope.objects.for_tenant(tenant).filter(name=scope.name).exclude(pk=scope.pk).exists():
+        raise ValidationError({"name": f"A scope named {scope.name!r} already exists."})
+    scope.save()
+    audit_record(tenant=tenant, actor=actor, action="scope.updated", obj=scope, before=before,
+                 after=_state(scope, SCOPE_FIELDS))
+    return scope
+
+
+@transaction.atomic
+def scope_delete(*, tenant: Tenant, actor: Actor, scope: ToolScope) -> None:
+    """Delete a scope that was never granted (granted scopes stay, for the record)."""
+    scope = ToolScope.objects.for_tenant(tenant).select_for_update().get(pk=scope.pk)
+    if scope.grants.exists():
+        raise ValidationError(
+            {"scope": "This scope has grants (active or revoked) and is kept for the record; "
+                      "revoke its active grants and remove its tools instead."}
+        )
+    audit_record(tenant=tenant, actor=actor, action="scope.deleted", obj=scope,
+                 before=_state(scope, SCOPE_FIELDS)
+                 | {"tools": sorted(str(t) for t in scope.tools.select_related("server"))})
+    scope.delete()
+
+
 # --- Agents -------------------------------------------------------------------------------------
 
 
@@ -455,6 +548,45 @@ def agent_create(
         },
     )
     return agent
+
+
+AGENT_FIELDS = ("name", "purpose", "environment")
+
+
+@transaction.atomic
+def agent_update(*, tenant: Tenant, actor: Actor, agent: Agent, **changes: Any) -> Agent:
+    """Change an agent's name, purpose, environment or owner (the owner permission moves)."""
+    agent = Agent.objects.for_tenant(tenant).select_for_update().get(pk=agent.pk)
+    unknown = set(changes) - set(AGENT_FIELDS) - {"owner"}
+    if unknown:
+        raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
+    before = _state(agent, AGENT_FIELDS) | {"owner": _username(agent.owner)}
+    old_owner = agent.owner
+    if "owner" in changes:
+        owner = changes.pop("owner")
+        if owner is not None and not Membership.objects.for_tenant(tenant).filter(
+            user=owner
+        ).exists():
+            raise ValidationError({"owner": "The owner must be a member of this tenant."})
+        agent.owner = owner
+    for field, value in changes.items():
+        setattr(agent, field, value.strip() if field == "name" else value)
+    agent.full_clean(exclude=["tenant", "owner"], validate_unique=False)
+    if Agent.objects.for_tenant(tenant).filter(name=agent.name).exclude(pk=agent.pk).exists():
+        raise ValidationError({"name": f"An agent named {agent.name!r} already exists."})
+    agent.save()
+    if agent.owner != old_owner:
+        if old_owner is not None:
+            remove_perm(AGENT_PERMISSION, old_owner, agent)
+        if agent.owner is not None:
+            assign_perm(AGENT_PERMISSION, agent.owner, agent)
+    audit_record(tenant=tenant, actor=actor, action="agent.updated", obj=agent, before=before,
+                 after=_state(agent, AGENT_FIELDS) | {"owner": _username(agent.owner)})
+    return agent
+
+
+def _username(user: AbstractBaseUser | None) -> str | None:
+    return user.get_username() if user is not None else None
 
 
 @transaction.atomic
@@ -528,6 +660,55 @@ GRANT_FIELDS = (
 )
 
 
+TERM_FIELDS = GRANT_FIELDS[:-1]  # everything but status: what grant_create/grant_update take
+
+
+def _validate_grant_terms(scope: ToolScope, terms: dict[str, Any], *, is_new: bool) -> None:
+    """Check every grant term; each error names its field (and the path inside constraints)."""
+    tool_names = set(scope.tools.values_list("name", flat=True))
+    terms["argument_constraints"] = terms.get("argument_constraints") or {}
+    terms["approval_condition"] = terms.get("approval_condition") or {}
+    try:
+        validate_constraints(
+            terms["argument_constraints"], tools=tool_names, root="argument_constraints"
+        )
+        validate_constraints(
+            terms["approval_condition"], tools=tool_names, root="approval_condition"
+        )
+    except ConstraintError as exc:
+        field = exc.path.split(".")[0]
+        raise ValidationError({field: f"{exc.path}: {exc.message}"}) from None
+    mode = terms["approval_mode"]
+    if mode not in Grant.ApprovalMode.values:
+        raise ValidationError(
+            {"approval_mode": f"Use one of {', '.join(Grant.ApprovalMode.values)}."}
+        )
+    if mode == Grant.ApprovalMode.WHEN and not terms["approval_condition"]:
+        raise ValidationError({"approval_condition": "Approval mode 'when' needs a condition."})
+    if mode != Grant.ApprovalMode.WHEN and terms["approval_condition"]:
+        raise ValidationError({"approval_condition": "A condition is only used with mode 'when'."})
+    if (terms["window_start"] is None) != (terms["window_end"] is None):
+        raise ValidationError({"window_end": "Give both the start and the end of the window."})
+    days = terms["window_days"]
+    if not isinstance(days, list | tuple) or any(
+        not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= 6 for d in days
+    ):
+        raise ValidationError({"window_days": "Days are 0 (Monday) to 6 (Sunday)."})
+    terms["window_days"] = sorted(set(days))
+    try:
+        zoneinfo.ZoneInfo(terms["window_tz"])
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValidationError({"window_tz": f"Unknown time zone {terms['window_tz']!r}."}) from None
+    expires_at = terms["expires_at"]
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "Choose an expiry in the future."})
+    for field in ("calls_per_minute", "calls_per_day"):
+        value = terms[field]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValidationError({field: "Must be at least 1 (leave empty for no limit)."})
+
+
 @transaction.atomic
 def grant_create(
     *,
@@ -550,47 +731,21 @@ def grant_create(
     """Grant a scope to an agent with its limits; every part is validated with a field path."""
     if agent.tenant_id != tenant.pk or scope.tenant_id != tenant.pk:
         raise ValidationError("Agent and scope must belong to this tenant.")
-    tool_names = set(scope.tools.values_list("name", flat=True))
-    argument_constraints = argument_constraints or {}
-    approval_condition = approval_condition or {}
-    try:
-        validate_constraints(argument_constraints, tools=tool_names, root="argument_constraints")
-        validate_constraints(approval_condition, tools=tool_names, root="approval_condition")
-    except ConstraintError as exc:
-        field = exc.path.split(".")[0]
-        raise ValidationError({field: f"{exc.path}: {exc.message}"}) from None
-    if approval_mode == Grant.ApprovalMode.WHEN and not approval_condition:
-        raise ValidationError({"approval_condition": "Approval mode 'when' needs a condition."})
-    if approval_mode != Grant.ApprovalMode.WHEN and approval_condition:
-        raise ValidationError({"approval_condition": "A condition is only used with mode 'when'."})
-    if (window_start is None) != (window_end is None):
-        raise ValidationError({"window_end": "Give both the start and the end of the window."})
-    if any(not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= 6 for d in window_days):
-        raise ValidationError({"window_days": "Days are 0 (Monday) to 6 (Sunday)."})
-    try:
-        zoneinfo.ZoneInfo(window_tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValidationError({"window_tz": f"Unknown time zone {window_tz!r}."}) from None
-    if expires_at is not None and expires_at <= timezone.now():
-        raise ValidationError({"expires_at": "Choose an expiry in the future."})
-    for field, value in (("calls_per_minute", calls_per_minute), ("calls_per_day", calls_per_day)):
-        if value is not None and value < 1:
-            raise ValidationError({field: "Must be at least 1 (leave empty for no limit)."})
+    terms: dict[str, Any] = {
+        "calls_per_minute": calls_per_minute,
+        "calls_per_day": calls_per_day,
+        "window_start": window_start,
+        "window_end": window_end,
+        "window_days": list(window_days),
+        "window_tz": window_tz,
+        "argument_constraints": argument_constraints,
+        "approval_mode": approval_mode,
+        "approval_condition": approval_condition,
+        "expires_at": expires_at,
+    }
+    _validate_grant_terms(scope, terms, is_new=True)
     grant = Grant.objects.create(
-        tenant=tenant,
-        agent=agent,
-        scope=scope,
-        created_by=created_by,
-        calls_per_minute=calls_per_minute,
-        calls_per_day=calls_per_day,
-        window_start=window_start,
-        window_end=window_end,
-        window_days=sorted(set(window_days)),
-        window_tz=window_tz,
-        argument_constraints=argument_constraints,
-        approval_mode=approval_mode,
-        approval_condition=approval_condition,
-        expires_at=expires_at,
+        tenant=tenant, agent=agent, scope=scope, created_by=created_by, **terms
     )
     audit_record(
         tenant=tenant,
@@ -599,6 +754,32 @@ def grant_create(
         obj=grant,
         after={"agent": agent.name, "scope": scope.name} | _state(grant, GRANT_FIELDS),
     )
+    return grant
+
+
+@transaction.atomic
+def grant_update(*, tenant: Tenant, actor: Actor, grant: Grant, **changes: Any) -> Grant:
+    """Change the limits, constraints, approval mode or expiry of an active grant."""
+    grant = Grant.objects.for_tenant(tenant).select_for_update().select_related("scope").get(
+        pk=grant.pk
+    )
+    if grant.status != Grant.Status.ACTIVE:
+        raise ValidationError({"status": "A revoked grant cannot be changed; create a new one."})
+    unknown = set(changes) - set(TERM_FIELDS)
+    if unknown:
+        raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
+    before = _state(grant, TERM_FIELDS)
+    terms = before | changes
+    if "expires_at" not in changes:
+        terms["expires_at"] = None  # an unchanged past expiry is the sweeper's business, not ours
+    _validate_grant_terms(grant.scope, terms, is_new=False)
+    if "expires_at" not in changes:
+        terms["expires_at"] = before["expires_at"]
+    for field, value in terms.items():
+        setattr(grant, field, value)
+    grant.save()
+    audit_record(tenant=tenant, actor=actor, action="grant.updated", obj=grant,
+                 before=before, after=_state(grant, TERM_FIELDS))
     return grant
 
 

@@ -240,6 +240,7 @@ def test_every_tenant_model_is_covered_by_the_contract():
     not_exposed: dict[type, str] = {
         registry.McpServer: pending, registry.Tool: pending, registry.ToolScope: pending,
         registry.Agent: pending, registry.AgentPrincipal: pending, registry.Grant: pending,
+        registry.ServerSync: pending,
     }
     covered = set(KWARG_MODELS.values()) | {
         getattr(r.view_class, "model", None) for r in TENANT_ROUTES

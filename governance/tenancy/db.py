@@ -4,6 +4,12 @@
 ``(tenant_id, <fk>) → target(tenant_id, id)`` (with the UNIQUE it needs on the target); on
 SQLite, which cannot add constraints to existing tables, it installs equivalent triggers. Either
 way a cross-tenant reference fails in the database even if application code forgets to check.
+
+SQLite caveat: when Django rebuilds a table (many AddField/AlterField operations do on SQLite),
+triggers that *mention* that table make the rename fail, and triggers *on* it are dropped with
+it. A migration that rebuilds a table therefore wraps the rebuild in ``SuspendSameTenant`` (for
+triggers that reference it) and re-installs its own with ``EnforceSameTenant(…,
+sqlite_only=True)``. Both are no-ops on PostgreSQL, whose constraints survive ALTER TABLE.
 """
 
 from __future__ import annotations
@@ -17,10 +23,15 @@ class EnforceSameTenant(migrations.operations.base.Operation):
     reduces_to_sql = True
     reversible = True
 
-    def __init__(self, model: str, field: str, target: str) -> None:
+    def __init__(self, model: str, field: str, target: str, *, sqlite_only: bool = False) -> None:
         self.model = model
         self.field = field
         self.target = target
+        self.sqlite_only = sqlite_only
+
+    def deconstruct(self):
+        kwargs = {"sqlite_only": True} if self.sqlite_only else {}
+        return self.__class__.__name__, [self.model, self.field, self.target], kwargs
 
     def state_forwards(self, app_label, state) -> None:
         pass  # database-only
@@ -41,6 +52,8 @@ class EnforceSameTenant(migrations.operations.base.Operation):
         table, column, target = self._tables(app_label, to_state)
         unique, name = self._names(table, column, target)
         vendor = schema_editor.connection.vendor
+        if self.sqlite_only and vendor != "sqlite":
+            return
         # Identifiers below come from model metadata, never from input (hence the S608 noqa).
         if vendor == "postgresql":
             schema_editor.execute(
@@ -68,8 +81,29 @@ class EnforceSameTenant(migrations.operations.base.Operation):
     def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
         table, column, target = self._tables(app_label, from_state)
         unique, name = self._names(table, column, target)
+        if self.sqlite_only and schema_editor.connection.vendor != "sqlite":
+            return
         if schema_editor.connection.vendor == "postgresql":
             schema_editor.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT IF EXISTS "{name}"')
         else:
             for event in ("insert", "update"):
                 schema_editor.execute(f'DROP TRIGGER IF EXISTS "{name}_{event}"')
+
+
+class SuspendSameTenant(EnforceSameTenant):
+    """SQLite only: drop the triggers of an ``EnforceSameTenant`` while a table is rebuilt."""
+
+    def __init__(self, model: str, field: str, target: str) -> None:
+        super().__init__(model, field, target, sqlite_only=True)
+
+    def deconstruct(self):
+        return self.__class__.__name__, [self.model, self.field, self.target], {}
+
+    def describe(self) -> str:
+        return f"Suspend same-tenant triggers for {self.model}.{self.field} (SQLite)"
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        super().database_backwards(app_label, schema_editor, to_state, from_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        super().database_forwards(app_label, schema_editor, to_state, from_state)

@@ -23,6 +23,8 @@ class Tenant(models.Model):
     slug = models.CharField(max_length=50, unique=True, validators=[SLUG_VALIDATOR])
     name = models.CharField(max_length=200)
     settings = models.JSONField(default=dict, blank=True)
+    # Every active MCP server of the tenant is re-synced this often (0 = never, manual only).
+    registry_resync_minutes = models.PositiveIntegerField(default=60)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -1,0 +1,236 @@
+"""Tool sync: request a ``tools/list`` run, execute it on a worker, sweep stuck and due runs.
+
+The services here are the only writers of ``ServerSync``. A run's life:
+
+1. ``server_sync_request`` (web, API or the beat schedule) creates a *queued* run — or returns
+   the one already open for that server, so a double click or an overlapping schedule never
+   starts two — and enqueues ``registry.tasks.sync_server`` on commit.
+2. The task claims the run (``queued → running`` by a conditional UPDATE, so a redelivered
+   message cannot run it twice), and ``server_sync_execute`` talks to the server with the
+   official MCP SDK under a deadline, then applies the result in one transaction together with
+   the run's outcome: either every tool change and *succeeded*, or nothing and *failed*.
+3. ``syncs_fail_stale`` marks runs whose worker died (hard time limit, OOM, kill -9) as failed,
+   so the server page never shows "running" forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from governance.audit.services import Actor, audit_record
+from governance.tenancy.models import Tenant
+from registry.discovery import DiscoveryError, discover_tools
+from registry.models import McpServer, ServerSync
+from registry.services import tools_record_discovery
+
+logger = logging.getLogger(__name__)
+
+# Servers in these states can be synced (a pending server is synced to review it before use).
+SYNCABLE = (McpServer.Status.PENDING, McpServer.Status.ACTIVE, McpServer.Status.SUSPENDED)
+
+
+def sync_timeout() -> float:
+    """Seconds one run may talk to a server (connect + initialize + every tools/list page)."""
+    return float(settings.REGISTRY_SYNC_TIMEOUT)
+
+
+@transaction.atomic
+def server_sync_request(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    server: McpServer,
+    trigger: str = ServerSync.Trigger.MANUAL,
+    requested_by: AbstractBaseUser | None = None,
+) -> tuple[ServerSync, bool]:
+    """Queue a sync of ``server``; returns (run, created). An open run is joined, not doubled."""
+    server = McpServer.objects.for_tenant(tenant).select_for_update().get(pk=server.pk)
+    if server.status not in SYNCABLE:
+        raise ValidationError({"status": f"A {server.status} server is not synced."})
+    open_run = server.syncs.filter(
+        status__in=[ServerSync.Status.QUEUED, ServerSync.Status.RUNNING]
+    ).first()
+    if open_run is not None:
+        return open_run, False
+    try:
+        with transaction.atomic():
+            run = ServerSync.objects.create(
+                tenant=tenant,
+                server=server,
+                trigger=trigger,
+                requested_by=requested_by,
+                progress="Waiting for a worker",
+            )
+    except IntegrityError:  # a concurrent request created it first (unique open run)
+        return server.syncs.get(
+            status__in=[ServerSync.Status.QUEUED, ServerSync.Status.RUNNING]
+        ), False
+    server.latest_sync = run
+    server.save(update_fields=["latest_sync"])
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="server.sync_requested",
+        obj=server,
+        after={"sync": run.pk, "trigger": trigger},
+    )
+    transaction.on_commit(lambda: _enqueue(run.pk))
+    return run, True
+
+
+def _enqueue(run_id: int) -> None:
+    from registry.tasks import sync_server  # tasks import this module
+
+    sync_server.delay(run_id)
+
+
+def server_sync_claim(run_id: int) -> ServerSync | None:
+    """queued → running, exactly once per run (None when someone else already claimed it)."""
+    now = timezone.now()
+    claimed = ServerSync.objects.filter(pk=run_id, status=ServerSync.Status.QUEUED).update(
+        status=ServerSync.Status.RUNNING,
+        started_at=now,
+        progress="Connecting to the server and listing its tools",
+    )
+    if not claimed:
+        return None
+    return ServerSync.objects.select_related("server", "tenant").get(pk=run_id)
+
+
+def server_sync_execute(run: ServerSync) -> ServerSync:
+    """Talk to the server (outside any transaction), then record the outcome atomically."""
+    server = run.server
+    try:
+        result = discover_tools(
+            transport=server.transport,
+            url=server.url or None,
+            command=server.command or None,
+            timeout=sync_timeout(),
+            max_tools=settings.REGISTRY_MAX_TOOLS,
+        )
+    except DiscoveryError as exc:
+        return server_sync_fail(run=run, code=exc.code, message=exc.message)
+    except ValueError as exc:  # the registered server itself is unusable (bad command, URL)
+        return server_sync_fail(run=run, code="invalid_server", message=str(exc))
+    ServerSync.objects.filter(pk=run.pk, status=ServerSync.Status.RUNNING).update(
+        progress=f"Recording {len(result.tools)} tools", tools_listed=len(result.tools)
+    )
+    try:
+        return _record(run, result)
+    except ValidationError as exc:
+        return server_sync_fail(run=run, code="rejected", message=" ".join(exc.messages))
+
+
+@transaction.atomic
+def _record(run: ServerSync, result) -> ServerSync:
+    tenant = run.tenant
+    actor = Actor.system(f"tool sync #{run.pk}")
+    run = ServerSync.objects.select_for_update().get(pk=run.pk)
+    if run.status != ServerSync.Status.RUNNING:  # swept as stale meanwhile: do not resurrect
+        return run
+    summary = tools_record_discovery(
+        tenant=tenant,
+        actor=actor,
+        server=run.server,
+        definitions=[(tool, tool.definition_sha256) for tool in result.tools],
+    )
+    now = timezone.now()
+    run.status = ServerSync.Status.SUCCEEDED
+    run.finished_at = now
+    run.tools_listed = len(result.tools)
+    run.summary = vars(summary) | {"pages": result.pages}
+    run.progress = "Done"
+    run.save()
+    McpServer.objects.filter(pk=run.server_id).update(last_synced_at=now)
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="server.synced",
+        obj=run.server,
+        after={
+            "sync": run.pk,
+            "tools": len(result.tools),
+            "server_reports": {
+                "name": result.server_name,
+                "version": result.server_version,
+                "protocol": result.protocol_version,
+            },
+        }
+        | vars(summary),
+    )
+    return run
+
+
+@transaction.atomic
+def server_sync_fail(*, run: ServerSync, code: str, message: str) -> ServerSync:
+    """Record a failed run (nothing of it was applied); the previous tools stay as they were."""
+    run = ServerSync.objects.select_for_update().select_related("server", "tenant").get(pk=run.pk)
+    if not run.is_open:
+        return run
+    run.status = ServerSync.Status.FAILED
+    run.finished_at = timezone.now()
+    run.error_code = code
+    run.error_message = message[:4000]
+    run.progress = "Failed"
+    run.save()
+    audit_record(
+        tenant=run.tenant,
+        actor=Actor.system(f"tool sync #{run.pk}"),
+        action="server.sync_failed",
+        obj=run.server,
+        after={"sync": run.pk, "code": code, "message": run.error_message},
+    )
+    logger.warning("tool sync %s of server %s failed: %s", run.pk, run.server_id, code)
+    return run
+
+
+def syncs_fail_stale(now=None) -> int:
+    """Fail open runs that no worker can still be working on; returns how many."""
+    now = now or timezone.now()
+    # A running run outlives its task's hard time limit only if the worker died.
+    running_cutoff = now - timedelta(seconds=settings.REGISTRY_SYNC_TIME_LIMIT + 60)
+    queued_cutoff = now - timedelta(seconds=settings.REGISTRY_SYNC_QUEUE_EXPIRY)
+    stale = ServerSync.objects.filter(
+        Q(status=ServerSync.Status.RUNNING, started_at__lt=running_cutoff)
+        | Q(status=ServerSync.Status.QUEUED, created_at__lt=queued_cutoff)
+    )
+    count = 0
+    for run in stale.select_related("server", "tenant"):
+        was = run.status
+        server_sync_fail(
+            run=run,
+            code="worker_lost" if was == ServerSync.Status.RUNNING else "not_started",
+            message=(
+                "The worker running this sync stopped before it finished; start the sync again."
+                if was == ServerSync.Status.RUNNING
+                else "No worker picked this sync up in time; check that the Celery worker runs."
+            ),
+        )
+        count += 1
+    return count
+
+
+def servers_due_for_resync(now=None) -> list[McpServer]:
+    """Active servers whose tenant interval has passed since their last run started."""
+    now = now or timezone.now()
+    due = []
+    tenants = Tenant.objects.filter(registry_resync_minutes__gt=0)
+    for tenant in tenants:
+        cutoff = now - timedelta(minutes=tenant.registry_resync_minutes)
+        servers = (
+            McpServer.objects.for_tenant(tenant)
+            .filter(status=McpServer.Status.ACTIVE)
+            .filter(Q(latest_sync__isnull=True) | Q(latest_sync__created_at__lt=cutoff))
+            .exclude(latest_sync__status__in=[ServerSync.Status.QUEUED, ServerSync.Status.RUNNING])
+            .select_related("tenant")
+        )
+        due.extend(servers)
+    return due
