@@ -21,6 +21,7 @@ from governance.audit.models import AuditEvent
 from governance.tenancy.access import TenantContext
 from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
 from governance.tenancy.roles import Role
+from registry import models as registry
 from tests.factories import GroupMappingFactory, make_token
 
 # Patterns outside any tenant, and why they are safe.
@@ -41,6 +42,13 @@ KWARG_MODELS = {
     "mapping_id": IdpGroupMapping,
     "token_id": ApiToken,
     "event_id": AuditEvent,
+    "server_id": registry.McpServer,
+    "sync_id": registry.ServerSync,
+    "tool_id": registry.Tool,
+    "scope_id": registry.ToolScope,
+    "agent_id": registry.Agent,
+    "principal_id": registry.AgentPrincipal,
+    "grant_id": registry.Grant,
 }
 
 # ``<converter:name>`` (path()) or ``(?P<name>regex)`` (DRF routers' re_path()).
@@ -130,7 +138,27 @@ def objects_a(cast, tenant_a):
     """One object of tenant A per model a URL can name."""
     alice = cast["alice"]
     token, _ = make_token(tenant_a, user=alice, role=Role.ADMIN)
+    server = registry.McpServer.objects.create(
+        tenant=tenant_a, name="payroll", transport="streamable-http", url="http://127.0.0.1:9/mcp"
+    )
+    tool = registry.Tool.objects.create(
+        tenant=tenant_a, server=server, name="read_salary", definition_sha256="0" * 64
+    )
+    scope = registry.ToolScope.objects.create(tenant=tenant_a, name="payroll:read")
+    scope.tools.add(tool)
+    agent = registry.Agent.objects.create(tenant=tenant_a, name="payroll-bot", owner=cast["dave"])
     return {
+        registry.McpServer: server,
+        registry.ServerSync: registry.ServerSync.objects.create(
+            tenant=tenant_a, server=server, status="failed"
+        ),
+        registry.Tool: tool,
+        registry.ToolScope: scope,
+        registry.Agent: agent,
+        registry.AgentPrincipal: registry.AgentPrincipal.objects.create(
+            tenant=tenant_a, agent=agent, issuer="https://idp.example", subject="payroll-bot"
+        ),
+        registry.Grant: registry.Grant.objects.create(tenant=tenant_a, agent=agent, scope=scope),
         Membership: Membership.objects.for_tenant(tenant_a).get(user=cast["victor"]),
         IdpGroupMapping: GroupMappingFactory(tenant=tenant_a, group="a-group"),
         ApiToken: token,
@@ -233,7 +261,6 @@ def test_every_tenant_model_is_covered_by_the_contract():
     from django.apps import apps
 
     from governance.tenancy.models import TenantScopedModel
-    from registry import models as registry
 
     # Each entry is a promise: remove it when the model's URLs land.
     pending = "registry API and pages land in the next increment of issue #3"
