@@ -1,0 +1,86 @@
+"""A real Celery worker process for tests whose behaviour depends on one.
+
+The worker must see the rows the test commits, so it runs against the test database; that is
+only possible on PostgreSQL (SQLite test databases live in this process's memory), hence the
+``postgres_only`` dependency — CI always runs these. Tests using it need ``transactional_db``
+so that ``transaction.on_commit`` fires and the worker sees committed data.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Worker:
+    """A running ``celery worker``; ``log()`` is its output so far (for failure messages)."""
+
+    def __init__(self, process: subprocess.Popen, log_file: Path) -> None:
+        self.process = process
+        self.log_file = log_file
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")[-4000:]
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+        """Poll ``predicate`` until true; fail with the worker's log when it never is."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.process.poll() is not None:
+                pytest.fail(f"the Celery worker exited ({self.process.returncode}):\n{self.log()}")
+            time.sleep(0.2)
+        pytest.fail(f"gave up waiting after {timeout} s; worker log:\n{self.log()}")
+
+
+def start_worker(tmp_path: Path, **env_overrides: str) -> Worker:
+    settings = connection.settings_dict
+    database_url = (
+        f"postgres://{settings['USER']}@{settings['HOST'] or '127.0.0.1'}:"
+        f"{settings['PORT'] or 5432}/{settings['NAME']}"
+    )
+    env = os.environ | {"DATABASE_URL": database_url, "DEBUG": "false"} | env_overrides
+    log_file = tmp_path / "worker.log"
+    with log_file.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "governance", "worker", "--pool", "solo",
+             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    worker = Worker(process, log_file)
+    worker.wait_until(lambda: "ready." in log_file.read_text(errors="replace"), timeout=60)
+    return worker
+
+
+def stop_worker(worker: Worker) -> None:
+    worker.process.terminate()
+    try:
+        worker.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+        worker.process.wait(timeout=5)
+
+
+@pytest.fixture
+def celery_worker_process(postgres_only, transactional_db, tmp_path) -> Iterator[Callable]:
+    """``start(**env)`` → a running worker (stopped after the test)."""
+    started: list[Worker] = []
+
+    def start(**env: str) -> Worker:
+        worker = start_worker(tmp_path, **env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        stop_worker(worker)
