@@ -333,3 +333,86 @@ def test_discovered_definitions_record_directly(tenant_a, server):
     stored = Tool.objects.get(name="pay")
     assert stored.annotations == {"destructiveHint": True}
     assert stored.definition_sha256 == definition_sha256(wire)
+
+
+# --- Updates and deletes ------------------------------------------------------------------------
+
+
+def test_a_scope_is_renamed_and_reclassified_with_an_audit_trail(tenant_a, scope):
+    services.scope_update(tenant=tenant_a, actor=SYSTEM, scope=scope, name=" payroll:write ",
+                          risk_level="critical", data_classes=["pii"])
+    scope.refresh_from_db()
+    assert (scope.name, scope.risk_level, scope.data_classes) == (
+        "payroll:write", "critical", ["pii"])
+    event = AuditEvent.objects.get(tenant=tenant_a, action="scope.updated")
+    assert event.before["risk_level"] != "critical"
+    assert event.after["name"] == "payroll:write"
+
+
+def test_scope_updates_are_validated(tenant_a, scope):
+    services.scope_create(tenant=tenant_a, actor=SYSTEM, name="taken")
+    with pytest.raises(ValidationError) as caught:
+        services.scope_update(tenant=tenant_a, actor=SYSTEM, scope=scope, name="taken")
+    assert caught.value.message_dict == {"name": ["A scope named 'taken' already exists."]}
+    with pytest.raises(ValidationError, match="Unknown value"):
+        services.scope_update(tenant=tenant_a, actor=SYSTEM, scope=scope, data_classes=["gossip"])
+    with pytest.raises(ValidationError, match="Cannot change tools here"):
+        services.scope_update(tenant=tenant_a, actor=SYSTEM, scope=scope, tools=[])
+
+
+def test_a_granted_scope_is_kept_for_the_record(tenant_a, agent, scope):
+    grant = services.grant_create(tenant=tenant_a, actor=SYSTEM, agent=agent, scope=scope)
+    services.grant_revoke(tenant=tenant_a, actor=SYSTEM, grant=grant)
+    with pytest.raises(ValidationError, match="kept for the record"):
+        services.scope_delete(tenant=tenant_a, actor=SYSTEM, scope=scope)
+    unused = services.scope_create(tenant=tenant_a, actor=SYSTEM, name="unused")
+    services.scope_delete(tenant=tenant_a, actor=SYSTEM, scope=unused)
+    assert not ToolScope.objects.filter(pk=unused.pk).exists()
+    assert _last_actions(tenant_a, 1) == ["scope.deleted"]
+
+
+def test_a_new_owner_takes_over_the_object_permission(tenant_a, agent, dave, alice):
+    services.agent_update(tenant=tenant_a, actor=SYSTEM, agent=agent, owner=alice,
+                          purpose="Answers payroll questions")
+    agent = Agent.objects.get(pk=agent.pk)
+    assert agent.owner == alice
+    # guardian caches per user object: fresh instances see the current permissions.
+    assert not type(dave).objects.get(pk=dave.pk).has_perm("registry.manage_agent", agent)
+    assert type(alice).objects.get(pk=alice.pk).has_perm("registry.manage_agent", agent)
+    event = AuditEvent.objects.get(tenant=tenant_a, action="agent.updated")
+    assert (event.before["owner"], event.after["owner"]) == ("dave", "alice")
+
+
+def test_agent_updates_are_validated(tenant_a, agent, oscar):
+    with pytest.raises(ValidationError, match="must be a member"):
+        services.agent_update(tenant=tenant_a, actor=SYSTEM, agent=agent, owner=oscar)
+    services.agent_create(tenant=tenant_a, actor=SYSTEM, name="other", owner=None)
+    with pytest.raises(ValidationError, match="An agent named 'other' already exists"):
+        services.agent_update(tenant=tenant_a, actor=SYSTEM, agent=agent, name="other")
+    with pytest.raises(ValidationError, match="Cannot change status here"):
+        services.agent_update(tenant=tenant_a, actor=SYSTEM, agent=agent, status="suspended")
+
+
+def test_a_grant_is_edited_with_the_same_checks_as_at_creation(tenant_a, agent, scope):
+    grant = services.grant_create(tenant=tenant_a, actor=SYSTEM, agent=agent, scope=scope,
+                                  calls_per_minute=5)
+    services.grant_update(tenant=tenant_a, actor=SYSTEM, grant=grant, calls_per_minute=50,
+                          argument_constraints={"pay": {"amount": {"maximum": 100}}})
+    grant.refresh_from_db()
+    assert grant.calls_per_minute == 50
+    event = AuditEvent.objects.get(tenant=tenant_a, action="grant.updated")
+    assert (event.before["calls_per_minute"], event.after["calls_per_minute"]) == (5, 50)
+
+    with pytest.raises(ValidationError) as caught:
+        services.grant_update(tenant=tenant_a, actor=SYSTEM, grant=grant,
+                              argument_constraints={"pay": {"amount": {"maximum": "lots"}}})
+    assert caught.value.message_dict == {
+        "argument_constraints": ["argument_constraints.pay.amount.maximum: must be a number"]}
+    with pytest.raises(ValidationError, match="needs a condition"):
+        services.grant_update(tenant=tenant_a, actor=SYSTEM, grant=grant, approval_mode="when")
+    with pytest.raises(ValidationError, match="Cannot change agent here"):
+        services.grant_update(tenant=tenant_a, actor=SYSTEM, grant=grant, agent=agent)
+
+    services.grant_revoke(tenant=tenant_a, actor=SYSTEM, grant=grant)
+    with pytest.raises(ValidationError, match="revoked grant cannot be changed"):
+        services.grant_update(tenant=tenant_a, actor=SYSTEM, grant=grant, calls_per_minute=1)
