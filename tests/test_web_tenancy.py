@@ -298,3 +298,38 @@ def test_audit_event_detail_and_chain_check(login, audrey, tenant_a):
     assert event.hash in body and event.prev_hash in body
     result = client.post("/t/alpha/audit/verify/").content.decode()
     assert "tenant alpha: OK" in result
+
+
+# --- Tenant settings ------------------------------------------------------------------------------
+
+
+def test_an_admin_sets_the_resync_interval(login, alice, tenant_a):
+    client = login(alice)
+    page = client.get(f"/t/{tenant_a.slug}/settings/")
+    assert page.status_code == 200
+    assert b'value="60"' in page.content
+
+    response = client.post(f"/t/{tenant_a.slug}/settings/", {"registry_resync_minutes": "15"})
+
+    assert response.status_code == 302
+    tenant_a.refresh_from_db()
+    assert tenant_a.registry_resync_minutes == 15
+    event = AuditEvent.objects.get(tenant=tenant_a, action="tenant.settings_changed")
+    assert (event.before, event.after) == ({"registry_resync_minutes": 60},
+                                           {"registry_resync_minutes": 15})
+
+
+def test_a_bad_interval_is_refused_with_the_input_kept(login, alice, tenant_a):
+    response = login(alice).post(f"/t/{tenant_a.slug}/settings/",
+                                 {"registry_resync_minutes": "-5"})
+    assert response.status_code == 400
+    assert "Ensure this value is greater than or equal to 0." in response.content.decode()
+    assert b'value="-5"' in response.content
+    tenant_a.refresh_from_db()
+    assert tenant_a.registry_resync_minutes == 60
+
+
+def test_the_settings_service_checks_its_bounds(tenant_a):
+    with pytest.raises(Exception, match="whole number from 0 to 10080"):
+        services.tenant_update_settings(tenant=tenant_a, actor=Actor.system(),
+                                        registry_resync_minutes=10081)

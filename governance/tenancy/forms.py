@@ -63,3 +63,11 @@ class TokenCreateForm(forms.Form):
         self.fields["role"].initial = Role.VIEWER
         if not may_issue_service:
             self.fields["kind"].choices = [(ApiToken.Kind.PERSONAL, "Personal")]
+
+
+class TenantSettingsForm(forms.Form):
+    registry_resync_minutes = forms.IntegerField(
+        label="Re-sync MCP servers every (minutes)", min_value=0, max_value=7 * 24 * 60,
+        help_text="Celery beat lists the tools of every active server this often and "
+                  "quarantines drifted ones. 0 turns the schedule off (manual syncs only).",
+    )

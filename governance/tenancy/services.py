@@ -61,6 +61,28 @@ def tenant_create(*, actor: Actor, slug: str, name: str) -> Tenant:
 # --- Memberships -------------------------------------------------------------------------------
 
 
+TENANT_SETTING_LIMITS = {"registry_resync_minutes": (0, 7 * 24 * 60)}
+
+
+@transaction.atomic
+def tenant_update_settings(*, tenant: Tenant, actor: Actor, **changes: int) -> Tenant:
+    """Change a tenant's settings (today: how often its MCP servers are re-synced)."""
+    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    unknown = set(changes) - set(TENANT_SETTING_LIMITS)
+    if unknown:
+        raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
+    before = {field: getattr(tenant, field) for field in changes}
+    for field, value in changes.items():
+        low, high = TENANT_SETTING_LIMITS[field]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValidationError({field: f"Use a whole number from {low} to {high}."})
+        setattr(tenant, field, value)
+    tenant.save(update_fields=list(changes))
+    audit_record(tenant=tenant, actor=actor, action="tenant.settings_changed", obj=tenant,
+                 before=before, after=dict(changes))
+    return tenant
+
+
 def _ensure_admin_remains(tenant: Tenant, *, leaving: Membership) -> None:
     if leaving.role != Role.ADMIN:
         return

@@ -17,6 +17,7 @@ urlpatterns = [
          name="group_mapping_edit"),
     path("group-mappings/<int:mapping_id>/delete/", views.GroupMappingDeleteView.as_view(),
          name="group_mapping_delete"),
+    path("settings/", views.TenantSettingsView.as_view(), name="settings"),
     path("tokens/", views.TokenListView.as_view(), name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.TokenRevokeView.as_view(), name="token_revoke"),
 ]

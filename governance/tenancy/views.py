@@ -26,6 +26,7 @@ from governance.tenancy.forms import (
     GroupMappingRoleForm,
     MemberAddForm,
     MemberEditForm,
+    TenantSettingsForm,
     TokenCreateForm,
     add_service_errors,
 )
@@ -326,3 +327,29 @@ class TokenRevokeView(TenantPageView):
                                   reason="revoked in the web UI")
         messages.success(request, f"Revoked {token.name!r}.")
         return redirect("tenancy:tokens", tenant_slug=tenant_slug)
+
+
+class TenantSettingsView(TenantPageView):
+    """Tenant-wide settings (registry managers)."""
+
+    capability = Cap.MANAGE_REGISTRY
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        form = TenantSettingsForm(
+            initial={"registry_resync_minutes": self.tenant.registry_resync_minutes}
+        )
+        return render(request, "tenancy/settings.html", {"form": form})
+
+    def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        form = TenantSettingsForm(request.POST)
+        if form.is_valid():
+            try:
+                services.tenant_update_settings(
+                    tenant=self.tenant, actor=self.actor, **form.cleaned_data
+                )
+            except ValidationError as exc:
+                add_service_errors(form, exc)
+            else:
+                messages.success(request, "Settings saved.")
+                return redirect("tenancy:settings", tenant_slug=tenant_slug)
+        return render(request, "tenancy/settings.html", {"form": form}, status=400)
