@@ -47,6 +47,17 @@ def test_seed_demo_is_idempotent_and_refuses_production(db, settings):
     acme = Tenant.objects.get(slug="acme")
     assert Membership.objects.for_tenant(acme).count() == 5
     assert Membership.objects.get(tenant__slug="globex").user.username == "admin"
+    # The demo registry comes from a real sync of demo/hr_server.py over stdio.
+    from registry.models import Grant, McpServer, Tool
+
+    server = McpServer.objects.get(tenant=acme, name="acme-hr")
+    assert server.latest_sync.status == "succeeded"
+    assert dict(Tool.objects.filter(server=server).values_list("name", "status")) == {
+        "lookup_employee": "approved", "get_salary": "approved", "adjust_salary": "pending_review"
+    }
+    grant = Grant.objects.get(tenant=acme)
+    assert (grant.agent.name, grant.scope.name, grant.agent.owner.username) == (
+        "hr-assistant", "hr:read", "developer")
     settings.DEBUG = False
     with pytest.raises(CommandError, match="Refusing to create demo users"):
         call_command("seed_demo")

@@ -1,6 +1,11 @@
-"""``manage.py seed_demo``: the demo tenant ``acme`` with one user per role (idempotent)."""
+"""``manage.py seed_demo``: the demo tenant ``acme`` with one user per role and a small registry
+(a real stdio MCP server, demo/hr_server.py, synced, partly reviewed, scoped and granted to an
+agent). Idempotent: what exists is left alone."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -29,11 +34,15 @@ class Command(BaseCommand):
         parser.add_argument("--force", action="store_true",
                             help="seed even with DEBUG off (the passwords are public!)")
 
-    @transaction.atomic
     def handle(self, *args, force=False, **options):
         if not settings.DEBUG and not force:
             raise CommandError("Refusing to create demo users with known passwords while DEBUG "
                                "is off; pass --force if you really mean it.")
+        self._seed_people()
+        self._seed_registry()
+
+    @transaction.atomic
+    def _seed_people(self):
         actor = Actor.system("seed_demo")
         User = get_user_model()
         tenants = {}
@@ -61,3 +70,47 @@ class Command(BaseCommand):
         for username, role in DEMO_USERS:
             self.stdout.write(f"  {username:<10} {role}")
         self.stdout.write("  (admin is also admin of 'globex', to show the tenant picker)")
+
+    def _seed_registry(self):
+        """A real MCP server for acme: synced in-process now, so the demo starts populated."""
+        from registry import services as registry
+        from registry import sync
+        from registry.models import McpServer, Tool
+
+        acme = Tenant.objects.get(slug="acme")
+        if McpServer.objects.for_tenant(acme).filter(name="acme-hr").exists():
+            return
+        actor = Actor.system("seed_demo")
+        User = get_user_model()
+        developer = User.objects.get(username="developer")
+        server = registry.server_create(
+            tenant=acme, actor=actor, name="acme-hr", transport="stdio",
+            command=[sys.executable, str(Path(settings.BASE_DIR) / "demo" / "hr_server.py")],
+            description="Acme's HR records (demo data, stdio)", version="1.0.0",
+            data_classes=["pii", "financial"], risk_tier="high",
+        )
+        server = registry.server_transition(tenant=acme, actor=actor, server=server,
+                                            status="active")
+        run, _ = sync.server_sync_request(tenant=acme, actor=actor, server=server)
+        claimed = sync.server_sync_claim(run.pk)
+        run = sync.server_sync_execute(claimed) if claimed else run
+        if run.status != run.Status.SUCCEEDED:
+            self.stderr.write(f"Demo server sync failed ({run.error_code}): {run.error_message}")
+        tools = {t.name: t for t in Tool.objects.for_tenant(acme).filter(server=server)}
+        readers = [tools[name] for name in ("lookup_employee", "get_salary") if name in tools]
+        for tool in readers:
+            registry.tool_approve(tenant=acme, actor=actor, tool=tool)
+        scope = registry.scope_create(
+            tenant=acme, actor=actor, name="hr:read", description="Read employee records",
+            risk_level="medium", data_classes=["pii", "financial"], tools=readers,
+        )
+        agent = registry.agent_create(
+            tenant=acme, actor=actor, name="hr-assistant", owner=developer,
+            purpose="Answers employees' HR questions", environment="production",
+        )
+        registry.agent_principal_add(tenant=acme, actor=actor, agent=agent,
+                                     issuer="https://idp.acme.example", subject="hr-assistant")
+        registry.grant_create(tenant=acme, actor=actor, agent=agent, scope=scope,
+                              calls_per_minute=30, calls_per_day=2000)
+        self.stdout.write("Demo registry: server acme-hr (stdio) with "
+                          f"{len(tools)} tools, scope hr:read granted to agent hr-assistant.")
