@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our own static files (no CDN)
     "guardian",
     "axes",
     "django_htmx",
@@ -280,6 +281,21 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Admin REST API (/api/v1/t/<tenant>/) and gateway API (/api/v1/gateway/).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and the docs are for signed-in people and token holders only (anonymous → 401).
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # No internet and a strict CSP: Swagger UI and Redoc come from drf-spectacular-sidecar.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Several models have a ``status`` (and two a risk): one named enum per choice set.
+    "ENUM_NAME_OVERRIDES": {
+        "ServerStatusEnum": "registry.models.McpServer.Status",
+        "SyncStatusEnum": "registry.models.ServerSync.Status",
+        "ToolStatusEnum": "registry.models.Tool.Status",
+        "AgentStatusEnum": "registry.models.Agent.Status",
+        "GrantStatusEnum": "registry.models.Grant.Status",
+        "RiskEnum": "registry.models.Risk",
+    },
 }
 API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365, minimum=1)
 

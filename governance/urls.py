@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from django.views import defaults
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularSwaggerSplitView
 
 from governance.tenancy import auth_views, views
-from governance.tenancy.api.views import MeView
+from governance.tenancy.api.views import MeView, SchemaView
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -35,6 +36,7 @@ def handler500(request: HttpRequest):
 tenant_api = [
     path("", include("governance.tenancy.api.urls")),
     path("", include("governance.audit.api.urls")),
+    path("", include("registry.api.urls")),
 ]
 
 tenant_web = [
@@ -51,6 +53,12 @@ urlpatterns = [
     path("oidc/callback/", auth_views.oidc_callback, name="oidc_authentication_callback"),
     path("t/<slug:tenant_slug>/", include(tenant_web)),
     path("api/v1/me/", MeView.as_view(), name="api-me"),
-    path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/v1/schema/", SchemaView.as_view(), name="api-schema"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
+    # Swagger UI for signed-in people; the split view serves its init script as a file of its
+    # own (?script), because the CSP allows no inline script.
+    path("api/docs/",
+         login_required(SpectacularSwaggerSplitView.as_view(url_name="schema")),
+         name="api-docs"),
     path("api/v1/t/<slug:tenant_slug>/", include(tenant_api)),
 ]

@@ -138,3 +138,26 @@ def grant_list(
         live = Q(status=Grant.Status.ACTIVE) & (Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         grants = grants.filter(live) if in_force else grants.exclude(live)
     return grants.order_by("-created_at", "-id")
+
+
+# Added with the REST API (registry/api): tenant-wide lists of sync runs and principals.
+
+
+def sync_list(
+    tenant: Tenant, *, server: McpServer | int | None = None, status: str = ""
+) -> QuerySet[ServerSync]:
+    syncs = ServerSync.objects.for_tenant(tenant).select_related("server", "requested_by")
+    if server is not None:
+        syncs = syncs.filter(server=server)
+    if status:
+        syncs = syncs.filter(status=status)
+    return syncs.order_by("-created_at", "-id")
+
+
+def principal_list(
+    tenant: Tenant, *, agent: Agent | int | None = None
+) -> QuerySet[AgentPrincipal]:
+    principals = AgentPrincipal.objects.for_tenant(tenant).select_related("agent")
+    if agent is not None:
+        principals = principals.filter(agent=agent)
+    return principals.order_by("issuer", "subject", "id")

@@ -34,6 +34,9 @@ NON_TENANT_PATTERNS = {
     "oidc/callback/": "OIDC callback (404 when not configured)",
     "api/v1/me/": "who-am-I for the caller only (401 anonymous)",
     "api/v1/schema/": "OpenAPI schema (401 anonymous)",
+    "api/schema/": "OpenAPI schema, same document (401 anonymous; no tenant data, only paths)",
+    "api/docs/": "Swagger UI over api/schema/ (anonymous → login page; its ?script is the same "
+                 "view; calls go through the tenant API's own checks)",
 }
 
 # Which model an object kwarg names, for web patterns; API viewsets name it with ``pk``.

@@ -18,9 +18,7 @@ def exception_handler(exc, context):
         errors = response.data
         if isinstance(errors, list):
             errors = {"non_field_errors": errors}
-        first = next(iter(errors.values()), [""]) if isinstance(errors, dict) else errors
-        message = first[0] if isinstance(first, list) and first else str(first)
-        response.data = {"code": "invalid", "message": str(message), "errors": errors}
+        response.data = {"code": "invalid", "message": _first_message(errors), "errors": errors}
     elif isinstance(exc, exceptions.APIException):
         detail = response.data.get("detail", "") if isinstance(response.data, dict) else ""
         code = getattr(getattr(exc, "detail", None), "code", None) or exc.default_code
@@ -30,3 +28,10 @@ def exception_handler(exc, context):
         code = {404: "not_found", 403: "permission_denied"}.get(response.status_code, "error")
         response.data = {"code": code, "message": str(detail)}
     return response
+
+
+def _first_message(errors) -> str:
+    """The first message, also when it sits in a list item or nested object (``{"0": [...]}``)."""
+    while isinstance(errors, dict | list) and errors:
+        errors = next(iter(errors.values())) if isinstance(errors, dict) else errors[0]
+    return str(errors) if not isinstance(errors, dict | list) else ""

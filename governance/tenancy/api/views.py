@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import mixins, status
 from rest_framework.exceptions import ValidationError
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -35,6 +37,16 @@ class MeView(APIView):
             "tenants": [{"slug": m.tenant.slug, "role": m.role}
                         for m in selectors.user_memberships(request.user)],
         })
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI document (YAML, or JSON with ?format=json); its errors are JSON like every
+    other API error, whatever the client asked for."""
+
+    def handle_exception(self, exc):
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return super().handle_exception(exc)
 
 
 class MembershipViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):

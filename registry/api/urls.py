@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from rest_framework.routers import SimpleRouter
+
+from registry.api import views
+
+router = SimpleRouter()
+router.register("servers", views.ServerViewSet, basename="servers")
+router.register("syncs", views.SyncViewSet, basename="syncs")
+router.register("tools", views.ToolViewSet, basename="tools")
+router.register("scopes", views.ScopeViewSet, basename="scopes")
+router.register("agents", views.AgentViewSet, basename="agents")
+router.register("principals", views.PrincipalViewSet, basename="principals")
+router.register("grants", views.GrantViewSet, basename="grants")
+
+urlpatterns = router.urls
