@@ -61,7 +61,13 @@ SERVER_FIELDS = (
 )
 
 
+def _check_member(tenant: Tenant, user: AbstractBaseUser | None, field: str = "owner") -> None:
+    if user is not None and not Membership.objects.for_tenant(tenant).filter(user=user).exists():
+        raise ValidationError({field: "The owner must be a member of this tenant."})
+
+
 def _validate_server(server: McpServer) -> None:
+    _check_member(server.tenant, server.owner)
     server.data_classes = _check_choices("data_classes", server.data_classes, DataClass.values)
     if server.transport == McpServer.Transport.STDIO:
         if not server.command or not all(isinstance(a, str) and a for a in server.command):

@@ -416,3 +416,11 @@ def test_a_grant_is_edited_with_the_same_checks_as_at_creation(tenant_a, agent, 
     services.grant_revoke(tenant=tenant_a, actor=SYSTEM, grant=grant)
     with pytest.raises(ValidationError, match="revoked grant cannot be changed"):
         services.grant_update(tenant=tenant_a, actor=SYSTEM, grant=grant, calls_per_minute=1)
+
+
+def test_a_server_owner_must_be_a_member(tenant_a, server, oscar):
+    with pytest.raises(ValidationError, match="must be a member"):
+        services.server_create(tenant=tenant_a, actor=SYSTEM, name="x", transport="stdio",
+                               command=["x"], owner=oscar)
+    with pytest.raises(ValidationError, match="must be a member"):
+        services.server_update(tenant=tenant_a, actor=SYSTEM, server=server, owner=oscar)
