@@ -42,6 +42,7 @@ tenant_api = [
 tenant_web = [
     path("", include("governance.tenancy.urls")),
     path("", include("governance.audit.urls")),
+    path("", include("registry.urls")),
 ]
 
 urlpatterns = [

@@ -8,6 +8,7 @@ changed by their owners: a developer holding the django-guardian object permissi
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
+from guardian.shortcuts import get_objects_for_user
 
 from governance.tenancy.access import TenantContext, access_object
 from governance.tenancy.roles import Cap
@@ -66,3 +67,16 @@ def access_principal(ctx: TenantContext, pk, *, write: bool = False) -> AgentPri
     if write and not can_manage_agent(ctx, principal.agent):
         raise PermissionDenied("Only the agent's owner or an admin may change this agent.")
     return principal
+
+
+def manageable_agent_ids(ctx: TenantContext, agents) -> set[int] | None:
+    """Ids among ``agents`` the caller may change (one query); None means all (a manager)."""
+    if ctx.can(Cap.MANAGE_REGISTRY):
+        return None
+    if not ctx.can(Cap.OWN_AGENTS) or ctx.user is None:
+        return set()
+    owned = get_objects_for_user(
+        ctx.user, AGENT_PERMISSION, klass=Agent.objects.filter(pk__in=[a.pk for a in agents]),
+        accept_global_perms=False,
+    )
+    return set(owned.values_list("pk", flat=True))

@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from governance.tenancy.roles import Role
 from tests.factories import MembershipFactory, TenantFactory, UserFactory, make_token
 from tests.mcp_support import _mutable_server_process, everything_js, mcp_server  # noqa: F401
+from tests.ui_support import base_url, browser, ui, ui_settings  # noqa: F401
 from tests.worker_support import celery_worker_process  # noqa: F401
 
 
