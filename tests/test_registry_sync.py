@@ -157,6 +157,25 @@ def test_ten_thousand_tools_are_refused_whole(tenant_a, mcp_server, settings):
     assert Tool.objects.for_tenant(tenant_a).count() == 0
 
 
+def test_a_stdio_server_nobody_here_wrote_is_synced_and_stays_unchanged(
+    tenant_a, everything_js, settings
+):
+    """npm @modelcontextprotocol/server-everything, spawned over stdio by the sync itself."""
+    settings.REGISTRY_SYNC_TIMEOUT = 30
+    server = services.server_create(tenant=tenant_a, actor=SYSTEM, name="everything",
+                                    transport="stdio",
+                                    command=["node", str(everything_js), "stdio"])
+    first = _run(tenant_a, server)
+    assert first.status == ServerSync.Status.SUCCEEDED, first.error_message
+    names = set(Tool.objects.filter(server=server).values_list("name", flat=True))
+    assert {"echo", "get-sum"} <= names
+    assert first.summary["new"] == len(names) == first.tools_listed
+
+    second = _run(tenant_a, server)  # a new process: same definitions, same hashes
+    assert second.summary["unchanged"] == len(names)
+    assert second.summary["new"] == second.summary["drifted"] == second.summary["updated"] == 0
+
+
 def test_a_second_request_joins_the_open_run(tenant_a, mcp_server):
     server = _server(tenant_a, mcp_server.url)
     first, created = sync.server_sync_request(tenant=tenant_a, actor=SYSTEM, server=server)
