@@ -14,9 +14,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
+from gateway.constraints import ConstraintError, validate_constraints
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Membership, Tenant
-from registry.constraints import ConstraintError, validate_constraints
 from registry.models import (
     Agent,
     AgentPrincipal,

@@ -10,10 +10,10 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from gateway.constraints import ConstraintError, matches, validate_constraints, violations
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from registry import services
-from registry.constraints import ConstraintError, matches, validate_constraints, violations
 from registry.discovery import ToolDefinition, definition_sha256
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, Tool, ToolScope
 

@@ -1,0 +1,165 @@
+"""The decision function (DESIGN.md §4 "decision semantics") over a bundle's ``mcp/data.json``.
+
+One function decides every call, for the reference gateway, the bundle tests and anything else
+that needs to know what a bundle allows. A call — (principal, server, tool, arguments, time) —
+is **denied** unless
+
+1. the principal (issuer, subject) belongs to an agent of the bundle, and that agent is active;
+2. the server is in the bundle and active, and the tool is one of its approved tools;
+3. the live definition hash, when the caller knows it, equals the pinned one;
+4. an active grant of that agent, unexpired at the call's time, is for a scope containing the
+   tool, its time window includes the call's time, its argument constraints hold, and its rate
+   and quota (counted by the caller) are not exhausted.
+
+Among the grants that pass, one that needs no approval **allows** the call; otherwise the call
+is **escalated** (a grant requires approval always, or when its condition matches the
+arguments). Default deny, and the reason says which rule refused it.
+
+Pure Python, no Django: ``gateway/`` is what a gateway vendor reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gateway.constraints import matches, violations
+
+ALLOW = "allow"
+DENY = "deny"
+ESCALATE = "escalate"
+
+# usage(grant_id) → (calls in the last minute, calls today) as the gateway counts them.
+Usage = Callable[[str], tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one call, why, and the grant that decided it (if any)."""
+
+    outcome: str
+    reason: str
+    grant: str | None = None
+    agent: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == ALLOW
+
+
+def tool_key(server: str, tool: str) -> str:
+    """How data.json names a tool: ``<server name>/<tool name>``."""
+    return f"{server}/{tool}"
+
+
+def find_agent(data: Mapping[str, Any], issuer: str, subject: str) -> str | None:
+    """The name of the agent the principal identifies, or None."""
+    return data.get("principals", {}).get(issuer, {}).get(subject)
+
+
+def _parse_instant(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _in_window(window: Mapping[str, Any] | None, at: datetime) -> bool:
+    if not window:
+        return True
+    local = at.astimezone(ZoneInfo(window["tz"]))
+    start, end = time.fromisoformat(window["start"]), time.fromisoformat(window["end"])
+    now = local.time().replace(tzinfo=None)
+    days = window.get("days") or []
+    if start <= end:  # e.g. 08:00–18:00, the window's day is today
+        return (not days or local.weekday() in days) and start <= now < end
+    # Overnight, e.g. 22:00–06:00: after midnight the window belongs to the previous day.
+    if now >= start:
+        return not days or local.weekday() in days
+    if now < end:
+        return not days or (local.weekday() - 1) % 7 in days
+    return False
+
+
+def decide(
+    data: Mapping[str, Any],
+    *,
+    issuer: str,
+    subject: str,
+    server: str,
+    tool: str,
+    arguments: Mapping[str, Any] | None,
+    at: datetime,
+    live_sha256: str | None = None,
+    usage: Usage | None = None,
+) -> Decision:
+    """Decide one call against ``data`` (a parsed ``mcp/data.json``); ``at`` must be aware."""
+    if at.tzinfo is None:
+        raise ValueError("the call's time must be timezone-aware")
+    arguments = dict(arguments or {})
+    agent_name = find_agent(data, issuer, subject)
+    if agent_name is None:
+        return Decision(DENY, "unknown principal")
+    agent = data["agents"][agent_name]
+    if agent["status"] != "active":
+        return Decision(DENY, f"agent {agent_name} is {agent['status']}", agent=agent_name)
+    srv = data["servers"].get(server)
+    if srv is None:
+        return Decision(DENY, f"unknown server {server}", agent=agent_name)
+    if srv["status"] != "active":
+        return Decision(DENY, f"server {server} is {srv['status']}", agent=agent_name)
+    key = tool_key(server, tool)
+    pinned = data["tools"].get(key)
+    if pinned is None:
+        return Decision(DENY, f"tool {key} is not approved", agent=agent_name)
+    if live_sha256 is not None and live_sha256 != pinned["definition_sha256"]:
+        return Decision(DENY, f"tool {key} definition differs from the pinned one",
+                        agent=agent_name)
+
+    refusals: list[Decision] = []
+    escalation: Decision | None = None
+    for grant in data["grants"]:
+        if grant["agent"] != agent_name:
+            continue
+        if key not in data["scopes"][grant["scope"]]["tools"]:
+            continue
+        gid = grant["id"]
+        if grant["expires_at"] is not None and _parse_instant(grant["expires_at"]) <= at:
+            refusals.append(Decision(DENY, f"grant {gid} expired", gid, agent_name))
+            continue
+        if not _in_window(grant["window"], at):
+            refusals.append(Decision(DENY, f"grant {gid}: outside its time window", gid,
+                                     agent_name))
+            continue
+        problems = violations(grant["argument_constraints"], tool, arguments)
+        if problems:
+            refusals.append(Decision(DENY, f"grant {gid}: argument {problems[0]}", gid,
+                                     agent_name))
+            continue
+        if usage is not None:
+            minute, day = usage(gid)
+            if grant["calls_per_minute"] is not None and minute >= grant["calls_per_minute"]:
+                refusals.append(Decision(DENY, f"grant {gid}: rate limit "
+                                         f"{grant['calls_per_minute']}/minute reached", gid,
+                                         agent_name))
+                continue
+            if grant["calls_per_day"] is not None and day >= grant["calls_per_day"]:
+                refusals.append(Decision(DENY, f"grant {gid}: quota "
+                                         f"{grant['calls_per_day']}/day reached", gid,
+                                         agent_name))
+                continue
+        mode = grant["approval_mode"]
+        needs_approval = mode == "always" or (
+            mode == "when" and matches(grant["approval_condition"], tool, arguments)
+        )
+        if not needs_approval:
+            return Decision(ALLOW, f"grant {gid}", gid, agent_name)
+        if escalation is None:
+            why = "always" if mode == "always" else "its condition matches"
+            escalation = Decision(ESCALATE, f"grant {gid} requires approval ({why})", gid,
+                                  agent_name)
+    if escalation is not None:
+        return escalation
+    if refusals:
+        return refusals[0]
+    return Decision(DENY, f"no grant of {agent_name} covers {key}", agent=agent_name)
