@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import factory
@@ -13,6 +14,7 @@ from governance.audit.services import Actor
 from governance.tenancy import services
 from governance.tenancy.models import IdpGroupMapping, Membership, Tenant
 from governance.tenancy.roles import Role
+from registry.discovery import ToolDefinition, definition_sha256
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -71,3 +73,22 @@ def make_token(tenant, *, user=None, role=Role.VIEWER, kind="personal", days=30,
         tenant=tenant, actor=Actor.system("test"), created_by=user, kind=kind, name=name,
         role=role, expires_at=timezone.now() + timedelta(days=days), owner=user,
     )
+
+
+@dataclass
+class Def:
+    """A tool definition as discovery hands it to ``tools_record_discovery``."""
+
+    name: str
+    description: str = "does a thing"
+    title: str = ""
+    input_schema: dict = field(default_factory=lambda: {"type": "object"})
+    output_schema: dict | None = None
+    annotations: dict = field(default_factory=dict)
+
+
+def def_sha(d: Def) -> str:
+    """The real contract hash (registry.discovery), the one gateways recompute."""
+    return definition_sha256(ToolDefinition(
+        name=d.name, title=d.title, description=d.description, input_schema=d.input_schema,
+        output_schema=d.output_schema, annotations=d.annotations))

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
@@ -15,8 +14,8 @@ from gateway.decision import ALLOW, DENY, ESCALATE, decide
 from governance.audit.services import Actor
 from governance.bundles.compiler import canonical_json, compile_data
 from registry import services
-from registry.discovery import ToolDefinition, definition_sha256
 from registry.models import Tool
+from tests.factories import Def, def_sha
 
 SYSTEM = Actor.system("test")
 IDP = "https://idp.example"
@@ -24,20 +23,6 @@ IDP = "https://idp.example"
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 
 
-@dataclass
-class Def:
-    name: str
-    description: str = "does a thing"
-    title: str = ""
-    input_schema: dict = field(default_factory=lambda: {"type": "object"})
-    output_schema: dict | None = None
-    annotations: dict = field(default_factory=dict)
-
-
-def _sha(d: Def) -> str:
-    return definition_sha256(ToolDefinition(
-        name=d.name, title=d.title, description=d.description, input_schema=d.input_schema,
-        output_schema=d.output_schema, annotations=d.annotations))
 
 
 @pytest.fixture
@@ -49,15 +34,15 @@ def world(tenant_a, dave):
     services.server_transition(tenant=tenant_a, actor=SYSTEM, server=server, status="active")
     defs = [Def("read"), Def("pay"), Def("export"), Def("wipe"), Def("draft")]
     services.tools_record_discovery(tenant=tenant_a, actor=SYSTEM, server=server,
-                                    definitions=[(d, _sha(d)) for d in defs])
+                                    definitions=[(d, def_sha(d)) for d in defs])
     tools = {t.name: t for t in Tool.objects.filter(server=server)}
     for name in ("read", "pay", "export"):
         services.tool_approve(tenant=tenant_a, actor=SYSTEM, tool=tools[name])
     services.tool_block(tenant=tenant_a, actor=SYSTEM, tool=tools["wipe"])
     drifted = Def("export", description="exports everything, anywhere")
+    listed = [*defs[:2], drifted, *defs[3:]]
     services.tools_record_discovery(tenant=tenant_a, actor=SYSTEM, server=server,
-                                    definitions=[(d, _sha(d)) for d in defs[:2]]
-                                    + [(drifted, _sha(drifted))] + [(d, _sha(d)) for d in defs[3:]])
+                                    definitions=[(d, def_sha(d)) for d in listed])
     scope = services.scope_create(tenant=tenant_a, actor=SYSTEM, name="payroll",
                                   tools=tools.values())
     bot = services.agent_create(tenant=tenant_a, actor=SYSTEM, name="bot", owner=dave)
@@ -69,7 +54,7 @@ def world(tenant_a, dave):
     services.grant_create(tenant=tenant_a, actor=SYSTEM, agent=old, scope=scope)
     services.agent_transition(tenant=tenant_a, actor=SYSTEM, agent=old, status="suspended")
     return {"tenant": tenant_a, "server": server, "scope": scope, "bot": bot, "tools": tools,
-            "pinned": {d.name: _sha(d) for d in defs}}
+            "pinned": {d.name: def_sha(d) for d in defs}}
 
 
 def _grant(world, **terms):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import time, timedelta
 
 import pytest
@@ -16,30 +15,16 @@ from governance.audit.services import Actor
 from registry import services
 from registry.discovery import ToolDefinition, definition_sha256
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, Tool, ToolScope
+from tests.factories import Def, def_sha
 
 SYSTEM = Actor.system("test")
 
 
-@dataclass
-class Def:
-    name: str
-    description: str = "does a thing"
-    title: str = ""
-    input_schema: dict = field(default_factory=lambda: {"type": "object"})
-    output_schema: dict | None = None
-    annotations: dict = field(default_factory=dict)
-
-
-def _sha(d: Def) -> str:
-    """The real contract hash (registry.discovery), the one gateways recompute."""
-    return definition_sha256(ToolDefinition(
-        name=d.name, title=d.title, description=d.description, input_schema=d.input_schema,
-        output_schema=d.output_schema, annotations=d.annotations))
 
 
 def _sync(tenant, server, defs):
     return services.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server,
-                                           definitions=[(d, _sha(d)) for d in defs])
+                                           definitions=[(d, def_sha(d)) for d in defs])
 
 
 def _last_actions(tenant, n):
@@ -122,7 +107,7 @@ def test_a_changed_definition_of_an_approved_tool_is_quarantined_with_both_kept(
     # Approving the new definition pins it.
     services.tool_approve(tenant=tenant_a, actor=SYSTEM, tool=tool)
     tool.refresh_from_db()
-    assert tool.status == "approved" and tool.definition_sha256 == _sha(changed)
+    assert tool.status == "approved" and tool.definition_sha256 == def_sha(changed)
     assert tool.drifted_definition is None
 
 

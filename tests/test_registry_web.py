@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import pytest
@@ -13,33 +12,19 @@ from django.utils import timezone
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from registry import services
-from registry.discovery import ToolDefinition, definition_sha256
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, ServerSync, Tool, ToolScope
+from tests.factories import Def, def_sha
 
 SYSTEM = Actor.system("test")
 ROLES = ["alice", "bob", "audrey", "dave", "victor"]
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
-@dataclass
-class Def:
-    name: str
-    description: str = "Does a thing."
-    title: str = ""
-    input_schema: dict = field(default_factory=lambda: {"type": "object"})
-    output_schema: dict | None = None
-    annotations: dict = field(default_factory=dict)
-
-
-def _sha(d: Def) -> str:
-    return definition_sha256(ToolDefinition(
-        name=d.name, title=d.title, description=d.description, input_schema=d.input_schema,
-        output_schema=d.output_schema, annotations=d.annotations))
 
 
 def _discover(tenant, server, defs):
     return services.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server,
-                                           definitions=[(d, _sha(d)) for d in defs])
+                                           definitions=[(d, def_sha(d)) for d in defs])
 
 
 def _events(tenant, action):
@@ -693,12 +678,12 @@ def test_admin_approves_the_new_definition(login, alice, quarantined, tenant_a):
     assert "Approved the new definition of lookup." in _body(response)
     quarantined.refresh_from_db()
     assert quarantined.status == "approved"
-    assert quarantined.definition_sha256 == _sha(DRIFTED)
+    assert quarantined.definition_sha256 == def_sha(DRIFTED)
     assert quarantined.description.endswith("audit@evil.example.")
     assert 'id="drift"' not in _body(response)
     event = _events(tenant_a, "tool.approved")[-1]
     assert event.before["status"] == "quarantined"
-    assert event.after["sha256"] == _sha(DRIFTED)
+    assert event.after["sha256"] == def_sha(DRIFTED)
 
 
 def test_a_quarantined_tool_is_reviewed_from_its_page_not_inline(login, alice, quarantined,
