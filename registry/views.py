@@ -10,17 +10,16 @@ from urllib.parse import urlencode, urlsplit
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.cache import patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from governance.tenancy.forms import add_service_errors
 from governance.tenancy.mixins import TenantPageView
 from governance.tenancy.roles import Cap
+from governance.web import page_of, query_without_page, vary_on_htmx
 from registry import selectors, services
 from registry.access import (
     access_agent,
@@ -48,25 +47,8 @@ from registry.forms import (
 from registry.models import Agent, Grant, McpServer, ServerSync, Tool
 from registry.sync import SYNCABLE, server_sync_request
 
-PAGE_SIZE = 25
 RECENT_SYNCS = 10
 REVIEW_STATES = (Tool.Status.PENDING_REVIEW, Tool.Status.QUARANTINED)
-
-
-def _page(request: HttpRequest, queryset):
-    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
-
-
-def _query_without_page(request: HttpRequest) -> str:
-    query = request.GET.copy()
-    query.pop("page", None)
-    return query.urlencode()
-
-
-def _vary(response: HttpResponse) -> HttpResponse:
-    """Pages that answer htmx with a fragment: caches must keep the two apart."""
-    patch_vary_headers(response, ["HX-Request"])
-    return response
 
 
 def _back(request: HttpRequest, default: str) -> HttpResponse:
@@ -96,8 +78,8 @@ class ServerListView(TenantPageView):
             self.tenant, search=filters.get("q", ""), status=filters.get("status", "")
         )
         template = "registry/_servers_table.html" if request.htmx else "registry/servers.html"
-        return _vary(render(request, template, {
-            "form": form, "page": _page(request, servers), "query": _query_without_page(request),
+        return vary_on_htmx(render(request, template, {
+            "form": form, "page": page_of(request, servers), "query": query_without_page(request),
             "any_server": McpServer.objects.for_tenant(self.tenant).exists(),
         }))
 
@@ -308,13 +290,13 @@ class SyncView(TenantPageView):
             raise Http404("No such sync of this server")
         context: dict[str, Any] = {"server": server, "run": run}
         if not request.htmx:
-            return _vary(render(request, "registry/sync.html", context))
+            return vary_on_htmx(render(request, "registry/sync.html", context))
         # The run just finished under the eyes of the server page: refresh its tools too.
         on_server_page = urlsplit(request.htmx.current_url or "").path == reverse(
             "registry:server", args=[tenant_slug, server.pk])
         if not run.is_open and on_server_page:
             context |= _server_tools_context(self.tenant, server) | {"oob": True}
-        return _vary(render(request, "registry/_sync_progress.html", context))
+        return vary_on_htmx(render(request, "registry/_sync_progress.html", context))
 
 
 # --- Tools -------------------------------------------------------------------------------------
@@ -383,7 +365,7 @@ def _tool_row(request: HttpRequest, tenant, tool: Tool, error: str = "") -> Http
     tool = selectors.tool_list(tenant).get(pk=tool.pk)
     review_count = selectors.tool_list(tenant, server=tool.server_id).filter(
         status__in=REVIEW_STATES).count()
-    return _vary(render(request, "registry/_tool_row.html", {
+    return vary_on_htmx(render(request, "registry/_tool_row.html", {
         "tool": tool, "row_error": error, "heading_oob": True, "review_count": review_count,
     }))
 
@@ -407,7 +389,7 @@ class ToolApproveView(TenantPageView):
                 return _tool_row(request, self.tenant, tool)
             messages.success(request, f"Approved the new definition of {tool.name}." if drifted
                              else f"Approved {tool.name}.")
-        return _vary(_back(request, reverse("registry:tool", args=[tenant_slug, tool.pk])))
+        return vary_on_htmx(_back(request, reverse("registry:tool", args=[tenant_slug, tool.pk])))
 
 
 class ToolBlockView(TenantPageView):
@@ -438,7 +420,7 @@ class ToolBlockView(TenantPageView):
             if request.htmx:
                 return _tool_row(request, self.tenant, tool)
             messages.success(request, f"Blocked {tool.name}.")
-        return _vary(_back(request, reverse("registry:tool", args=[tenant_slug, tool.pk])))
+        return vary_on_htmx(_back(request, reverse("registry:tool", args=[tenant_slug, tool.pk])))
 
 
 # --- Scopes ------------------------------------------------------------------------------------
@@ -450,7 +432,7 @@ class ScopeListView(TenantPageView):
     def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
         search = request.GET.get("q", "").strip()
         return render(request, "registry/scopes.html", {
-            "page": _page(request, selectors.scope_list(self.tenant, search=search)),
+            "page": page_of(request, selectors.scope_list(self.tenant, search=search)),
             "q": search, "query": urlencode({"q": search}) if search else "",
         })
 
@@ -568,12 +550,12 @@ class AgentListView(TenantPageView):
         mine = request.GET.get("mine") == "1"
         agents = selectors.agent_list(self.tenant, search=search,
                                       owner=request.user if mine else None)
-        page = _page(request, agents)
+        page = page_of(request, agents)
         manageable = manageable_agent_ids(self.tenancy, page.object_list)
         rows = [(agent, manageable is None or agent.pk in manageable) for agent in page]
         return render(request, "registry/agents.html", {
             "page": page, "rows": rows, "q": search, "mine": mine,
-            "query": _query_without_page(request),
+            "query": query_without_page(request),
             "may_create": self.tenancy.can(Cap.OWN_AGENTS),
         })
 
@@ -750,8 +732,8 @@ class GrantListView(TenantPageView):
             grants = selectors.grant_list(self.tenant, **form.filters())
         template = "registry/_grants_table.html" if request.htmx else "registry/grants.html"
         status = 400 if form.errors and not request.htmx else 200
-        return _vary(render(request, template, {
-            "form": form, "page": _page(request, grants), "query": _query_without_page(request),
+        return vary_on_htmx(render(request, template, {
+            "form": form, "page": page_of(request, grants), "query": query_without_page(request),
             "filtered": form.is_bound,
         }, status=status))
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.utils.cache import patch_vary_headers
 
 from governance.audit import selectors
 from governance.audit.forms import AuditFilterForm
@@ -13,6 +11,7 @@ from governance.audit.models import AuditEvent
 from governance.audit.services import audit_verify
 from governance.tenancy.mixins import TenantPageView
 from governance.tenancy.roles import Cap
+from governance.web import page_of, query_without_page, vary_on_htmx
 
 PAGE_SIZE = 50
 
@@ -29,18 +28,14 @@ class AuditLogView(TenantPageView):
             events = selectors.audit_event_list(self.tenant, **form.filters())
         elif not form.is_bound:
             events = selectors.audit_event_list(self.tenant)
-        page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
-        query = request.GET.copy()
-        query.pop("page", None)
+        page = page_of(request, events, PAGE_SIZE)
         template = "audit/_events_table.html" if request.htmx else "audit/log.html"
         # htmx swaps only 2xx responses: a rejected filter is shown in the table with a 200.
         status = 400 if form.errors and not request.htmx else 200
-        response = render(request, template, {
-            "form": form, "page": page, "query": query.urlencode(),
+        return vary_on_htmx(render(request, template, {
+            "form": form, "page": page, "query": query_without_page(request),
             "actions": selectors.audit_actions(self.tenant),
-        }, status=status)
-        patch_vary_headers(response, ["HX-Request"])
-        return response
+        }, status=status))
 
 
 class AuditEventView(TenantPageView):

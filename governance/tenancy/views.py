@@ -8,7 +8,6 @@ from urllib.parse import urlencode
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -33,12 +32,7 @@ from governance.tenancy.forms import (
 from governance.tenancy.mixins import TenantPageView
 from governance.tenancy.models import ApiToken
 from governance.tenancy.roles import CAPABILITY_LABELS, ROLE_PRECEDENCE, Cap
-
-PAGE_SIZE = 25
-
-
-def _page(request: HttpRequest, queryset):
-    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+from governance.web import page_of
 
 
 @login_required
@@ -80,7 +74,7 @@ class MemberListView(TenantPageView):
         search = request.GET.get("q", "").strip()
         members = selectors.membership_list(self.tenant, search=search)
         return render(request, "tenancy/members.html", {
-            "page": _page(request, members), "form": form, "q": search,
+            "page": page_of(request, members), "form": form, "q": search,
             "query": urlencode({"q": search}) if search else "",
         }, status=status)
 
@@ -181,7 +175,7 @@ class GroupMappingListView(TenantPageView):
 
     def render_page(self, request, form, status=200):
         return render(request, "tenancy/group_mappings.html", {
-            "page": _page(request, selectors.group_mapping_list(self.tenant)),
+            "page": page_of(request, selectors.group_mapping_list(self.tenant)),
             "form": form,
             "precedence": ROLE_PRECEDENCE,
         }, status=status)
@@ -272,7 +266,7 @@ class TokenListView(TenantPageView):
             token = visible_tokens(self.tenancy).filter(pk=revealed["id"]).first()
             plaintext = (token, revealed["plaintext"]) if token else None
         response = render(request, "tenancy/tokens.html", {
-            "page": _page(request, visible_tokens(self.tenancy)),
+            "page": page_of(request, visible_tokens(self.tenancy)),
             "form": form,
             "plaintext": plaintext,
         }, status=status)

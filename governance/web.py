@@ -1,0 +1,27 @@
+"""Small helpers every server-rendered list page shares: pagination and htmx caching."""
+
+from __future__ import annotations
+
+from django.core.paginator import Page, Paginator
+from django.http import HttpRequest, HttpResponse
+from django.utils.cache import patch_vary_headers
+
+PAGE_SIZE = 25
+
+
+def page_of(request: HttpRequest, queryset, per_page: int = PAGE_SIZE) -> Page:
+    """The page ``?page=`` asks for (the last one when it is too high, the first when bad)."""
+    return Paginator(queryset, per_page).get_page(request.GET.get("page"))
+
+
+def query_without_page(request: HttpRequest) -> str:
+    """The current filters as a query string, for the pagination links to append to."""
+    query = request.GET.copy()
+    query.pop("page", None)
+    return query.urlencode()
+
+
+def vary_on_htmx(response: HttpResponse) -> HttpResponse:
+    """Pages that answer htmx with a fragment: caches must keep the two apart."""
+    patch_vary_headers(response, ["HX-Request"])
+    return response
