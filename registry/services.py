@@ -98,6 +98,7 @@ def server_create(
     owner: AbstractBaseUser | None = None,
     data_classes: Sequence[str] = (),
     risk_tier: str = Risk.MEDIUM,
+    registry_name: str = "",
 ) -> McpServer:
     """Register a server (status pending until an admin activates it)."""
     server = McpServer(
@@ -111,6 +112,7 @@ def server_create(
         owner=owner,
         data_classes=list(data_classes),
         risk_tier=risk_tier,
+        registry_name=registry_name,
     )
     _validate_server(server)
     server.save()
@@ -213,9 +215,8 @@ def server_import(
         owner=owner,
         data_classes=data_classes,
         risk_tier=risk_tier,
+        registry_name=imported.registry_name,
     )
-    server.registry_name = imported.registry_name
-    server.save(update_fields=["registry_name"])
     audit_record(
         tenant=tenant,
         actor=actor,
@@ -669,8 +670,14 @@ GRANT_FIELDS = (
 TERM_FIELDS = GRANT_FIELDS[:-1]  # everything but status: what grant_create/grant_update take
 
 
-def _validate_grant_terms(scope: ToolScope, terms: dict[str, Any], *, is_new: bool) -> None:
-    """Check every grant term; each error names its field (and the path inside constraints)."""
+def _validate_grant_terms(
+    scope: ToolScope, terms: dict[str, Any], *, check_expiry: bool = True
+) -> None:
+    """Check every grant term; each error names its field (and the path inside constraints).
+
+    ``check_expiry=False`` when the expiry is not being set: an unchanged expiry that has
+    passed meanwhile is the sweeper's business, not a reason to refuse other edits.
+    """
     tool_names = set(scope.tools.values_list("name", flat=True))
     terms["argument_constraints"] = terms.get("argument_constraints") or {}
     terms["approval_condition"] = terms.get("approval_condition") or {}
@@ -706,7 +713,7 @@ def _validate_grant_terms(scope: ToolScope, terms: dict[str, Any], *, is_new: bo
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
         raise ValidationError({"window_tz": f"Unknown time zone {terms['window_tz']!r}."}) from None
     expires_at = terms["expires_at"]
-    if expires_at is not None and expires_at <= timezone.now():
+    if check_expiry and expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "Choose an expiry in the future."})
     for field in ("calls_per_minute", "calls_per_day"):
         value = terms[field]
@@ -749,7 +756,7 @@ def grant_create(
         "approval_condition": approval_condition,
         "expires_at": expires_at,
     }
-    _validate_grant_terms(scope, terms, is_new=True)
+    _validate_grant_terms(scope, terms)
     grant = Grant.objects.create(
         tenant=tenant, agent=agent, scope=scope, created_by=created_by, **terms
     )
@@ -776,11 +783,7 @@ def grant_update(*, tenant: Tenant, actor: Actor, grant: Grant, **changes: Any) 
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
     before = _state(grant, TERM_FIELDS)
     terms = before | changes
-    if "expires_at" not in changes:
-        terms["expires_at"] = None  # an unchanged past expiry is the sweeper's business, not ours
-    _validate_grant_terms(grant.scope, terms, is_new=False)
-    if "expires_at" not in changes:
-        terms["expires_at"] = before["expires_at"]
+    _validate_grant_terms(grant.scope, terms, check_expiry="expires_at" in changes)
     for field, value in terms.items():
         setattr(grant, field, value)
     grant.save()
