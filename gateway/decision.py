@@ -111,6 +111,9 @@ def decide(
     key = tool_key(server, tool)
     pinned = data["tools"].get(key)
     if pinned is None:
+        withheld = data.get("withheld_tools", {}).get(key)
+        if withheld is not None:
+            return Decision(DENY, f"tool {key} is {withheld}", agent=agent_name)
         return Decision(DENY, f"tool {key} is not approved", agent=agent_name)
     if live_sha256 is not None and live_sha256 != pinned["definition_sha256"]:
         return Decision(DENY, f"tool {key} definition differs from the pinned one",

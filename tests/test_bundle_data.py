@@ -79,6 +79,8 @@ def test_only_approved_tools_of_active_servers_are_in_the_bundle(world):
     assert data["scopes"]["payroll"]["tools"] == ["payroll/pay", "payroll/read"]
     assert data["principals"] == {IDP: {"bot": "bot", "old": "old"}}
     assert data["agents"]["old"]["status"] == "suspended"
+    assert data["withheld_tools"] == {"payroll/export": "quarantined", "payroll/wipe": "blocked"}
+    assert data["escalation"]["decision_timeout_seconds"] == 900
 
 
 def test_the_same_state_compiles_to_the_same_bytes(world):
@@ -112,9 +114,9 @@ def test_a_plain_grant_allows_and_everything_else_is_denied(world):
     assert _decide(data).outcome == ALLOW
     assert _decide(data, subject="stranger").reason == "unknown principal"
     assert _decide(data, subject="old").reason == "agent old is suspended"
-    assert _decide(data, tool="export").reason == "tool payroll/export is not approved"
-    assert _decide(data, tool="wipe").outcome == DENY
-    assert _decide(data, tool="draft").outcome == DENY
+    assert _decide(data, tool="export").reason == "tool payroll/export is quarantined"
+    assert _decide(data, tool="wipe").reason == "tool payroll/wipe is blocked"
+    assert _decide(data, tool="draft").reason == "tool payroll/draft is not approved"
     assert decide(data, issuer=IDP, subject="bot", server="hr", tool="read", arguments={},
                   at=NOW).reason == "unknown server hr"
 

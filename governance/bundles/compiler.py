@@ -86,6 +86,15 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
         for t in tool_rows
     }
 
+    # Tools the registry holds back on purpose: named so gateways (and the Cedar policy) can say
+    # *why* a call is refused, never callable.
+    withheld = {
+        tool_key(t.server.name, t.name): t.status
+        for t in Tool.objects.for_tenant(tenant).filter(
+            status__in=[Tool.Status.QUARANTINED, Tool.Status.BLOCKED]
+        ).exclude(server__status=McpServer.Status.RETIRED).select_related("server")
+    }
+
     scopes = {}
     for scope in ToolScope.objects.for_tenant(tenant).prefetch_related(
         Prefetch("tools", queryset=Tool.objects.select_related("server"))
@@ -128,6 +137,23 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
         "principals": principals,
         "servers": servers,
         "tools": tools,
+        "withheld_tools": withheld,
         "scopes": scopes,
         "grants": grants,
+        "escalation": escalation_settings(tenant),
     }
+
+
+ESCALATION_DEFAULTS = {
+    # How long a held call waits for a human before it is expired (a denial).
+    "decision_timeout_seconds": 900,
+    # How long a gateway holds the agent's call before answering "pending, retry".
+    "hold_seconds": 60,
+}
+
+
+def escalation_settings(tenant: Tenant) -> dict[str, Any]:
+    """What gateways need to run the escalation contract (DESIGN.md §5) for this tenant."""
+    configured = tenant.settings.get("escalation", {}) if isinstance(tenant.settings, dict) else {}
+    values = {k: configured.get(k, default) for k, default in ESCALATION_DEFAULTS.items()}
+    return {**values, "endpoint": "/api/v1/gateway/escalations"}
