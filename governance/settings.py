@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "mozilla_django_oidc",
     "governance.tenancy",
     "governance.audit",
+    "governance.bundles",
     "registry",
     "approvals",
 ]
@@ -155,6 +156,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "registry.tasks.resync_servers",
         "schedule": timedelta(minutes=1),
     },
+    # Builds bundles whose content is due (missed edits, expiring grants, re-issue before half
+    # the lifetime), activates rotated-in keys that are due, records gateway contact times.
+    "bundles-sweep": {
+        "task": "governance.bundles.tasks.sweep",
+        "schedule": timedelta(seconds=30),
+    },
 }
 
 # --- Registry: tool sync ----------------------------------------------------------------------
@@ -167,6 +174,52 @@ REGISTRY_SYNC_SOFT_TIME_LIMIT = REGISTRY_SYNC_TIMEOUT + 60
 REGISTRY_SYNC_TIME_LIMIT = REGISTRY_SYNC_TIMEOUT + 90
 # A run no worker picked up within this many seconds is failed with "not started".
 REGISTRY_SYNC_QUEUE_EXPIRY = env_int("REGISTRY_SYNC_QUEUE_EXPIRY", 900, minimum=60)
+
+# --- Bundles and gateways (DESIGN.md §5) ------------------------------------------------------
+# Fernet keys (comma-separated; the first encrypts, all decrypt, so this key can be rotated too)
+# that encrypt the private halves of the tenants' bundle signing keys at rest.
+BUNDLE_KEY_ENCRYPTION_KEYS = env_list("BUNDLE_KEY_ENCRYPTION_KEYS", [])
+if not BUNDLE_KEY_ENCRYPTION_KEYS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "BUNDLE_KEY_ENCRYPTION_KEYS: must be set when DEBUG is off (generate one with "
+            "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key()"
+            ".decode())')."
+        )
+    # Demo only (DEBUG=true, what `make run` sets): a fixed key, so restarts can still sign.
+    BUNDLE_KEY_ENCRYPTION_KEYS = ["ZGVtby1vbmx5LXRvbGxnYXRlLWJ1bmRsZS1rZXlzLTA="]
+for _i, _k in enumerate(BUNDLE_KEY_ENCRYPTION_KEYS):
+    try:
+        from cryptography.fernet import Fernet as _Fernet
+
+        _Fernet(_k)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"BUNDLE_KEY_ENCRYPTION_KEYS: entry {_i + 1} is not a Fernet key (32 url-safe "
+            "base64-encoded bytes)."
+        ) from None
+# A bundle expires this long after it is issued; it is re-issued after 40 % of that.
+BUNDLE_TTL_SECONDS = env_int("BUNDLE_TTL_SECONDS", 24 * 3600, minimum=600)
+# A burst of registry edits within this many seconds becomes one build.
+BUNDLE_DEBOUNCE_SECONDS = env_int("BUNDLE_DEBOUNCE_SECONDS", 1, minimum=0)
+# Longest `Prefer: wait=N` honoured (DESIGN.md caps it at 300).
+BUNDLE_MAX_WAIT_SECONDS = min(300, env_int("BUNDLE_MAX_WAIT_SECONDS", 300, minimum=1))
+# A rotated-in key is published (pending) this long before it signs: gateways refresh their
+# JWKS within one maximum poll interval.
+BUNDLE_KEY_PUBLISH_LEAD_SECONDS = env_int(
+    "BUNDLE_KEY_PUBLISH_LEAD_SECONDS", 2 * BUNDLE_MAX_WAIT_SECONDS, minimum=0
+)
+# Where each web process keeps its local copy of current bundles.
+BUNDLE_LOCAL_DIR = Path(env_str("BUNDLE_LOCAL_DIR", str(VAR_DIR / "bundles")))
+# Set to an internal nginx location (e.g. /_bundles/) to let the proxy send bundle bodies from
+# BUNDLE_LOCAL_DIR via X-Accel-Redirect after the app has authenticated the gateway.
+BUNDLE_ACCEL_REDIRECT = env_str("BUNDLE_ACCEL_REDIRECT")
+# Requests per minute one gateway may make to the gateway API (429 beyond).
+GATEWAY_RATE_LIMIT_PER_MINUTE = env_int("GATEWAY_RATE_LIMIT_PER_MINUTE", 600, minimum=1)
+# A gateway not heard from for this long is shown as stale on the fleet page.
+GATEWAY_STALE_SECONDS = env_int("GATEWAY_STALE_SECONDS", 600, minimum=30)
+# Largest request body the gateway API accepts (status reports; 413 beyond).
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 
 # --- Authentication -------------------------------------------------------------------------
 OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")

@@ -1,4 +1,5 @@
-"""URL map: web UI under /t/<tenant>/, admin API under /api/v1/t/<tenant>/, gateway API later."""
+"""URL map: web UI under /t/<tenant>/, admin API under /api/v1/t/<tenant>/, gateway API under
+/api/v1/gateway/."""
 
 from __future__ import annotations
 
@@ -62,4 +63,5 @@ urlpatterns = [
          login_required(SpectacularSwaggerSplitView.as_view(url_name="schema")),
          name="api-docs"),
     path("api/v1/t/<slug:tenant_slug>/", include(tenant_api)),
+    path("api/v1/gateway/", include("governance.bundles.gateway_urls")),
 ]

@@ -24,6 +24,37 @@ def _plain_settings(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_hot_store(settings, tmp_path_factory):
+    """The gateway hot store and bundle copies outlive a test's transaction: start clean."""
+    settings.BUNDLE_LOCAL_DIR = tmp_path_factory.mktemp("bundles")
+    if settings.REDIS_URL:
+        _clear_hot(settings.REDIS_URL)
+
+
+def _clear_hot(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter("tollgate:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def redis_url(settings):
+    """A reachable Redis for tests whose point is production behaviour (CI always has one)."""
+    import redis
+
+    url = settings.REDIS_URL or "redis://127.0.0.1:6379/5"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        pytest.skip(f"needs Redis at {url}: set REDIS_URL=redis://…")
+    _clear_hot(url)
+    return url
+
+
 @pytest.fixture
 def tenant_a(db):
     return TenantFactory(slug="alpha", name="Alpha Corp")

@@ -37,6 +37,12 @@ NON_TENANT_PATTERNS = {
     "api/schema/": "OpenAPI schema, same document (401 anonymous; no tenant data, only paths)",
     "api/docs/": "Swagger UI over api/schema/ (anonymous → login page; its ?script is the same "
                  "view; calls go through the tenant API's own checks)",
+    # The gateway API authenticates machines by gateway token; the token names its tenant, and
+    # tests/test_gateway_api.py proves 401 (none/unknown/revoked) and 404 (another tenant's slug).
+    "api/v1/gateway/bundles/<slug:slug>": "gateway: the tenant's signed bundle",
+    "api/v1/gateway/keys/<slug:slug>": "gateway: the tenant's JWKS",
+    "api/v1/gateway/status": "gateway: OPA status report of the calling gateway",
+    "api/v1/gateway/status/<slug:slug>": "gateway: the same, with the tenant in the path",
 }
 
 # Which model an object kwarg names, for web patterns; API viewsets name it with ``pk``.

@@ -13,12 +13,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PROD_SECRET = "x8#kQ2!vN7@pL4$zR1^wT6&yH3*bM9(cF5)dJ0_gS2+eA8=uK7-iO4~nE1"
 CONFIG_PREFIXES = ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "OIDC_", "SECURE_",
-                   "ALLOWED_HOSTS", "TOLLGATE_", "LOG_LEVEL", "CELERY_")
+                   "ALLOWED_HOSTS", "TOLLGATE_", "LOG_LEVEL", "CELERY_", "BUNDLE_", "GATEWAY_")
+PROD_BUNDLE_KEY = "cHJvZHVjdGlvbi1idW5kbGUta2V5LWZvci10ZXN0cyE="
 
 
 def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(CONFIG_PREFIXES)}
     clean["TOLLGATE_VAR_DIR"] = str(tmp_path / "var")
+    if "SECRET_KEY" in env:  # a production configuration has both secrets
+        clean["BUNDLE_KEY_ENCRYPTION_KEYS"] = PROD_BUNDLE_KEY
     clean.update(env)
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=clean, capture_output=True,
                           text=True, timeout=60)
@@ -86,6 +89,9 @@ def test_oidc_configured_removes_password_login(tmp_path):
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL: unknown level"),
         ({"OIDC_RP_CLIENT_ID": "x"}, "OIDC_RP_CLIENT_SECRET: required"),
         ({"OIDC_RP_CLIENT_ID": "x", "OIDC_RP_CLIENT_SECRET": "y"}, "OIDC_OP_ISSUER: required"),
+        ({"BUNDLE_KEY_ENCRYPTION_KEYS": ""}, "BUNDLE_KEY_ENCRYPTION_KEYS: must be set when DEBUG"),
+        ({"BUNDLE_KEY_ENCRYPTION_KEYS": "short"}, "BUNDLE_KEY_ENCRYPTION_KEYS: entry 1 is not"),
+        ({"BUNDLE_TTL_SECONDS": "60"}, "BUNDLE_TTL_SECONDS: must be at least 600"),
     ],
 )
 def test_a_malformed_value_stops_start_up_naming_the_variable(tmp_path, env, message):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -98,6 +98,16 @@ def _chain_for_update(tenant: Tenant | None) -> AuditChain:
     return AuditChain.objects.select_for_update().get(key=key)
 
 
+# Called with every recorded event, inside its transaction (e.g. the bundles app schedules a
+# build on commit when a registry change is recorded). Registered once at app start-up.
+_listeners: list[Callable[[AuditEvent], None]] = []
+
+
+def add_listener(listener: Callable[[AuditEvent], None]) -> None:
+    if listener not in _listeners:
+        _listeners.append(listener)
+
+
 def audit_record(
     *,
     tenant: Tenant | None,
@@ -140,6 +150,8 @@ def audit_record(
     event.hash = compute_hash(chain.last_hash, event, chain.key)
     event.save(force_insert=True)
     AuditChain.objects.filter(pk=chain.pk).update(last_seq=event.seq, last_hash=event.hash)
+    for listener in _listeners:
+        listener(event)
     return event
 
 

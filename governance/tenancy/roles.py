@@ -37,6 +37,7 @@ class Cap(StrEnum):
     MANAGE_SERVICE_TOKENS = "tokens.service"
     VIEW_AUDIT = "audit.view"
     MANAGE_REGISTRY = "registry.manage"
+    MANAGE_GATEWAYS = "gateways.manage"
     OWN_AGENTS = "agents.own"
     REQUEST_ACCESS = "access.request"
     DECIDE_APPROVALS = "approvals.decide"
@@ -59,7 +60,8 @@ CAPABILITY_LABELS: dict[Cap, str] = {
     Cap.MANAGE_GROUP_MAPPINGS: "Manage IdP group → role mappings",
     Cap.MANAGE_SERVICE_TOKENS: "Create and revoke service tokens, revoke anyone's token",
     Cap.VIEW_AUDIT: "Read the audit trail",
-    Cap.MANAGE_REGISTRY: "Manage servers, tools, scopes, agents, gateways, keys",
+    Cap.MANAGE_REGISTRY: "Manage servers, tools, scopes, agents, grants",
+    Cap.MANAGE_GATEWAYS: "Manage gateways, gateway tokens and bundle signing keys",
     Cap.OWN_AGENTS: "Own and manage own agents",
     Cap.REQUEST_ACCESS: "Request tool scopes for agents",
     Cap.DECIDE_APPROVALS: "Decide access requests and escalations",

@@ -1,0 +1,289 @@
+"""The gateway-facing API (DESIGN.md §5): ``/api/v1/gateway/…``, for machines, not people.
+
+Plain async Django views rather than DRF: the bundle poll is the hottest path of the product and
+must not hop to a thread. Its cost on the hot path is two Redis round trips (token + current
+pointer in one MGET; the rate counter and contact time in one pipeline) and no SQL: a token or
+pointer missing from the hot store is looked up once in the database and cached (see ``hot``).
+
+Errors are JSON ``{"code", "message"}``: 401 no/unknown/revoked token (with
+``WWW-Authenticate: Bearer``), 404 a tenant that is not the token's, 400 malformed input, 413 a
+body over GATEWAY_MAX_BODY_BYTES, 429 over GATEWAY_RATE_LIMIT_PER_MINUTE (with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from governance.bundles import hot, publish, selectors, services, store
+from governance.bundles.models import Gateway, GatewayToken
+from governance.tenancy.models import hash_token
+
+LONG_POLL_TYPE = "application/vnd.openpolicyagent.bundles"
+PLAIN_TYPE = "application/gzip"
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+
+
+def error(status: int, code: str, message: str, **headers: str) -> JsonResponse:
+    response = JsonResponse({"code": code, "message": message}, status=status)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _unauthorized(message: str) -> JsonResponse:
+    return error(401, "not_authenticated", message, WWW_Authenticate='Bearer realm="tollgate"')
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str
+    tenant_id: int
+    gateway: int
+    token: int
+
+
+def _lookup_token(token_hash: str) -> dict[str, Any]:
+    """Cold path: the token's hot-store entry, from the database."""
+    token = (GatewayToken.objects.select_related("gateway", "tenant")
+             .filter(token_hash=token_hash).first())
+    if token is None:
+        return {"unknown": True}
+    if token.revoked_at is not None or token.gateway.status != Gateway.Status.ACTIVE:
+        return hot.REVOKED
+    return {"tenant": token.tenant.slug, "tenant_id": token.tenant_id,
+            "gateway": token.gateway_id, "token": token.pk}
+
+
+async def _token_entry(token_hash: str, cached: Any) -> dict[str, Any]:
+    if cached is not None:
+        return cached
+    entry = await sync_to_async(_lookup_token)(token_hash)
+    # Unknown tokens are cached briefly too, so guessing cannot be turned into SQL load.
+    await hot.aset_json(hot.token_key(token_hash), entry, 60 if "unknown" in entry else
+                        hot.TOKEN_TTL)
+    return entry
+
+
+def _bearer(request: HttpRequest) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value or len(value) > 256:
+        return None
+    return value
+
+
+async def authenticate(request: HttpRequest, slug: str,
+                       extra: list[str] | None = None) -> tuple[Caller | None, HttpResponse |
+                                                                None, list[Any]]:
+    """(caller, None, values of ``extra`` keys) or (None, error response, Nones)."""
+    extra = extra or []
+    nothing = [None] * len(extra)
+    plaintext = _bearer(request)
+    if plaintext is None:
+        return None, _unauthorized("Send the gateway token as 'Authorization: Bearer <token>'."), \
+            nothing
+    token_hash = hash_token(plaintext)
+    values = await hot.aget_many([hot.token_key(token_hash), *extra])
+    entry = await _token_entry(token_hash, values[0])
+    if entry.get("unknown"):
+        return None, _unauthorized("Unknown gateway token."), nothing
+    if entry.get("revoked"):
+        return None, _unauthorized("This gateway token has been revoked or its gateway "
+                                   "disabled."), nothing
+    if entry["tenant"] != slug:
+        return None, error(404, "not_found", "No such tenant for this gateway."), nothing
+    allowed, reset = await hot.acount_request(entry["gateway"],
+                                              settings.GATEWAY_RATE_LIMIT_PER_MINUTE)
+    if not allowed:
+        return None, error(429, "rate_limited", "Too many requests from this gateway; slow "
+                           "down.", Retry_After=str(reset)), nothing
+    caller = Caller(entry["tenant"], entry["tenant_id"], entry["gateway"], entry["token"])
+    return caller, None, values[1:]
+
+
+async def _still_valid(request: HttpRequest) -> bool:
+    """Re-check the token after a long wait (it may have been revoked meanwhile)."""
+    plaintext = _bearer(request)
+    token_hash = hash_token(plaintext or "")
+    entry = await _token_entry(token_hash, (await hot.aget_many([hot.token_key(token_hash)]))[0])
+    return not (entry.get("unknown") or entry.get("revoked"))
+
+
+def _wait_seconds(request: HttpRequest) -> int | None:
+    match = _WAIT.search(request.headers.get("Prefer", ""))
+    if not match:
+        return None
+    return min(int(match.group(1)), settings.BUNDLE_MAX_WAIT_SECONDS)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
+    return etag in candidates
+
+
+async def _pointer(slug: str, cached: Any) -> dict[str, Any] | None:
+    if cached is not None:
+        return cached
+    pointer = await sync_to_async(publish.current_pointer)(slug)
+    if pointer is not None:
+        await hot.aset_json(hot.current_key(slug), pointer)
+    return pointer
+
+
+async def _body_response(pointer: dict[str, Any], content_type: str) -> HttpResponse:
+    sha = pointer["sha256"]
+    headers = {"ETag": f'"{sha}"', "Cache-Control": "no-cache",
+               "X-Bundle-Revision": str(pointer["revision"])}
+    if settings.BUNDLE_ACCEL_REDIRECT:
+        if not store.local_path(sha).exists():
+            await sync_to_async(store.load)(sha)
+        response = HttpResponse(b"", content_type=content_type, headers=headers)
+        response["X-Accel-Redirect"] = f"{settings.BUNDLE_ACCEL_REDIRECT.rstrip('/')}/{sha}.tar.gz"
+        return response
+    content = store.from_memory(sha)
+    if content is None:
+        content = await sync_to_async(store.read_local, thread_sensitive=False)(sha)
+    if content is None:
+        content = await sync_to_async(store.load)(sha)
+    if content is None:
+        return error(503, "unavailable", "The bundle is being published; retry shortly.",
+                     Retry_After="2")
+    return HttpResponse(content, content_type=content_type, headers=headers)
+
+
+def _not_modified(etag: str, content_type: str) -> HttpResponse:
+    response = HttpResponse(status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
+    response["Content-Type"] = content_type
+    return response
+
+
+async def bundle(request: HttpRequest, slug: str) -> HttpResponse:
+    """``GET bundles/<slug>``: the current bundle, 304 when unchanged, long poll with
+    ``Prefer: wait=N``."""
+    if request.method not in ("GET", "HEAD"):
+        return error(405, "method_not_allowed", "Use GET.", Allow="GET, HEAD")
+    caller, failure, (cached_pointer,) = await authenticate(request, slug,
+                                                            [hot.current_key(slug)])
+    if failure is not None:
+        return failure
+    wait = _wait_seconds(request)
+    content_type = LONG_POLL_TYPE if wait is not None else PLAIN_TYPE
+    known = request.headers.get("If-None-Match", "")
+    pointer = await _pointer(slug, cached_pointer)
+    deadline = time.monotonic() + (wait or 0)
+    while True:
+        if pointer is not None:
+            etag = f'"{pointer["sha256"]}"'
+            if not _etag_matches(known, etag):
+                return await _body_response(pointer, content_type)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            if pointer is None:
+                return error(503, "no_bundle", "No bundle has been published for this tenant "
+                             "yet; retry shortly.", Retry_After="5")
+            return _not_modified(etag, content_type)
+        await hot.announcements().wait(slug, min(remaining, 30.0))
+        if not await _still_valid(request):
+            return _unauthorized("This gateway token has been revoked or its gateway disabled.")
+        pointer = await _pointer(slug, (await hot.aget_many([hot.current_key(slug)]))[0])
+
+
+async def keys(request: HttpRequest, slug: str) -> HttpResponse:
+    """``GET keys/<slug>``: JWKS of the tenant's pending, active and retired keys."""
+    if request.method not in ("GET", "HEAD"):
+        return error(405, "method_not_allowed", "Use GET.", Allow="GET, HEAD")
+    caller, failure, (cached,) = await authenticate(request, slug, [hot.jwks_key(slug)])
+    if failure is not None:
+        return failure
+    document = cached
+    if document is None:
+        document = await sync_to_async(selectors.jwks)(caller.tenant_id)
+        await hot.aset_json(hot.jwks_key(slug), document, 3600)
+    body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    etag = f'"{hashlib.sha256(body).hexdigest()}"'
+    if _etag_matches(request.headers.get("If-None-Match", ""), etag):
+        return HttpResponse(status=304, headers={"ETag": etag})
+    return HttpResponse(body, content_type="application/jwk-set+json",
+                        headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+
+async def _read_json(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
+    limit = settings.GATEWAY_MAX_BODY_BYTES
+    try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        return None, error(400, "invalid", "Malformed Content-Length header.")
+    if declared > limit:
+        return None, error(413, "too_large", f"The body is over {limit} bytes.")
+    raw = await sync_to_async(request.read, thread_sensitive=False)(limit + 1)
+    if len(raw) > limit:
+        return None, error(413, "too_large", f"The body is over {limit} bytes.")
+    try:
+        return json.loads(raw), None
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, error(400, "invalid", f"The body is not valid JSON: {exc}")
+
+
+def _validate_status(report: Any) -> str | None:
+    if not isinstance(report, dict):
+        return "An OPA status report is a JSON object."
+    if "labels" in report and not isinstance(report["labels"], dict):
+        return "labels: must be an object."
+    bundles = report.get("bundles", {})
+    if not isinstance(bundles, dict):
+        return "bundles: must be an object keyed by bundle name."
+    for name, entry in bundles.items():
+        if not isinstance(entry, dict):
+            return f"bundles.{name}: must be an object."
+        if "errors" in entry and not isinstance(entry["errors"], list):
+            return f"bundles.{name}.errors: must be a list."
+    return None
+
+
+@csrf_exempt
+async def status(request: HttpRequest, slug: str | None = None) -> HttpResponse:
+    """``POST status``: an OPA status report from the calling gateway."""
+    if request.method != "POST":
+        return error(405, "method_not_allowed", "Use POST.", Allow="POST")
+    plaintext = _bearer(request)
+    if plaintext is None:
+        return _unauthorized("Send the gateway token as 'Authorization: Bearer <token>'.")
+    # The token names its tenant; the URL may (``status/<slug>``) or may not repeat it.
+    token_hash = hash_token(plaintext)
+    entry = await _token_entry(token_hash, (await hot.aget_many([hot.token_key(token_hash)]))[0])
+    caller, failure, _ = await authenticate(request, slug or entry.get("tenant", ""))
+    if failure is not None:
+        return failure
+    report, failure = await _read_json(request)
+    if failure is not None:
+        return failure
+    problem = _validate_status(report)
+    if problem:
+        return error(400, "invalid", problem)
+    await sync_to_async(_record_status)(caller.gateway, report)
+    return HttpResponse(status=204)
+
+
+def _record_status(gateway_id: int, report: dict[str, Any]) -> None:
+    gateway = Gateway.objects.get(pk=gateway_id)
+    services.gateway_record_status(gateway=gateway, report=report)
+
+
+__all__ = ["bundle", "keys", "status", "asyncio"]

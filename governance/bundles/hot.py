@@ -1,0 +1,264 @@
+"""The gateway API's hot-path state, kept out of SQL: token lookups, current-bundle pointers,
+per-gateway rate counters and contact times, and the announcement channel that wakes long polls.
+
+With ``REDIS_URL`` everything lives in Redis, reached directly (a sync client for services and
+workers, an asyncio client per event loop for the async views, pub/sub for announcements), so a
+poll costs two Redis round trips and no thread hop. Without it (the embedded default) Django's
+cache stands in (the database cache, reached on the request's own thread and connection) and
+long polls re-check once a second instead of being woken.
+
+Coherence: every write that changes what the hot path would answer (a token issued or revoked,
+a gateway disabled, a bundle published) updates these keys *after* its transaction commits, and
+lookups that miss fall back to the database and fill the key. Token entries also expire after
+``TOKEN_TTL`` seconds, which bounds the damage of an invalidation lost to a Redis outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import weakref
+from functools import lru_cache
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache import cache
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tollgate:gw:"
+CHANNEL = "tollgate:bundles"
+TOKEN_TTL = 600
+REVOKED = {"revoked": True}
+
+
+def token_key(token_hash: str) -> str:
+    return f"{PREFIX}tok:{token_hash}"
+
+
+def current_key(slug: str) -> str:
+    return f"{PREFIX}cur:{slug}"
+
+
+def jwks_key(slug: str) -> str:
+    return f"{PREFIX}jwks:{slug}"
+
+
+def _rate_key(gateway_id: int, minute: int) -> str:
+    return f"{PREFIX}rl:{gateway_id}:{minute}"
+
+
+SEEN_HASH = f"{PREFIX}seen"
+
+
+def _seen_key(gateway_id: int) -> str:
+    return f"{PREFIX}seen:{gateway_id}"
+
+
+def uses_redis() -> bool:
+    return bool(getattr(settings, "REDIS_URL", ""))
+
+
+@lru_cache(maxsize=2)
+def _sync_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+
+
+def sync_client() -> redis.Redis:
+    return _sync_client(settings.REDIS_URL)
+
+
+# Keyed by the loop itself (weakly): a client or subscription must never cross event loops.
+_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def async_client() -> aioredis.Redis:
+    """One asyncio client per running event loop (a client must not cross loops)."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = aioredis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2,
+            max_connections=256,
+        )
+        _async_clients[loop] = client
+    return client
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _loads(raw: Any) -> Any:
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    return json.loads(raw) if isinstance(raw, str) else raw
+
+
+# --- Writes (services, workers; after commit) -------------------------------------------------
+
+def set_json(key: str, value: Any, ttl: int | None = None) -> None:
+    if uses_redis():
+        sync_client().set(key, _dumps(value), ex=ttl)
+    else:
+        cache.set(key, _dumps(value), timeout=ttl)
+
+
+def get_json(key: str) -> Any:
+    if uses_redis():
+        return _loads(sync_client().get(key))
+    return _loads(cache.get(key))
+
+
+def delete(*keys: str) -> None:
+    if not keys:
+        return
+    if uses_redis():
+        sync_client().delete(*keys)
+    else:
+        cache.delete_many(keys)
+
+
+def publish(message: dict[str, Any]) -> None:
+    """Tell every web process (long polls waiting on ``message['tenant']``) to look again."""
+    if uses_redis():
+        sync_client().publish(CHANNEL, _dumps(message))
+
+
+def safely(action: str, fn, *args) -> None:
+    """Run a hot-store write whose failure must not undo a committed change (logged instead)."""
+    try:
+        fn(*args)
+    except Exception:  # Redis down: the TTLs and the database fallback keep answers correct
+        log.warning("hot store: %s failed", action, exc_info=True)
+
+
+# --- Reads on the hot path (async) ------------------------------------------------------------
+
+async def aget_many(keys: list[str]) -> list[Any]:
+    if uses_redis():
+        return [_loads(v) for v in await async_client().mget(keys)]
+    found = await sync_to_async(cache.get_many, thread_sensitive=True)(keys)
+    return [_loads(found.get(k)) for k in keys]
+
+
+async def aset_json(key: str, value: Any, ttl: int | None = None) -> None:
+    if uses_redis():
+        await async_client().set(key, _dumps(value), ex=ttl)
+    else:
+        await sync_to_async(cache.set, thread_sensitive=True)(key, _dumps(value), ttl)
+
+
+async def acount_request(gateway_id: int, limit: int) -> tuple[bool, int]:
+    """Count one request of the gateway this minute and note its contact time.
+
+    Returns (allowed, seconds until the window resets)."""
+    now = time.time()
+    minute = int(now // 60)
+    reset = 60 - int(now % 60)
+    key = _rate_key(gateway_id, minute)
+    if uses_redis():
+        pipe = async_client().pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        pipe.hset(SEEN_HASH, str(gateway_id), int(now))
+        count, _, _ = await pipe.execute()
+    else:
+        def bump() -> int:
+            cache.add(key, 0, 120)
+            cache.set(_seen_key(gateway_id), int(now), 3600)
+            return cache.incr(key)
+
+        count = await sync_to_async(bump, thread_sensitive=True)()
+    return count <= limit, reset
+
+
+def contact_times(gateway_ids: list[int]) -> dict[int, int]:
+    """Last contact (unix seconds) per gateway, as counted on the hot path."""
+    if not gateway_ids:
+        return {}
+    if uses_redis():
+        values = sync_client().hmget(SEEN_HASH, [str(g) for g in gateway_ids])
+    else:
+        found = cache.get_many([_seen_key(g) for g in gateway_ids])
+        values = [found.get(_seen_key(g)) for g in gateway_ids]
+    return {g: int(v) for g, v in zip(gateway_ids, values, strict=True) if v is not None}
+
+
+# --- Announcements: wake long polls -----------------------------------------------------------
+
+class Announcements:
+    """Per event loop: one Redis subscription fanned out to the long polls waiting per tenant."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+        self._task: asyncio.Task | None = None
+        self.healthy = False
+
+    def _event(self, slug: str) -> asyncio.Event:
+        event = self._events.get(slug)
+        if event is None:
+            event = self._events[slug] = asyncio.Event()
+        return event
+
+    def _wake(self, slug: str) -> None:
+        event = self._events.pop(slug, None)
+        if event is not None:
+            event.set()
+
+    async def _listen(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                pubsub = async_client().pubsub()
+                await pubsub.subscribe(CHANNEL)
+                self.healthy = True
+                backoff = 0.5
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    try:
+                        slug = _loads(message["data"]).get("tenant")
+                    except (ValueError, AttributeError):
+                        continue
+                    if slug:
+                        self._wake(slug)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("bundle announcements: subscription lost; retrying", exc_info=True)
+            self.healthy = False
+            # Waiters re-check on their own meanwhile; wake them so they notice sooner.
+            for slug in list(self._events):
+                self._wake(slug)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10)
+
+    async def wait(self, slug: str, timeout: float) -> None:
+        """Return when ``slug`` is announced or ``timeout`` seconds pass, whichever is first."""
+        if uses_redis() and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._listen())
+        if not (uses_redis() and self.healthy):
+            timeout = min(timeout, 1.0)  # no wake-ups: poll the pointer instead
+        try:
+            await asyncio.wait_for(self._event(slug).wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+_announcements: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def announcements() -> Announcements:
+    loop = asyncio.get_running_loop()
+    found = _announcements.get(loop)
+    if found is None:
+        found = _announcements[loop] = Announcements()
+    return found

@@ -1,0 +1,87 @@
+"""Reads of the bundles app, tenant first."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from governance.bundles import hot
+from governance.bundles.models import Bundle, Gateway, GatewayToken, PublishState, SigningKey
+from governance.tenancy.models import Tenant
+
+
+def jwks(tenant_id: int) -> dict[str, Any]:
+    """The JWKS gateways verify with: pending, active and retired keys, never revoked ones."""
+    keys = SigningKey.objects.filter(tenant_id=tenant_id).exclude(
+        state=SigningKey.State.REVOKED).order_by("created_at", "kid")
+    return {"keys": [k.public_jwk for k in keys]}
+
+
+def gateways(tenant: Tenant) -> QuerySet[Gateway]:
+    return Gateway.objects.for_tenant(tenant).order_by("name")
+
+
+def tokens(tenant: Tenant, gateway: Gateway) -> QuerySet[GatewayToken]:
+    return GatewayToken.objects.for_tenant(tenant).filter(gateway=gateway).order_by("-created_at")
+
+
+def signing_keys(tenant: Tenant) -> QuerySet[SigningKey]:
+    return SigningKey.objects.for_tenant(tenant).order_by("-created_at")
+
+
+def bundles(tenant: Tenant) -> QuerySet[Bundle]:
+    return Bundle.objects.for_tenant(tenant).select_related("key").order_by("-revision_number")
+
+
+def publish_state(tenant: Tenant) -> PublishState | None:
+    return PublishState.objects.filter(tenant=tenant).select_related("current").first()
+
+
+def fleet(tenant: Tenant, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every gateway with its freshness: last contact (poll or report), revision, lag, stale."""
+    now = now or timezone.now()
+    state = publish_state(tenant)
+    newest = state.last_revision if state and state.current_id else None
+    rows = list(gateways(tenant))
+    contacts = {}
+    try:
+        contacts = hot.contact_times([g.pk for g in rows])
+    except Exception:  # the hot store is down: the database's copy is at most a minute old
+        contacts = {}
+    stale_after = timedelta(seconds=settings.GATEWAY_STALE_SECONDS)
+    result = []
+    for gateway in rows:
+        last = gateway.last_contact_at
+        if gateway.pk in contacts:
+            polled = datetime.fromtimestamp(contacts[gateway.pk], tz=UTC)
+            last = max(last, polled) if last else polled
+        lag = (newest - gateway.active_revision) if (
+            newest is not None and gateway.active_revision is not None) else None
+        result.append({
+            "gateway": gateway,
+            "last_contact_at": last,
+            "stale": gateway.status == Gateway.Status.ACTIVE and (
+                last is None or now - last > stale_after),
+            "lag": lag,
+            "newest": newest,
+        })
+    return result
+
+
+def bundle_previous(tenant: Tenant, bundle: Bundle) -> Bundle | None:
+    """The revision published before ``bundle``, if any."""
+    return bundles(tenant).filter(revision_number__lt=bundle.revision_number).first()
+
+
+def bundle_data(bundle: Bundle) -> dict[str, Any]:
+    """The parsed ``mcp/data.json`` of a stored bundle (diff.BundleReadError if unreadable)."""
+    from governance.bundles import diff, store
+
+    content = store.load(bundle.blob_id)
+    if content is None:
+        raise diff.BundleReadError("The bundle's tarball is missing from the store.")
+    return diff.read_data(content)

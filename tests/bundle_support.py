@@ -1,0 +1,58 @@
+"""Helpers for bundle and gateway tests: a small registry, gateways with tokens, verification."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+from governance.audit.services import Actor
+from governance.bundles import selectors, services
+from registry import services as registry
+from registry.models import Tool
+from tests.factories import Def, def_sha
+
+SYSTEM = Actor.system("test")
+IDP = "https://idp.example"
+
+
+def small_registry(tenant, owner=None) -> dict:
+    """An active server with two approved tools in a scope, an agent with a grant."""
+    server = registry.server_create(tenant=tenant, actor=SYSTEM, name="payroll",
+                                    transport="streamable-http", url="https://p.example/mcp")
+    registry.server_transition(tenant=tenant, actor=SYSTEM, server=server, status="active")
+    defs = [Def("read"), Def("pay")]
+    registry.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server,
+                                    definitions=[(d, def_sha(d)) for d in defs])
+    tools = {t.name: t for t in Tool.objects.filter(server=server)}
+    for tool in tools.values():
+        registry.tool_approve(tenant=tenant, actor=SYSTEM, tool=tool)
+    scope = registry.scope_create(tenant=tenant, actor=SYSTEM, name="payroll:all",
+                                  tools=tools.values())
+    agent = registry.agent_create(tenant=tenant, actor=SYSTEM, name="bot", owner=owner)
+    registry.agent_principal_add(tenant=tenant, actor=SYSTEM, agent=agent, issuer=IDP,
+                                 subject="bot")
+    grant = registry.grant_create(tenant=tenant, actor=SYSTEM, agent=agent, scope=scope)
+    return {"server": server, "tools": tools, "scope": scope, "agent": agent, "grant": grant}
+
+
+def make_gateway(tenant, name="edge-1"):
+    """(gateway, plaintext token)."""
+    gateway = services.gateway_create(tenant=tenant, actor=SYSTEM, name=name,
+                                      labels={"region": "eu"})
+    _, plaintext = services.gateway_token_issue(tenant=tenant, actor=SYSTEM, gateway=gateway,
+                                                name="primary")
+    return gateway, plaintext
+
+
+def jwks_of(tenant) -> dict:
+    return selectors.jwks(tenant.pk)
+
+
+def tar_files(content: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def data_of(content: bytes) -> dict:
+    return json.loads(tar_files(content)["mcp/data.json"])
