@@ -200,8 +200,9 @@ for _i, _k in enumerate(BUNDLE_KEY_ENCRYPTION_KEYS):
         ) from None
 # A bundle expires this long after it is issued; it is re-issued after 40 % of that.
 BUNDLE_TTL_SECONDS = env_int("BUNDLE_TTL_SECONDS", 24 * 3600, minimum=600)
-# A burst of registry edits within this many seconds becomes one build.
-BUNDLE_DEBOUNCE_SECONDS = env_int("BUNDLE_DEBOUNCE_SECONDS", 1, minimum=0)
+# A burst of registry edits within this many milliseconds becomes one build (the first edit of a
+# burst is built this long after it commits; edits made during a build schedule the next one).
+BUNDLE_DEBOUNCE_MS = env_int("BUNDLE_DEBOUNCE_MS", 200, minimum=0)
 # Longest `Prefer: wait=N` honoured (DESIGN.md caps it at 300).
 BUNDLE_MAX_WAIT_SECONDS = min(300, env_int("BUNDLE_MAX_WAIT_SECONDS", 300, minimum=1))
 # A rotated-in key is published (pending) this long before it signs: gateways refresh their
@@ -348,6 +349,9 @@ SPECTACULAR_SETTINGS = {
         "AgentStatusEnum": "registry.models.Agent.Status",
         "GrantStatusEnum": "registry.models.Grant.Status",
         "RiskEnum": "registry.models.Risk",
+        "GatewayStatusEnum": "governance.bundles.models.Gateway.Status",
+        "SigningKeyStateEnum": "governance.bundles.models.SigningKey.State",
+        "GatewayTokenStateEnum": "governance.bundles.api.serializers.TOKEN_STATES",
     },
 }
 API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365, minimum=1)

@@ -110,7 +110,7 @@ def test_a_burst_of_edits_is_one_scheduled_build(world, tenant_a, monkeypatch,
     with django_capture_on_commit_callbacks(execute=True):
         for i in range(100):
             registry.agent_create(tenant=tenant_a, actor=SYSTEM, name=f"burst-{i}", owner=None)
-    assert enqueued == [([tenant_a.pk], 1)]
+    assert enqueued == [([tenant_a.pk], 0.2)]
     # The task clears the mark first: an edit made during or after the build schedules again.
     publish.clear_schedule(tenant_a.pk)
     with django_capture_on_commit_callbacks(execute=True):

@@ -40,8 +40,9 @@ def test_create_tenant_refuses_what_would_leave_it_unmanaged_or_clash(db):
         call_command("create_tenant", "x", "X", "--admin-group", "g")
 
 
-def test_seed_demo_is_idempotent_and_refuses_production(db, settings):
+def test_seed_demo_is_idempotent_and_refuses_production(db, settings, tmp_path):
     settings.DEBUG = True
+    settings.VAR_DIR = tmp_path
     call_command("seed_demo", stdout=io.StringIO())
     call_command("seed_demo", stdout=io.StringIO())
     acme = Tenant.objects.get(slug="acme")
@@ -58,6 +59,20 @@ def test_seed_demo_is_idempotent_and_refuses_production(db, settings):
     grant = Grant.objects.get(tenant=acme)
     assert (grant.agent.name, grant.scope.name, grant.agent.owner.username) == (
         "hr-assistant", "hr:read", "developer")
+    # …and a gateway whose token (kept private in var/) pulls the published, signed bundle.
+    from django.test import Client
+
+    from gateway.verify import verify_bundle
+    from governance.bundles.selectors import jwks
+
+    token_file = tmp_path / "demo-gateway-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    response = Client().get("/api/v1/gateway/bundles/acme",
+                            HTTP_AUTHORIZATION=f"Bearer {token_file.read_text().strip()}")
+    assert response.status_code == 200
+    verified = verify_bundle(response.content, jwks=jwks(acme.pk), tenant="acme")
+    assert verified.revision_number == 1  # the second seed found nothing new to publish
+    assert sorted(verified.data["agents"]) == ["hr-assistant"]
     settings.DEBUG = False
     with pytest.raises(CommandError, match="Refusing to create demo users"):
         call_command("seed_demo")

@@ -303,3 +303,61 @@ def test_the_local_copy_is_refetched_when_damaged(gateway):
     store._memory.clear()
     store.local_path(sha).write_bytes(gzip.compress(b"tampered"))
     assert _get(token).content == first.content
+
+
+def test_contact_and_token_use_times_reach_the_database(gateway):
+    gw, token = gateway
+    assert gw.last_contact_at is None
+    _get(token)
+    assert services.gateway_contacts_flush() == 1
+    gw.refresh_from_db()
+    assert gw.last_contact_at is not None
+    assert gw.tokens.get().last_used_at is not None
+    assert services.gateway_contacts_flush() == 0  # nothing newer since
+
+
+def test_served_bundles_verify_across_a_key_rotation(gateway, tenant_a, world, tmp_path,
+                                                     django_capture_on_commit_callbacks):
+    """What a gateway does: fetch JWKS and bundle over HTTP, verify, keep the state; through a
+    scheduled rotation (the new key is in the JWKS before it signs), then the old key's
+    revocation. Also with the reference CLI, as a gateway vendor would run it."""
+    import subprocess
+    import sys
+
+    _, token = gateway
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    def fetch():
+        jwks = client.get("/api/v1/gateway/keys/alpha").json()
+        return client.get(BUNDLE.format("alpha")).content, jwks
+
+    content, jwks = fetch()
+    old_content = content
+    last = verify_bundle(content, jwks=jwks, tenant="alpha").revision_number
+    with django_capture_on_commit_callbacks(execute=True):
+        pending = services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM)
+    content, jwks = fetch()
+    assert pending.kid in {k["kid"] for k in jwks["keys"]}
+    with django_capture_on_commit_callbacks(execute=True):
+        services.signing_keys_activate_due(now=pending.activate_after)
+        publish.bundle_publish(tenant=tenant_a, trigger="test")
+    content, jwks = fetch()
+    verified = verify_bundle(content, jwks=jwks, tenant="alpha", last_revision=last)
+    assert verified.kid == pending.kid and verified.revision_number == last + 1
+
+    bundle_file, jwks_file, state = (tmp_path / "b.tar.gz", tmp_path / "jwks.json",
+                                     tmp_path / "state.json")
+    bundle_file.write_bytes(content)
+    jwks_file.write_text(json.dumps(jwks))
+    state.write_text(json.dumps({"tenant": "alpha", "last_revision": last}))
+    run = subprocess.run([sys.executable, "-m", "gateway.verify", str(bundle_file), "--jwks",
+                          str(jwks_file), "--state", str(state)], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(state.read_text())["last_revision"] == last + 1
+    # Replaying the older bundle is a rollback, refused.
+    bundle_file.write_bytes(old_content)
+    rerun = subprocess.run([sys.executable, "-m", "gateway.verify", str(bundle_file), "--jwks",
+                            str(jwks_file), "--state", str(state)], capture_output=True,
+                           text=True, timeout=60)
+    assert rerun.returncode == 1 and "rollback" in rerun.stderr

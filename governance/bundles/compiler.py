@@ -13,30 +13,20 @@ with the tools of it that are in the bundle, and the grants in force at compile 
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.db.models import Prefetch, Q
 
 from gateway.decision import tool_key
+from governance.bundles.packaging import canonical_json, rfc3339
 from governance.tenancy.models import Tenant
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, Tool, ToolScope
 
 SCHEMA_VERSION = 1
 
 
-def canonical_json(value: Any) -> bytes:
-    """Sorted keys, no insignificant whitespace, UTF-8 (the bytes that get hashed)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+__all__ = ["SCHEMA_VERSION", "canonical_json", "compile_data", "escalation_settings"]
 
 
 def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
@@ -125,7 +115,7 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
             "argument_constraints": g.argument_constraints,
             "approval_mode": g.approval_mode,
             "approval_condition": g.approval_condition,
-            "expires_at": rfc3339(g.expires_at),
+            "expires_at": rfc3339(g.expires_at) if g.expires_at else None,
         }
         for g in Grant.objects.for_tenant(tenant).filter(in_force)
         .select_related("agent", "scope").order_by("pk")

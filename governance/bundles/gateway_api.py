@@ -105,7 +105,7 @@ async def authenticate(request: HttpRequest, slug: str,
                                    "disabled."), nothing
     if entry["tenant"] != slug:
         return None, error(404, "not_found", "No such tenant for this gateway."), nothing
-    allowed, reset = await hot.acount_request(entry["gateway"],
+    allowed, reset = await hot.acount_request(entry["gateway"], entry["token"],
                                               settings.GATEWAY_RATE_LIMIT_PER_MINUTE)
     if not allowed:
         return None, error(429, "rate_limited", "Too many requests from this gateway; slow "

@@ -54,10 +54,15 @@ def _rate_key(gateway_id: int, minute: int) -> str:
 
 
 SEEN_HASH = f"{PREFIX}seen"
+TOKEN_SEEN_HASH = f"{PREFIX}tokseen"
 
 
 def _seen_key(gateway_id: int) -> str:
     return f"{PREFIX}seen:{gateway_id}"
+
+
+def _token_seen_key(token_id: int) -> str:
+    return f"{PREFIX}tokseen:{token_id}"
 
 
 def uses_redis() -> bool:
@@ -156,8 +161,8 @@ async def aset_json(key: str, value: Any, ttl: int | None = None) -> None:
         await sync_to_async(cache.set, thread_sensitive=True)(key, _dumps(value), ttl)
 
 
-async def acount_request(gateway_id: int, limit: int) -> tuple[bool, int]:
-    """Count one request of the gateway this minute and note its contact time.
+async def acount_request(gateway_id: int, token_id: int, limit: int) -> tuple[bool, int]:
+    """Count one request of the gateway this minute; note when it and its token were seen.
 
     Returns (allowed, seconds until the window resets)."""
     now = time.time()
@@ -169,27 +174,38 @@ async def acount_request(gateway_id: int, limit: int) -> tuple[bool, int]:
         pipe.incr(key)
         pipe.expire(key, 120)
         pipe.hset(SEEN_HASH, str(gateway_id), int(now))
-        count, _, _ = await pipe.execute()
+        pipe.hset(TOKEN_SEEN_HASH, str(token_id), int(now))
+        count, *_ = await pipe.execute()
     else:
         def bump() -> int:
             cache.add(key, 0, 120)
-            cache.set(_seen_key(gateway_id), int(now), 3600)
+            cache.set_many({_seen_key(gateway_id): int(now), _token_seen_key(token_id): int(now)},
+                           3600)
             return cache.incr(key)
 
         count = await sync_to_async(bump, thread_sensitive=True)()
     return count <= limit, reset
 
 
-def contact_times(gateway_ids: list[int]) -> dict[int, int]:
-    """Last contact (unix seconds) per gateway, as counted on the hot path."""
-    if not gateway_ids:
+def _seen(ids: list[int], redis_hash: str, key) -> dict[int, int]:
+    if not ids:
         return {}
     if uses_redis():
-        values = sync_client().hmget(SEEN_HASH, [str(g) for g in gateway_ids])
+        values = sync_client().hmget(redis_hash, [str(i) for i in ids])
     else:
-        found = cache.get_many([_seen_key(g) for g in gateway_ids])
-        values = [found.get(_seen_key(g)) for g in gateway_ids]
-    return {g: int(v) for g, v in zip(gateway_ids, values, strict=True) if v is not None}
+        found = cache.get_many([key(i) for i in ids])
+        values = [found.get(key(i)) for i in ids]
+    return {i: int(v) for i, v in zip(ids, values, strict=True) if v is not None}
+
+
+def contact_times(gateway_ids: list[int]) -> dict[int, int]:
+    """Last contact (unix seconds) per gateway, as counted on the hot path."""
+    return _seen(gateway_ids, SEEN_HASH, _seen_key)
+
+
+def token_use_times(token_ids: list[int]) -> dict[int, int]:
+    """Last use (unix seconds) per gateway token, as counted on the hot path."""
+    return _seen(token_ids, TOKEN_SEEN_HASH, _token_seen_key)
 
 
 # --- Announcements: wake long polls -----------------------------------------------------------

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 
+from governance.bundles import packaging
+
 
 class KeyUnavailable(RuntimeError):
     """A private key cannot be decrypted (wrong or missing BUNDLE_KEY_ENCRYPTION_KEYS)."""
@@ -33,17 +35,12 @@ def _cipher() -> MultiFernet:
     return _fernet(tuple(settings.BUNDLE_KEY_ENCRYPTION_KEYS))
 
 
-def _b64(number: int) -> str:
-    return base64.urlsafe_b64encode(number.to_bytes(32, "big")).rstrip(b"=").decode()
-
-
 def public_jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
-    """The JWK of a P-256 public key, with its thumbprint as ``kid``."""
-    numbers = public_key.public_numbers()
-    core = {"crv": "P-256", "kty": "EC", "x": _b64(numbers.x), "y": _b64(numbers.y)}
+    """The JWK of a P-256 public key, with its RFC 7638 thumbprint as ``kid``."""
+    jwk = packaging.public_jwk(public_key, kid="")
+    core = {name: jwk[name] for name in ("crv", "kty", "x", "y")}  # the members 7638 hashes
     digest = hashlib.sha256(json.dumps(core, separators=(",", ":"), sort_keys=True).encode())
-    kid = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
-    return {**core, "kid": kid, "alg": "ES256", "use": "sig"}
+    return {**jwk, "kid": base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()}
 
 
 def generate() -> tuple[dict[str, Any], str]:

@@ -2,7 +2,7 @@
 
 * **Trigger.** Every audited registry change (``server.*``, ``tool.*``, ``scope.*``, ``agent.*``,
   ``grant.*``, the tenant's settings) schedules a build *after its transaction commits*. The
-  first change of a burst enqueues one Celery task ``BUNDLE_DEBOUNCE_SECONDS`` ahead and marks the
+  first change of a burst enqueues one Celery task ``BUNDLE_DEBOUNCE_MS`` ahead and marks the
   tenant "scheduled" in the cache; later changes of the burst find the mark and add nothing. The
   task clears the mark before it builds, so a change made during a build schedules the next one.
 * **Durability.** A lost task or a lost mark (Redis restarted, broker down) cannot lose a change:
@@ -72,10 +72,11 @@ def _scheduled_key(tenant_id: int) -> str:
 
 
 def schedule_build(tenant_id: int) -> None:
-    """Enqueue one build ``BUNDLE_DEBOUNCE_SECONDS`` ahead unless one is already scheduled."""
-    delay = settings.BUNDLE_DEBOUNCE_SECONDS
+    """Enqueue one build ``BUNDLE_DEBOUNCE_MS`` ahead unless one is already scheduled."""
+    delay = settings.BUNDLE_DEBOUNCE_MS / 1000
     try:
-        if not cache.add(_scheduled_key(tenant_id), "1", timeout=max(60, delay * 20)):
+        # The mark outlives a lost task by at most a minute; the sweep covers that minute.
+        if not cache.add(_scheduled_key(tenant_id), "1", timeout=60):
             return
     except Exception:  # cache down: schedule anyway; duplicate builds find nothing changed
         log.warning("bundle build: debounce mark unavailable", exc_info=True)

@@ -223,14 +223,20 @@ def gateway_record_status(*, gateway: Gateway, report: dict[str, Any],
 
 
 def gateway_contacts_flush() -> int:
-    """Copy the hot path's contact times to the gateways (bookkeeping for the fleet page)."""
-    ids = list(Gateway.objects.values_list("pk", flat=True))
-    seen = hot.contact_times(ids)
+    """Copy the hot path's contact and token-use times to the database (bookkeeping for the
+    fleet page and token lists, not audited). Returns how many gateways moved forward."""
     updated = 0
-    for gateway_id, ts in seen.items():
+    gateway_ids = list(Gateway.objects.values_list("pk", flat=True))
+    for gateway_id, ts in hot.contact_times(gateway_ids).items():
         at = datetime.fromtimestamp(ts, tz=UTC)
         updated += Gateway.objects.filter(pk=gateway_id).exclude(
             last_contact_at__gte=at).update(last_contact_at=at)
+    token_ids = list(GatewayToken.objects.filter(revoked_at__isnull=True).values_list(
+        "pk", flat=True))
+    for token_id, ts in hot.token_use_times(token_ids).items():
+        at = datetime.fromtimestamp(ts, tz=UTC)
+        GatewayToken.objects.filter(pk=token_id).exclude(last_used_at__gte=at).update(
+            last_used_at=at)
     return updated
 
 

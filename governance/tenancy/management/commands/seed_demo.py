@@ -40,6 +40,7 @@ class Command(BaseCommand):
                                "is off; pass --force if you really mean it.")
         self._seed_people()
         self._seed_registry()
+        self._seed_gateway()
 
     @transaction.atomic
     def _seed_people(self):
@@ -114,3 +115,30 @@ class Command(BaseCommand):
                               calls_per_minute=30, calls_per_day=2000)
         self.stdout.write("Demo registry: server acme-hr (stdio) with "
                           f"{len(tools)} tools, scope hr:read granted to agent hr-assistant.")
+
+    def _seed_gateway(self):
+        """A registered gateway whose token is kept in var/ (0600) so the demo can be polled
+        with curl, and the first bundle published at once."""
+        from governance.bundles import publish
+        from governance.bundles import services as bundles
+        from governance.bundles.models import Gateway
+
+        acme = Tenant.objects.get(slug="acme")
+        actor = Actor.system("seed_demo")
+        token_file = Path(settings.VAR_DIR) / "demo-gateway-token"
+        if not Gateway.objects.for_tenant(acme).filter(name="demo-gateway").exists():
+            gateway = bundles.gateway_create(tenant=acme, actor=actor, name="demo-gateway",
+                                             description="Local demo gateway",
+                                             labels={"env": "demo"})
+            _, plaintext = bundles.gateway_token_issue(tenant=acme, actor=actor,
+                                                       gateway=gateway, name="demo")
+            token_file.parent.mkdir(parents=True, exist_ok=True)
+            token_file.touch(mode=0o600)
+            token_file.write_text(plaintext + "\n")
+        bundle = publish.bundle_publish(tenant=acme, trigger="demo seed")
+        revision = bundle.revision_number if bundle else acme.publish_state.last_revision
+        self.stdout.write(
+            f"Demo gateway: bundle revision {revision}; poll it with\n"
+            f"  curl -H \"Authorization: Bearer $(cat {token_file})\" "
+            f"{settings.TOLLGATE_BASE_URL}/api/v1/gateway/bundles/acme -o acme.tar.gz"
+        )
