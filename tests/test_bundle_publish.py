@@ -235,8 +235,27 @@ def test_the_sweep_task_activates_due_keys_and_enqueues_due_builds(world, tenant
                                                                     monkeypatch):
     enqueued = []
     monkeypatch.setattr(build_bundle, "delay", lambda *args: enqueued.append(args))
-    assert sweep() == {"keys_activated": 0, "builds": 1, "contacts": 0}
+    assert sweep() == {"keys_activated": 0, "builds": 1, "pointers_repaired": 0, "contacts": 0}
     assert enqueued == [(tenant_a.pk, "first bundle")]
+
+
+def test_the_sweep_repairs_a_lost_announcement_and_a_lost_revocation(world, tenant_a):
+    """Publishing and revoking commit even when Redis is away; the next sweep restores what
+    the hot path must answer."""
+    from governance.bundles import hot
+    from tests.bundle_support import make_gateway
+
+    bundle = _publish(tenant_a)  # its on-commit announcement never ran (test transaction)
+    gateway, _ = make_gateway(tenant_a)
+    token = gateway.tokens.get()
+    hot.set_json(hot.token_key(token.token_hash), {"tenant": "alpha", "gateway": gateway.pk})
+    services.gateway_token_revoke(tenant=tenant_a, actor=SYSTEM, token=token)
+    assert hot.get_json(hot.current_key("alpha")) is None
+    assert publish.refresh_hot_store() == 1
+    assert hot.get_json(hot.current_key("alpha"))["sha256"] == bundle.sha256
+    assert hot.get_json(hot.token_key(token.token_hash)) == hot.REVOKED
+    assert hot.get_json(hot.jwks_key("alpha")) == jwks_of(tenant_a)
+    assert publish.refresh_hot_store() == 0
 
 
 @pytest.mark.django_db(transaction=True)

@@ -36,12 +36,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from gateway.decision import tool_key  # noqa: F401  (documents the naming the files use)
 from governance.audit.models import AuditChain, AuditEvent
 from governance.audit.services import Actor, add_listener, audit_record
 from governance.bundles import cedar, hot, keys, packaging
 from governance.bundles.compiler import canonical_json, compile_data
-from governance.bundles.models import Bundle, BundleBlob, PublishState, SigningKey
+from governance.bundles.models import Bundle, BundleBlob, PublishState
 from governance.bundles.services import signing_key_for_build
 from governance.tenancy.models import Tenant
 
@@ -233,6 +232,29 @@ def current_pointer(slug: str) -> dict[str, Any] | None:
             "expires_at": int(row["current__expires_at"].timestamp())}
 
 
+def refresh_hot_store() -> int:
+    """Re-assert what the hot path serves from the database (beat), so an announcement or an
+    invalidation lost to a Redis outage is repaired within one sweep: every tenant's current
+    pointer and JWKS, and recently revoked or disabled tokens. Returns pointers corrected."""
+    from governance.bundles import selectors
+    from governance.bundles.models import Gateway, GatewayToken
+
+    corrected = 0
+    for state in PublishState.objects.filter(current__isnull=False).select_related(
+            "current", "tenant"):
+        pointer = pointer_of(state.current, state.tenant.slug)
+        if hot.get_json(hot.current_key(state.tenant.slug)) != pointer:
+            announce(pointer)
+            corrected += 1
+        hot.set_json(hot.jwks_key(state.tenant.slug), selectors.jwks(state.tenant_id), 3600)
+    since = timezone.now() - timedelta(seconds=hot.TOKEN_TTL * 2)
+    refused = GatewayToken.objects.filter(
+        Q(revoked_at__gte=since) | Q(gateway__status=Gateway.Status.DISABLED))
+    for token_hash in refused.values_list("token_hash", flat=True):
+        hot.set_json(hot.token_key(token_hash), hot.REVOKED, hot.TOKEN_TTL)
+    return corrected
+
+
 # --- The sweep (beat) -------------------------------------------------------------------------
 
 def tenants_due(now: datetime) -> list[tuple[Tenant, str]]:
@@ -254,7 +276,3 @@ def tenants_due(now: datetime) -> list[tuple[Tenant, str]]:
                 tenant=tenant, seq__gt=current.through_seq).filter(_bundle_action_q()).exists():
             due.append((tenant, "registry change"))
     return due
-
-
-def key_in_use(tenant: Tenant) -> SigningKey | None:
-    return SigningKey.objects.for_tenant(tenant).filter(state=SigningKey.State.ACTIVE).first()

@@ -30,12 +30,15 @@ def build_bundle(self, tenant_id: int, trigger: str = "registry change") -> int 
 
 @shared_task
 def sweep() -> dict[str, int]:
-    """Activate due keys, enqueue the builds that are due, record gateway contact times."""
+    """Activate due keys, enqueue the builds that are due, repair the hot store, record gateway
+    contact times."""
     from django.utils import timezone
 
     activated = services.signing_keys_activate_due()
     due = publish.tenants_due(timezone.now())
     for tenant, reason in due:
         build_bundle.delay(tenant.pk, reason)
+    repaired = publish.refresh_hot_store()
     flushed = services.gateway_contacts_flush()
-    return {"keys_activated": len(activated), "builds": len(due), "contacts": flushed}
+    return {"keys_activated": len(activated), "builds": len(due), "pointers_repaired": repaired,
+            "contacts": flushed}
