@@ -8,11 +8,21 @@ it.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
+import regex
+
 KEYWORDS = {"enum", "const", "minimum", "maximum", "maxLength", "pattern"}
 MAX_PATTERN_LENGTH = 500
+# Patterns run on agent-controlled text: a catastrophic-backtracking pattern is cut off after this
+# long and the check fails closed (a constraint is violated, an approval condition matches).
+PATTERN_TIMEOUT_SECONDS = 0.05
+
+
+class Undecidable(Exception):
+    """A check that could not be completed (a pattern that ran out of time)."""
 
 
 class ConstraintError(ValueError):
@@ -25,7 +35,30 @@ class ConstraintError(ValueError):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A JSON number: not a bool, and finite (``json.loads`` accepts NaN and Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality as JSON means it: ``true`` is not ``1``; ``1`` equals ``1.0``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if _is_number(a) and _is_number(b):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _search(pattern: str, value: str) -> bool:
+    try:
+        return regex.search(pattern, value, timeout=PATTERN_TIMEOUT_SECONDS) is not None
+    except TimeoutError:
+        raise Undecidable(f"pattern {pattern!r} took too long on this value") from None
 
 
 def validate_constraints(doc: Any, *, tools: set[str] | None = None, root: str = "") -> None:
@@ -74,15 +107,16 @@ def _validate_rules(at: str, rules: dict) -> None:
             )
         try:
             re.compile(pattern)
-        except re.error as exc:
+            regex.compile(pattern)
+        except (re.error, regex.error) as exc:
             raise ConstraintError(f"{at}.pattern", f"invalid regular expression ({exc})") from None
 
 
 def check_value(rules: dict, value: Any) -> str | None:
-    """None when ``value`` satisfies every rule, else why not."""
-    if "const" in rules and value != rules["const"]:
+    """None when ``value`` satisfies every rule, else why not (Undecidable: could not tell)."""
+    if "const" in rules and not json_equal(value, rules["const"]):
         return f"must equal {rules['const']!r}"
-    if "enum" in rules and value not in rules["enum"]:
+    if "enum" in rules and not any(json_equal(value, option) for option in rules["enum"]):
         return f"must be one of {rules['enum']!r}"
     if "minimum" in rules and (not _is_number(value) or value < rules["minimum"]):
         return f"must be a number ≥ {rules['minimum']}"
@@ -91,7 +125,7 @@ def check_value(rules: dict, value: Any) -> str | None:
     if "maxLength" in rules and (not isinstance(value, str) or len(value) > rules["maxLength"]):
         return f"must be a string of at most {rules['maxLength']} characters"
     if "pattern" in rules and (
-        not isinstance(value, str) or re.search(rules["pattern"], value) is None
+        not isinstance(value, str) or not _search(rules["pattern"], value)
     ):
         return f"must match {rules['pattern']!r}"
     return None
@@ -107,12 +141,27 @@ def violations(doc: dict, tool: str, arguments: dict) -> list[str]:
         if arg not in arguments:
             problems.append(f"{arg}: required by the grant's constraints")
             continue
-        reason = check_value(rules, arguments[arg])
+        try:
+            reason = check_value(rules, arguments[arg])
+        except Undecidable as exc:
+            reason = f"could not be checked ({exc})"
         if reason:
             problems.append(f"{arg}: {reason}")
     return problems
 
 
 def matches(doc: dict, tool: str, arguments: dict) -> bool:
-    """For approval conditions: True when the tool has a condition and all of it holds."""
-    return bool(doc.get(tool)) and not violations(doc, tool, arguments)
+    """For approval conditions: True when the tool has a condition and all of it holds. A part
+    that cannot be decided counts as holding: when in doubt, a human looks at the call."""
+    rules_by_arg = doc.get(tool)
+    if not rules_by_arg:
+        return False
+    for arg, rules in rules_by_arg.items():
+        if arg not in arguments:
+            return False
+        try:
+            if check_value(rules, arguments[arg]) is not None:
+                return False
+        except Undecidable:
+            continue
+    return True

@@ -110,6 +110,8 @@ def decide(
         return Decision(DENY, f"server {server} is {srv['status']}", agent=agent_name)
     key = tool_key(server, tool)
     pinned = data["tools"].get(key)
+    if pinned is not None and (pinned["server"], pinned["name"]) != (server, tool):
+        pinned = None  # "a/b" + "c" and "a" + "b/c" share a key: never let one stand for the other
     if pinned is None:
         withheld = data.get("withheld_tools", {}).get(key)
         if withheld is not None:

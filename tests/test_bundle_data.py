@@ -225,3 +225,37 @@ def test_rate_and_quota_are_counted_by_the_gateway(world):
 def test_the_call_time_must_be_aware(world):
     with pytest.raises(ValueError, match="timezone-aware"):
         _decide(_data(world), at=datetime(2026, 1, 1))  # noqa: DTZ001 - the point of the test
+
+
+def test_values_are_compared_as_json_and_nan_never_passes_a_bound():
+    from gateway.constraints import check_value, json_equal
+
+    assert not json_equal(True, 1) and not json_equal([1], [True]) and json_equal(1, 1.0)
+    assert check_value({"enum": [1, 2]}, True) is not None
+    assert check_value({"maximum": 100}, float("nan")) is not None
+    assert check_value({"minimum": 0}, float("inf")) is not None
+
+
+def test_a_runaway_pattern_fails_closed():
+    from gateway.constraints import matches, violations
+
+    evil = {"t": {"q": {"pattern": "^(a|a)*$"}}}  # exponential backtracking
+    attack = {"q": "a" * 40 + "b"}
+    assert violations(evil, "t", attack)  # a constraint that cannot be checked is violated
+    assert matches(evil, "t", attack)  # an approval condition that cannot be checked holds
+
+
+def test_tools_whose_keys_collide_are_withheld(tenant_a):
+    """Registry server names contain "/": ("io.acme", "pay/read") and ("io.acme/pay", "read")
+    would share the key "io.acme/pay/read"; neither is callable through the other."""
+    for server_name, tool_name in (("io.acme", "pay/read"), ("io.acme/pay", "read")):
+        server = services.server_create(tenant=tenant_a, actor=SYSTEM, name=server_name,
+                                        transport="streamable-http", url="https://x.example/m")
+        services.server_transition(tenant=tenant_a, actor=SYSTEM, server=server,
+                                   status="active")
+        services.tools_record_discovery(tenant=tenant_a, actor=SYSTEM, server=server,
+                                        definitions=[(Def(tool_name), def_sha(Def(tool_name)))])
+        services.tool_approve(tenant=tenant_a, actor=SYSTEM, tool=Tool.objects.get(server=server))
+    data = _data({"tenant": tenant_a})
+    assert data["tools"] == {}
+    assert data["withheld_tools"] == {"io.acme/pay/read": "ambiguous"}

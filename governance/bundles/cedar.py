@@ -31,7 +31,7 @@ numbers are equal strings), and when it applies ``string`` (the string itself), 
 code points, as JSON Schema counts), ``floor`` and ``ceil`` (the number rounded down and up,
 saturated to the Long range) and ``order`` (the number as a double, mapped to a Long in the same
 order). ``minimum: 10`` becomes ``floor >= 10`` and ``maximum: 100`` becomes ``ceil <= 100``
-(exact for every number); a bound that is not an integer (or beyond ±2^53) is compared through
+(exact for every number); a bound that is not an integer (or not a Long) is compared through
 ``order``. ``const`` and ``enum`` compare ``string`` (strings) or ``json`` (anything else).
 
 Policies: default deny. One ``forbid`` per agent that is not active, per withheld
@@ -48,10 +48,10 @@ constraint it is left out (the policy is more permissive than ``decide()`` there
 condition it is taken as matching (the policy escalates more). The policy file's header and the
 grant's comment say so, and a gateway must also run ``decide()`` for such bundles. Rounding is
 conservative where data.json could be finer than the encoding (an expiry with fractional
-seconds, a window bound with seconds); the compiler writes neither. Numbers beyond ±2^53 that
-are not integers in the Long range compare as doubles (as JSON parsers in most languages read
-them); JSON ``true`` is not the number 1 (``decide()`` compares with Python's ``==``, where it
-is). NaN has no numeric view, so it fails every bound.
+seconds, a window bound with seconds); the compiler writes neither. A bound beyond the Long
+range compares as a double (so an integer argument beyond ±2^53 may differ from Python's exact
+comparison by rounding); JSON ``true`` is not the number 1 (``decide()`` compares with Python's
+``==``, where it is); NaN has no numeric view, so it fails every bound.
 """
 
 from __future__ import annotations
@@ -72,7 +72,6 @@ GRANT_PREFIX = "grant-"
 APPROVAL_PREFIX = "approval-grant-"
 EXPRESSED_KEYWORDS = ("const", "enum", "maxLength", "maximum", "minimum")
 LONG_MAX = 2**63 - 1
-EXACT_INTEGERS = 2**53  # every integer up to this magnitude is a double, exactly
 
 Usage = Callable[[str], tuple[int, int]]
 
@@ -284,13 +283,14 @@ def _equals_any(name: str, values: list[Any]) -> str:
         tests.append(f"{arg}.json == {cedar_string(others[0])}")
     elif others:
         tests.append(f"[{', '.join(cedar_string(s) for s in others)}].contains({arg}.json)")
+    if not tests:
+        return "false"  # an empty enum admits nothing
     return tests[0] if len(tests) == 1 else "(" + " || ".join(tests) + ")"
 
 
 def _bound(name: str, bound: float, op: str) -> str:
     arg = _arg(name)
-    finite = not isinstance(bound, float) or math.isfinite(bound)
-    if finite and bound == int(bound) and abs(int(bound)) <= EXACT_INTEGERS:
+    if _is_long(bound):
         view = "floor" if op == ">=" else "ceil"
         return f"{arg} has {view} && {arg}.{view} {op} {int(bound)}"
     return f"{arg} has order && {arg}.order {op} {order_key(bound)}"
@@ -316,7 +316,7 @@ def _rules(name: str, rules: Mapping[str, Any]) -> list[str]:
 def _all_hold(args: Mapping[str, Mapping[str, Any]]) -> str:
     """Every constrained argument is present and satisfies its rules (``violations() == []``)."""
     tests = [test for name in sorted(args) for test in _rules(name, args[name])]
-    return " && ".join(tests) if tests else "true"
+    return " &&\n    ".join(tests) if tests else "true"
 
 
 def _unexpressed(doc: Mapping[str, Any], names: Iterable[str]) -> list[str]:
@@ -324,6 +324,31 @@ def _unexpressed(doc: Mapping[str, Any], names: Iterable[str]) -> list[str]:
         f"{cedar_string(tool)}.{cedar_string(arg)}"
         for tool in names for arg, rules in (doc.get(tool) or {}).items()
         if set(rules) - set(EXPRESSED_KEYWORDS)
+    )
+
+
+def _is_long(bound: Any) -> bool:
+    finite = not isinstance(bound, float) or math.isfinite(bound)
+    # floor/ceil saturate at ±LONG_MAX, so they are exact against any integer bound inside it.
+    return finite and bound == int(bound) and abs(int(bound)) < LONG_MAX
+
+
+def _order_bounds(docs: list[Mapping[str, Any]], names: list[str]) -> list[str]:
+    """``<bound> = <order key>`` for the bounds compared through ``order`` (for the reader)."""
+    bounds = {rules[k] for doc in docs for n in names for rules in (doc.get(n) or {}).values()
+              for k in ("minimum", "maximum") if k in rules and not _is_long(rules[k])}
+    return [f"{b!r} = {order_key(b)}" for b in sorted(bounds)]
+
+
+def unexpressed_grants(data: Mapping[str, Any]) -> list[str]:
+    """Ids of the grants whose terms the policy cannot fully express (``pattern``): for calls
+    they may decide, a gateway must also run ``decide()``."""
+    return sorted(
+        (g["id"] for g in data.get("grants", [])
+         if any(set(rules) - set(EXPRESSED_KEYWORDS)
+                for doc in (g.get("argument_constraints") or {}, g.get("approval_condition") or {})
+                for args in doc.values() for rules in args.values())),
+        key=lambda gid: (len(gid), gid),
     )
 
 
@@ -396,6 +421,9 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any]) -> list[s
                        ("window", grant.get("window")), ("expires at", grant.get("expires_at"))):
         if value:
             header.append(f"// {key}: {_comment_json(value)}")
+    orders = _order_bounds([constraints, condition], names)
+    if orders:
+        header.append("// as order: " + ", ".join(orders))
     loose = _unexpressed(constraints, names)
     if loose:
         header.append("// NOT CHECKED HERE (regular expressions), the gateway must run decide(): "
@@ -410,8 +438,8 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any]) -> list[s
         clauses.append(f"when {{ {usage} }}")
     for name in names:
         if constraints.get(name):
-            clauses.append(f"when {{ resource.name != {cedar_string(name)} || "
-                           f"({_all_hold(constraints[name])}) }}")
+            clauses.append(f"when {{\n  resource.name != {cedar_string(name)} || (\n    "
+                           f"{_all_hold(constraints[name])}\n  )\n}}")
 
     mode = grant["approval_mode"]
     conditional = [n for n in names if condition.get(n)] if mode == "when" else []
@@ -420,14 +448,15 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any]) -> list[s
         if loose:
             header.append("// Approval condition taken as matching where it needs a regular "
                           "expression: " + ", ".join(loose))
-        matched = " || ".join(
-            f"(resource.name == {cedar_string(n)} && {_all_hold(condition[n])})"
+        matched = " ||\n  ".join(
+            f"(resource.name == {cedar_string(n)} && (\n    {_all_hold(condition[n])}\n  ))"
             for n in conditional
         )
         policies = [
             _permit(grant, f"{GRANT_PREFIX}{gid}", header,
-                    [*clauses, f"unless {{ {matched} }}"], approval=False),
-            _permit(grant, f"{APPROVAL_PREFIX}{gid}", [], [*clauses, f"when {{ {matched} }}"],
+                    [*clauses, f"unless {{\n  {matched}\n}}"], approval=False),
+            _permit(grant, f"{APPROVAL_PREFIX}{gid}", [],
+                    [*clauses, f"when {{\n  {matched}\n}}"],
                     approval=True),
         ]
     elif mode == "always":
@@ -448,6 +477,9 @@ def compile_policy(data: Mapping[str, Any]) -> str:
         '// A permit annotated @approval("required") escalates the call to a person instead.\n'
         "// The gateway maps (issuer, subject) to the agent before asking Cedar (unknown: deny),\n"
         "// builds the entities and context from data.json (see the schema) and counts usage.\n"
+        "// Arguments arrive described (see Value in the schema): floor/ceil are the number\n"
+        "// rounded down/up, order a double as a Long in the same order, length counts code\n"
+        "// points, json is canonical JSON.\n"
         "// Not expressed here: `pattern` (regular expressions) in argument constraints and\n"
         "// approval conditions; for grants that use it the gateway must also run decide()."
     ]

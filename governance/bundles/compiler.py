@@ -65,17 +65,6 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
     tool_rows = Tool.objects.for_tenant(tenant).filter(
         status=Tool.Status.APPROVED, present=True, server__status=McpServer.Status.ACTIVE
     ).select_related("server")
-    tools = {
-        tool_key(t.server.name, t.name): {
-            "server": t.server.name,
-            "name": t.name,
-            "title": t.title,
-            "definition_sha256": t.definition_sha256,
-            "annotations": t.annotations,
-        }
-        for t in tool_rows
-    }
-
     # Tools the registry holds back on purpose: named so gateways (and the Cedar policy) can say
     # *why* a call is refused, never callable.
     withheld = {
@@ -84,6 +73,24 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
             status__in=[Tool.Status.QUARANTINED, Tool.Status.BLOCKED]
         ).exclude(server__status=McpServer.Status.RETIRED).select_related("server")
     }
+    tools: dict[str, Any] = {}
+    ambiguous: set[str] = set()
+    for t in tool_rows:
+        key = tool_key(t.server.name, t.name)
+        if key in tools or key in withheld:
+            ambiguous.add(key)
+        tools[key] = {
+            "server": t.server.name,
+            "name": t.name,
+            "title": t.title,
+            "definition_sha256": t.definition_sha256,
+            "annotations": t.annotations,
+        }
+    # Server names may contain "/" (MCP registry names), so ("a", "b/c") and ("a/b", "c") share
+    # a key. Such tools are withheld rather than letting one stand for the other: fail closed.
+    for key in ambiguous:
+        del tools[key]
+        withheld[key] = "ambiguous"
 
     scopes = {}
     for scope in ToolScope.objects.for_tenant(tenant).prefetch_related(
