@@ -38,12 +38,14 @@ tenant_api = [
     path("", include("governance.tenancy.api.urls")),
     path("", include("governance.audit.api.urls")),
     path("", include("registry.api.urls")),
+    path("", include("governance.bundles.api.urls")),
 ]
 
 tenant_web = [
     path("", include("governance.tenancy.urls")),
     path("", include("governance.audit.urls")),
     path("", include("registry.urls")),
+    path("", include("governance.bundles.urls")),
 ]
 
 urlpatterns = [

@@ -18,6 +18,10 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from governance.audit.models import AuditEvent
+from governance.audit.services import Actor
+from governance.bundles import services as bundle_services
+from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
+from governance.bundles.publish import bundle_publish
 from governance.tenancy.access import TenantContext
 from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
 from governance.tenancy.roles import Role
@@ -58,6 +62,10 @@ KWARG_MODELS = {
     "agent_id": registry.Agent,
     "principal_id": registry.AgentPrincipal,
     "grant_id": registry.Grant,
+    "gateway_id": Gateway,
+    "gateway_token_id": GatewayToken,
+    "key_id": SigningKey,
+    "bundle_id": Bundle,
 }
 
 # ``<converter:name>`` (path()) or ``(?P<name>regex)`` (DRF routers' re_path()).
@@ -156,6 +164,11 @@ def objects_a(cast, tenant_a):
     scope = registry.ToolScope.objects.create(tenant=tenant_a, name="payroll:read")
     scope.tools.add(tool)
     agent = registry.Agent.objects.create(tenant=tenant_a, name="payroll-bot", owner=cast["dave"])
+    bundle = bundle_publish(tenant=tenant_a, trigger="test")  # also creates the signing key
+    gateway = bundle_services.gateway_create(tenant=tenant_a, actor=Actor.system("test"),
+                                             name="edge-1")
+    gateway_token, _ = bundle_services.gateway_token_issue(
+        tenant=tenant_a, actor=Actor.system("test"), gateway=gateway, name="k8s")
     return {
         registry.McpServer: server,
         registry.ServerSync: registry.ServerSync.objects.create(
@@ -172,6 +185,10 @@ def objects_a(cast, tenant_a):
         IdpGroupMapping: GroupMappingFactory(tenant=tenant_a, group="a-group"),
         ApiToken: token,
         AuditEvent: AuditEvent.objects.filter(tenant=tenant_a).first(),
+        Gateway: gateway,
+        GatewayToken: gateway_token,
+        SigningKey: bundle.key,
+        Bundle: bundle,
     }
 
 
