@@ -215,7 +215,8 @@ def test_rotation_rules(world, tenant_a):
     urgent = services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM, immediate=True)
     states = dict(SigningKey.objects.values_list("kid", "state"))
     assert states[urgent.kid] == "active"
-    assert sorted(states.values()) == ["active", "retired", "revoked"]
+    # Immediate = compromised: the old key and the cancelled pending one are both withdrawn.
+    assert sorted(states.values()) == ["active", "revoked", "revoked"]
     assert AuditEvent.objects.filter(action="bundle_key.activated").count() == 1
 
 
@@ -285,3 +286,21 @@ def test_concurrent_builders_allocate_strictly_increasing_revisions(postgres_onl
     assert [r for r, _ in rows] == list(range(1, 10))
     assert [c for _, c in rows] == sorted(c for _, c in rows)
     assert PublishState.objects.get(tenant=tenant_a).last_revision == 9
+
+
+def test_a_key_still_signing_the_current_bundle_cannot_be_revoked(world, tenant_a):
+    from django.core.exceptions import ValidationError
+
+    first = _publish(tenant_a)
+    pending = services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM)
+    services.signing_key_activate(tenant=tenant_a, actor=SYSTEM, key=pending)
+    with pytest.raises(ValidationError, match="still signed by this key"):
+        services.signing_key_revoke(tenant=tenant_a, actor=SYSTEM, key=first.key)
+    _publish(tenant_a)  # re-signed by the new key
+    services.signing_key_revoke(tenant=tenant_a, actor=SYSTEM, key=first.key)
+    assert SigningKey.objects.get(pk=first.key.pk).state == "revoked"
+
+
+def test_the_first_key_of_a_tenant_is_active_at_once(tenant_a):
+    key = services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM)
+    assert key.state == "active"

@@ -122,7 +122,7 @@ def test_an_admin_registers_changes_disables_and_enables_a_gateway(admin, tenant
     assert body["name"] == "edge-us" and body["status"] == "active"
     assert body["labels"] == {"env": "prod", "region": "us-east-1"}
     assert body["created_by"] == "alice"
-    assert body["last_contact_at"] is None and body["stale"] is True
+    assert body["last_contact_at"] is None and body["stale"] is False  # time to connect
     assert body["active_revision"] is None and body["lag"] is None
     assert body["last_report"] is None
     pk = body["id"]
@@ -399,10 +399,11 @@ def test_publish_makes_a_revision_then_reports_nothing_changed(admin, tenant_a, 
     assert Bundle.objects.filter(tenant=tenant_a).count() == 3
 
 
-def test_publish_without_a_usable_key_is_a_409(admin, tenant_a):
-    services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM)  # pending only: nothing signs
+def test_publish_without_a_usable_key_is_a_409(admin, tenant_a, settings):
+    services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM)  # the first key: active at once
+    settings.BUNDLE_KEY_ENCRYPTION_KEYS = ["b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="]
     response = admin.post(f"{API}/bundles/publish/")
     assert response.status_code == 409
-    assert response.json() == {"code": "key_unavailable", "message": "No active signing key: "
-                               "activate the pending key or rotate to create one."}
+    assert response.json() == {"code": "key_unavailable", "message": "The bundle signing key "
+                               "cannot be decrypted with BUNDLE_KEY_ENCRYPTION_KEYS."}
     assert not Bundle.objects.exists()

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
-from governance.bundles import services
+from governance.bundles import publish, services
 from governance.bundles.models import Bundle, Gateway, GatewayToken, PublishState, SigningKey
 from governance.bundles.publish import bundle_publish
 from governance.tenancy.models import hash_token
@@ -172,7 +172,9 @@ def test_the_fleet_shows_revision_lag_staleness_and_errors(login, victor, tenant
     services.gateway_record_status(gateway=behind, now=now - timedelta(hours=1), report={
         "bundles": {"mcp": {"active_revision": "1", "code": "bundle_error",
                             "message": "signature invalid"}}})
-    services.gateway_create(tenant=tenant_a, actor=SYSTEM, name="silent")
+    silent = services.gateway_create(tenant=tenant_a, actor=SYSTEM, name="silent")
+    Gateway.objects.filter(pk=silent.pk).update(created_at=now - timedelta(hours=1))
+    services.gateway_create(tenant=tenant_a, actor=SYSTEM, name="new")  # still has time
 
     body = _body(login(victor).get(f"{T}/gateways/"))
 
@@ -185,6 +187,7 @@ def test_the_fleet_shows_revision_lag_staleness_and_errors(login, victor, tenant
     assert 'class="stale"' in rows["behind"].group(0)
     assert "bundle_error: signature invalid" in rows["behind"].group(1)
     assert "never" in rows["silent"].group(1) and 'class="stale"' in rows["silent"].group(0)
+    assert "never" in rows["new"].group(1) and 'class="stale"' not in rows["new"].group(0)
     assert "2 active gateways stale." in body
     assert "Newest revision: <strong>r2</strong>" in body
 
@@ -439,7 +442,9 @@ def test_activating_a_pending_key_retires_the_active_one(login, alice, tenant_a,
 
 def test_revoking_a_retired_key_after_confirming(login, alice, tenant_a, two_revisions):
     old = _key(tenant_a, "active")
-    services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM, immediate=True)
+    pending = services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM)
+    services.signing_key_activate(tenant=tenant_a, actor=SYSTEM, key=pending)
+    publish.bundle_publish(tenant=tenant_a, trigger="test")  # re-signed by the new key
     client = login(alice)
     page = _body(client.get(f"{T}/signing-keys/"))
     assert f"{T}/signing-keys/{old.pk}/revoke/" in page
@@ -476,8 +481,8 @@ def test_an_immediate_rotation_needs_the_tenant_slug_typed(login, alice, tenant_
     response = client.post(f"{T}/signing-keys/rotate/", {"immediate": "1", "confirm": "alpha"},
                            follow=True)
     new = _key(tenant_a, "active")
-    assert new != old and _key(tenant_a, "retired") == old
-    assert "Revoke the old key if it was compromised." in _messages(response)[0]
+    assert new != old and _key(tenant_a, "revoked") == old
+    assert "revoked" in _messages(response)[0]
     assert _events(tenant_a, "bundle_key.rotated")[0].after["immediate"] is True
 
 
@@ -529,15 +534,16 @@ def test_publish_now_without_changes_says_so(login, alice, tenant_a, two_revisio
     assert Bundle.objects.filter(tenant=tenant_a).count() == 2
 
 
-def test_a_failed_publish_is_shown_and_recorded(login, alice, tenant_a):
-    # A scheduled rotation before any key exists leaves only a pending key: nothing can sign.
-    services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM)
+def test_a_failed_publish_is_shown_and_recorded(login, alice, tenant_a, settings):
+    services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM)  # the first key: active at once
+    # The private key cannot be decrypted (the encryption key in the environment is wrong).
+    settings.BUNDLE_KEY_ENCRYPTION_KEYS = ["b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="]
     client = login(alice)
     response = client.post(f"{T}/bundles/publish/", follow=True)
-    assert _messages(response) == ["Nothing was published: No active signing key: activate the "
-                                   "pending key or rotate to create one."]
+    assert _messages(response) == ["Nothing was published: The bundle signing key cannot be "
+                                   "decrypted with BUNDLE_KEY_ENCRYPTION_KEYS."]
     assert 'id="publish-error"' in _body(response)
-    assert PublishState.objects.get(tenant=tenant_a).last_error.startswith("No active signing")
+    assert PublishState.objects.get(tenant=tenant_a).last_error.startswith("The bundle signing")
     assert not Bundle.objects.exists()
 
 

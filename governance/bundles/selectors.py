@@ -64,8 +64,10 @@ def fleet(tenant: Tenant, *, now: datetime | None = None) -> list[dict[str, Any]
         result.append({
             "gateway": gateway,
             "last_contact_at": last,
+            # A gateway never heard from is stale once it has had the stale window to connect.
             "stale": gateway.status == Gateway.Status.ACTIVE and (
-                last is None or now - last > stale_after),
+                now - (last or gateway.created_at) > stale_after),
+            "never_seen": last is None,
             "lag": lag,
             "newest": newest,
         })

@@ -19,7 +19,7 @@ from django.utils import timezone
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor, audit_record
 from governance.bundles import hot, keys
-from governance.bundles.models import Gateway, GatewayToken, SigningKey
+from governance.bundles.models import Gateway, GatewayToken, PublishState, SigningKey
 from governance.tenancy.models import Tenant, hash_token
 
 TOKEN_PREFIX = "tgw_"  # noqa: S105 - a public marker that makes leaked tokens greppable
@@ -37,14 +37,17 @@ def _clean_labels(labels: Any) -> dict[str, str]:
         raise ValidationError({"labels": "Labels are an object of text keys and text values."})
     if len(labels) > MAX_LABELS:
         raise ValidationError({"labels": f"At most {MAX_LABELS} labels."})
-    clean = {}
+    clean: dict[str, str] = {}
     for key, value in labels.items():
-        if not isinstance(key, str) or not key.strip() or len(key) > 63:
+        key = key.strip() if isinstance(key, str) else key
+        if not isinstance(key, str) or not key or len(key) > 63:
             raise ValidationError({"labels": f"Label name {key!r}: 1–63 characters."})
+        if key in clean:
+            raise ValidationError({"labels": f"Label {key} is given twice."})
         if not isinstance(value, str) or len(value) > 200:
             raise ValidationError({"labels": f"Label {key}: the value must be text of at most "
                                              "200 characters."})
-        clean[key.strip()] = value
+        clean[key] = value
     return dict(sorted(clean.items()))
 
 
@@ -95,7 +98,11 @@ def gateway_update(*, tenant: Tenant, actor: Actor, gateway: Gateway, name: str 
         gateway.description = description
     if labels is not None:
         gateway.labels = _clean_labels(labels)
-    gateway.save(update_fields=["name", "description", "labels"])
+    try:
+        with transaction.atomic():
+            gateway.save(update_fields=["name", "description", "labels"])
+    except IntegrityError:
+        raise ValidationError({"name": f"A gateway named {gateway.name} already exists."}) from None
     after = _gateway_state(gateway)
     if after != before:
         audit_record(tenant=tenant, actor=actor, action="gateway.updated", obj=gateway,
@@ -224,20 +231,24 @@ def gateway_record_status(*, gateway: Gateway, report: dict[str, Any],
 
 def gateway_contacts_flush() -> int:
     """Copy the hot path's contact and token-use times to the database (bookkeeping for the
-    fleet page and token lists, not audited). Returns how many gateways moved forward."""
-    updated = 0
+    fleet page and token lists, not audited): one read and one bulk update per table, only for
+    rows that moved forward. Returns how many gateways moved forward."""
+    def forward(model, field: str, seen: dict[int, int]) -> int:
+        stored = dict(model.objects.filter(pk__in=seen).values_list("pk", field))
+        changed = []
+        for pk, ts in seen.items():
+            at = datetime.fromtimestamp(ts, tz=UTC)
+            if pk in stored and (stored[pk] is None or stored[pk] < at):
+                changed.append(model(pk=pk, **{field: at}))
+        model.objects.bulk_update(changed, [field], batch_size=500)
+        return len(changed)
+
     gateway_ids = list(Gateway.objects.values_list("pk", flat=True))
-    for gateway_id, ts in hot.contact_times(gateway_ids).items():
-        at = datetime.fromtimestamp(ts, tz=UTC)
-        updated += Gateway.objects.filter(pk=gateway_id).exclude(
-            last_contact_at__gte=at).update(last_contact_at=at)
+    moved = forward(Gateway, "last_contact_at", hot.contact_times(gateway_ids))
     token_ids = list(GatewayToken.objects.filter(revoked_at__isnull=True).values_list(
         "pk", flat=True))
-    for token_id, ts in hot.token_use_times(token_ids).items():
-        at = datetime.fromtimestamp(ts, tz=UTC)
-        GatewayToken.objects.filter(pk=token_id).exclude(last_used_at__gte=at).update(
-            last_used_at=at)
-    return updated
+    forward(GatewayToken, "last_used_at", hot.token_use_times(token_ids))
+    return moved
 
 
 # --- Signing keys -----------------------------------------------------------------------------
@@ -284,11 +295,17 @@ def signing_key_for_build(*, tenant: Tenant) -> SigningKey:
 def signing_key_rotate(*, tenant: Tenant, actor: Actor, immediate: bool = False,
                        created_by=None) -> SigningKey:
     """Publish a new key now; it signs after BUNDLE_KEY_PUBLISH_LEAD_SECONDS (gateways have
-    fetched it by then), or at once with ``immediate`` (a compromised key: gateways that have
-    not refreshed their JWKS reject new bundles until they do)."""
+    fetched it by then). ``immediate`` is for a compromised key: the new key signs at once, the
+    old one is revoked (out of the JWKS, so gateways stop trusting what it signed) and the bundle
+    is re-signed straight after commit; gateways that have not refreshed their JWKS keep their
+    last good bundle until they do. A tenant without an active key gets an active one at once
+    (no gateway can hold anything signed by it yet)."""
     locked = list(SigningKey.objects.for_tenant(tenant).select_for_update().exclude(
         state=SigningKey.State.REVOKED))
     pending = [k for k in locked if k.state == SigningKey.State.PENDING]
+    previous = [k for k in locked if k.state == SigningKey.State.ACTIVE]
+    if not previous:
+        immediate = True
     if pending and not immediate:
         raise ValidationError(
             f"A rotation is already under way: key {pending[0].kid} starts signing at "
@@ -304,6 +321,17 @@ def signing_key_rotate(*, tenant: Tenant, actor: Actor, immediate: bool = False,
         for other in pending:
             _revoke(tenant, actor, other)
         key = _activate(tenant, actor, key)
+        for old in previous:
+            old.refresh_from_db()
+            _revoke(tenant, actor, old)
+        from governance.bundles import publish
+
+        def resign() -> None:
+            try:
+                publish.bundle_publish(tenant=tenant, trigger="key rotation", force=True)
+            except Exception:  # the scheduled build and the sweep retry it
+                publish.log.warning("re-signing after key rotation failed", exc_info=True)
+        transaction.on_commit(resign)
     return key
 
 
@@ -372,6 +400,15 @@ def signing_key_revoke(*, tenant: Tenant, actor: Actor, key: SigningKey) -> Sign
         raise ValidationError(
             "The active key signs the current bundle: rotate (immediately, if it is "
             "compromised) and then revoke it."
+        )
+    current = PublishState.objects.filter(tenant=tenant).values_list(
+        "current__key_id", "current__revision_number").first()
+    if current and current[0] == key.pk:
+        raise ValidationError(
+            f"The current bundle (revision {current[1]}) is still signed by this key; revoking "
+            "it now would make gateways reject what they are served. Wait for the re-signed "
+            "bundle (seconds after the new key became active), or rotate immediately if the key "
+            "is compromised."
         )
     return _revoke(tenant, actor, key)
 

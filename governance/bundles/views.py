@@ -286,11 +286,11 @@ class SigningKeyRotateView(TenantPageView):
         if immediate:
             context = {
                 "title": "Rotate the signing key immediately?",
-                "body": "For a compromised key. A new key signs the next bundle right away and "
-                        "the current key is retired (it stays published until you revoke it). "
-                        "Gateways that have not fetched the new key yet reject new bundles and "
-                        f"keep their last good one until they refresh their keys (up to {lead}). "
-                        "Revoke the old key next, so that nothing it signed is accepted.",
+                "body": "For a compromised key. A new key signs a new bundle right away and the "
+                        "current key is revoked: it leaves the published keys, so gateways stop "
+                        "accepting anything it signed. Gateways that have not fetched the new "
+                        "key yet keep their last good bundle until they refresh their keys (up "
+                        f"to {lead}).",
                 "action": "Rotate immediately", "danger": True,
                 "form": form or ImmediateRotateForm(slug=slug),
                 "hidden": {"immediate": "1"},
@@ -322,8 +322,8 @@ class SigningKeyRotateView(TenantPageView):
             messages.error(request, _errors(exc))
         else:
             if immediate:
-                messages.success(request, f"Key {key.kid} signs from now on; a new bundle is on "
-                                          "its way. Revoke the old key if it was compromised.")
+                messages.success(request, f"Key {key.kid} signs from now on and the previous key "
+                                          "is revoked; the bundle is being re-signed.")
             else:
                 messages.success(request, f"Key {key.kid} is published and starts signing at "
                                           f"{key.activate_after:%Y-%m-%d %H:%M} UTC.")
