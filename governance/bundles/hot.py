@@ -87,10 +87,13 @@ def async_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = aioredis.Redis.from_url(
+        # A blocking pool: a burst of requests beyond the pool waits (up to 5 s) for a free
+        # connection instead of failing with "too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2,
-            max_connections=256,
+            max_connections=256, timeout=5,
         )
+        client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client
 
@@ -232,13 +235,19 @@ class Announcements:
     async def _listen(self) -> None:
         backoff = 0.5
         while True:
+            # Its own connection, without a read timeout (it is idle between announcements);
+            # redis-py pings it every 30 s so a dead connection is noticed.
+            client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2,
+                                             health_check_interval=30)
             try:
-                pubsub = async_client().pubsub()
+                pubsub = client.pubsub()
                 await pubsub.subscribe(CHANNEL)
                 self.healthy = True
                 backoff = 0.5
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=30)
+                    if message is None or message.get("type") != "message":
                         continue
                     try:
                         slug = _loads(message["data"]).get("tenant")
@@ -250,6 +259,11 @@ class Announcements:
                 raise
             except Exception:
                 log.warning("bundle announcements: subscription lost; retrying", exc_info=True)
+            finally:
+                try:
+                    await client.aclose()
+                except Exception:  # noqa: S110 - the connection is gone either way
+                    pass
             self.healthy = False
             # Waiters re-check on their own meanwhile; wake them so they notice sooner.
             for slug in list(self._events):
