@@ -605,3 +605,20 @@ def test_download_sends_the_signed_tarball(login, victor, two_revisions):
         data = json.load(tar.extractfile("mcp/data.json"))
     assert ".signatures.json" in names and ".manifest" in names
     assert set(data["tools"]) == {"payroll/pay"}
+
+
+def test_history_and_compare_say_who_changed_what(login, alice, audrey, victor, tenant_a,
+                                                 two_revisions):
+    """r2 took in two registry changes by "test" (the SYSTEM actor); the compare page lists
+    them, linking to the audit trail for those who may read it."""
+    body = _body(login(victor).get(f"{T}/bundles/"))
+    row = re.search(r'<tr id="bundle-2">(.*?)</tr>', body, re.S).group(1)
+    assert "2 changes by test" in row
+    compare = _body(login(audrey).get(f"{T}/bundles/compare/?to=2"))
+    changes = compare[compare.index('id="registry-changes"'):]
+    assert "tool.approved" in changes and "grant.updated" in changes
+    assert f"{T}/audit/" in changes
+    assert f"{T}/audit/" not in _body(login(victor).get(f"{T}/bundles/compare/?to=2"))[
+        compare.index('id="registry-changes"'):]
+    bundle_publish(tenant=tenant_a, trigger="manual", force=True)  # r3: nothing new taken in
+    assert 'id="no-registry-changes"' in _body(login(victor).get(f"{T}/bundles/compare/?to=3"))

@@ -57,7 +57,7 @@ def affects_bundle(action: str) -> bool:
     return action.startswith(BUNDLE_ACTION_PREFIXES) and action not in NON_BUNDLE_ACTIONS
 
 
-def _bundle_action_q() -> Q:
+def bundle_action_q() -> Q:
     q = Q()
     for prefix in BUNDLE_ACTION_PREFIXES:
         q |= Q(action__startswith=prefix)
@@ -273,6 +273,6 @@ def tenants_due(now: datetime) -> list[tuple[Tenant, str]]:
         elif current.next_change_at is not None and current.next_change_at <= now:
             due.append((tenant, "grant expired"))
         elif seqs.get(tenant.pk, 0) > current.through_seq and AuditEvent.objects.filter(
-                tenant=tenant, seq__gt=current.through_seq).filter(_bundle_action_q()).exists():
+                tenant=tenant, seq__gt=current.through_seq).filter(bundle_action_q()).exists():
             due.append((tenant, "registry change"))
     return due

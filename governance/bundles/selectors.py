@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from governance.audit.models import AuditEvent
 from governance.bundles import hot
 from governance.bundles.models import Bundle, Gateway, GatewayToken, PublishState, SigningKey
 from governance.tenancy.models import Tenant
@@ -87,3 +88,37 @@ def bundle_data(bundle: Bundle) -> dict[str, Any]:
     if content is None:
         raise diff.BundleReadError("The bundle's tarball is missing from the store.")
     return diff.read_data(content)
+
+
+def registry_changes(tenant: Tenant, *, after_seq: int, through_seq: int,
+                     limit: int = 200) -> list[AuditEvent]:
+    """The bundle-affecting audit events a revision took in (who changed what), oldest first."""
+    from governance.bundles.publish import bundle_action_q
+
+    return list(AuditEvent.objects.filter(tenant=tenant, seq__gt=after_seq,
+                                          seq__lte=through_seq)
+                .filter(bundle_action_q()).order_by("seq")[:limit])
+
+
+def triggers(tenant: Tenant, bundles: list[Bundle]) -> dict[int, dict[str, Any]]:
+    """Per bundle of a page: who made the registry changes it took in, and how many."""
+    if not bundles:
+        return {}
+    from governance.bundles.publish import bundle_action_q
+
+    ordered = sorted(bundles, key=lambda b: b.revision_number)
+    before = (Bundle.objects.for_tenant(tenant)
+              .filter(revision_number__lt=ordered[0].revision_number)
+              .order_by("-revision_number").values_list("through_seq", flat=True).first()) or 0
+    ranges = []
+    for bundle in ordered:
+        ranges.append((bundle.pk, before, bundle.through_seq))
+        before = max(before, bundle.through_seq)
+    low, high = ranges[0][1], max(r[2] for r in ranges)
+    events = list(AuditEvent.objects.filter(tenant=tenant, seq__gt=low, seq__lte=high)
+                  .filter(bundle_action_q()).values_list("seq", "actor_label")[:20000])
+    result: dict[int, dict[str, Any]] = {}
+    for pk, start, end in ranges:
+        mine = [label for seq, label in events if start < seq <= end]
+        result[pk] = {"changes": len(mine), "actors": sorted(set(mine))}
+    return result

@@ -393,8 +393,12 @@ class BundleListView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
         template = "bundles/_bundles_table.html" if request.htmx else "bundles/bundles.html"
+        page = page_of(request, selectors.bundles(self.tenant))
+        triggers = selectors.triggers(self.tenant, list(page.object_list))
+        for bundle in page.object_list:
+            bundle.took_in = triggers.get(bundle.pk)
         return vary_on_htmx(render(request, template, {
-            "page": page_of(request, selectors.bundles(self.tenant)),
+            "page": page,
             "query": query_without_page(request),
             "state": selectors.publish_state(self.tenant),
         }))
@@ -451,8 +455,11 @@ class BundleCompareView(TenantPageView):
             "from": from_bundle.revision_number if from_bundle else None,
             "to": to_bundle.revision_number,
         })
+        changes = selectors.registry_changes(
+            self.tenant, after_seq=from_bundle.through_seq if from_bundle else 0,
+            through_seq=to_bundle.through_seq)
         return render(request, "bundles/compare.html", context | {
-            "from_bundle": from_bundle, "to_bundle": to_bundle,
+            "from_bundle": from_bundle, "to_bundle": to_bundle, "changes": changes,
         })
 
 
