@@ -1,4 +1,11 @@
-"""ASGI entry point, served by uvicorn (long-poll gateway endpoints are async views)."""
+"""ASGI entry point, served by uvicorn.
+
+Two Django handlers share one process, one URLconf and one set of settings: everything goes
+through the full middleware stack (sessions, CSRF, auth, CSP, …) except ``/api/v1/gateway/``,
+which machines call and which gets ``GATEWAY_MIDDLEWARE``, a short chain of async-native
+middleware, so the bundle poll and long polls never hop to a thread (see
+``governance/bundles/middleware.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,44 @@ from django.core.exceptions import ImproperlyConfigured
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "governance.settings")
 
-try:
-    from django.core.asgi import get_asgi_application
+GATEWAY_PREFIX = "/api/v1/gateway/"
 
-    application = get_asgi_application()
+try:
+    import django
+    from django.conf import settings
+    from django.core.asgi import get_asgi_application
+    from django.core.handlers.asgi import ASGIHandler
+    from django.core.handlers.exception import convert_exception_to_response
+    from django.utils.module_loading import import_string
+
+    django_application = get_asgi_application()
 except ImproperlyConfigured as exc:
     # Say which variable is wrong instead of a traceback, and do not start.
     sys.stderr.write(f"Configuration error: {exc}\n")
     raise SystemExit(2) from None
+
+
+class GatewayASGIHandler(ASGIHandler):
+    """Django's ASGI handler with ``settings.GATEWAY_MIDDLEWARE`` instead of ``MIDDLEWARE``."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware = []
+        self._template_response_middleware = []
+        self._exception_middleware = []
+        handler = convert_exception_to_response(
+            self._get_response_async if is_async else self._get_response)
+        for path in reversed(settings.GATEWAY_MIDDLEWARE):
+            handler = convert_exception_to_response(import_string(path)(handler))
+        self._middleware_chain = handler
+
+
+gateway_application = GatewayASGIHandler()
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and scope.get("path", "").startswith(GATEWAY_PREFIX):
+        return await gateway_application(scope, receive, send)
+    return await django_application(scope, receive, send)
+
+
+__all__ = ["application", "django", "django_application", "gateway_application"]

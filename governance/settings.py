@@ -80,6 +80,13 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
+# /api/v1/gateway/ (machines) runs through this chain instead (see governance/asgi.py): async-
+# native middleware only, so gateway polls never wait for a thread.
+GATEWAY_MIDDLEWARE = [
+    "governance.tenancy.middleware.RequestContextMiddleware",
+    "governance.bundles.middleware.GatewayTransportSecurityMiddleware",
+]
+
 ROOT_URLCONF = "governance.urls"
 WSGI_APPLICATION = "governance.wsgi.application"
 ASGI_APPLICATION = "governance.asgi.application"
