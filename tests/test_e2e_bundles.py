@@ -70,9 +70,9 @@ def _get(url, token, **headers):
         url, headers={"Authorization": f"Bearer {token}", **headers})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, exc.headers, exc.read()
 
 
 def test_a_registry_change_reaches_a_long_polling_gateway(web, tenant_a, celery_worker_process):
