@@ -150,6 +150,48 @@ def safely(action: str, fn, *args) -> None:
 
 # --- Reads on the hot path (async) ------------------------------------------------------------
 
+# One round trip for a poll: the token's entry, one more key (the tenant's current pointer or
+# JWKS), and — when the entry names a gateway — its rate counter and contact times.
+_LOOKUP = """
+local entry = redis.call('GET', KEYS[1])
+local extra = redis.call('GET', KEYS[2])
+local count = -1
+if entry then
+  local ok, doc = pcall(cjson.decode, entry)
+  if ok and type(doc) == 'table' and doc['gateway'] then
+    local gateway = tostring(doc['gateway'])
+    local rate = ARGV[1] .. gateway .. ':' .. ARGV[2]
+    count = redis.call('INCR', rate)
+    if count == 1 then redis.call('EXPIRE', rate, 120) end
+    redis.call('HSET', ARGV[3], gateway, ARGV[4])
+    redis.call('HSET', ARGV[5], tostring(doc['token']), ARGV[4])
+  end
+end
+return {entry, extra, count}
+"""
+_lookup_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def alookup(token_hash: str, extra_key: str) -> tuple[Any, Any, int | None]:
+    """(token entry, value of ``extra_key``, this minute's request count of the entry's
+    gateway or None when the entry names none). Redis only."""
+    client = async_client()
+    loop = asyncio.get_running_loop()
+    script = _lookup_scripts.get(loop)
+    if script is None:
+        script = _lookup_scripts[loop] = client.register_script(_LOOKUP)
+    now = time.time()
+    entry, extra, count = await script(
+        keys=[token_key(token_hash), extra_key],
+        args=[f"{PREFIX}rl:", int(now // 60), SEEN_HASH, int(now), TOKEN_SEEN_HASH],
+    )
+    return _loads(entry), _loads(extra), (None if count == -1 else int(count))
+
+
+def seconds_to_next_minute() -> int:
+    return 60 - int(time.time() % 60)
+
+
 async def aget_many(keys: list[str]) -> list[Any]:
     if uses_redis():
         return [_loads(v) for v in await async_client().mget(keys)]
@@ -227,9 +269,10 @@ class Announcements:
             event = self._events[slug] = asyncio.Event()
         return event
 
-    def _wake(self, slug: str) -> None:
+    def _wake(self, slug: str, message: dict[str, Any] | None = None) -> None:
         event = self._events.pop(slug, None)
         if event is not None:
+            event.message = message  # type: ignore[attr-defined]
             event.set()
 
     async def _listen(self) -> None:
@@ -250,11 +293,12 @@ class Announcements:
                     if message is None or message.get("type") != "message":
                         continue
                     try:
-                        slug = _loads(message["data"]).get("tenant")
+                        body = _loads(message["data"])
+                        slug = body.get("tenant")
                     except (ValueError, AttributeError):
                         continue
                     if slug:
-                        self._wake(slug)
+                        self._wake(slug, body)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -271,16 +315,20 @@ class Announcements:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10)
 
-    async def wait(self, slug: str, timeout: float) -> None:
-        """Return when ``slug`` is announced or ``timeout`` seconds pass, whichever is first."""
+    async def wait(self, slug: str, timeout: float) -> dict[str, Any] | None:
+        """The announcement for ``slug`` (a new bundle's pointer with ``kind: bundle``, or
+        ``kind: tokens`` after a revocation), or None when ``timeout`` seconds passed or the
+        subscription dropped: then the caller looks itself."""
         if uses_redis() and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._listen())
         if not (uses_redis() and self.healthy):
             timeout = min(timeout, 1.0)  # no wake-ups: poll the pointer instead
+        event = self._event(slug)
         try:
-            await asyncio.wait_for(self._event(slug).wait(), timeout)
+            await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
-            pass
+            return None
+        return getattr(event, "message", None)
 
 
 _announcements: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
