@@ -61,6 +61,7 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, time
+from functools import lru_cache
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -79,8 +80,12 @@ Usage = Callable[[str], tuple[int, int]]
 # --- Literals ---------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1 << 16)
 def cedar_string(value: str) -> str:
-    """``value`` as a Cedar string literal: quoted, ASCII only, every other character escaped."""
+    """``value`` as a Cedar string literal: quoted, ASCII only, every other character escaped.
+    (Cached: a policy repeats the same agent, scope and tool names many times.)"""
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'  # the common case: nothing to escape
     out = ['"']
     for char in value:
         code = ord(char)
@@ -320,9 +325,10 @@ def _all_hold(args: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _unexpressed(doc: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    wanted = names if isinstance(names, set | frozenset) else set(names)
     return sorted(
         f"{cedar_string(tool)}.{cedar_string(arg)}"
-        for tool in names for arg, rules in (doc.get(tool) or {}).items()
+        for tool, args in doc.items() if tool in wanted for arg, rules in (args or {}).items()
         if set(rules) - set(EXPRESSED_KEYWORDS)
     )
 
@@ -335,7 +341,9 @@ def _is_long(bound: Any) -> bool:
 
 def _order_bounds(docs: list[Mapping[str, Any]], names: list[str]) -> list[str]:
     """``<bound> = <order key>`` for the bounds compared through ``order`` (for the reader)."""
-    bounds = {rules[k] for doc in docs for n in names for rules in (doc.get(n) or {}).values()
+    wanted = set(names)
+    bounds = {rules[k] for doc in docs for n, args in doc.items() if n in wanted
+              for rules in (args or {}).values()
               for k in ("minimum", "maximum") if k in rules and not _is_long(rules[k])}
     return [f"{b!r} = {order_key(b)}" for b in sorted(bounds)]
 
@@ -403,7 +411,12 @@ def _permit(grant: Mapping[str, Any], ident: str, head: list[str], clauses: list
     return "\n".join(lines)
 
 
-def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any]) -> list[str]:
+def _scope_tool_names(data: Mapping[str, Any], scope: Mapping[str, Any]) -> list[str]:
+    return sorted({data["tools"][k]["name"] for k in scope["tools"] if k in data["tools"]})
+
+
+def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any],
+                    names_by_scope: dict[str, list[str]] | None = None) -> list[str]:
     gid, scope = grant["id"], data["scopes"].get(grant["scope"])
     header = [
         f"// Grant {cedar_string(gid)}: agent {cedar_string(grant['agent'])}, "
@@ -411,7 +424,12 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any]) -> list[s
     ]
     if scope is None:
         return ["\n".join([*header, "// Its scope is not in the bundle: it permits nothing."])]
-    names = sorted({data["tools"][k]["name"] for k in scope["tools"] if k in data["tools"]})
+    if names_by_scope is None:
+        names = _scope_tool_names(data, scope)
+    else:  # computed once per scope, not once per grant
+        names = names_by_scope.get(grant["scope"])
+        if names is None:
+            names = names_by_scope[grant["scope"]] = _scope_tool_names(data, scope)
     if not names:
         return ["\n".join([*header, "// No tool of its scope is in the bundle: it permits "
                                     "nothing."])]
@@ -421,10 +439,10 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any]) -> list[s
                        ("window", grant.get("window")), ("expires at", grant.get("expires_at"))):
         if value:
             header.append(f"// {key}: {_comment_json(value)}")
-    orders = _order_bounds([constraints, condition], names)
+    orders = _order_bounds([constraints, condition], names) if constraints or condition else []
     if orders:
         header.append("// as order: " + ", ".join(orders))
-    loose = _unexpressed(constraints, names)
+    loose = _unexpressed(constraints, names) if constraints else []
     if loose:
         header.append("// NOT CHECKED HERE (regular expressions), the gateway must run decide(): "
                       "argument constraints on " + ", ".join(loose))
@@ -436,7 +454,7 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any]) -> list[s
     usage = _usage(grant)
     if usage:
         clauses.append(f"when {{ {usage} }}")
-    for name in names:
+    for name in (sorted(n for n in constraints if n in set(names)) if constraints else ()):
         if constraints.get(name):
             clauses.append(f"when {{\n  resource.name != {cedar_string(name)} || (\n    "
                            f"{_all_hold(constraints[name])}\n  )\n}}")
@@ -513,8 +531,9 @@ def compile_policy(data: Mapping[str, Any]) -> str:
         "when { context has live_sha256 && resource has definition_sha256 &&\n"
         "       context.live_sha256 != resource.definition_sha256 };"
     )
+    names_by_scope: dict[str, list[str]] = {}
     for grant in sorted(data.get("grants", []), key=_grant_key):
-        blocks.extend(_grant_policies(data, grant))
+        blocks.extend(_grant_policies(data, grant, names_by_scope))
     return "\n\n".join(blocks) + "\n"
 
 
