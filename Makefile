@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install test-deps migrate clean
+.PHONY: run test lint install test-deps migrate clean bench
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: $(STAMP) test-deps
 
 test-deps:
 	@scripts/test-deps
+
+## make bench: figures measured on this machine (gateway poll throughput, 10k long polls,
+## compile + sign, registry write → new ETag); BENCH_QUICK=1 for a smoke run. Installs wrk and
+## nginx if missing; starts and stops its own servers; writes var/bench/results.json.
+bench: $(STAMP)
+	@scripts/bench-deps
+	$(BIN)/python -m bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

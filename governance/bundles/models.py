@@ -170,6 +170,13 @@ class Bundle(TenantScopedModel):
     def etag(self) -> str:
         return f'"{self.blob_id}"'
 
+    SUMMARY_ORDER = ("agents", "servers", "tools", "scopes", "grants")
+
+    @property
+    def summary_items(self) -> list[tuple[str, int]]:
+        """The counts in a fixed order (PostgreSQL's jsonb does not keep key order)."""
+        return [(k, self.summary[k]) for k in self.SUMMARY_ORDER if k in self.summary]
+
 
 class PublishState(models.Model):
     """Per tenant: the row builders lock (one build at a time) and the last revision number."""

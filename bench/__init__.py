@@ -1,0 +1,1 @@
+"""`make bench`: figures measured on this machine (not tests; see bench/run.py)."""
