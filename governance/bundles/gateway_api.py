@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,15 +168,44 @@ async def _body_response(pointer: dict[str, Any], content_type: str) -> HttpResp
         response = HttpResponse(b"", content_type=content_type, headers=headers)
         response["X-Accel-Redirect"] = f"{settings.BUNDLE_ACCEL_REDIRECT.rstrip('/')}/{sha}.tar.gz"
         return response
-    content = store.from_memory(sha)
-    if content is None:
-        content = await sync_to_async(store.read_local, thread_sensitive=False)(sha)
-    if content is None:
-        content = await sync_to_async(store.load)(sha)
+    content = store.from_memory(sha) or await load_once(sha)
     if content is None:
         return error(503, "unavailable", "The bundle is being published; retry shortly.",
                      Retry_After="2")
     return HttpResponse(content, content_type=content_type, headers=headers)
+
+
+# Per event loop (a future belongs to one loop): sha256 → the read in flight.
+_loading_by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def _prefetch(announcement: dict[str, Any]) -> None:
+    if not settings.BUNDLE_ACCEL_REDIRECT and store.from_memory(announcement["sha256"]) is None:
+        await load_once(announcement["sha256"])
+
+
+async def load_once(sha: str) -> bytes | None:
+    """The tarball, read from the local copy or the database by one request per process while
+    the others that need it wait for that read (10,000 woken polls, one fetch)."""
+    loop = asyncio.get_running_loop()
+    _loading = _loading_by_loop.setdefault(loop, {})
+    pending = _loading.get(sha)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    future = loop.create_future()
+    _loading[sha] = future
+    try:
+        content = await sync_to_async(store.read_local, thread_sensitive=False)(sha)
+        if content is None:
+            content = await sync_to_async(store.load)(sha)
+        future.set_result(content)
+        return content
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: waiters re-raise it, no "never retrieved" warning
+        raise
+    finally:
+        _loading.pop(sha, None)
 
 
 def _not_modified(etag: str, content_type: str) -> HttpResponse:
@@ -208,7 +238,10 @@ async def bundle(request: HttpRequest, slug: str) -> HttpResponse:
                 return error(503, "no_bundle", "No bundle has been published for this tenant "
                              "yet; retry shortly.", Retry_After="5")
             return _not_modified(etag, content_type)
-        message = await hot.announcements().wait(slug, min(remaining, 30.0))
+        announcements = hot.announcements()
+        if announcements.prepare is None:
+            announcements.prepare = _prefetch
+        message = await announcements.wait(slug, min(remaining, 30.0))
         if message is not None and message.get("kind") == "bundle":
             # The announcement carries the new pointer: no round trip for 10,000 waiters.
             pointer = {k: message[k] for k in ("tenant", "revision", "sha256", "size",
@@ -301,4 +334,4 @@ def _record_status(gateway_id: int, report: dict[str, Any]) -> None:
     services.gateway_record_status(gateway=gateway, report=report)
 
 
-__all__ = ["bundle", "keys", "status", "asyncio"]
+__all__ = ["bundle", "keys", "status"]

@@ -260,6 +260,9 @@ class Announcements:
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        # Called with each new bundle's announcement before its waiters wake (the gateway API
+        # loads the tarball once here, so the woken polls find it in memory).
+        self.prepare: Any = None
         self._task: asyncio.Task | None = None
         self.healthy = False
 
@@ -297,6 +300,11 @@ class Announcements:
                         slug = body.get("tenant")
                     except (ValueError, AttributeError):
                         continue
+                    if slug and body.get("kind") == "bundle" and self.prepare is not None:
+                        try:
+                            await self.prepare(body)
+                        except Exception:
+                            log.warning("bundle announcements: prefetch failed", exc_info=True)
                     if slug:
                         self._wake(slug, body)
             except asyncio.CancelledError:
