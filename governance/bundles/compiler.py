@@ -13,10 +13,13 @@ with the tools of it that are in the bundle, and the grants in force at compile 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Q
+import orjson
+from django.db.models import Q, TextField
+from django.db.models.functions import Cast
 
 from gateway.decision import tool_key
 from governance.bundles.packaging import canonical_json, rfc3339
@@ -27,6 +30,25 @@ SCHEMA_VERSION = 1
 
 
 __all__ = ["SCHEMA_VERSION", "canonical_json", "compile_data", "escalation_settings"]
+
+
+def _json(raw: str | None) -> Any:
+    """A JSON column fetched as text: most are empty, and orjson decodes the rest fast (the
+    standard library takes what orjson refuses, such as integers beyond 64 bits)."""
+    if raw is None or raw == "null":
+        return None
+    if raw == "{}":
+        return {}
+    if raw == "[]":
+        return []
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def _text(field: str) -> Cast:
+    return Cast(field, TextField())
 
 
 def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
@@ -68,8 +90,9 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
     approved: list[tuple[str, dict[str, Any]]] = []
     for pk, server, server_status, name, title, sha, hints, status, present in (
             Tool.objects.for_tenant(tenant).exclude(server__status=McpServer.Status.RETIRED)
+            .annotate(hints_text=_text("annotations"))
             .values_list("pk", "server__name", "server__status", "name", "title",
-                         "definition_sha256", "annotations", "status", "present")):
+                         "definition_sha256", "hints_text", "status", "present")):
         key = tool_key(server, name)
         if status in (Tool.Status.QUARANTINED, Tool.Status.BLOCKED):
             withheld[key] = status
@@ -77,7 +100,7 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
               and server_status == McpServer.Status.ACTIVE):
             keys_by_id[pk] = key
             approved.append((key, {"server": server, "name": name, "title": title,
-                                   "definition_sha256": sha, "annotations": hints}))
+                                   "definition_sha256": sha, "annotations": _json(hints)}))
     # Server names may contain "/" (MCP registry names), so ("a", "b/c") and ("a/b", "c") share
     # a key. Such tools are withheld rather than letting one stand for the other: fail closed.
     ambiguous: set[str] = set()
@@ -115,20 +138,23 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
             "window": None if start is None else {
                 "start": start.isoformat(timespec="minutes"),
                 "end": end.isoformat(timespec="minutes"),
-                "days": sorted(days),
+                "days": sorted(_json(days) or []),
                 "tz": tz,
             },
-            "argument_constraints": constraints,
+            "argument_constraints": _json(constraints),
             "approval_mode": mode,
-            "approval_condition": condition,
+            "approval_condition": _json(condition),
             "expires_at": rfc3339(expires) if expires else None,
         }
         for (pk, agent_id, scope_id, per_minute, per_day, start, end, days, tz, constraints,
              mode, condition, expires) in (
-            Grant.objects.for_tenant(tenant).filter(in_force).order_by("pk").values_list(
+            Grant.objects.for_tenant(tenant).filter(in_force).order_by("pk")
+            .annotate(days_text=_text("window_days"), constraints_text=_text(
+                "argument_constraints"), condition_text=_text("approval_condition"))
+            .values_list(
                 "pk", "agent_id", "scope_id", "calls_per_minute", "calls_per_day",
-                "window_start", "window_end", "window_days", "window_tz",
-                "argument_constraints", "approval_mode", "approval_condition", "expires_at"))
+                "window_start", "window_end", "days_text", "window_tz",
+                "constraints_text", "approval_mode", "condition_text", "expires_at"))
     ]
     return {
         "schema_version": SCHEMA_VERSION,
