@@ -65,6 +65,8 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from gateway.decision import tool_key
 
 NAMESPACE = "Mcp"
@@ -107,6 +109,12 @@ def _uid(kind: str, name: str) -> str:
 
 def _comment_json(value: Any) -> str:
     """A JSON rendering for comments: ASCII, one line, so a comment cannot end early."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        text = ""
+    if text and text.isascii():
+        return text  # no newline possible: orjson escapes control characters
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
