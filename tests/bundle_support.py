@@ -36,6 +36,36 @@ def small_registry(tenant, owner=None) -> dict:
     return {"server": server, "tools": tools, "scope": scope, "agent": agent, "grant": grant}
 
 
+def payroll_world(tenant, owner=None) -> dict:
+    """payroll (active) with an approved tool pay and a pending refund, both in scope
+    payroll:write, granted to agent bot (10 calls/minute)."""
+    server = registry.server_create(tenant=tenant, actor=SYSTEM, name="payroll",
+                                    transport="streamable-http", url="https://p.example/mcp")
+    registry.server_transition(tenant=tenant, actor=SYSTEM, server=server, status="active")
+    defs = [Def("pay"), Def("refund")]
+    registry.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server,
+                                    definitions=[(d, def_sha(d)) for d in defs])
+    tools = {t.name: t for t in Tool.objects.filter(server=server)}
+    registry.tool_approve(tenant=tenant, actor=SYSTEM, tool=tools["pay"])
+    scope = registry.scope_create(tenant=tenant, actor=SYSTEM, name="payroll:write",
+                                  tools=list(tools.values()))
+    bot = registry.agent_create(tenant=tenant, actor=SYSTEM, name="bot", owner=owner)
+    grant = registry.grant_create(tenant=tenant, actor=SYSTEM, agent=bot, scope=scope,
+                                  calls_per_minute=10)
+    return {"server": server, "tools": tools, "scope": scope, "bot": bot, "grant": grant}
+
+
+def publish_two_revisions(tenant, world) -> tuple:
+    """r1 of ``payroll_world``; r2 after approving refund and raising the grant's limit."""
+    from governance.bundles.publish import bundle_publish
+
+    first = bundle_publish(tenant=tenant, trigger="test")
+    registry.tool_approve(tenant=tenant, actor=SYSTEM, tool=world["tools"]["refund"])
+    registry.grant_update(tenant=tenant, actor=SYSTEM, grant=world["grant"], calls_per_minute=20)
+    second = bundle_publish(tenant=tenant, trigger="registry change")
+    return first, second
+
+
 def make_gateway(tenant, name="edge-1"):
     """(gateway, plaintext token)."""
     gateway = services.gateway_create(tenant=tenant, actor=SYSTEM, name=name,

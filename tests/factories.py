@@ -92,3 +92,11 @@ def def_sha(d: Def) -> str:
     return definition_sha256(ToolDefinition(
         name=d.name, title=d.title, description=d.description, input_schema=d.input_schema,
         output_schema=d.output_schema, annotations=d.annotations))
+
+
+def actions(tenant, n: int) -> list[tuple[str, str]]:
+    """The last ``n`` audit events of the tenant, oldest first: (action, actor type)."""
+    from governance.audit.models import AuditEvent
+
+    events = AuditEvent.objects.filter(tenant=tenant).order_by("-seq")[:n]
+    return [(e.action, e.actor_type) for e in events][::-1]

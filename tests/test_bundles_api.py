@@ -16,24 +16,16 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from governance.bundles import services
 from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
-from governance.bundles.publish import bundle_publish
 from governance.tenancy.models import hash_token
 from registry import services as registry
-from registry.models import Tool
-from tests.factories import Def, def_sha
+from tests.bundle_support import payroll_world, publish_two_revisions
+from tests.factories import actions
 
 SYSTEM = Actor.system("test")
 API = "/api/v1/t/alpha"
-
-
-def actions(tenant, n: int) -> list[tuple[str, str]]:
-    """The last ``n`` audit events of the tenant, oldest first: (action, actor type)."""
-    events = AuditEvent.objects.filter(tenant=tenant).order_by("-seq")[:n]
-    return [(e.action, e.actor_type) for e in events][::-1]
 
 
 @pytest.fixture
@@ -60,24 +52,9 @@ def token(tenant_a, gateway):
 
 @pytest.fixture
 def two_revisions(tenant_a, dave):
-    server = registry.server_create(tenant=tenant_a, actor=SYSTEM, name="payroll",
-                                    transport="streamable-http", url="https://p.example/mcp")
-    registry.server_transition(tenant=tenant_a, actor=SYSTEM, server=server, status="active")
-    defs = [Def("pay"), Def("refund")]
-    registry.tools_record_discovery(tenant=tenant_a, actor=SYSTEM, server=server,
-                                    definitions=[(d, def_sha(d)) for d in defs])
-    tools = {t.name: t for t in Tool.objects.filter(server=server)}
-    registry.tool_approve(tenant=tenant_a, actor=SYSTEM, tool=tools["pay"])
-    scope = registry.scope_create(tenant=tenant_a, actor=SYSTEM, name="payroll:write",
-                                  tools=list(tools.values()))
-    bot = registry.agent_create(tenant=tenant_a, actor=SYSTEM, name="bot", owner=dave)
-    grant = registry.grant_create(tenant=tenant_a, actor=SYSTEM, agent=bot, scope=scope,
-                                  calls_per_minute=10)
-    first = bundle_publish(tenant=tenant_a, trigger="test")
-    registry.tool_approve(tenant=tenant_a, actor=SYSTEM, tool=tools["refund"])
-    registry.grant_update(tenant=tenant_a, actor=SYSTEM, grant=grant, calls_per_minute=20)
-    second = bundle_publish(tenant=tenant_a, trigger="registry change")
-    return first, second, grant
+    world = payroll_world(tenant_a, owner=dave)
+    first, second = publish_two_revisions(tenant_a, world)
+    return first, second, world["grant"]
 
 
 def no_write_for(client, method: str, url: str, body: dict | None = None) -> None:

@@ -18,9 +18,7 @@ from governance.bundles import publish, services
 from governance.bundles.models import Bundle, Gateway, GatewayToken, PublishState, SigningKey
 from governance.bundles.publish import bundle_publish
 from governance.tenancy.models import hash_token
-from registry import services as registry
-from registry.models import Tool
-from tests.factories import Def, def_sha
+from tests.bundle_support import payroll_world, publish_two_revisions
 
 SYSTEM = Actor.system("test")
 ROLES = ["alice", "bob", "audrey", "dave", "victor"]
@@ -56,32 +54,13 @@ def token(tenant_a, gateway):
 
 @pytest.fixture
 def registry_world(tenant_a, dave):
-    """payroll (active) with an approved tool pay in scope payroll:write granted to bot."""
-    server = registry.server_create(tenant=tenant_a, actor=SYSTEM, name="payroll",
-                                    transport="streamable-http", url="https://p.example/mcp")
-    registry.server_transition(tenant=tenant_a, actor=SYSTEM, server=server, status="active")
-    defs = [Def("pay"), Def("refund")]
-    registry.tools_record_discovery(tenant=tenant_a, actor=SYSTEM, server=server,
-                                    definitions=[(d, def_sha(d)) for d in defs])
-    tools = {t.name: t for t in Tool.objects.filter(server=server)}
-    registry.tool_approve(tenant=tenant_a, actor=SYSTEM, tool=tools["pay"])
-    scope = registry.scope_create(tenant=tenant_a, actor=SYSTEM, name="payroll:write",
-                                  tools=list(tools.values()))
-    bot = registry.agent_create(tenant=tenant_a, actor=SYSTEM, name="bot", owner=dave)
-    grant = registry.grant_create(tenant=tenant_a, actor=SYSTEM, agent=bot, scope=scope,
-                                  calls_per_minute=10)
-    return {"server": server, "tools": tools, "scope": scope, "bot": bot, "grant": grant}
+    return payroll_world(tenant_a, owner=dave)
 
 
 @pytest.fixture
 def two_revisions(tenant_a, registry_world):
     """r1 as above; r2 after approving refund and raising the grant's limit."""
-    first = bundle_publish(tenant=tenant_a, trigger="test")
-    registry.tool_approve(tenant=tenant_a, actor=SYSTEM, tool=registry_world["tools"]["refund"])
-    registry.grant_update(tenant=tenant_a, actor=SYSTEM, grant=registry_world["grant"],
-                          calls_per_minute=20)
-    second = bundle_publish(tenant=tenant_a, trigger="registry change")
-    return first, second
+    return publish_two_revisions(tenant_a, registry_world)
 
 
 # --- Every page, every role ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from governance.audit.services import Actor
 from registry import services
 from registry.discovery import ToolDefinition, definition_sha256
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, ServerSync, Tool, ToolScope
-from tests.factories import MembershipFactory, UserFactory
+from tests.factories import MembershipFactory, UserFactory, actions
 
 SYSTEM = Actor.system("test")
 API = "/api/v1/t/alpha"
@@ -36,12 +36,6 @@ def discover(tenant, server, *names: str, description: str = "does a thing") -> 
                                     definitions=[(d, definition_sha256(d)) for d in defs])
     return list(Tool.objects.for_tenant(tenant).filter(server=server, name__in=names)
                 .order_by("name"))
-
-
-def actions(tenant, n: int) -> list[tuple[str, str]]:
-    """The last ``n`` audit events of the tenant, oldest first: (action, actor type)."""
-    events = AuditEvent.objects.filter(tenant=tenant).order_by("-seq")[:n]
-    return [(e.action, e.actor_type) for e in events][::-1]
 
 
 @pytest.fixture
