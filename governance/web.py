@@ -25,3 +25,8 @@ def vary_on_htmx(response: HttpResponse) -> HttpResponse:
     """Pages that answer htmx with a fragment: caches must keep the two apart."""
     patch_vary_headers(response, ["HX-Request"])
     return response
+
+
+def error_text(exc) -> str:
+    """A service's ValidationError as one line for a flash message."""
+    return " ".join(exc.messages)

@@ -19,7 +19,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from governance.tenancy.forms import add_service_errors
 from governance.tenancy.mixins import TenantPageView
 from governance.tenancy.roles import Cap
-from governance.web import page_of, query_without_page, vary_on_htmx
+from governance.web import error_text, page_of, query_without_page, vary_on_htmx
 from registry import selectors, services
 from registry.access import (
     access_agent,
@@ -59,10 +59,6 @@ def _back(request: HttpRequest, default: str) -> HttpResponse:
     ):
         return redirect(target)
     return redirect(default)
-
-
-def _errors(exc: ValidationError) -> str:
-    return " ".join(exc.messages)
 
 
 # --- Servers -----------------------------------------------------------------------------------
@@ -151,7 +147,7 @@ class ServerImportView(TenantPageView):
 def _import_problems(exc: ValidationError) -> list[tuple[str, str]]:
     """(field path, message) pairs; the path is empty for the document as a whole."""
     if not hasattr(exc, "error_dict"):
-        return [("", _errors(exc))]
+        return [("", error_text(exc))]
     return [
         ("" if path in ("document", "__all__") else path, " ".join(errors))
         for path, errors in exc.message_dict.items()
@@ -249,7 +245,7 @@ class ServerTransitionView(TenantPageView):
             server = services.server_transition(tenant=self.tenant, actor=self.actor,
                                                 server=server, status=status)
         except ValidationError as exc:
-            messages.error(request, _errors(exc))
+            messages.error(request, error_text(exc))
         else:
             messages.success(request, f"{server.name} is now {server.status}.")
         return redirect("registry:server", tenant_slug, server.pk)
@@ -268,7 +264,7 @@ class ServerSyncView(TenantPageView):
                 trigger=ServerSync.Trigger.MANUAL, requested_by=request.user,
             )
         except ValidationError as exc:
-            messages.error(request, _errors(exc))
+            messages.error(request, error_text(exc))
         else:
             if created:
                 messages.success(request, f"Sync #{run.pk} of {server.name} started.")
@@ -382,8 +378,8 @@ class ToolApproveView(TenantPageView):
             tool = services.tool_approve(tenant=self.tenant, actor=self.actor, tool=tool)
         except ValidationError as exc:
             if request.htmx:
-                return _tool_row(request, self.tenant, tool, _errors(exc))
-            messages.error(request, _errors(exc))
+                return _tool_row(request, self.tenant, tool, error_text(exc))
+            messages.error(request, error_text(exc))
         else:
             if request.htmx:
                 return _tool_row(request, self.tenant, tool)
@@ -414,8 +410,8 @@ class ToolBlockView(TenantPageView):
             tool = services.tool_block(tenant=self.tenant, actor=self.actor, tool=tool)
         except ValidationError as exc:
             if request.htmx:
-                return _tool_row(request, self.tenant, tool, _errors(exc))
-            messages.error(request, _errors(exc))
+                return _tool_row(request, self.tenant, tool, error_text(exc))
+            messages.error(request, error_text(exc))
         else:
             if request.htmx:
                 return _tool_row(request, self.tenant, tool)
@@ -533,7 +529,7 @@ class ScopeDeleteView(TenantPageView):
         try:
             services.scope_delete(tenant=self.tenant, actor=self.actor, scope=scope)
         except ValidationError as exc:
-            messages.error(request, _errors(exc))
+            messages.error(request, error_text(exc))
             return redirect("registry:scope", tenant_slug, scope.pk)
         messages.success(request, f"Deleted scope {scope.name}.")
         return redirect("registry:scopes", tenant_slug)
@@ -662,7 +658,7 @@ class AgentTransitionView(TenantPageView):
             agent = services.agent_transition(tenant=self.tenant, actor=self.actor, agent=agent,
                                               status=request.POST.get("status", ""))
         except ValidationError as exc:
-            messages.error(request, _errors(exc))
+            messages.error(request, error_text(exc))
         else:
             messages.success(request, f"Agent {agent.name} is now {agent.status}.")
         return redirect("registry:agent", tenant_slug, agent.pk)

@@ -27,15 +27,11 @@ from governance.bundles.models import Gateway, SigningKey
 from governance.tenancy.forms import add_service_errors
 from governance.tenancy.mixins import TenantPageView
 from governance.tenancy.roles import Cap
-from governance.web import page_of, query_without_page, vary_on_htmx
+from governance.web import error_text, page_of, query_without_page, vary_on_htmx
 
 # The new gateway token's plaintext waits in the session for exactly one GET of its gateway's
 # page after the POST (post/redirect/get: a reload cannot issue a second token), then it is gone.
 NEW_TOKEN_SESSION_KEY = "tollgate_new_gateway_token"  # noqa: S105 - a session key name
-
-
-def _errors(exc: ValidationError) -> str:
-    return " ".join(exc.messages)
 
 
 class HttpResponseSeeOther(HttpResponseRedirect):
@@ -187,7 +183,7 @@ class GatewayStatusView(TenantPageView):
                                                   gateway=gateway,
                                                   status=request.POST.get("status", ""))
         except ValidationError as exc:
-            messages.error(request, _errors(exc))
+            messages.error(request, error_text(exc))
         else:
             messages.success(request, f"Gateway {gateway.name} is now {gateway.status}.")
         return redirect("bundles:gateway", tenant_slug, gateway.pk)
@@ -319,7 +315,7 @@ class SigningKeyRotateView(TenantPageView):
             key = services.signing_key_rotate(tenant=self.tenant, actor=self.actor,
                                               immediate=immediate, created_by=request.user)
         except ValidationError as exc:
-            messages.error(request, _errors(exc))
+            messages.error(request, error_text(exc))
         else:
             if immediate:
                 messages.success(request, f"Key {key.kid} signs from now on and the previous key "
@@ -351,7 +347,7 @@ class SigningKeyActivateView(TenantPageView):
         try:
             key = services.signing_key_activate(tenant=self.tenant, actor=self.actor, key=key)
         except ValidationError as exc:
-            messages.error(request, _errors(exc))
+            messages.error(request, error_text(exc))
         else:
             messages.success(request, f"Key {key.kid} signs from now on.")
         return redirect("bundles:signing_keys", tenant_slug)
@@ -379,7 +375,7 @@ class SigningKeyRevokeView(TenantPageView):
         try:
             key = services.signing_key_revoke(tenant=self.tenant, actor=self.actor, key=key)
         except ValidationError as exc:
-            messages.error(request, _errors(exc))
+            messages.error(request, error_text(exc))
         else:
             messages.success(request, f"Revoked key {key.kid}.")
         return redirect("bundles:signing_keys", tenant_slug)
@@ -414,7 +410,7 @@ class BundlePublishView(TenantPageView):
             bundle = publish.bundle_publish(tenant=self.tenant, trigger="manual",
                                             actor=self.actor)
         except (ValidationError, KeyUnavailable) as exc:
-            text = _errors(exc) if isinstance(exc, ValidationError) else str(exc)
+            text = error_text(exc) if isinstance(exc, ValidationError) else str(exc)
             publish.bundle_publish_failed(tenant=self.tenant, error=text)
             messages.error(request, f"Nothing was published: {text}")
         else:
