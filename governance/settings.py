@@ -169,6 +169,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "governance.bundles.tasks.sweep",
         "schedule": timedelta(seconds=30),
     },
+    # Access requests nobody decided by their deadline are expired by the system actor.
+    "expire-access-requests": {
+        "task": "approvals.tasks.expire_requests",
+        "schedule": timedelta(minutes=1),
+    },
 }
 
 # --- Registry: tool sync ----------------------------------------------------------------------

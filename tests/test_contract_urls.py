@@ -286,10 +286,16 @@ def test_every_tenant_model_is_covered_by_the_contract():
     """A new tenant-owned model must be reachable by the checks above, or say why not."""
     from django.apps import apps
 
+    from approvals.models import AccessRequest, ApprovalDecision, ApprovalPolicy, ApprovalStage
     from governance.tenancy.models import TenantScopedModel
 
     # Each entry is a promise: remove it when the model's URLs land.
-    not_exposed: dict[type, str] = {}
+    not_exposed: dict[type, str] = {
+        ApprovalPolicy: "issue 5: services only so far; pages and API come next",
+        ApprovalStage: "issue 5: part of a policy",
+        AccessRequest: "issue 5: services only so far; inbox and API come next",
+        ApprovalDecision: "issue 5: part of a request",
+    }
     covered = set(KWARG_MODELS.values()) | {
         getattr(r.view_class, "model", None) for r in TENANT_ROUTES
     }

@@ -41,7 +41,9 @@ class EnforceSameTenant(migrations.operations.base.Operation):
 
     def _tables(self, app_label, state):
         source = state.apps.get_model(app_label, self.model)
-        target = state.apps.get_model(app_label, self.target)
+        # ``target`` may name another app's model as "app_label.model".
+        target_app, _, target_model = self.target.rpartition(".")
+        target = state.apps.get_model(target_app or app_label, target_model)
         column = source._meta.get_field(self.field).column
         return source._meta.db_table, column, target._meta.db_table
 
