@@ -12,7 +12,7 @@ from django.db import transaction
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers, status
+from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, UnsupportedMediaType, ValidationError
 from rest_framework.parsers import JSONParser, MultiPartParser
@@ -44,46 +44,10 @@ WRITE = error_responses(400, 403)
 NO_CONTENT = {204: OpenApiResponse(description="Done.")} | WRITE
 
 
-class RegistryViewSet(TenantViewSet):
-    """Helpers shared by the registry viewsets (parsing, pagination)."""
-
-    def parse(self, serializer_class: type[serializers.Serializer], data=None,
-              partial: bool = False) -> dict:
-        """Validated body (or ``data``); references resolve inside the URL's tenant only."""
-        body = data is None
-        serializer = serializer_class(
-            data=self.request.data if body else data,
-            partial=partial,
-            context={"tenant": self.tenancy.tenant, "request": self.request},
-        )
-        serializer.is_valid(raise_exception=True)
-        if body and isinstance(self.request.data, dict):
-            # A field the endpoint ignores (say a server's status in a PATCH) would look like
-            # it had been changed: refuse it instead.
-            unknown = sorted(set(self.request.data) - set(serializer.fields))
-            if unknown:
-                raise ValidationError({
-                    name: [f"Unknown field; this takes {', '.join(serializer.fields)}."]
-                    for name in unknown
-                })
-        return dict(serializer.validated_data)
-
-    def filters(self, filter_class: type[serializers.Serializer]) -> dict:
-        return self.parse(filter_class, data=self.request.query_params)
-
-    def page(self, queryset, out_class: type[serializers.Serializer]) -> Response:
-        rows = self.paginate_queryset(queryset)
-        return self.get_paginated_response(out_class(rows, many=True).data)
-
-    def service_kwargs(self) -> dict:
-        """What every registry service takes first: the tenant and who acts (for the audit)."""
-        return {"tenant": self.tenancy.tenant, "actor": self.tenancy.actor}
-
-
 # --- Servers -----------------------------------------------------------------------------------
 
 
-class ServerViewSet(RegistryViewSet):
+class ServerViewSet(TenantViewSet):
     """MCP servers: register (or import a server.json), describe, move along the lifecycle,
     retire, and queue a tool sync."""
 
@@ -202,7 +166,7 @@ class ServerViewSet(RegistryViewSet):
 # --- Sync runs ---------------------------------------------------------------------------------
 
 
-class SyncViewSet(RegistryViewSet):
+class SyncViewSet(TenantViewSet):
     """Tool sync runs (queued → running → succeeded | failed), newest first: poll for
     progress."""
 
@@ -224,7 +188,7 @@ class SyncViewSet(RegistryViewSet):
 # --- Tools -------------------------------------------------------------------------------------
 
 
-class ToolViewSet(RegistryViewSet):
+class ToolViewSet(TenantViewSet):
     """Tools found by syncs, pinned to the definition someone approved."""
 
     model = Tool
@@ -265,7 +229,7 @@ class ToolViewSet(RegistryViewSet):
 # --- Scopes ------------------------------------------------------------------------------------
 
 
-class ScopeViewSet(RegistryViewSet):
+class ScopeViewSet(TenantViewSet):
     """Tool scopes: named sets of tools (across servers) that grants are made of."""
 
     model = ToolScope
@@ -320,7 +284,7 @@ class ScopeViewSet(RegistryViewSet):
 # --- Agents and their principals -----------------------------------------------------------------
 
 
-class AgentViewSet(RegistryViewSet):
+class AgentViewSet(TenantViewSet):
     """Agents. Developers register their own and manage only those; admins manage all.
     There is no delete: suspension is how an agent is retired."""
 
@@ -397,7 +361,7 @@ class AgentViewSet(RegistryViewSet):
         return Response(self.out(agent))
 
 
-class PrincipalViewSet(RegistryViewSet):
+class PrincipalViewSet(TenantViewSet):
     """(issuer, subject) pairs by which gateways recognise agents; changed by the agent's owner
     or an admin."""
 
@@ -434,7 +398,7 @@ class PrincipalViewSet(RegistryViewSet):
 # --- Grants ------------------------------------------------------------------------------------
 
 
-class GrantViewSet(RegistryViewSet):
+class GrantViewSet(TenantViewSet):
     """Grants of a scope to an agent, with limits, argument constraints, approval and expiry."""
 
     model = Grant

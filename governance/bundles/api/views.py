@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers, status
+from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.request import Request
@@ -45,39 +45,10 @@ class KeyUnavailableError(APIException):
     default_detail = "No usable signing key."
 
 
-class BundlesViewSet(TenantViewSet):
-    """Helpers shared by the bundles viewsets (parsing, pagination)."""
-
-    def parse(self, serializer_class: type[serializers.Serializer], data=None,
-              partial: bool = False) -> dict:
-        """Validated body (or ``data``); a field the endpoint does not take is refused."""
-        body = data is None
-        serializer = serializer_class(data=self.request.data if body else data, partial=partial)
-        serializer.is_valid(raise_exception=True)
-        if body and isinstance(self.request.data, dict):
-            unknown = sorted(set(self.request.data) - set(serializer.fields))
-            if unknown:
-                raise ValidationError({
-                    name: [f"Unknown field; this takes {', '.join(serializer.fields)}."]
-                    for name in unknown
-                })
-        return dict(serializer.validated_data)
-
-    def filters(self, filter_class: type[serializers.Serializer]) -> dict:
-        return self.parse(filter_class, data=self.request.query_params)
-
-    def page(self, rows, out_class: type[serializers.Serializer], **context) -> Response:
-        rows = self.paginate_queryset(rows)
-        return self.get_paginated_response(out_class(rows, many=True, context=context).data)
-
-    def service_kwargs(self) -> dict:
-        return {"tenant": self.tenancy.tenant, "actor": self.tenancy.actor}
-
-
 # --- Gateways --------------------------------------------------------------------------------
 
 
-class GatewayViewSet(BundlesViewSet):
+class GatewayViewSet(TenantViewSet):
     """The gateway fleet: register, describe, disable or enable; with each gateway's last
     contact, running revision, lag and staleness."""
 
@@ -141,7 +112,7 @@ class GatewayViewSet(BundlesViewSet):
 # --- Gateway tokens --------------------------------------------------------------------------
 
 
-class GatewayTokenViewSet(BundlesViewSet):
+class GatewayTokenViewSet(TenantViewSet):
     """Bearer tokens of gateways (256 random bits, stored as SHA-256): the plaintext is in the
     creating answer only."""
 
@@ -204,7 +175,7 @@ class GatewayTokenViewSet(BundlesViewSet):
 # --- Signing keys ----------------------------------------------------------------------------
 
 
-class SigningKeyViewSet(BundlesViewSet):
+class SigningKeyViewSet(TenantViewSet):
     """The ES256 keys that sign the tenant's bundles: rotate (scheduled or immediate), activate
     a pending key early, revoke a retired or pending one."""
 
@@ -254,7 +225,7 @@ class SigningKeyViewSet(BundlesViewSet):
 # --- Bundles ---------------------------------------------------------------------------------
 
 
-class BundleViewSet(BundlesViewSet):
+class BundleViewSet(TenantViewSet):
     """Published revisions, newest first: download one, compare two, or publish now."""
 
     model = Bundle

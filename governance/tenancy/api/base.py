@@ -8,8 +8,10 @@ capability of the action is required (→ 403). Querysets are always scoped to t
 from __future__ import annotations
 
 from django.db import models
-from rest_framework import viewsets
+from rest_framework import serializers, viewsets
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from governance.tenancy.access import TenantContext, resolve_for_token, resolve_for_user
@@ -55,3 +57,35 @@ class TenantViewSet(TenantAPIMixin, viewsets.GenericViewSet):
     def scope_queryset(self, queryset: models.QuerySet) -> models.QuerySet:
         """Narrow further (e.g. to the caller's own rows); the tenant filter is already on."""
         return queryset
+
+    def parse(self, serializer_class: type[serializers.Serializer], data=None,
+              partial: bool = False) -> dict:
+        """Validated body (or ``data``); references resolve inside the URL's tenant only."""
+        body = data is None
+        serializer = serializer_class(
+            data=self.request.data if body else data,
+            partial=partial,
+            context={"tenant": self.tenancy.tenant, "request": self.request},
+        )
+        serializer.is_valid(raise_exception=True)
+        if body and isinstance(self.request.data, dict):
+            # A field the endpoint ignores (say a server's status in a PATCH) would look like
+            # it had been changed: refuse it instead.
+            unknown = sorted(set(self.request.data) - set(serializer.fields))
+            if unknown:
+                raise ValidationError({
+                    name: [f"Unknown field; this takes {', '.join(serializer.fields)}."]
+                    for name in unknown
+                })
+        return dict(serializer.validated_data)
+
+    def filters(self, filter_class: type[serializers.Serializer]) -> dict:
+        return self.parse(filter_class, data=self.request.query_params)
+
+    def page(self, rows, out_class: type[serializers.Serializer], **context) -> Response:
+        rows = self.paginate_queryset(rows)
+        return self.get_paginated_response(out_class(rows, many=True, context=context).data)
+
+    def service_kwargs(self) -> dict:
+        """What every service takes first: the tenant and who acts (for the audit)."""
+        return {"tenant": self.tenancy.tenant, "actor": self.tenancy.actor}
