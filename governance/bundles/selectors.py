@@ -42,13 +42,14 @@ def publish_state(tenant: Tenant) -> PublishState | None:
     return PublishState.objects.filter(tenant=tenant).select_related("current").first()
 
 
-def fleet(tenant: Tenant, *, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Every gateway with its freshness: last contact (poll or report), revision, lag, stale."""
+def fleet(tenant: Tenant, *, now: datetime | None = None,
+          only: Gateway | None = None) -> list[dict[str, Any]]:
+    """Every gateway (or ``only`` that one) with its freshness: last contact (poll or report),
+    revision, lag, stale."""
     now = now or timezone.now()
     state = publish_state(tenant)
     newest = state.last_revision if state and state.current_id else None
-    rows = list(gateways(tenant))
-    contacts = {}
+    rows = [only] if only is not None else list(gateways(tenant))
     try:
         contacts = hot.contact_times([g.pk for g in rows])
     except Exception:  # the hot store is down: the database's copy is at most a minute old
@@ -122,3 +123,8 @@ def triggers(tenant: Tenant, bundles: list[Bundle]) -> dict[int, dict[str, Any]]
         mine = [label for seq, label in events if start < seq <= end]
         result[pk] = {"changes": len(mine), "actors": sorted(set(mine))}
     return result
+
+
+def fleet_row(tenant: Tenant, gateway: Gateway) -> dict[str, Any]:
+    """The fleet view of one gateway."""
+    return fleet(tenant, only=gateway)[0]

@@ -90,7 +90,7 @@ class GatewayCreateView(TenantPageView):
 def _gateway_page(request: HttpRequest, gateway: Gateway, token_form: GatewayTokenForm | None
                   = None, status: int = 200) -> HttpResponse:
     ctx = request.tenancy
-    row = next(r for r in selectors.fleet(ctx.tenant) if r["gateway"].pk == gateway.pk)
+    row = selectors.fleet_row(ctx.tenant, gateway)
     revealed = request.session.pop(NEW_TOKEN_SESSION_KEY, None)
     new_token = None
     if revealed and revealed.get("tenant") == ctx.tenant.pk and revealed.get(

@@ -62,9 +62,7 @@ class GatewayViewSet(TenantViewSet):
     }
 
     def out(self, gateway: Gateway) -> dict:
-        row = next(r for r in selectors.fleet(self.tenancy.tenant)
-                   if r["gateway"].pk == gateway.pk)
-        return s.GatewayDetailOut(row).data
+        return s.GatewayDetailOut(selectors.fleet_row(self.tenancy.tenant, gateway)).data
 
     @extend_schema(responses={200: s.GatewayOut(many=True), **READ})
     def list(self, request: Request, tenant_slug: str) -> Response:
