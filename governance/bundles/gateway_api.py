@@ -1,9 +1,9 @@
 """The gateway-facing API (DESIGN.md §5): ``/api/v1/gateway/…``, for machines, not people.
 
 Plain async Django views rather than DRF: the bundle poll is the hottest path of the product and
-must not hop to a thread. Its cost on the hot path is two Redis round trips (token + current
-pointer in one MGET; the rate counter and contact time in one pipeline) and no SQL: a token or
-pointer missing from the hot store is looked up once in the database and cached (see ``hot``).
+must not hop to a thread. Its cost on the hot path is one Redis round trip (``hot.alookup``: the
+token entry, the current pointer, the rate counter and contact times in one script) and no SQL:
+a token or pointer missing from the hot store is looked up once in the database and cached.
 
 Errors are JSON ``{"code", "message"}``: 401 no/unknown/revoked token (with
 ``WWW-Authenticate: Bearer``), 404 a tenant that is not the token's, 400 malformed input, 413 a

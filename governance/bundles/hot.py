@@ -3,7 +3,7 @@ per-gateway rate counters and contact times, and the announcement channel that w
 
 With ``REDIS_URL`` everything lives in Redis, reached directly (a sync client for services and
 workers, an asyncio client per event loop for the async views, pub/sub for announcements), so a
-poll costs two Redis round trips and no thread hop. Without it (the embedded default) Django's
+poll costs one Redis round trip and no thread hop. Without it (the embedded default) Django's
 cache stands in (the database cache, reached on the request's own thread and connection) and
 long polls re-check once a second instead of being woken.
 
