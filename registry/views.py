@@ -232,7 +232,7 @@ class ServerTransitionView(TenantPageView):
                                         "activate it again.",
             McpServer.Status.ACTIVE: "Its approved tools enter the policy bundles.",
         }[status]
-        return render(request, "registry/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"{verb} {server.name}?", "body": body, "action": f"{verb} server",
             "hidden": {"status": status},
             "cancel_url": reverse("registry:server", args=[tenant_slug, server.pk]),
@@ -395,7 +395,7 @@ class ToolBlockView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant_slug: str, tool_id: int) -> HttpResponse:
         tool = access_tool(self.tenancy, tool_id, write=True)
-        return render(request, "registry/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"Block {tool.name}?",
             "body": f"Calls to {tool.server.name}/{tool.name} are denied by every gateway from "
                     "the next policy bundle on, until someone approves the tool again.",
@@ -516,7 +516,7 @@ class ScopeDeleteView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant_slug: str, scope_id: int) -> HttpResponse:
         scope = access_scope(self.tenancy, scope_id, write=True)
-        return render(request, "registry/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"Delete scope {scope.name}?",
             "body": "The scope and its list of tools are deleted (the tools stay). A scope that "
                     "was ever granted is kept for the record instead.",
@@ -695,7 +695,7 @@ class PrincipalRemoveView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant_slug: str, principal_id: int) -> HttpResponse:
         principal = access_principal(self.tenancy, principal_id, write=True)
-        return render(request, "registry/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"Remove principal {principal.subject!r}?",
             "body": f"Gateways stop recognising {principal.agent.name} as {principal.subject!r} "
                     f"from {principal.issuer!r} with the next policy bundle: its calls with that "
@@ -835,7 +835,7 @@ class GrantRevokeView(TenantPageView):
     capability = Cap.MANAGE_REGISTRY
 
     def render_confirm(self, request, grant, form, status=200):
-        return render(request, "registry/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"Revoke {grant.scope.name} from {grant.agent.name}?",
             "body": "Gateways deny the agent's calls under this grant from the next policy "
                     "bundle on. A revoked grant cannot be restored; you would create a new one.",

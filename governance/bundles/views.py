@@ -169,7 +169,7 @@ class GatewayStatusView(TenantPageView):
         if status not in GATEWAY_STATES:
             raise Http404("No such status")
         verb, body = GATEWAY_STATES[status]
-        return render(request, "bundles/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"{verb} gateway {gateway.name}?", "body": body,
             "action": f"{verb} gateway", "hidden": {"status": status},
             "danger": status == Gateway.Status.DISABLED,
@@ -228,7 +228,7 @@ class GatewayTokenRevokeView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant_slug: str, gateway_token_id: int) -> HttpResponse:
         token = access_gateway_token(self.tenancy, gateway_token_id, write=True)
-        return render(request, "bundles/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"Revoke token {token.name!r} ({token.prefix}…) of {token.gateway.name}?",
             "body": "The gateway using it gets 401 from its next request and keeps enforcing "
                     "its last good bundle until it has a new token. This cannot be undone.",
@@ -300,7 +300,7 @@ class SigningKeyRotateView(TenantPageView):
                 "action": "Rotate", "danger": False, "hidden": {"immediate": "0"},
             }
         context["cancel_url"] = reverse("bundles:signing_keys", args=[slug])
-        return render(request, "bundles/confirm.html", context, status=status)
+        return render(request, "confirm.html", context, status=status)
 
     def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
         return self.render_confirm(request, immediate=request.GET.get("immediate") == "1")
@@ -333,7 +333,7 @@ class SigningKeyActivateView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant_slug: str, key_id: int) -> HttpResponse:
         key = access_signing_key(self.tenancy, key_id, write=True)
-        return render(request, "bundles/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"Activate key {key.kid} now?",
             "body": "It signs the next bundle at once and the current key is retired. Gateways "
                     "that have not fetched it yet reject new bundles until they refresh their "
@@ -365,7 +365,7 @@ class SigningKeyRevokeView(TenantPageView):
                 "The key leaves the published keys: gateways then reject every bundle it "
                 "signed, so make sure they run a bundle signed by the active key. This cannot "
                 "be undone.")
-        return render(request, "bundles/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"Revoke key {key.kid}?", "body": body, "action": "Revoke key",
             "danger": True, "cancel_url": reverse("bundles:signing_keys", args=[tenant_slug]),
         })

@@ -147,7 +147,7 @@ class MemberRemoveView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant_slug: str, membership_id: int) -> HttpResponse:
         membership = access_membership(self.tenancy, membership_id)
-        return render(request, "tenancy/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"Remove {membership.user.get_username()}?",
             "body": "They lose access to this tenant now and their personal API tokens here are "
                     "revoked. If an IdP group maps them to a role, their next sign-in adds "
@@ -229,7 +229,7 @@ class GroupMappingDeleteView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant_slug: str, mapping_id: int) -> HttpResponse:
         mapping = access_group_mapping(self.tenancy, mapping_id)
-        return render(request, "tenancy/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"Delete the mapping of group {mapping.group!r}?",
             "body": f"Members who hold the {mapping.role} role only through this group lose it "
                     "at their next sign-in.",
@@ -308,7 +308,7 @@ class TokenRevokeView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant_slug: str, token_id: int) -> HttpResponse:
         token = access_api_token(self.tenancy, token_id)
-        return render(request, "tenancy/confirm.html", {
+        return render(request, "confirm.html", {
             "title": f"Revoke token {token.name!r} ({token.prefix}…)?",
             "body": "Anything using it gets 401 from its next request. This cannot be undone.",
             "action": "Revoke token",
