@@ -36,6 +36,38 @@ def small_registry(tenant, owner=None) -> dict:
     return {"server": server, "tools": tools, "scope": scope, "agent": agent, "grant": grant}
 
 
+def decision_world(tenant, owner=None) -> dict:
+    """payroll (active): read, pay (approved), export (approved, then drifted: quarantined),
+    wipe (blocked), draft (pending); scope payroll with all of them; agents bot (active) and
+    old (suspended, with a grant)."""
+    server = registry.server_create(tenant=tenant, actor=SYSTEM, name="payroll",
+                                    transport="streamable-http", url="https://p.example/mcp")
+    registry.server_transition(tenant=tenant, actor=SYSTEM, server=server, status="active")
+    defs = [Def("read"), Def("pay"), Def("export"), Def("wipe"), Def("draft")]
+    registry.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server,
+                                    definitions=[(d, def_sha(d)) for d in defs])
+    tools = {t.name: t for t in Tool.objects.filter(server=server)}
+    for name in ("read", "pay", "export"):
+        registry.tool_approve(tenant=tenant, actor=SYSTEM, tool=tools[name])
+    registry.tool_block(tenant=tenant, actor=SYSTEM, tool=tools["wipe"])
+    drifted = Def("export", description="exports everything, anywhere")
+    listed = [*defs[:2], drifted, *defs[3:]]
+    registry.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server,
+                                    definitions=[(d, def_sha(d)) for d in listed])
+    scope = registry.scope_create(tenant=tenant, actor=SYSTEM, name="payroll",
+                                  tools=tools.values())
+    bot = registry.agent_create(tenant=tenant, actor=SYSTEM, name="bot", owner=owner)
+    registry.agent_principal_add(tenant=tenant, actor=SYSTEM, agent=bot, issuer=IDP,
+                                 subject="bot")
+    old = registry.agent_create(tenant=tenant, actor=SYSTEM, name="old", owner=None)
+    registry.agent_principal_add(tenant=tenant, actor=SYSTEM, agent=old, issuer=IDP,
+                                 subject="old")
+    registry.grant_create(tenant=tenant, actor=SYSTEM, agent=old, scope=scope)
+    registry.agent_transition(tenant=tenant, actor=SYSTEM, agent=old, status="suspended")
+    return {"tenant": tenant, "server": server, "scope": scope, "bot": bot, "tools": tools,
+            "pinned": {d.name: def_sha(d) for d in defs}}
+
+
 def payroll_world(tenant, owner=None) -> dict:
     """payroll (active) with an approved tool pay and a pending refund, both in scope
     payroll:write, granted to agent bot (10 calls/minute)."""

@@ -144,6 +144,18 @@ def token_for():
 
 
 @pytest.fixture
+def as_user(api, token_for, tenant_a):
+    """``as_user(user)`` → API client with a personal token of that user in tenant A."""
+    return lambda user: api(token_for(user, tenant_a))
+
+
+@pytest.fixture
+def admin(as_user, alice):
+    """An API client acting as alice, tenant A's admin."""
+    return as_user(alice)
+
+
+@pytest.fixture
 def postgres_only(db):
     """Skip where behaviour can only be proven on PostgreSQL (CI always runs it there)."""
     if connection.vendor != "postgresql":

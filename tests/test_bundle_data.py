@@ -15,6 +15,7 @@ from governance.audit.services import Actor
 from governance.bundles.compiler import canonical_json, compile_data
 from registry import services
 from registry.models import Tool
+from tests.bundle_support import decision_world
 from tests.factories import Def, def_sha
 
 SYSTEM = Actor.system("test")
@@ -27,34 +28,7 @@ NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 
 @pytest.fixture
 def world(tenant_a, dave):
-    """payroll (active): read, pay (approved), export (quarantined), wipe (blocked), draft
-    (pending); scope payroll with all of them; agents bot (active) and old (suspended)."""
-    server = services.server_create(tenant=tenant_a, actor=SYSTEM, name="payroll",
-                                    transport="streamable-http", url="https://p.example/mcp")
-    services.server_transition(tenant=tenant_a, actor=SYSTEM, server=server, status="active")
-    defs = [Def("read"), Def("pay"), Def("export"), Def("wipe"), Def("draft")]
-    services.tools_record_discovery(tenant=tenant_a, actor=SYSTEM, server=server,
-                                    definitions=[(d, def_sha(d)) for d in defs])
-    tools = {t.name: t for t in Tool.objects.filter(server=server)}
-    for name in ("read", "pay", "export"):
-        services.tool_approve(tenant=tenant_a, actor=SYSTEM, tool=tools[name])
-    services.tool_block(tenant=tenant_a, actor=SYSTEM, tool=tools["wipe"])
-    drifted = Def("export", description="exports everything, anywhere")
-    listed = [*defs[:2], drifted, *defs[3:]]
-    services.tools_record_discovery(tenant=tenant_a, actor=SYSTEM, server=server,
-                                    definitions=[(d, def_sha(d)) for d in listed])
-    scope = services.scope_create(tenant=tenant_a, actor=SYSTEM, name="payroll",
-                                  tools=tools.values())
-    bot = services.agent_create(tenant=tenant_a, actor=SYSTEM, name="bot", owner=dave)
-    services.agent_principal_add(tenant=tenant_a, actor=SYSTEM, agent=bot, issuer=IDP,
-                                 subject="bot")
-    old = services.agent_create(tenant=tenant_a, actor=SYSTEM, name="old", owner=None)
-    services.agent_principal_add(tenant=tenant_a, actor=SYSTEM, agent=old, issuer=IDP,
-                                 subject="old")
-    services.grant_create(tenant=tenant_a, actor=SYSTEM, agent=old, scope=scope)
-    services.agent_transition(tenant=tenant_a, actor=SYSTEM, agent=old, status="suspended")
-    return {"tenant": tenant_a, "server": server, "scope": scope, "bot": bot, "tools": tools,
-            "pinned": {d.name: def_sha(d) for d in defs}}
+    return decision_world(tenant_a, owner=dave)
 
 
 def _grant(world, **terms):

@@ -29,16 +29,6 @@ API = "/api/v1/t/alpha"
 
 
 @pytest.fixture
-def as_user(api, token_for, tenant_a):
-    return lambda user: api(token_for(user, tenant_a))
-
-
-@pytest.fixture
-def admin(as_user, alice):
-    return as_user(alice)
-
-
-@pytest.fixture
 def gateway(tenant_a):
     return services.gateway_create(tenant=tenant_a, actor=SYSTEM, name="edge-eu",
                                    labels={"env": "prod"})

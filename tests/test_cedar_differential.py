@@ -31,8 +31,7 @@ from governance.bundles.cedar import (
 )
 from governance.bundles.compiler import canonical_json, compile_data
 from registry import services
-from registry.models import Tool
-from tests.factories import Def, def_sha
+from tests.bundle_support import decision_world
 
 SEED = 20261125
 DOCUMENTS = 300
@@ -391,26 +390,8 @@ SYSTEM = Actor.system("test")
 
 @pytest.mark.django_db
 def test_cedar_agrees_on_a_bundle_built_from_the_registry(tenant_a, dave):
-    server = services.server_create(tenant=tenant_a, actor=SYSTEM, name="payroll",
-                                    transport="streamable-http", url="https://p.example/mcp")
-    services.server_transition(tenant=tenant_a, actor=SYSTEM, server=server, status="active")
-    defs = [Def("read"), Def("pay"), Def("export"), Def("wipe"), Def("draft")]
-    services.tools_record_discovery(tenant=tenant_a, actor=SYSTEM, server=server,
-                                    definitions=[(d, def_sha(d)) for d in defs])
-    tools = {t.name: t for t in Tool.objects.filter(server=server)}
-    for name in ("read", "pay"):
-        services.tool_approve(tenant=tenant_a, actor=SYSTEM, tool=tools[name])
-    services.tool_block(tenant=tenant_a, actor=SYSTEM, tool=tools["wipe"])
-    scope = services.scope_create(tenant=tenant_a, actor=SYSTEM, name="payroll",
-                                  tools=tools.values())
-    bot = services.agent_create(tenant=tenant_a, actor=SYSTEM, name="bot", owner=dave)
-    services.agent_principal_add(tenant=tenant_a, actor=SYSTEM, agent=bot, issuer=IDP,
-                                 subject="bot")
-    old = services.agent_create(tenant=tenant_a, actor=SYSTEM, name="old", owner=None)
-    services.agent_principal_add(tenant=tenant_a, actor=SYSTEM, agent=old, issuer=IDP,
-                                 subject="old")
-    services.grant_create(tenant=tenant_a, actor=SYSTEM, agent=old, scope=scope)
-    services.agent_transition(tenant=tenant_a, actor=SYSTEM, agent=old, status="suspended")
+    world = decision_world(tenant_a, owner=dave)
+    bot, scope = world["bot"], world["scope"]
     services.grant_create(
         tenant=tenant_a, actor=SYSTEM, agent=bot, scope=scope,
         window_start=time(8), window_end=time(18), window_days=[0, 1, 2, 3, 4],

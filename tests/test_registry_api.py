@@ -39,17 +39,6 @@ def discover(tenant, server, *names: str, description: str = "does a thing") -> 
 
 
 @pytest.fixture
-def as_user(api, token_for, tenant_a):
-    """``as_user(user)`` → API client with a personal token of that user in tenant A."""
-    return lambda user: api(token_for(user, tenant_a))
-
-
-@pytest.fixture
-def admin(as_user, alice):
-    return as_user(alice)
-
-
-@pytest.fixture
 def server(tenant_a):
     return services.server_create(tenant=tenant_a, actor=SYSTEM, name="payroll",
                                   transport="streamable-http", url="https://payroll.example/mcp")
