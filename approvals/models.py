@@ -1,6 +1,9 @@
-"""Approval policies, access requests and the decisions on them (DESIGN.md §6)."""
+"""Approval policies, access requests, runtime escalations and the decisions on them
+(DESIGN.md §5 escalations, §6)."""
 
 from __future__ import annotations
+
+import uuid
 
 from django.conf import settings
 from django.db import models
@@ -20,6 +23,10 @@ class ApprovalPolicy(TenantScopedModel):
     risk_level = models.CharField(max_length=10, choices=Risk.choices, blank=True)
     # How long a request waits for its decision (not how long the access lasts).
     decision_hours = models.PositiveIntegerField(default=24)
+    # Undecided at the deadline: these approvers get one more period of the same length (any
+    # one of them decides), then the system denies the item (status ``expired``).
+    alternate_roles = models.JSONField(default=list, blank=True)
+    alternate_idp_group = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -50,6 +57,9 @@ class ApprovalStage(TenantScopedModel):
     # Eligible: members with one of these roles, or (if set) members of this IdP group.
     roles = models.JSONField(default=list, blank=True)
     idp_group = models.CharField(max_length=200, blank=True)
+    # …or holders of the ``registry.approve_access`` object permission on the scope or on a
+    # server whose tools it contains.
+    object_permission = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["policy", "position"]
@@ -66,11 +76,15 @@ class ApprovalStage(TenantScopedModel):
         parts = [", ".join(Role(r).label for r in self.roles)] if self.roles else []
         if self.idp_group:
             parts.append(f"IdP group {self.idp_group}")
+        if self.object_permission:
+            parts.append("approvers of the scope or its server")
         return " or ".join(parts) or "nobody"
 
 
-class AccessRequest(TenantScopedModel):
-    """A request for a scope for an agent, decided stage by stage by eligible approvers."""
+class Decidable(TenantScopedModel):
+    """What access requests and escalations share: the policy frozen at creation, the stage
+    being decided, the deadline and the outcome. The decision rules live in one place
+    (``approvals.services``) for both."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -78,6 +92,28 @@ class AccessRequest(TenantScopedModel):
         DENIED = "denied", "Denied"
         EXPIRED = "expired", "Expired"
         CANCELLED = "cancelled", "Cancelled"
+
+    # The policy's stages as they were at creation (a later edit of the policy does not change
+    # the rules of a running item); eligibility is checked at decision time.
+    stages = models.JSONField(default=list)
+    current_stage = models.PositiveIntegerField(default=0)
+    # The policy's alternate approvers ({"roles", "idp_group"}) or None; ``on_alternates`` once
+    # the first deadline passed and the item went to them.
+    alternates = models.JSONField(null=True, blank=True)
+    on_alternates = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    deadline = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+    deny_reason = models.TextField(blank=True)
+    reminded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class AccessRequest(Decidable):
+    """A request for a scope for an agent, decided stage by stage by eligible approvers."""
 
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="access_requests")
     scope = models.ForeignKey(ToolScope, on_delete=models.CASCADE,
@@ -88,15 +124,6 @@ class AccessRequest(TenantScopedModel):
     ticket = models.CharField(max_length=200, blank=True)
     # Access lasts this long from the moment of approval.
     duration_minutes = models.PositiveIntegerField()
-    # The policy's stages as they were when the request was made (a later edit of the policy
-    # does not change the rules of a running request); eligibility is checked at decision time.
-    stages = models.JSONField(default=list)
-    current_stage = models.PositiveIntegerField(default=0)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
-    created_at = models.DateTimeField(default=timezone.now)
-    deadline = models.DateTimeField()
-    decided_at = models.DateTimeField(null=True, blank=True)
-    deny_reason = models.TextField(blank=True)
     grant = models.OneToOneField(Grant, null=True, blank=True, on_delete=models.SET_NULL,
                                  related_name="access_request")
 
@@ -116,15 +143,60 @@ class AccessRequest(TenantScopedModel):
         return f"{self.scope} for {self.agent} ({self.status})"
 
 
+class Escalation(Decidable):
+    """One held tool call waiting for a human (DESIGN.md §5 escalations): created by a gateway,
+    idempotent on (gateway, call_id), decided like an access request, then answered with a
+    short-lived signed receipt that the gateway consumes exactly once."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    gateway = models.ForeignKey("bundles.Gateway", on_delete=models.CASCADE,
+                                related_name="escalations")
+    call_id = models.CharField(max_length=200)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="escalations")
+    # The grant that asked for approval, and its scope (whose policy decides).
+    grant = models.ForeignKey(Grant, null=True, on_delete=models.SET_NULL,
+                              related_name="escalations")
+    scope = models.ForeignKey(ToolScope, on_delete=models.CASCADE, related_name="escalations")
+    server = models.CharField(max_length=200)
+    tool = models.CharField(max_length=200)
+    # What the gateway sent (possibly redacted) and the hash of the real arguments: the receipt
+    # binds the hash, so an approval cannot be spent on other arguments.
+    arguments = models.JSONField(null=True, blank=True)
+    arguments_sha256 = models.CharField(max_length=64)
+    bundle_revision = models.PositiveIntegerField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    consumed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["deadline"]
+        indexes = [models.Index(fields=["tenant", "status", "deadline"]),
+                   models.Index(fields=["agent", "created_at"])]
+        constraints = [
+            models.UniqueConstraint(fields=["gateway", "call_id"],
+                                    name="escalation_once_per_call"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=["pending", "approved", "denied", "expired"]),
+                name="escalation_status_valid"),
+            models.CheckConstraint(condition=models.Q(consumed_at__isnull=True) | models.Q(
+                status="approved"), name="escalation_consumed_only_approved"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent} → {self.server}/{self.tool} ({self.status})"
+
+
 class ApprovalDecision(TenantScopedModel):
-    """One approver's decision at one stage; an approver counts once per stage."""
+    """One approver's decision at one stage of a request or an escalation; an approver counts
+    once per stage."""
 
     class Outcome(models.TextChoices):
         APPROVE = "approve", "Approve"
         DENY = "deny", "Deny"
 
-    request = models.ForeignKey(AccessRequest, on_delete=models.CASCADE,
+    request = models.ForeignKey(AccessRequest, null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="decisions")
+    escalation = models.ForeignKey(Escalation, null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="decisions")
     stage = models.PositiveIntegerField()
     approver = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
                                  related_name="approval_decisions")
@@ -137,6 +209,12 @@ class ApprovalDecision(TenantScopedModel):
         constraints = [
             models.UniqueConstraint(fields=["request", "stage", "approver"],
                                     name="approvaldecision_once_per_stage"),
+            models.UniqueConstraint(fields=["escalation", "stage", "approver"],
+                                    name="approvaldecision_once_per_escalation_stage"),
+            models.CheckConstraint(
+                condition=models.Q(request__isnull=True, escalation__isnull=False)
+                | models.Q(request__isnull=False, escalation__isnull=True),
+                name="approvaldecision_one_subject"),
         ]
 
     def __str__(self) -> str:

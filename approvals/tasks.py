@@ -1,4 +1,5 @@
-"""Thin Celery tasks of the approvals app."""
+"""Thin Celery tasks of the approvals app. Each is idempotent (it acts on what is due under row
+locks), so a worker killed mid-run loses nothing: the message is acknowledged late and redone."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from celery import shared_task
 from approvals import services
 
 
-@shared_task
-def expire_requests() -> int:
-    """Pending access requests past their decision deadline become expired (a denial)."""
-    return services.access_requests_expire_due()
+@shared_task(acks_late=True)
+def expire_requests() -> dict[str, int]:
+    """Requests and escalations past their deadline go to alternates or expire (a denial by
+    the system actor), reminders go out, and grants past their expiry are marked expired."""
+    return {"deadlines": services.deadlines_due(), "reminders": services.reminders_due(),
+            "grants_expired": services.grants_expire_due()}

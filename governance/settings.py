@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "governance.bundles",
     "registry",
     "approvals",
+    "governance.notifications",
 ]
 
 MIDDLEWARE = [
@@ -143,6 +144,12 @@ if not REDIS_URL:
         "processed_folder": str(VAR_DIR / "celery" / "processed"),
         "store_processed": False,
     }
+else:
+    # A task whose worker died (killed, machine lost) is not acknowledged (acks late): Redis
+    # hands it to another worker after this many seconds. Longer than any task's countdown.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=5),
+    }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -169,9 +176,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "governance.bundles.tasks.sweep",
         "schedule": timedelta(seconds=30),
     },
-    # Access requests nobody decided by their deadline are expired by the system actor.
+    # Requests and escalations past their deadline go to alternates or expire (system actor);
+    # reminders go out; expired grants are marked so (and published away).
     "expire-access-requests": {
         "task": "approvals.tasks.expire_requests",
+        "schedule": timedelta(minutes=1),
+    },
+    # Re-sends notification deliveries whose Celery message was lost (broker down, worker gone).
+    "notifications-sweep": {
+        "task": "governance.notifications.tasks.sweep",
         "schedule": timedelta(minutes=1),
     },
 }
@@ -233,6 +246,30 @@ GATEWAY_RATE_LIMIT_PER_MINUTE = env_int("GATEWAY_RATE_LIMIT_PER_MINUTE", 600, mi
 GATEWAY_STALE_SECONDS = env_int("GATEWAY_STALE_SECONDS", 600, minimum=30)
 # Largest request body the gateway API accepts (status reports; 413 beyond).
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+
+# --- Approvals and escalations (DESIGN.md §5, §6) --------------------------------------------
+# Escalations one agent may create per minute; beyond, 429 and one alert per minute (a flood is
+# refused, not queued).
+ESCALATION_RATE_LIMIT_PER_MINUTE = env_int("ESCALATION_RATE_LIMIT_PER_MINUTE", 10, minimum=1)
+# Lifetime of the signed receipt an approved escalation answers with (minted on each read).
+ESCALATION_RECEIPT_SECONDS = env_int("ESCALATION_RECEIPT_SECONDS", 120, minimum=10)
+# Longest an admin's break-glass self-grant may last.
+BREAK_GLASS_MAX_MINUTES = env_int("BREAK_GLASS_MAX_MINUTES", 60, minimum=1)
+
+# --- Notifications (governance/notifications) ------------------------------------------------
+# E-mail channels send through Django's e-mail backend (SMTP unless EMAIL_BACKEND says otherwise).
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Tollgate <tollgate@localhost>")
+# One HTTP attempt of a Slack or webhook delivery gives up after this many seconds.
+NOTIFICATION_HTTP_TIMEOUT = env_int("NOTIFICATION_HTTP_TIMEOUT", 5, minimum=1)
+# A delivery is tried this often (backoff 30 s, 1, 2, 4, 8 min …) before it is marked failed.
+NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 6, minimum=1)
 
 # --- Authentication -------------------------------------------------------------------------
 OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")
@@ -364,6 +401,12 @@ SPECTACULAR_SETTINGS = {
         "GatewayStatusEnum": "governance.bundles.models.Gateway.Status",
         "SigningKeyStateEnum": "governance.bundles.models.SigningKey.State",
         "GatewayTokenStateEnum": "governance.bundles.api.serializers.TOKEN_STATES",
+        # The API token kinds keep their name now that channels have kinds too.
+        "KindEnum": "governance.tenancy.models.ApiToken.Kind",
+        "ChannelKindEnum": "governance.notifications.models.Channel.Kind",
+        "DeliveryStatusEnum": "governance.notifications.models.Delivery.Status",
+        # A member's role and an approval stage's roles are the same choice set.
+        "RoleEnum": "governance.tenancy.roles.Role",
     },
 }
 API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365, minimum=1)

@@ -39,6 +39,8 @@ tenant_api = [
     path("", include("governance.audit.api.urls")),
     path("", include("registry.api.urls")),
     path("", include("governance.bundles.api.urls")),
+    path("", include("approvals.api.urls")),
+    path("", include("governance.notifications.api.urls")),
 ]
 
 tenant_web = [
@@ -46,6 +48,8 @@ tenant_web = [
     path("", include("governance.audit.urls")),
     path("", include("registry.urls")),
     path("", include("governance.bundles.urls")),
+    path("", include("governance.notifications.urls")),
+    path("", include("approvals.urls")),
 ]
 
 urlpatterns = [

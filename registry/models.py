@@ -94,6 +94,8 @@ class McpServer(LifecycleMixin, TenantScopedModel):
                 name="server_remote_has_url",
             ),
         ]
+        # Object permission: may approve access to every scope made of this server's tools.
+        permissions = [("approve_access", "Can approve access to this server's tools")]
 
     def __str__(self) -> str:
         return self.name
@@ -208,6 +210,8 @@ class ToolScope(TenantScopedModel):
         constraints = [
             models.UniqueConstraint(fields=["tenant", "name"], name="scope_unique_name"),
         ]
+        # Object permission: may approve access to this scope (an approval stage can name it).
+        permissions = [("approve_access", "Can approve access to this scope")]
 
     def __str__(self) -> str:
         return self.name
@@ -282,6 +286,7 @@ class Grant(TenantScopedModel):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
         REVOKED = "revoked", "Revoked"
+        EXPIRED = "expired", "Expired"
 
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="grants")
     scope = models.ForeignKey(ToolScope, on_delete=models.PROTECT, related_name="grants")
@@ -306,12 +311,17 @@ class Grant(TenantScopedModel):
     )
     created_at = models.DateTimeField(default=timezone.now)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # An admin's emergency self-grant (approvals.services.break_glass_grant): short, alerted,
+    # flagged here, in the audit trail and in the bundle.
+    break_glass = models.BooleanField(default=False)
+    justification = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(status__in=["active", "revoked"]), name="grant_status_valid"
+                condition=models.Q(status__in=["active", "revoked", "expired"]),
+                name="grant_status_valid",
             ),
             models.CheckConstraint(
                 condition=models.Q(approval_mode__in=["never", "always", "when"]),

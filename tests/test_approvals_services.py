@@ -157,7 +157,8 @@ def test_the_most_specific_policy_applies(tenant_a, world, bob, alice):
     services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, decision_hours=48,
                                   stages=[{"roles": ["admin"]}])
     assert services.policy_for(tenant_a, world["scope"]) == (
-        [{"approvals_required": 1, "roles": ["admin"], "idp_group": ""}], 48)
+        [{"approvals_required": 1, "roles": ["admin"], "idp_group": "",
+          "object_permission": False}], 48)
     services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, risk_level=world[
         "scope"].risk_level, decision_hours=12, stages=[{"roles": ["approver"]}])
     assert services.policy_for(tenant_a, world["scope"])[1] == 12
@@ -207,4 +208,4 @@ def test_the_beat_task_expires_due_requests(tenant_a, world, dave):
 
     request = _request(tenant_a, world, dave)
     AccessRequest.objects.filter(pk=request.pk).update(deadline=timezone.now())
-    assert expire_requests() == 1
+    assert expire_requests() == {"deadlines": 1, "reminders": 0, "grants_expired": 0}

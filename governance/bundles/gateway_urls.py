@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
+from approvals import gateway_api as escalations
 from governance.bundles import gateway_api
 
 app_name = "gateway"
@@ -13,4 +14,8 @@ urlpatterns = [
     path("keys/<slug:slug>", gateway_api.keys, name="keys"),
     path("status", gateway_api.status, name="status"),
     path("status/<slug:slug>", gateway_api.status, name="status_tenant"),
+    path("escalations", escalations.escalations, name="escalations"),
+    path("escalations/<uuid:escalation_id>", escalations.escalation, name="escalation"),
+    path("escalations/<uuid:escalation_id>/consume", escalations.consume,
+         name="escalation_consume"),
 ]

@@ -297,7 +297,8 @@ class Announcements:
                         continue
                     try:
                         body = _loads(message["data"])
-                        slug = body.get("tenant")
+                        # A tenant's bundle/token news, or any other topic (one escalation).
+                        slug = body.get("topic") or body.get("tenant")
                     except (ValueError, AttributeError):
                         continue
                     if slug and body.get("kind") == "bundle" and self.prepare is not None:

@@ -75,3 +75,17 @@ def reencrypt(encrypted: str) -> str:
         raise KeyUnavailable(
             "The bundle signing key cannot be decrypted with BUNDLE_KEY_ENCRYPTION_KEYS."
         ) from None
+
+
+def encrypt_text(plaintext: str) -> str:
+    """Any other secret at rest (e.g. a notification channel's webhook URL), under the same keys."""
+    return _cipher().encrypt(plaintext.encode()).decode()
+
+
+def decrypt_text(token: str) -> str:
+    """The plaintext of :func:`encrypt_text`; KeyUnavailable when no configured key opens it."""
+    try:
+        return _cipher().decrypt(token.encode()).decode()
+    except InvalidToken:
+        raise KeyUnavailable("A stored secret cannot be decrypted with "
+                             "BUNDLE_KEY_ENCRYPTION_KEYS.") from None

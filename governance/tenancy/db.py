@@ -40,8 +40,9 @@ class EnforceSameTenant(migrations.operations.base.Operation):
         return f"Enforce same tenant for {self.model}.{self.field} → {self.target}"
 
     def _tables(self, app_label, state):
-        source = state.apps.get_model(app_label, self.model)
-        # ``target`` may name another app's model as "app_label.model".
+        # ``model`` and ``target`` may name another app's model as "app_label.model".
+        source_app, _, source_model = self.model.rpartition(".")
+        source = state.apps.get_model(source_app or app_label, source_model)
         target_app, _, target_model = self.target.rpartition(".")
         target = state.apps.get_model(target_app or app_label, target_model)
         column = source._meta.get_field(self.field).column

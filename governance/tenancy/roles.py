@@ -41,6 +41,7 @@ class Cap(StrEnum):
     OWN_AGENTS = "agents.own"
     REQUEST_ACCESS = "access.request"
     DECIDE_APPROVALS = "approvals.decide"
+    MANAGE_NOTIFICATIONS = "notifications.manage"
 
 
 _EVERYONE = {Cap.VIEW, Cap.PERSONAL_TOKENS}
@@ -65,6 +66,7 @@ CAPABILITY_LABELS: dict[Cap, str] = {
     Cap.OWN_AGENTS: "Own and manage own agents",
     Cap.REQUEST_ACCESS: "Request tool scopes for agents",
     Cap.DECIDE_APPROVALS: "Decide access requests and escalations",
+    Cap.MANAGE_NOTIFICATIONS: "Manage notification channels and see deliveries",
 }
 
 

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from governance.audit.services import Actor
 from governance.bundles import services
+from governance.notifications.services import channels_reencrypt
 from governance.tenancy.models import Tenant
 
 
@@ -15,7 +16,8 @@ class Command(BaseCommand):
         "Rotate a tenant's bundle signing key: the new key is published (pending) now and "
         "signs after BUNDLE_KEY_PUBLISH_LEAD_SECONDS; --immediate makes it sign at once (use "
         "for a compromised key). --reencrypt re-encrypts every private key under the first "
-        "BUNDLE_KEY_ENCRYPTION_KEYS entry instead."
+        "BUNDLE_KEY_ENCRYPTION_KEYS entry (and the notification channels' URLs and "
+        "secrets) instead."
     )
 
     def add_arguments(self, parser) -> None:
@@ -29,6 +31,9 @@ class Command(BaseCommand):
         if reencrypt:
             count = services.signing_keys_reencrypt()
             self.stdout.write(f"Re-encrypted {count} signing key(s).")
+            count = channels_reencrypt()
+            self.stdout.write(f"Re-encrypted the URLs and secrets of {count} notification "
+                              "channel(s).")
             return
         if not tenant:
             raise CommandError("Name the tenant: rotate_bundle_key <tenant-slug>.")

@@ -1,0 +1,32 @@
+"""Single approvals objects for a caller: 404 outside the tenant, 403 for members who have no
+business with them."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+
+from approvals import selectors
+from approvals.models import AccessRequest, ApprovalPolicy
+from governance.tenancy.access import TenantContext, access_object
+from governance.tenancy.roles import Cap
+
+
+def access_request(ctx: TenantContext, pk) -> AccessRequest:
+    """A request, for its requester, admins, auditors and whoever may decide one of its stages
+    (token callers without a user: admin and auditor tokens only)."""
+    request = access_object(ctx.tenant, AccessRequest, pk)
+    if ctx.user is None:
+        allowed = ctx.can(Cap.MANAGE_REGISTRY) or ctx.can(Cap.VIEW_AUDIT)
+    else:
+        allowed = selectors.may_see_request(ctx.tenant, ctx.user, request, ctx.role)
+    if not allowed:
+        raise PermissionDenied("Only the requester, its approvers, admins and auditors may see "
+                               "this request.")
+    return request
+
+
+def access_policy(ctx: TenantContext, pk, *, write: bool = False) -> ApprovalPolicy:
+    policy = access_object(ctx.tenant, ApprovalPolicy, pk)
+    if write:
+        ctx.require(Cap.MANAGE_REGISTRY)
+    return policy

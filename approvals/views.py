@@ -1,0 +1,335 @@
+"""Approvals web pages: the approver's inbox (inline and bulk decisions), a request with what
+approving it would change, the requester's pages, and the approval policies. Thin: parse the
+form → access helper → service → post/redirect/get (htmx gets the row instead)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from approvals import selectors, services
+from approvals.access import access_policy, access_request
+from approvals.forms import (
+    POLICY_STAGE_ROWS,
+    DecideForm,
+    PolicyForm,
+    RequestFilterForm,
+    RequestForm,
+)
+from approvals.models import AccessRequest
+from governance.tenancy.access import access_object
+from governance.tenancy.forms import add_service_errors
+from governance.tenancy.mixins import TenantPageView
+from governance.tenancy.roles import Cap
+from governance.web import error_text, page_of, query_without_page, vary_on_htmx
+
+
+def _back(request: HttpRequest, default: str) -> HttpResponse:
+    """Redirect to the page the form came from (``next``), if it is one of ours."""
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return redirect(target)
+    return redirect(default)
+
+
+# --- Inbox ----------------------------------------------------------------------------------------
+
+
+class InboxView(TenantPageView):
+    """What waits for the caller's decision, soonest deadline first; htmx polls the list."""
+
+    capability = Cap.DECIDE_APPROVALS
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        items = selectors.inbox_items(self.tenant, request.user)
+        template = "approvals/_inbox.html" if request.htmx else "approvals/inbox.html"
+        return vary_on_htmx(render(request, template, {
+            "items": items,
+            "low_risk": [i for i in items if i.kind == selectors.ACCESS_REQUEST
+                         and selectors.is_low_risk(i.obj)],
+        }))
+
+
+def _request_row(request: HttpRequest, access: AccessRequest, *, message: str = "",
+                 error: str = "", form: DecideForm | None = None) -> HttpResponse:
+    """The inbox row of one request after a decision (htmx), with what happened."""
+    access = selectors.request_list(request.tenancy.tenant).prefetch_related(
+        "scope__tools__server").get(pk=access.pk)
+    open_ = selectors.may_decide_now(request.tenancy.tenant, request.user, access)
+    item = selectors.InboxItem(selectors.ACCESS_REQUEST, access.deadline, access,
+                               selectors.ACCESS_REQUEST_ROW)
+    access.all_data_classes = selectors.data_classes(access)
+    return vary_on_htmx(render(request, selectors.ACCESS_REQUEST_ROW, {
+        "item": item, "row_message": message, "row_error": error, "row_open": open_,
+        "reason_value": form["reason"].value() if form is not None and error else "",
+    }))
+
+
+class RequestDecideView(TenantPageView):
+    """One approver's decision on a request's current stage (the service enforces every rule:
+    not the requester or the agent's owner, eligible now, once per stage, deny with a reason)."""
+
+    capability = Cap.DECIDE_APPROVALS
+
+    def post(self, request: HttpRequest, tenant_slug: str, request_id: int) -> HttpResponse:
+        access = access_object(self.tenant, AccessRequest, request_id)
+        form = DecideForm(request.POST)
+        detail = reverse("approvals:request", args=[tenant_slug, access.pk])
+        if not form.is_valid():
+            text = "Choose approve or deny."
+            if request.htmx:
+                return _request_row(request, access, error=text, form=form)
+            messages.error(request, text)
+            return _back(request, detail)
+        try:
+            outcome = services.access_request_decide(
+                tenant=self.tenant, actor=self.actor, request=access, approver=request.user,
+                outcome=form.cleaned_data["outcome"], reason=form.cleaned_data["reason"])
+        except ValidationError as exc:
+            if request.htmx:
+                return _request_row(request, access, error=error_text(exc), form=form)
+            messages.error(request, error_text(exc))
+            return _back(request, detail)
+        if request.htmx:
+            return _request_row(request, outcome.request, message=outcome.message)
+        (messages.success if outcome.changed else messages.info)(request, outcome.message)
+        return _back(request, detail)
+
+
+class BulkApproveView(TenantPageView):
+    """Approve the ticked low-risk requests, each through the service on its own (one decision
+    and one audit event each); anything else ticked is skipped and said so."""
+
+    capability = Cap.DECIDE_APPROVALS
+
+    def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        approved, skipped, refused = [], [], []
+        for pk in dict.fromkeys(request.POST.getlist("request")):
+            try:
+                access = access_object(self.tenant, AccessRequest, pk)
+            except Http404:  # a stale or foreign id: say so, go on with the others
+                skipped.append(f"#{pk} (not found)")
+                continue
+            label = f"{access.scope.name} for {access.agent.name}"
+            if not selectors.is_low_risk(access):
+                skipped.append(f"{label} (not low risk: decide it on its own)")
+                continue
+            try:
+                outcome = services.access_request_decide(
+                    tenant=self.tenant, actor=self.actor, request=access,
+                    approver=request.user, outcome="approve")
+            except ValidationError as exc:
+                refused.append(f"{label}: {error_text(exc)}")
+            else:
+                (approved if outcome.changed else skipped).append(
+                    label if outcome.changed else f"{label} ({outcome.message})")
+        if not (approved or skipped or refused):
+            messages.info(request, "Nothing was ticked: choose low-risk requests to approve.")
+        if approved:
+            messages.success(request, f"Approved {len(approved)}: {', '.join(approved)}.")
+        if skipped:
+            messages.warning(request, f"Skipped {len(skipped)}: {'; '.join(skipped)}.")
+        if refused:
+            messages.error(request, f"Refused {len(refused)}: {'; '.join(refused)}")
+        return redirect("approvals:inbox", tenant_slug)
+
+
+# --- Requests -----------------------------------------------------------------------------------
+
+
+class RequestDetailView(TenantPageView):
+    """A request: its stages and decisions, what approving it would change in the bundle, the
+    agent's grants today, and the decision or cancel controls that apply to the caller."""
+
+    def get(self, request: HttpRequest, tenant_slug: str, request_id: int) -> HttpResponse:
+        access = access_request(self.tenancy, request_id)
+        pending = access.status == AccessRequest.Status.PENDING
+        may_cancel = pending and (access.requester_id == request.user.pk
+                                  or self.tenancy.can(Cap.MANAGE_REGISTRY))
+        return render(request, "approvals/request.html", {
+            "req": access,
+            "stages": selectors.stage_rows(access),
+            "diff": selectors.bundle_preview(self.tenant, access) if pending else None,
+            "grants": selectors.agent_grants(self.tenant, access.agent),
+            "decide_form": DecideForm() if self.tenancy.can(Cap.DECIDE_APPROVALS)
+            and selectors.may_decide_now(self.tenant, request.user, access) else None,
+            "may_cancel": may_cancel and self.tenancy.can(Cap.REQUEST_ACCESS),
+        })
+
+
+class RequestCancelView(TenantPageView):
+    """Confirm, then withdraw a pending request (its requester or an admin)."""
+
+    capability = Cap.REQUEST_ACCESS
+
+    def get(self, request: HttpRequest, tenant_slug: str, request_id: int) -> HttpResponse:
+        access = access_request(self.tenancy, request_id)
+        return render(request, "confirm.html", {
+            "title": f"Cancel the request for {access.scope.name} for {access.agent.name}?",
+            "body": "Approvers no longer see it and nothing is granted. You can ask again "
+                    "later with a new request.",
+            "action": "Cancel request",
+            "cancel_url": reverse("approvals:request", args=[tenant_slug, access.pk]),
+        })
+
+    def post(self, request: HttpRequest, tenant_slug: str, request_id: int) -> HttpResponse:
+        access = access_request(self.tenancy, request_id)
+        try:
+            outcome = services.access_request_cancel(tenant=self.tenant, actor=self.actor,
+                                                     request=access, by=request.user)
+        except ValidationError as exc:
+            messages.error(request, error_text(exc))
+        else:
+            (messages.success if outcome.changed else messages.info)(request, outcome.message)
+        return redirect("approvals:request", tenant_slug, access.pk)
+
+
+class RequestCreateView(TenantPageView):
+    """Ask for a scope for an agent the caller owns (admins: any agent)."""
+
+    capability = Cap.REQUEST_ACCESS
+
+    def form(self, data=None, initial=None) -> RequestForm:
+        return RequestForm(data, initial=initial, tenant=self.tenant, user=self.request.user,
+                           role=self.tenancy.role)
+
+    def render_form(self, request, form, status=200):
+        return render(request, "approvals/request_form.html", {"form": form}, status=status)
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        initial = {key: request.GET[key] for key in ("agent", "scope") if request.GET.get(key)}
+        return self.render_form(request, self.form(initial=initial))
+
+    def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        form = self.form(request.POST)
+        if form.is_valid():
+            try:
+                access = services.access_request_create(
+                    tenant=self.tenant, actor=self.actor, requester=request.user,
+                    **form.service_values())
+            except ValidationError as exc:
+                add_service_errors(form, exc)
+            else:
+                messages.success(request, f"Requested {access.scope.name} for "
+                                          f"{access.agent.name}; approvers have until "
+                                          f"{access.deadline:%Y-%m-%d %H:%M} UTC to decide.")
+                return redirect("approvals:request", tenant_slug, access.pk)
+        return self.render_form(request, form, status=400)
+
+
+class MyRequestsView(TenantPageView):
+    """The caller's requests, newest first, filtered by status."""
+
+    capability = Cap.REQUEST_ACCESS
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        form = RequestFilterForm(request.GET or None)
+        status = form.cleaned_data.get("status", "") if form.is_valid() else ""
+        return render(request, "approvals/my_requests.html", {
+            "form": form, "status": status,
+            "page": page_of(request, selectors.my_requests(self.tenant, request.user,
+                                                           status=status)),
+            "query": query_without_page(request),
+        })
+
+
+# --- Policies -----------------------------------------------------------------------------------
+
+
+class PolicyListView(TenantPageView):
+    """Who must approve what: the tenant default, per risk level and per scope."""
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        return render(request, "approvals/policies.html", {
+            "policies": selectors.policy_list(self.tenant),
+            "built_in": [{"who": selectors.describe_stage(s), **s}
+                         for s in services.BUILT_IN_STAGES],
+            "built_in_hours": services.BUILT_IN_DECISION_HOURS,
+        })
+
+
+class PolicyFormMixin:
+    def render_form(self, request, form, policy=None, status=200):
+        return render(request, "approvals/policy_form.html", {"form": form, "policy": policy},
+                      status=status)
+
+    def save(self, request, form, policy=None) -> HttpResponse | None:
+        if not form.is_valid():
+            return None
+        try:
+            saved = services.approval_policy_save(tenant=self.tenant, actor=self.actor,
+                                                  **form.service_values())
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+            return None
+        messages.success(request, f"Saved the {saved}.")
+        return redirect("approvals:policies", self.tenant.slug)
+
+
+class PolicyCreateView(PolicyFormMixin, TenantPageView):
+    """A new policy (saving one for a target that has one replaces it)."""
+
+    capability = Cap.MANAGE_REGISTRY
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        return self.render_form(request, PolicyForm(tenant=self.tenant, initial={
+            "applies_to": "default", "stage0_approvals": 1}))
+
+    def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        form = PolicyForm(request.POST, tenant=self.tenant)
+        return self.save(request, form) or self.render_form(request, form, status=400)
+
+
+class PolicyEditView(PolicyFormMixin, TenantPageView):
+    """Change a policy's deadline and stages (running requests keep the stages they had)."""
+
+    capability = Cap.MANAGE_REGISTRY
+
+    @staticmethod
+    def rows(policy) -> int:
+        return max(POLICY_STAGE_ROWS, policy.stages.count())
+
+    def get(self, request: HttpRequest, tenant_slug: str, policy_id: int) -> HttpResponse:
+        policy = access_policy(self.tenancy, policy_id, write=True)
+        form = PolicyForm(tenant=self.tenant, rows=self.rows(policy),
+                          initial=PolicyForm.initial_for(policy))
+        return self.render_form(request, form, policy)
+
+    def post(self, request: HttpRequest, tenant_slug: str, policy_id: int) -> HttpResponse:
+        policy = access_policy(self.tenancy, policy_id, write=True)
+        data = request.POST.copy()
+        # What the policy applies to is fixed once made (a different target is a new policy).
+        data.update(PolicyForm.target_of(policy))
+        form = PolicyForm(data, tenant=self.tenant, rows=self.rows(policy))
+        return self.save(request, form, policy) or self.render_form(request, form, policy,
+                                                                     status=400)
+
+
+class PolicyDeleteView(TenantPageView):
+    """Confirm, then delete a policy (new requests fall back to a less specific one)."""
+
+    capability = Cap.MANAGE_REGISTRY
+
+    def get(self, request: HttpRequest, tenant_slug: str, policy_id: int) -> HttpResponse:
+        policy = access_policy(self.tenancy, policy_id, write=True)
+        return render(request, "confirm.html", {
+            "title": f"Delete the {policy}?",
+            "body": "Requests made from now on follow the next less specific policy (scope → "
+                    "risk level → tenant default → one approver or admin within 24 hours). "
+                    "Pending requests keep the stages they were made with.",
+            "action": "Delete policy",
+            "cancel_url": reverse("approvals:policies", args=[tenant_slug]),
+        })
+
+    def post(self, request: HttpRequest, tenant_slug: str, policy_id: int) -> HttpResponse:
+        policy = access_policy(self.tenancy, policy_id, write=True)
+        label = str(policy)
+        services.approval_policy_delete(tenant=self.tenant, actor=self.actor, policy=policy)
+        messages.success(request, f"Deleted the {label}.")
+        return redirect("approvals:policies", tenant_slug)
