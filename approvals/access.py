@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.core.exceptions import PermissionDenied
 
 from approvals import selectors
-from approvals.models import AccessRequest, ApprovalPolicy
+from approvals.models import AccessRequest, ApprovalPolicy, Escalation
 from governance.tenancy.access import TenantContext, access_object
 from governance.tenancy.roles import Cap
 
@@ -30,3 +30,17 @@ def access_policy(ctx: TenantContext, pk, *, write: bool = False) -> ApprovalPol
     if write:
         ctx.require(Cap.MANAGE_REGISTRY)
     return policy
+
+
+def access_escalations(ctx: TenantContext) -> None:
+    """Held tool calls are for approvers, admins and auditors (the arguments may be
+    sensitive)."""
+    if not (ctx.can(Cap.DECIDE_APPROVALS) or ctx.can(Cap.VIEW_AUDIT)):
+        raise PermissionDenied("Only approvers, admins and auditors may see escalations.")
+
+
+def access_escalation(ctx: TenantContext, pk) -> Escalation:
+    """One held tool call (404 outside the tenant), for approvers, admins and auditors."""
+    escalation = access_object(ctx.tenant, Escalation, pk)
+    access_escalations(ctx)
+    return escalation

@@ -85,6 +85,13 @@ class PolicyForm(forms.Form):
                                         label="Decision deadline (hours)",
                                         help_text="How long a request waits for its decision; "
                                                   "not how long the access lasts.")
+    alternate_roles = forms.MultipleChoiceField(
+        required=False, choices=Role.choices, label="Alternate approvers: roles",
+        widget=forms.CheckboxSelectMultiple,
+        help_text="If undecided at the deadline, these approvers get one more period of the "
+                  "same length (any one of them decides); then the system denies it.")
+    alternate_idp_group = forms.CharField(required=False, max_length=200,
+                                          label="…or alternate IdP group")
 
     def __init__(self, *args, tenant: Tenant, rows: int = POLICY_STAGE_ROWS, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -98,11 +105,15 @@ class PolicyForm(forms.Form):
                 widget=forms.CheckboxSelectMultiple)
             self.fields[f"stage{i}_idp_group"] = forms.CharField(
                 required=False, max_length=200, label="…or IdP group")
+            self.fields[f"stage{i}_object_permission"] = forms.BooleanField(
+                required=False, label="…or holders of the approve permission on the scope or "
+                                      "its server")
 
     def stage_rows(self) -> list[dict[str, Any]]:
         """Bound fields per stage row, for the template."""
         return [{"number": i + 1, "approvals": self[f"stage{i}_approvals"],
-                 "roles": self[f"stage{i}_roles"], "idp_group": self[f"stage{i}_idp_group"]}
+                 "roles": self[f"stage{i}_roles"], "idp_group": self[f"stage{i}_idp_group"],
+                 "object_permission": self[f"stage{i}_object_permission"]}
                 for i in range(self.rows)]
 
     def clean(self) -> dict[str, Any]:
@@ -117,12 +128,13 @@ class PolicyForm(forms.Form):
             roles = data.get(f"stage{i}_roles") or []
             group = (data.get(f"stage{i}_idp_group") or "").strip()
             approvals = data.get(f"stage{i}_approvals")
-            if not roles and not group:
+            holders = bool(data.get(f"stage{i}_object_permission"))
+            if not roles and not group and not holders:
                 if approvals:
                     self.add_error(f"stage{i}_roles", "Choose who may approve at this stage.")
                 continue
             stages.append({"approvals_required": approvals or 1, "roles": list(roles),
-                           "idp_group": group})
+                           "idp_group": group, "object_permission": holders})
         data["stages"] = stages
         return data
 
@@ -131,7 +143,9 @@ class PolicyForm(forms.Form):
         target = data["applies_to"]
         return {"scope": data["scope"] if target == "scope" else None,
                 "risk_level": data["risk_level"] if target == "risk" else "",
-                "decision_hours": data["decision_hours"], "stages": data["stages"]}
+                "decision_hours": data["decision_hours"], "stages": data["stages"],
+                "alternate_roles": list(data.get("alternate_roles") or []),
+                "alternate_idp_group": (data.get("alternate_idp_group") or "").strip()}
 
     @staticmethod
     def target_of(policy: ApprovalPolicy) -> dict[str, Any]:
@@ -145,10 +159,62 @@ class PolicyForm(forms.Form):
     @staticmethod
     def initial_for(policy: ApprovalPolicy) -> dict[str, Any]:
         initial: dict[str, Any] = {**PolicyForm.target_of(policy),
-                                   "decision_hours": policy.decision_hours}
+                                   "decision_hours": policy.decision_hours,
+                                   "alternate_roles": list(policy.alternate_roles),
+                                   "alternate_idp_group": policy.alternate_idp_group}
         for stage in policy.stages.order_by("position"):
             i = stage.position
             initial[f"stage{i}_approvals"] = stage.approvals_required
             initial[f"stage{i}_roles"] = list(stage.roles)
             initial[f"stage{i}_idp_group"] = stage.idp_group
+            initial[f"stage{i}_object_permission"] = stage.object_permission
         return initial
+
+
+class ApproverPermissionForm(forms.Form):
+    """Give a member the approve permission on one scope or one server (exactly one)."""
+
+    member = forms.ModelChoiceField(queryset=None, empty_label="—")
+    scope = forms.ModelChoiceField(queryset=None, required=False, empty_label="—",
+                                   help_text="Approves requests for this scope…")
+    server = forms.ModelChoiceField(queryset=None, required=False, empty_label="—",
+                                    label="…or server",
+                                    help_text="…or for every scope with a tool of this server.")
+
+    def __init__(self, *args, tenant: Tenant, **kwargs) -> None:
+        from governance.tenancy.models import Membership
+        from registry.models import McpServer
+
+        super().__init__(*args, **kwargs)
+        self.fields["member"].queryset = (Membership.objects.for_tenant(tenant)
+                                          .select_related("user").order_by("user__username"))
+        self.fields["member"].label_from_instance = (
+            lambda m: f"{m.user.get_username()} ({m.get_role_display()})")
+        self.fields["scope"].queryset = ToolScope.objects.for_tenant(tenant).order_by("name")
+        self.fields["server"].queryset = McpServer.objects.for_tenant(tenant).order_by("name")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if bool(data.get("scope")) == bool(data.get("server")):
+            raise forms.ValidationError("Choose a scope or a server (one of them).")
+        data["obj"] = data.get("scope") or data.get("server")
+        return data
+
+
+class BreakGlassForm(forms.Form):
+    """An admin's emergency self-grant; the service checks the limits and the justification."""
+
+    agent = forms.ModelChoiceField(queryset=None, empty_label="—")
+    scope = forms.ModelChoiceField(queryset=None, empty_label="—")
+    minutes = forms.IntegerField(label="For (minutes)", initial=30)
+    justification = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                                    help_text="Why this cannot wait for an approval; every "
+                                              "admin reads it.")
+
+    def __init__(self, *args, tenant: Tenant, max_minutes: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].queryset = Agent.objects.for_tenant(tenant).filter(
+            status=Agent.Status.ACTIVE).order_by("name")
+        self.fields["scope"].queryset = ToolScope.objects.for_tenant(tenant).order_by("name")
+        self.fields["minutes"].help_text = f"At most {max_minutes} minutes."
+        self.fields["minutes"].initial = min(30, max_minutes)

@@ -47,6 +47,14 @@ class ApprovalPolicy(TenantScopedModel):
             return f"policy for scope {self.scope}"
         return f"policy for {self.risk_level} risk" if self.risk_level else "tenant default policy"
 
+    def describe_alternates(self) -> str:
+        """Who the alternate approvers are ("" when the policy names none)."""
+        parts = [", ".join(Role(r).label for r in self.alternate_roles)] if (
+            self.alternate_roles) else []
+        if self.alternate_idp_group:
+            parts.append(f"IdP group {self.alternate_idp_group}")
+        return " or ".join(parts)
+
 
 class ApprovalStage(TenantScopedModel):
     """One ordered stage of a policy: ``approvals_required`` distinct eligible approvers."""

@@ -19,7 +19,13 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
-from approvals.models import AccessRequest, ApprovalDecision, ApprovalPolicy, ApprovalStage
+from approvals.models import (
+    AccessRequest,
+    ApprovalDecision,
+    ApprovalPolicy,
+    ApprovalStage,
+    Escalation,
+)
 from approvals.services import ApproverProfile, approver_profile
 from governance.bundles import diff
 from governance.bundles.compiler import compile_data
@@ -128,18 +134,18 @@ def inbox_requests(tenant: Tenant, user: AbstractBaseUser, *,
 
 
 def inbox_items(tenant: Tenant, user: AbstractBaseUser) -> list[InboxItem]:
-    """Everything waiting for ``user``'s decision, soonest deadline first.
-
-    Escalations: add ``InboxItem(kind="escalation", …, template="approvals/_escalation_item
-    .html")`` for each one here (and their number to ``inbox_count``)."""
+    """Everything waiting for ``user``'s decision (access requests and held tool calls),
+    soonest deadline first."""
     profile = approver_profile(tenant, user)
     items = [InboxItem(ACCESS_REQUEST, r.deadline, r, ACCESS_REQUEST_ROW)
              for r in inbox_requests(tenant, user, profile=profile)]
+    items += [InboxItem(ESCALATION, e.deadline, e, ESCALATION_ROW)
+              for e in inbox_escalations(tenant, user, profile=profile)]
     return sorted(items, key=lambda item: (item.deadline, item.key))
 
 
 def inbox_count(tenant: Tenant, user: AbstractBaseUser) -> int:
-    """How many items wait for ``user`` (the navigation's counter): two queries."""
+    """How many items wait for ``user`` (the navigation's counter): three queries."""
     profile = approver_profile(tenant, user)
     if profile.role is None:
         return 0
@@ -150,7 +156,7 @@ def inbox_count(tenant: Tenant, user: AbstractBaseUser) -> int:
         if _admits(tenant, profile, _deciding(stages, current, alternates, on_alternates),
                    scope_id):
             count += 1
-    return count
+    return count + escalations_waiting(tenant, user, profile)
 
 
 def data_classes(request: AccessRequest) -> list[str]:
@@ -306,3 +312,143 @@ def policy_list(tenant: Tenant) -> list[ApprovalPolicy]:
 
     return sorted(policies, key=order)
 
+
+
+# --- Escalations --------------------------------------------------------------------------------
+
+ESCALATION = "escalation"
+ESCALATION_ROW = "approvals/_escalation_item.html"
+
+
+def _decidable_escalations(tenant: Tenant, user: AbstractBaseUser,
+                           now: datetime | None = None) -> QuerySet[Escalation]:
+    """Pending escalations before their deadline that ``user`` is not barred from deciding (the
+    agent's owner, or already decided at the current stage)."""
+    agent_type = ContentType.objects.get_for_model(Agent)
+    object_pk = Cast(OuterRef("agent_id"), CharField())
+    rows = Escalation.objects.for_tenant(tenant).filter(
+        status=Escalation.Status.PENDING, deadline__gt=now or timezone.now(),
+    ).exclude(agent__owner=user)
+    for barred in (
+        Exists(ApprovalDecision.objects.filter(escalation=OuterRef("pk"),
+                                               stage=OuterRef("current_stage"), approver=user)),
+        Exists(UserObjectPermission.objects.filter(
+            user=user, content_type=agent_type, object_pk=object_pk,
+            permission__codename="manage_agent")),
+        Exists(GroupObjectPermission.objects.filter(
+            group__user=user, content_type=agent_type, object_pk=object_pk,
+            permission__codename="manage_agent")),
+    ):
+        rows = rows.exclude(barred)
+    return rows.order_by("deadline", "pk")
+
+
+def inbox_escalations(tenant: Tenant, user: AbstractBaseUser, *,
+                      profile: ApproverProfile | None = None) -> list[Escalation]:
+    """Held tool calls ``user`` may decide now, by deadline."""
+    profile = profile or approver_profile(tenant, user)
+    if profile.role is None:
+        return []
+    rows = _decidable_escalations(tenant, user).select_related(
+        "agent", "agent__owner", "scope", "gateway")
+    eligible = []
+    for escalation in rows:
+        if _admits(tenant, profile, _deciding(escalation.stages, escalation.current_stage,
+                                              escalation.alternates, escalation.on_alternates),
+                   escalation.scope_id):
+            escalation.arguments_complete = arguments_complete(escalation)
+            eligible.append(escalation)
+    return eligible
+
+
+def escalations_waiting(tenant: Tenant, user: AbstractBaseUser,
+                        profile: ApproverProfile) -> int:
+    """How many escalations wait for ``user`` (one query)."""
+    return sum(
+        _admits(tenant, profile, _deciding(stages, current, alternates, on_alternates), scope)
+        for stages, current, alternates, on_alternates, scope in _decidable_escalations(
+            tenant, user).values_list("stages", "current_stage", "alternates", "on_alternates",
+                                      "scope_id"))
+
+
+def arguments_complete(escalation: Escalation) -> bool:
+    """Whether the arguments the gateway sent hash to ``arguments_sha256`` (not redacted)."""
+    from approvals.services import arguments_verified
+
+    return arguments_verified(escalation)
+
+
+def escalation_list(tenant: Tenant, *, status: str = "", agent=None) -> QuerySet[Escalation]:
+    rows = Escalation.objects.for_tenant(tenant).select_related("agent", "scope", "gateway")
+    if status:
+        rows = rows.filter(status=status)
+    if agent is not None:
+        rows = rows.filter(agent=agent)
+    return rows.order_by("-created_at", "pk")
+
+
+def escalation_stage_rows(escalation: Escalation) -> list[dict[str, Any]]:
+    """Each frozen stage of the escalation with its decisions so far."""
+    made = list(escalation.decisions.select_related("approver").order_by("stage", "created_at"))
+    rows = []
+    for position, stage in enumerate(escalation.stages or []):
+        decisions_here = [d for d in made if d.stage == position]
+        if escalation.status == Escalation.Status.APPROVED or position < escalation.current_stage:
+            state = "passed"
+        elif position == escalation.current_stage:
+            state = "deciding" if escalation.status == "pending" else escalation.status
+        else:
+            state = "not reached"
+        rows.append({"number": position + 1, "stage": stage, "who": describe_stage(stage),
+                     "decisions": decisions_here, "state": state,
+                     "approvals": sum(d.outcome == "approve" for d in decisions_here)})
+    return rows
+
+
+def may_decide_escalation(tenant: Tenant, user: AbstractBaseUser,
+                          escalation: Escalation) -> bool:
+    """Whether the decision form is worth showing (the service decides for real)."""
+    if escalation.status != Escalation.Status.PENDING:
+        return False
+    return _decidable_escalations(tenant, user).filter(pk=escalation.pk).exists() and _admits(
+        tenant, approver_profile(tenant, user),
+        _deciding(escalation.stages, escalation.current_stage, escalation.alternates,
+                  escalation.on_alternates), escalation.scope_id)
+
+
+# --- Approver permissions and break-glass (admin pages) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class ApproverHolder:
+    """One person holding ``registry.approve_access`` on one scope or server of the tenant."""
+
+    kind: str  # "scope" or "server"
+    obj: Any
+    user: AbstractBaseUser
+    membership: Any  # None: no longer a member (then not eligible either)
+
+
+def approver_holders(tenant: Tenant) -> list[ApproverHolder]:
+    """Direct holders of the approve permission on the tenant's scopes and servers, by object
+    then username (group-held permissions are managed in the IdP, not here)."""
+    from governance.tenancy.models import Membership
+    from registry.models import McpServer, ToolScope
+
+    members = {m.user_id: m for m in Membership.objects.for_tenant(tenant)}
+    rows = []
+    for kind, model in (("scope", ToolScope), ("server", McpServer)):
+        objects = {str(o.pk): o for o in model.objects.for_tenant(tenant)}
+        perms = UserObjectPermission.objects.filter(
+            content_type=ContentType.objects.get_for_model(model),
+            permission__codename="approve_access", object_pk__in=list(objects),
+        ).select_related("user")
+        rows += [ApproverHolder(kind, objects[p.object_pk], p.user, members.get(p.user_id))
+                 for p in perms]
+    return sorted(rows, key=lambda r: (r.kind, r.obj.name, r.user.get_username()))
+
+
+def break_glass_grants(tenant: Tenant) -> QuerySet[Grant]:
+    """Break-glass grants, newest first, with who made them."""
+    return (Grant.objects.for_tenant(tenant).filter(break_glass=True)
+            .select_related("agent", "scope", "created_by").order_by("-created_at", "-pk"))

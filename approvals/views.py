@@ -4,6 +4,9 @@ form → access helper → service → post/redirect/get (htmx gets the row inst
 
 from __future__ import annotations
 
+import json
+
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
@@ -12,20 +15,29 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from approvals import selectors, services
-from approvals.access import access_policy, access_request
+from approvals.access import (
+    access_escalation,
+    access_escalations,
+    access_policy,
+    access_request,
+)
 from approvals.forms import (
     POLICY_STAGE_ROWS,
+    ApproverPermissionForm,
+    BreakGlassForm,
     DecideForm,
     PolicyForm,
     RequestFilterForm,
     RequestForm,
 )
-from approvals.models import AccessRequest
+from approvals.models import AccessRequest, Escalation
 from governance.tenancy.access import access_object
 from governance.tenancy.forms import add_service_errors
 from governance.tenancy.mixins import TenantPageView
+from governance.tenancy.models import Membership
 from governance.tenancy.roles import Cap
 from governance.web import error_text, page_of, query_without_page, vary_on_htmx
+from registry.models import McpServer, ToolScope
 
 
 def _back(request: HttpRequest, default: str) -> HttpResponse:
@@ -333,3 +345,203 @@ class PolicyDeleteView(TenantPageView):
         services.approval_policy_delete(tenant=self.tenant, actor=self.actor, policy=policy)
         messages.success(request, f"Deleted the {label}.")
         return redirect("approvals:policies", tenant_slug)
+
+
+# --- Escalations (held tool calls) ----------------------------------------------------------------
+
+
+def _escalation_row(request: HttpRequest, escalation: Escalation, *, message: str = "",
+                    error: str = "", form: DecideForm | None = None) -> HttpResponse:
+    """The inbox row of one escalation after a decision (htmx), with what happened."""
+    tenant = request.tenancy.tenant
+    escalation = selectors.escalation_list(tenant).get(pk=escalation.pk)
+    escalation.arguments_complete = selectors.arguments_complete(escalation)
+    item = selectors.InboxItem(selectors.ESCALATION, escalation.deadline, escalation,
+                               selectors.ESCALATION_ROW)
+    return vary_on_htmx(render(request, selectors.ESCALATION_ROW, {
+        "item": item, "row_message": message, "row_error": error,
+        "row_open": selectors.may_decide_escalation(tenant, request.user, escalation),
+        "reason_value": form["reason"].value() if form is not None and error else "",
+    }))
+
+
+class EscalationListView(TenantPageView):
+    """Every held tool call of the tenant, newest first (approvers, admins, auditors)."""
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        access_escalations(self.tenancy)
+        status = request.GET.get("status", "")
+        if status not in Escalation.Status.values:
+            status = ""
+        return render(request, "approvals/escalations.html", {
+            "page": page_of(request, selectors.escalation_list(self.tenant, status=status)),
+            "status": status, "statuses": Escalation.Status.choices,
+            "query": query_without_page(request),
+        })
+
+
+class EscalationDetailView(TenantPageView):
+    """One held call: what the gateway sent (and whether it is the whole of the arguments),
+    the grant that asked for approval, the stages and decisions, the receipt's fate."""
+
+    def get(self, request: HttpRequest, tenant_slug: str, escalation_id) -> HttpResponse:
+        escalation = access_escalation(self.tenancy, escalation_id)
+        escalation = services.escalation_refresh(tenant=self.tenant, escalation=escalation)
+        return render(request, "approvals/escalation.html", {
+            "esc": escalation,
+            "arguments_json": json.dumps(escalation.arguments, indent=2, sort_keys=True,
+                                         ensure_ascii=False)
+            if escalation.arguments is not None else None,
+            "arguments_complete": selectors.arguments_complete(escalation),
+            "stages": selectors.escalation_stage_rows(escalation),
+            "grants": selectors.agent_grants(self.tenant, escalation.agent),
+            "decide_form": DecideForm() if self.tenancy.can(Cap.DECIDE_APPROVALS)
+            and selectors.may_decide_escalation(self.tenant, request.user, escalation) else None,
+        })
+
+
+class EscalationDecideView(TenantPageView):
+    """One approver's decision on a held call (the service enforces every rule)."""
+
+    capability = Cap.DECIDE_APPROVALS
+
+    def post(self, request: HttpRequest, tenant_slug: str, escalation_id) -> HttpResponse:
+        escalation = access_escalation(self.tenancy, escalation_id)
+        form = DecideForm(request.POST)
+        detail = reverse("approvals:escalation", args=[tenant_slug, escalation.pk])
+        if not form.is_valid():
+            text = "Choose approve or deny."
+            if request.htmx:
+                return _escalation_row(request, escalation, error=text, form=form)
+            messages.error(request, text)
+            return _back(request, detail)
+        try:
+            outcome = services.escalation_decide(
+                tenant=self.tenant, actor=self.actor, escalation=escalation,
+                approver=request.user, outcome=form.cleaned_data["outcome"],
+                reason=form.cleaned_data["reason"])
+        except ValidationError as exc:
+            if request.htmx:
+                return _escalation_row(request, escalation, error=error_text(exc), form=form)
+            messages.error(request, error_text(exc))
+            return _back(request, detail)
+        if request.htmx:
+            return _escalation_row(request, outcome.item, message=outcome.message)
+        (messages.success if outcome.changed else messages.info)(request, outcome.message)
+        return _back(request, detail)
+
+
+# --- Approver permissions and break-glass (admins) ---------------------------------------------
+
+
+def _kind_of(obj: ToolScope | McpServer) -> str:
+    return "scope" if isinstance(obj, ToolScope) else "server"
+
+
+class ApproversView(TenantPageView):
+    """Who holds the approve permission on which scope or server (the approvers a stage with
+    "holders of the approve permission" counts), and giving it to a member."""
+
+    capability = Cap.MANAGE_REGISTRY
+
+    def render_page(self, request, form, status=200):
+        return render(request, "approvals/approvers.html", {
+            "form": form, "holders": selectors.approver_holders(self.tenant),
+        }, status=status)
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        initial = {key: request.GET[key] for key in ("scope", "server") if request.GET.get(key)}
+        return self.render_page(request, ApproverPermissionForm(tenant=self.tenant,
+                                                                initial=initial))
+
+    def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        form = ApproverPermissionForm(request.POST, tenant=self.tenant)
+        if form.is_valid():
+            user, obj = form.cleaned_data["member"].user, form.cleaned_data["obj"]
+            try:
+                services.approver_permission_grant(tenant=self.tenant, actor=self.actor,
+                                                   user=user, obj=obj)
+            except ValidationError as exc:
+                add_service_errors(form, exc)
+            else:
+                messages.success(request, f"{user.get_username()} now approves for "
+                                          f"{_kind_of(obj)} {obj.name}.")
+                return redirect("approvals:approvers", tenant_slug)
+        return self.render_page(request, form, status=400)
+
+
+class ApproverRemoveView(TenantPageView):
+    """Confirm, then take the approve permission on a scope or server from a member."""
+
+    capability = Cap.MANAGE_REGISTRY
+
+    def target(self, kwargs) -> tuple[Membership, ToolScope | McpServer]:
+        membership = access_object(self.tenant, Membership, kwargs["membership_id"])
+        if "scope_id" in kwargs:
+            return membership, access_object(self.tenant, ToolScope, kwargs["scope_id"])
+        return membership, access_object(self.tenant, McpServer, kwargs["server_id"])
+
+    def get(self, request: HttpRequest, tenant_slug: str, **kwargs) -> HttpResponse:
+        membership, obj = self.target(kwargs)
+        noun = _kind_of(obj)
+        return render(request, "confirm.html", {
+            "title": f"Stop {membership.user.get_username()} approving for {noun} {obj.name}?",
+            "body": "Stages that count holders of the approve permission no longer count them "
+                    "for it, including on requests and escalations already waiting (eligibility "
+                    "is checked when a decision is made). Their role and IdP groups still apply.",
+            "action": "Remove approver",
+            "cancel_url": reverse("approvals:approvers", args=[tenant_slug]),
+        })
+
+    def post(self, request: HttpRequest, tenant_slug: str, **kwargs) -> HttpResponse:
+        membership, obj = self.target(kwargs)
+        try:
+            services.approver_permission_revoke(tenant=self.tenant, actor=self.actor,
+                                                user=membership.user, obj=obj)
+        except ValidationError as exc:
+            messages.error(request, error_text(exc))
+        else:
+            messages.success(request, f"{membership.user.get_username()} no longer approves "
+                                      f"for {_kind_of(obj)} {obj.name}.")
+        return redirect("approvals:approvers", tenant_slug)
+
+
+class BreakGlassView(TenantPageView):
+    """An admin's emergency self-grant (alerted to every admin, flagged in the audit trail),
+    and the recent break-glass grants."""
+
+    capability = Cap.MANAGE_REGISTRY
+
+    def form(self, data=None, initial=None) -> BreakGlassForm:
+        return BreakGlassForm(data, initial=initial, tenant=self.tenant,
+                              max_minutes=settings.BREAK_GLASS_MAX_MINUTES)
+
+    def render_page(self, request, form, status=200):
+        return render(request, "approvals/break_glass.html", {
+            "form": form, "max_minutes": settings.BREAK_GLASS_MAX_MINUTES,
+            "page": page_of(request, selectors.break_glass_grants(self.tenant)),
+            "query": query_without_page(request),
+        }, status=status)
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        initial = {key: request.GET[key] for key in ("agent", "scope") if request.GET.get(key)}
+        return self.render_page(request, self.form(initial=initial))
+
+    def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        form = self.form(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                grant = services.break_glass_grant(
+                    tenant=self.tenant, actor=self.actor, admin=request.user,
+                    agent=data["agent"], scope=data["scope"], minutes=data["minutes"],
+                    justification=data["justification"])
+            except ValidationError as exc:
+                add_service_errors(form, exc)
+            else:
+                messages.warning(request, f"Break-glass: {grant.scope.name} granted to "
+                                          f"{grant.agent.name} until "
+                                          f"{grant.expires_at:%Y-%m-%d %H:%M} UTC. Every admin "
+                                          "has been alerted.")
+                return redirect("approvals:break_glass", tenant_slug)
+        return self.render_page(request, form, status=400)

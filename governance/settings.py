@@ -149,6 +149,8 @@ else:
     # hands it to another worker after this many seconds. Longer than any task's countdown.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=5),
+        # Look for such tasks every unacked_restore_interval (10 s), not every 10th look.
+        "unacked_restore_throttle": 1,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ACKS_LATE = True
@@ -407,6 +409,8 @@ SPECTACULAR_SETTINGS = {
         "DeliveryStatusEnum": "governance.notifications.models.Delivery.Status",
         # A member's role and an approval stage's roles are the same choice set.
         "RoleEnum": "governance.tenancy.roles.Role",
+        # Access requests and escalations share their states.
+        "ApprovalStatusEnum": "approvals.models.Decidable.Status",
     },
 }
 API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365, minimum=1)

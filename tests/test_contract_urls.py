@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 
 from approvals import services as approval_services
-from approvals.models import AccessRequest, ApprovalPolicy
+from approvals.models import AccessRequest, ApprovalPolicy, Escalation
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from governance.bundles import services as bundle_services
@@ -77,6 +79,7 @@ KWARG_MODELS = {
     "channel_id": Channel,
     "request_id": AccessRequest,
     "policy_id": ApprovalPolicy,
+    "escalation_id": Escalation,
 }
 
 # ``<converter:name>`` (path()) or ``(?P<name>regex)`` (DRF routers' re_path()).
@@ -211,6 +214,11 @@ def objects_a(cast, tenant_a):
         ApprovalPolicy: approval_services.approval_policy_save(
             tenant=tenant_a, actor=Actor.system("test"), scope=scope,
             stages=[{"approvals_required": 1, "roles": ["approver"]}]),
+        Escalation: Escalation.objects.create(
+            tenant=tenant_a, gateway=gateway, call_id="c-1", agent=agent, scope=scope,
+            server="payroll", tool="read_salary", arguments_sha256="0" * 64,
+            stages=approval_services.BUILT_IN_STAGES,
+            deadline=timezone.now() + timedelta(minutes=15)),
     }
 
 
@@ -308,13 +316,11 @@ def test_every_tenant_model_is_covered_by_the_contract():
     """A new tenant-owned model must be reachable by the checks above, or say why not."""
     from django.apps import apps
 
-    from approvals.models import ApprovalDecision, ApprovalStage, Escalation
+    from approvals.models import ApprovalDecision, ApprovalStage
     from governance.tenancy.models import TenantScopedModel
 
     # Each entry is a promise: remove it when the model's URLs land.
     not_exposed: dict[type, str] = {
-        Escalation: "issue 5: gateway API only so far (tests/test_escalations.py); the "
-                    "approver's pages come next",
         ApprovalStage: "part of a policy: shown and changed only with its policy "
                        "(approval-policies/, approvals/policies/<policy_id>/)",
         ApprovalDecision: "part of a request: made through access-requests/<pk>/decide and "

@@ -433,3 +433,78 @@ def test_reminders_go_once_when_a_fifth_of_the_wait_is_left(token, tenant_a, bob
     assert services.reminders_due(now=near) == 0
     reminder = Delivery.objects.get(event="approval.reminder")
     assert reminder.payload["recipients"] == ["bob@example.com"]
+
+
+# --- The approver's pages and API -------------------------------------------------------------
+
+def test_the_inbox_lists_held_calls_for_eligible_approvers_only(token, tenant_a, login, cast):
+    doc = _post(token, _call()).json()
+    inbox = login(cast["bob"]).get("/t/alpha/approvals/").content.decode()
+    assert f'id="escalation-{doc["id"]}"' in inbox and "payroll/pay" in inbox
+    assert "e-17" in inbox  # the arguments as sent
+    assert 'aria-label="1 waiting"' in inbox
+    # The agent's owner never sees it to decide; a viewer has no inbox at all.
+    assert login(cast["dave"]).get("/t/alpha/approvals/").status_code == 403
+    assert login(cast["victor"]).get("/t/alpha/approvals/").status_code == 403
+
+
+def test_the_detail_page_says_whether_the_arguments_are_whole(token, tenant_a, login, cast):
+    whole = _post(token, _call()).json()
+    redacted = _post(token, _call(call_id="call-2", arguments={"employee": "[redacted]"})).json()
+    hash_only = _post(token, _call(call_id="call-3", arguments=None)).json()
+    bob = login(cast["bob"])
+    page = bob.get(f"/t/alpha/approvals/escalations/{whole['id']}/").content.decode()
+    assert 'id="arguments-verified"' in page and arguments_sha256(ARGS) in page
+    assert 'id="approve-escalation"' in page
+    page = bob.get(f"/t/alpha/approvals/escalations/{redacted['id']}/").content.decode()
+    assert 'id="arguments-redacted"' in page and "[redacted]" in page
+    page = bob.get(f"/t/alpha/approvals/escalations/{hash_only['id']}/").content.decode()
+    assert "sent only the hash" in page
+    # Auditors read, without a decision form; developers and viewers may not look.
+    audit_page = login(cast["audrey"]).get(f"/t/alpha/approvals/escalations/{whole['id']}/")
+    assert audit_page.status_code == 200 and b'id="approve-escalation"' not in audit_page.content
+    for name in ("dave", "victor"):
+        assert login(cast[name]).get(
+            f"/t/alpha/approvals/escalations/{whole['id']}/").status_code == 403
+        assert login(cast[name]).get("/t/alpha/approvals/escalations/").status_code == 403
+    listing = login(cast["audrey"]).get("/t/alpha/approvals/escalations/?status=pending")
+    assert listing.status_code == 200 and listing.content.decode().count("payroll/pay") == 3
+
+
+def test_deciding_inline_with_htmx_wakes_nothing_twice(token, tenant_a, login, cast):
+    doc = _post(token, _call()).json()
+    bob = login(cast["bob"])
+    url = f"/t/alpha/approvals/escalations/{doc['id']}/decide/"
+    refused = bob.post(url, {"outcome": "deny", "reason": ""}, HTTP_HX_REQUEST="true")
+    assert refused.status_code == 200 and "Say why" in refused.content.decode()
+    assert Escalation.objects.get().status == "pending"
+    done = bob.post(url, {"outcome": "approve"}, HTTP_HX_REQUEST="true").content.decode()
+    assert "the gateway may now run pay once" in done
+    again = bob.post(url, {"outcome": "approve"}, HTTP_HX_REQUEST="true").content.decode()
+    assert "Nothing to do: this escalation is already approved" in again
+    assert AuditEvent.objects.filter(action="escalation.approved").count() == 1
+    # The owner through the page: refused with the rule, nothing recorded.
+    second = _post(token, _call(call_id="call-2")).json()
+    owner = login(cast["dave"]).post(f"/t/alpha/approvals/escalations/{second['id']}/decide/",
+                                     {"outcome": "approve"})
+    assert owner.status_code == 403  # developers cannot decide at all
+
+
+def test_the_escalation_api_lists_and_decides(token, tenant_a, api, token_for, cast):
+    doc = _post(token, _call()).json()
+    bob = api(token_for(cast["bob"], tenant_a))
+    listed = bob.get("/api/v1/t/alpha/escalations/?waiting=true").json()
+    assert [e["id"] for e in listed["results"]] == [doc["id"]]
+    assert listed["results"][0]["arguments_complete"] is True
+    refused = bob.post(f"/api/v1/t/alpha/escalations/{doc['id']}/decide/", {"outcome": "deny"},
+                       format="json")
+    assert refused.status_code == 400
+    decided = bob.post(f"/api/v1/t/alpha/escalations/{doc['id']}/decide/",
+                       {"outcome": "approve"}, format="json").json()
+    assert decided["changed"] and decided["escalation"]["status"] == "approved"
+    assert _get(token, doc["id"]).json()["status"] == "approved"
+    dave = api(token_for(cast["dave"], tenant_a))
+    assert dave.get("/api/v1/t/alpha/escalations/").status_code == 403
+    auditor = api(token_for(cast["audrey"], tenant_a))
+    assert auditor.get(f"/api/v1/t/alpha/escalations/{doc['id']}/").json()["decisions"][0][
+        "approver"] == "bob"

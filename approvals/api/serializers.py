@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from approvals.models import AccessRequest, ApprovalDecision, ApprovalPolicy, ApprovalStage
+from approvals.models import (
+    AccessRequest,
+    ApprovalDecision,
+    ApprovalPolicy,
+    ApprovalStage,
+    Escalation,
+)
 from governance.tenancy.roles import Role
-from registry.api.serializers import TenantObjectField
+from registry.api.serializers import GrantOut, TenantObjectField
 from registry.models import Agent, Risk, ToolScope
 
 
@@ -100,6 +106,9 @@ class StageIn(serializers.Serializer):
                                   required=False, default=list)
     idp_group = serializers.CharField(required=False, allow_blank=True, default="",
                                       max_length=200)
+    object_permission = serializers.BooleanField(
+        required=False, default=False,
+        help_text="also eligible: holders of registry.approve_access on the scope or its server")
 
 
 class PolicyIn(serializers.Serializer):
@@ -112,17 +121,27 @@ class PolicyIn(serializers.Serializer):
                                               help_text="how long a request waits for its "
                                                         "decision (1 hour to 30 days)")
     stages = StageIn(many=True, help_text="ordered; every stage must pass")
+    alternate_roles = serializers.ListField(
+        child=serializers.ChoiceField(choices=Role.choices), required=False, default=list,
+        help_text="if undecided at the deadline, these approvers get one more period of the "
+                  "same length; then the system denies it")
+    alternate_idp_group = serializers.CharField(required=False, allow_blank=True, default="",
+                                                max_length=200, help_text="…or this IdP group")
 
 
 class PolicyUpdateIn(serializers.Serializer):
     decision_hours = serializers.IntegerField(required=False)
     stages = StageIn(many=True, required=False)
+    alternate_roles = serializers.ListField(
+        child=serializers.ChoiceField(choices=Role.choices), required=False)
+    alternate_idp_group = serializers.CharField(required=False, allow_blank=True,
+                                                max_length=200)
 
 
 class PolicyStageOut(serializers.ModelSerializer):
     class Meta:
         model = ApprovalStage
-        fields = ["approvals_required", "roles", "idp_group"]
+        fields = ["approvals_required", "roles", "idp_group", "object_permission"]
 
 
 class PolicyOut(serializers.ModelSerializer):
@@ -132,4 +151,68 @@ class PolicyOut(serializers.ModelSerializer):
     class Meta:
         model = ApprovalPolicy
         fields = ["id", "scope", "scope_name", "risk_level", "decision_hours", "stages",
-                  "created_at", "updated_at"]
+                  "alternate_roles", "alternate_idp_group", "created_at", "updated_at"]
+
+
+# --- Escalations --------------------------------------------------------------------------------
+
+class EscalationFilter(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Escalation.Status.choices, required=False)
+    agent = serializers.IntegerField(required=False)
+    waiting = serializers.BooleanField(required=False,
+                                       help_text="only those waiting for the caller's decision")
+
+
+class EscalationOut(serializers.ModelSerializer):
+    agent_name = serializers.CharField(source="agent.name", read_only=True)
+    scope_name = serializers.CharField(source="scope.name", read_only=True)
+    risk_level = serializers.CharField(source="scope.risk_level", read_only=True)
+    gateway_name = serializers.CharField(source="gateway.name", read_only=True)
+    arguments = serializers.JSONField(read_only=True, allow_null=True,
+                                      help_text="as the gateway sent them (possibly redacted)")
+    arguments_complete = serializers.SerializerMethodField(
+        help_text="true when the arguments sent hash to arguments_sha256 (nothing redacted)")
+    stages = StageOut(many=True, read_only=True)
+    current_stage = serializers.SerializerMethodField(help_text="1-based")
+    decisions = DecisionOut(many=True, read_only=True)
+
+    class Meta:
+        model = Escalation
+        fields = ["id", "agent", "agent_name", "scope", "scope_name", "risk_level", "grant",
+                  "gateway", "gateway_name", "call_id", "server", "tool", "arguments",
+                  "arguments_sha256", "arguments_complete", "bundle_revision", "reason",
+                  "status", "stages", "current_stage", "on_alternates", "decisions",
+                  "created_at", "deadline", "decided_at", "deny_reason", "consumed_at"]
+
+    def get_arguments_complete(self, escalation: Escalation) -> bool:
+        from approvals.services import arguments_verified
+
+        return arguments_verified(escalation)
+
+    def get_current_stage(self, escalation: Escalation) -> int:
+        return escalation.current_stage + 1
+
+
+class EscalationDecideOut(serializers.Serializer):
+    escalation = EscalationOut()
+    message = serializers.CharField(help_text="what the decision did, for a person")
+    changed = serializers.BooleanField(
+        help_text="false: nothing happened (already decided, or no longer pending)")
+
+
+# --- Break-glass --------------------------------------------------------------------------------
+
+
+class BreakGlassIn(serializers.Serializer):
+    agent = TenantObjectField(Agent)
+    scope = TenantObjectField(ToolScope)
+    minutes = serializers.IntegerField(help_text="how long the grant lasts, from now (1 to "
+                                                 "BREAK_GLASS_MAX_MINUTES)")
+    justification = serializers.CharField(allow_blank=True,
+                                          help_text="required: why this cannot wait for an "
+                                                    "approval; every admin reads it")
+
+
+class BreakGlassOut(GrantOut):
+    class Meta(GrantOut.Meta):
+        fields = [*GrantOut.Meta.fields, "break_glass", "justification"]

@@ -19,13 +19,19 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from approvals import selectors, services
-from approvals.access import access_policy, access_request
+from approvals.access import (
+    access_escalation,
+    access_escalations,
+    access_policy,
+    access_request,
+)
 from approvals.api import serializers as s
-from approvals.models import AccessRequest, ApprovalDecision, ApprovalPolicy
+from approvals.models import AccessRequest, ApprovalDecision, ApprovalPolicy, Escalation
 from governance.tenancy.access import access_object
 from governance.tenancy.api.base import TenantViewSet
 from governance.tenancy.api.schema import error_responses
 from governance.tenancy.roles import Cap
+from registry.models import Grant
 
 READ = error_responses()
 WRITE = error_responses(400, 403)
@@ -170,7 +176,8 @@ class ApprovalPolicyViewSet(TenantViewSet):
     @extend_schema(
         request=s.PolicyIn,
         description="Create the policy of a scope, of a risk level, or the tenant default; one "
-        "that exists for the same target is replaced (its stages too).",
+        "that exists for the same target is replaced (its stages too). 400 when a stage could "
+        "not be passed today, or alternates are named that nobody is.",
         responses={201: s.PolicyOut, **WRITE},
     )
     def create(self, request: Request, tenant_slug: str) -> Response:
@@ -181,19 +188,23 @@ class ApprovalPolicyViewSet(TenantViewSet):
 
     @extend_schema(
         request=s.PolicyUpdateIn,
-        description="Change the deadline or replace the stages (what the policy applies to "
-        "stays). Pending requests keep the stages they were made with.",
+        description="Change the deadline, replace the stages or the alternate approvers (what "
+        "the policy applies to stays; what is left out is kept). Pending requests keep the "
+        "stages they were made with.",
         responses={200: s.PolicyOut, **WRITE},
     )
     def partial_update(self, request: Request, tenant_slug: str, pk: str) -> Response:
         policy = access_policy(self.tenancy, pk, write=True)
         values = self.parse(s.PolicyUpdateIn, partial=True)
         current = [{"approvals_required": st.approvals_required, "roles": st.roles,
-                    "idp_group": st.idp_group} for st in policy.stages.order_by("position")]
+                    "idp_group": st.idp_group, "object_permission": st.object_permission}
+                   for st in policy.stages.order_by("position")]
         policy = services.approval_policy_save(
             **self.service_kwargs(), scope=policy.scope, risk_level=policy.risk_level,
             decision_hours=values.get("decision_hours", policy.decision_hours),
-            stages=values.get("stages", current))
+            stages=values.get("stages", current),
+            alternate_roles=values.get("alternate_roles", policy.alternate_roles),
+            alternate_idp_group=values.get("alternate_idp_group", policy.alternate_idp_group))
         return Response(self.out(policy))
 
     @extend_schema(description="Delete the policy: new requests follow the next less specific "
@@ -202,3 +213,83 @@ class ApprovalPolicyViewSet(TenantViewSet):
         policy = access_policy(self.tenancy, pk, write=True)
         services.approval_policy_delete(**self.service_kwargs(), policy=policy)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class EscalationViewSet(TenantViewSet):
+    """Held tool calls (created by gateways through /api/v1/gateway/escalations): approvers,
+    admins and auditors read them; approvers decide them."""
+
+    model = Escalation
+    capabilities = {"*": Cap.VIEW, "decide": Cap.DECIDE_APPROVALS}
+    lookup_value_regex = "[0-9a-f-]{36}"  # a UUID, as in the gateway API
+
+    def rows(self) -> QuerySet[Escalation]:
+        return selectors.escalation_list(self.tenancy.tenant).prefetch_related(
+            Prefetch("decisions", queryset=ApprovalDecision.objects.select_related("approver")
+                     .order_by("stage", "created_at")))
+
+    def out(self, escalation: Escalation) -> dict:
+        return s.EscalationOut(self.rows().get(pk=escalation.pk)).data
+
+    @extend_schema(parameters=[s.EscalationFilter],
+                   responses={200: s.EscalationOut(many=True), **READ, **error_responses(403)})
+    def list(self, request: Request, tenant_slug: str) -> Response:
+        access_escalations(self.tenancy)
+        filters = self.filters(s.EscalationFilter)
+        rows = self.rows()
+        if filters.get("status"):
+            rows = rows.filter(status=filters["status"])
+        if filters.get("agent") is not None:
+            rows = rows.filter(agent_id=filters["agent"])
+        if filters.get("waiting"):
+            waiting = [e.pk for e in selectors.inbox_escalations(
+                self.tenancy.tenant, self.tenancy.user)] if self.tenancy.user else []
+            rows = rows.filter(pk__in=waiting)
+        return self.page(rows, s.EscalationOut)
+
+    @extend_schema(responses={200: s.EscalationOut, **READ, **error_responses(403)})
+    def retrieve(self, request: Request, tenant_slug: str, pk: str) -> Response:
+        return Response(self.out(access_escalation(self.tenancy, pk)))
+
+    @extend_schema(
+        request=s.DecideIn,
+        description="Approve or deny the held call as the caller (same rules as access "
+        "requests: never the agent's owner, eligible now, once per stage, deny with a reason: "
+        "400 otherwise). The gateway long-polling it is woken at once.",
+        responses={200: s.EscalationDecideOut, **WRITE},
+    )
+    @action(detail=True, methods=["post"])
+    def decide(self, request: Request, tenant_slug: str, pk: str) -> Response:
+        approver = _person(self, "Deciding")
+        target = access_escalation(self.tenancy, pk)
+        values = self.parse(s.DecideIn)
+        outcome = services.escalation_decide(**self.service_kwargs(), escalation=target,
+                                             approver=approver, **values)
+        return Response({"escalation": self.out(outcome.item), "message": outcome.message,
+                         "changed": outcome.changed})
+
+
+class BreakGlassViewSet(TenantViewSet):
+    """Break-glass: an admin grants a scope to an agent at once, without approval, for a short
+    time (at most BREAK_GLASS_MAX_MINUTES). Every admin is alerted (event ``break_glass.used``)
+    and the grant is flagged in the audit trail (``grant.break_glass``) and the bundle."""
+
+    model = Grant
+    capabilities = {"*": Cap.MANAGE_REGISTRY}
+
+    @extend_schema(responses={200: s.BreakGlassOut(many=True), **READ, **error_responses(403)})
+    def list(self, request: Request, tenant_slug: str) -> Response:
+        return self.page(selectors.break_glass_grants(self.tenancy.tenant), s.BreakGlassOut)
+
+    @extend_schema(
+        request=s.BreakGlassIn,
+        description="Grant the scope to the agent now, as the calling admin (a person: a "
+        "personal token or a session). 400 without a justification or beyond the limit.",
+        responses={201: s.BreakGlassOut, **WRITE},
+    )
+    def create(self, request: Request, tenant_slug: str) -> Response:
+        admin = _person(self, "Breaking the glass")
+        values = self.parse(s.BreakGlassIn)
+        grant = services.break_glass_grant(**self.service_kwargs(), admin=admin, **values)
+        grant = selectors.break_glass_grants(self.tenancy.tenant).get(pk=grant.pk)
+        return Response(s.BreakGlassOut(grant).data, status=status.HTTP_201_CREATED)

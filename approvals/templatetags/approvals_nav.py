@@ -1,5 +1,5 @@
 """The navigation's approvals counter: computed only where the template asks for it (for
-people who may decide), in two queries."""
+people who may decide), in three queries."""
 
 from __future__ import annotations
 
