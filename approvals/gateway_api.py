@@ -92,13 +92,13 @@ async def escalations(request: HttpRequest) -> HttpResponse:
     return _json(doc, 201 if created else 200)
 
 
-def _read(tenant_id: int, escalation_id: uuid.UUID) -> tuple[dict[str, Any], str] | None:
+def _read(tenant_id: int, escalation_id: uuid.UUID) -> tuple[dict[str, Any], Escalation] | None:
     escalation = (Escalation.objects.select_related("tenant", "agent")
                   .filter(pk=escalation_id, tenant_id=tenant_id).first())
     if escalation is None:
         return None
     escalation = services.escalation_refresh(tenant=escalation.tenant, escalation=escalation)
-    return _document(escalation), escalation.status
+    return _document(escalation), escalation
 
 
 def _not_found() -> JsonResponse:
@@ -115,29 +115,23 @@ async def escalation(request: HttpRequest, escalation_id: uuid.UUID) -> HttpResp
     found = await sync_to_async(_read)(caller.tenant_id, escalation_id)
     if found is None:
         return _not_found()
-    doc, status = found
+    doc, held = found
     deadline = time.monotonic() + (_wait_seconds(request) or 0)
     topic = services.escalation_topic(escalation_id)
-    while status == Escalation.Status.PENDING:
+    while held.status == Escalation.Status.PENDING:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         # Until the decision is announced, the escalation's own deadline, or 30 s (then look).
-        until_expiry = max(0.05, _seconds_until(doc["expires_at"]))
+        until_expiry = max(0.05, held.deadline.timestamp() - time.time())
         await hot.announcements().wait(topic, min(remaining, until_expiry, 30.0))
         if not await _still_valid(request):
             return _unauthorized("This gateway token has been revoked or its gateway disabled.")
         found = await sync_to_async(_read)(caller.tenant_id, escalation_id)
         if found is None:
             return _not_found()
-        doc, status = found
+        doc, held = found
     return _json(doc)
-
-
-def _seconds_until(rfc3339_time: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(rfc3339_time.replace("Z", "+00:00")).timestamp() - time.time()
 
 
 def _consume(tenant_id: int, gateway_id: int, escalation_id: uuid.UUID) -> dict[str, Any] | None:

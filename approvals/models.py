@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -12,6 +14,18 @@ from django.utils import timezone
 from governance.tenancy.models import TenantScopedModel
 from governance.tenancy.roles import Role
 from registry.models import Agent, Grant, Risk, ToolScope
+
+
+def describe_rule(rule: Mapping[str, Any], *, labels: bool = True) -> str:
+    """Who a stage (or the alternates) admits, for people: "Approver, Admin or IdP group x"
+    (``labels=False``: the role values, as service messages name them)."""
+    roles = rule.get("roles") or []
+    parts = [", ".join(Role(r).label if labels else r for r in roles)] if roles else []
+    if rule.get("idp_group"):
+        parts.append(f"IdP group {rule['idp_group']}")
+    if rule.get("object_permission"):
+        parts.append("approvers of the scope or its server")
+    return " or ".join(parts) or "nobody"
 
 
 class ApprovalPolicy(TenantScopedModel):
@@ -49,11 +63,10 @@ class ApprovalPolicy(TenantScopedModel):
 
     def describe_alternates(self) -> str:
         """Who the alternate approvers are ("" when the policy names none)."""
-        parts = [", ".join(Role(r).label for r in self.alternate_roles)] if (
-            self.alternate_roles) else []
-        if self.alternate_idp_group:
-            parts.append(f"IdP group {self.alternate_idp_group}")
-        return " or ".join(parts)
+        if not (self.alternate_roles or self.alternate_idp_group):
+            return ""
+        return describe_rule({"roles": self.alternate_roles,
+                              "idp_group": self.alternate_idp_group})
 
 
 class ApprovalStage(TenantScopedModel):
@@ -81,12 +94,8 @@ class ApprovalStage(TenantScopedModel):
         return f"stage {self.position + 1}: {self.approvals_required} of {self.describe()}"
 
     def describe(self) -> str:
-        parts = [", ".join(Role(r).label for r in self.roles)] if self.roles else []
-        if self.idp_group:
-            parts.append(f"IdP group {self.idp_group}")
-        if self.object_permission:
-            parts.append("approvers of the scope or its server")
-        return " or ".join(parts) or "nobody"
+        return describe_rule({"roles": self.roles, "idp_group": self.idp_group,
+                              "object_permission": self.object_permission})
 
 
 class Decidable(TenantScopedModel):

@@ -24,9 +24,12 @@ from approvals.models import (
     ApprovalDecision,
     ApprovalPolicy,
     ApprovalStage,
+    Decidable,
     Escalation,
+    describe_rule,
 )
 from approvals.services import ApproverProfile, approver_profile
+from gateway.receipts import arguments_sha256
 from governance.bundles import diff
 from governance.bundles.compiler import compile_data
 from governance.bundles.packaging import rfc3339
@@ -56,14 +59,19 @@ ACCESS_REQUEST = "access_request"
 ACCESS_REQUEST_ROW = "approvals/_request_item.html"
 
 
-def _undecidable(user: AbstractBaseUser) -> list[Exists]:
-    """Subqueries marking requests ``user`` may never decide (they hold the agent's owner
+def _subject(model: type[Decidable]) -> str:
+    """The field of ApprovalDecision that points at an item of ``model``."""
+    return "request" if model is AccessRequest else "escalation"
+
+
+def _undecidable(user: AbstractBaseUser, model: type[Decidable]) -> list[Exists]:
+    """Subqueries marking items ``user`` may never decide (they hold the agent's owner
     permission, django-guardian, directly or through a group: the services refuse them) or has
-    already decided at the request's current stage (one approver counts once)."""
+    already decided at the item's current stage (one approver counts once)."""
     agent_type = ContentType.objects.get_for_model(Agent)  # cached after the first call
     object_pk = Cast(OuterRef("agent_id"), CharField())
     return [
-        Exists(ApprovalDecision.objects.filter(request=OuterRef("pk"),
+        Exists(ApprovalDecision.objects.filter(**{_subject(model): OuterRef("pk")},
                                                stage=OuterRef("current_stage"), approver=user)),
         Exists(UserObjectPermission.objects.filter(
             user=user, content_type=agent_type, object_pk=object_pk,
@@ -74,23 +82,25 @@ def _undecidable(user: AbstractBaseUser) -> list[Exists]:
     ]
 
 
-def _decidable(tenant: Tenant, user: AbstractBaseUser,
-               now: datetime | None = None) -> QuerySet[AccessRequest]:
-    """Pending requests before their deadline that ``user`` is not barred from deciding; whether
-    they are eligible for the current stage is checked on the rows (the stage is JSON)."""
-    requests = AccessRequest.objects.for_tenant(tenant).filter(
-        status=AccessRequest.Status.PENDING, deadline__gt=now or timezone.now(),
-    ).exclude(requester=user).exclude(agent__owner=user)
-    for barred in _undecidable(user):
-        requests = requests.exclude(barred)
-    return requests.order_by("deadline", "pk")
+def _decidable(tenant: Tenant, user: AbstractBaseUser, model: type[Decidable] = AccessRequest,
+               now: datetime | None = None) -> QuerySet:
+    """Pending items of ``model`` before their deadline that ``user`` is not barred from
+    deciding (their requester, the agent's owner); whether they are eligible for the current
+    stage is checked on the rows (the stage is JSON)."""
+    rows = model.objects.for_tenant(tenant).filter(
+        status=Decidable.Status.PENDING, deadline__gt=now or timezone.now(),
+    ).exclude(agent__owner=user)
+    if model is AccessRequest:
+        rows = rows.exclude(requester=user)
+    for barred in _undecidable(user, model):
+        rows = rows.exclude(barred)
+    return rows.order_by("deadline", "pk")
 
 
-def _current_stage(request: AccessRequest) -> dict[str, Any] | None:
-    """Who decides the request now: its current stage, or its alternate approvers once the
+def _current_stage(item: Decidable) -> dict[str, Any] | None:
+    """Who decides the item now: its current stage, or its alternate approvers once the
     first deadline passed (``on_alternates``), as services.current_stage_rule says."""
-    return _deciding(request.stages, request.current_stage, request.alternates,
-                     request.on_alternates)
+    return _deciding(item.stages, item.current_stage, item.alternates, item.on_alternates)
 
 
 def _deciding(stages, current: int, alternates, on_alternates: bool) -> dict[str, Any] | None:
@@ -150,13 +160,14 @@ def inbox_count(tenant: Tenant, user: AbstractBaseUser) -> int:
     if profile.role is None:
         return 0
     count = 0
-    for stages, current, alternates, on_alternates, scope_id in _decidable(
-            tenant, user).values_list("stages", "current_stage", "alternates", "on_alternates",
-                                      "scope_id"):
-        if _admits(tenant, profile, _deciding(stages, current, alternates, on_alternates),
-                   scope_id):
-            count += 1
-    return count + escalations_waiting(tenant, user, profile)
+    for model in (AccessRequest, Escalation):
+        for stages, current, alternates, on_alternates, scope_id in _decidable(
+                tenant, user, model).values_list("stages", "current_stage", "alternates",
+                                                 "on_alternates", "scope_id"):
+            if _admits(tenant, profile, _deciding(stages, current, alternates, on_alternates),
+                       scope_id):
+                count += 1
+    return count
 
 
 def data_classes(request: AccessRequest) -> list[str]:
@@ -197,40 +208,27 @@ def my_requests(tenant: Tenant, user: AbstractBaseUser, *,
     return request_list(tenant, status=status, requester=user)
 
 
-def decisions(request: AccessRequest) -> QuerySet[ApprovalDecision]:
-    return request.decisions.select_related("approver").order_by("stage", "created_at")
-
-
-def stage_rows(request: AccessRequest) -> list[dict[str, Any]]:
-    """Each frozen stage with its decisions so far and where the request stands."""
+def stage_rows(item: Decidable) -> list[dict[str, Any]]:
+    """Each frozen stage of a request or escalation with its decisions so far and where the item
+    stands."""
     by_stage: dict[int, list[ApprovalDecision]] = {}
-    for decision in decisions(request):
+    for decision in item.decisions.select_related("approver").order_by("stage", "created_at"):
         by_stage.setdefault(decision.stage, []).append(decision)
     rows = []
-    for position, stage in enumerate(request.stages or []):
+    for position, stage in enumerate(item.stages or []):
         made = by_stage.get(position, [])
         approvals = sum(d.outcome == ApprovalDecision.Outcome.APPROVE for d in made)
-        if request.status == AccessRequest.Status.APPROVED or position < request.current_stage:
+        if item.status == Decidable.Status.APPROVED or position < item.current_stage:
             state = "passed"
-        elif position == request.current_stage and request.status == "pending":
+        elif position == item.current_stage and item.status == Decidable.Status.PENDING:
             state = "deciding"
-        elif position == request.current_stage and request.status == "denied":
+        elif position == item.current_stage and item.status == Decidable.Status.DENIED:
             state = "denied"
         else:
             state = "not reached"
-        rows.append({"number": position + 1, "stage": stage, "who": describe_stage(stage),
+        rows.append({"number": position + 1, "stage": stage, "who": describe_rule(stage),
                      "decisions": made, "approvals": approvals, "state": state})
     return rows
-
-
-def describe_stage(stage: dict[str, Any]) -> str:
-    parts = [", ".join(Role(r).label for r in stage.get("roles") or [])] if stage.get(
-        "roles") else []
-    if stage.get("idp_group"):
-        parts.append(f"IdP group {stage['idp_group']}")
-    if stage.get("object_permission"):
-        parts.append("approvers of the scope or its server")
-    return " or ".join(parts) or "nobody"
 
 
 def may_see_request(tenant: Tenant, user: AbstractBaseUser, request: AccessRequest,
@@ -243,12 +241,13 @@ def may_see_request(tenant: Tenant, user: AbstractBaseUser, request: AccessReque
     return any(_admits(tenant, profile, rule, request.scope_id) for rule in rules)
 
 
-def may_decide_now(tenant: Tenant, user: AbstractBaseUser, request: AccessRequest) -> bool:
-    """Whether the decision form is worth showing (the service decides for real)."""
-    if request.status != AccessRequest.Status.PENDING:
+def may_decide_now(tenant: Tenant, user: AbstractBaseUser, item: Decidable) -> bool:
+    """Whether the decision form for a request or escalation is worth showing (the service
+    decides for real)."""
+    if item.status != Decidable.Status.PENDING:
         return False
-    return _decidable(tenant, user).filter(pk=request.pk).exists() and _admits(
-        tenant, approver_profile(tenant, user), _current_stage(request), request.scope_id)
+    return _decidable(tenant, user, type(item)).filter(pk=item.pk).exists() and _admits(
+        tenant, approver_profile(tenant, user), _current_stage(item), item.scope_id)
 
 
 def agent_grants(tenant: Tenant, agent: Agent) -> QuerySet[Grant]:
@@ -320,62 +319,27 @@ ESCALATION = "escalation"
 ESCALATION_ROW = "approvals/_escalation_item.html"
 
 
-def _decidable_escalations(tenant: Tenant, user: AbstractBaseUser,
-                           now: datetime | None = None) -> QuerySet[Escalation]:
-    """Pending escalations before their deadline that ``user`` is not barred from deciding (the
-    agent's owner, or already decided at the current stage)."""
-    agent_type = ContentType.objects.get_for_model(Agent)
-    object_pk = Cast(OuterRef("agent_id"), CharField())
-    rows = Escalation.objects.for_tenant(tenant).filter(
-        status=Escalation.Status.PENDING, deadline__gt=now or timezone.now(),
-    ).exclude(agent__owner=user)
-    for barred in (
-        Exists(ApprovalDecision.objects.filter(escalation=OuterRef("pk"),
-                                               stage=OuterRef("current_stage"), approver=user)),
-        Exists(UserObjectPermission.objects.filter(
-            user=user, content_type=agent_type, object_pk=object_pk,
-            permission__codename="manage_agent")),
-        Exists(GroupObjectPermission.objects.filter(
-            group__user=user, content_type=agent_type, object_pk=object_pk,
-            permission__codename="manage_agent")),
-    ):
-        rows = rows.exclude(barred)
-    return rows.order_by("deadline", "pk")
-
-
 def inbox_escalations(tenant: Tenant, user: AbstractBaseUser, *,
                       profile: ApproverProfile | None = None) -> list[Escalation]:
     """Held tool calls ``user`` may decide now, by deadline."""
     profile = profile or approver_profile(tenant, user)
     if profile.role is None:
         return []
-    rows = _decidable_escalations(tenant, user).select_related(
+    rows = _decidable(tenant, user, Escalation).select_related(
         "agent", "agent__owner", "scope", "gateway")
     eligible = []
     for escalation in rows:
-        if _admits(tenant, profile, _deciding(escalation.stages, escalation.current_stage,
-                                              escalation.alternates, escalation.on_alternates),
-                   escalation.scope_id):
+        if _admits(tenant, profile, _current_stage(escalation), escalation.scope_id):
             escalation.arguments_complete = arguments_complete(escalation)
             eligible.append(escalation)
     return eligible
 
 
-def escalations_waiting(tenant: Tenant, user: AbstractBaseUser,
-                        profile: ApproverProfile) -> int:
-    """How many escalations wait for ``user`` (one query)."""
-    return sum(
-        _admits(tenant, profile, _deciding(stages, current, alternates, on_alternates), scope)
-        for stages, current, alternates, on_alternates, scope in _decidable_escalations(
-            tenant, user).values_list("stages", "current_stage", "alternates", "on_alternates",
-                                      "scope_id"))
-
-
 def arguments_complete(escalation: Escalation) -> bool:
     """Whether the arguments the gateway sent hash to ``arguments_sha256`` (not redacted)."""
-    from approvals.services import arguments_verified
-
-    return arguments_verified(escalation)
+    if escalation.arguments is None:
+        return False
+    return arguments_sha256(escalation.arguments) == escalation.arguments_sha256
 
 
 def escalation_list(tenant: Tenant, *, status: str = "", agent=None) -> QuerySet[Escalation]:
@@ -387,33 +351,15 @@ def escalation_list(tenant: Tenant, *, status: str = "", agent=None) -> QuerySet
     return rows.order_by("-created_at", "pk")
 
 
-def escalation_stage_rows(escalation: Escalation) -> list[dict[str, Any]]:
-    """Each frozen stage of the escalation with its decisions so far."""
-    made = list(escalation.decisions.select_related("approver").order_by("stage", "created_at"))
-    rows = []
-    for position, stage in enumerate(escalation.stages or []):
-        decisions_here = [d for d in made if d.stage == position]
-        if escalation.status == Escalation.Status.APPROVED or position < escalation.current_stage:
-            state = "passed"
-        elif position == escalation.current_stage:
-            state = "deciding" if escalation.status == "pending" else escalation.status
-        else:
-            state = "not reached"
-        rows.append({"number": position + 1, "stage": stage, "who": describe_stage(stage),
-                     "decisions": decisions_here, "state": state,
-                     "approvals": sum(d.outcome == "approve" for d in decisions_here)})
-    return rows
-
-
-def may_decide_escalation(tenant: Tenant, user: AbstractBaseUser,
-                          escalation: Escalation) -> bool:
-    """Whether the decision form is worth showing (the service decides for real)."""
-    if escalation.status != Escalation.Status.PENDING:
-        return False
-    return _decidable_escalations(tenant, user).filter(pk=escalation.pk).exists() and _admits(
-        tenant, approver_profile(tenant, user),
-        _deciding(escalation.stages, escalation.current_stage, escalation.alternates,
-                  escalation.on_alternates), escalation.scope_id)
+def prepared_item(tenant: Tenant, item: Decidable) -> InboxItem:
+    """``item`` re-read as its inbox row shows it (after a decision)."""
+    if isinstance(item, AccessRequest):
+        request = request_list(tenant).prefetch_related("scope__tools__server").get(pk=item.pk)
+        request.all_data_classes = data_classes(request)
+        return InboxItem(ACCESS_REQUEST, request.deadline, request, ACCESS_REQUEST_ROW)
+    escalation = escalation_list(tenant).get(pk=item.pk)
+    escalation.arguments_complete = arguments_complete(escalation)
+    return InboxItem(ESCALATION, escalation.deadline, escalation, ESCALATION_ROW)
 
 
 # --- Approver permissions and break-glass (admin pages) -----------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 
 import jwt
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
@@ -39,12 +40,14 @@ from approvals.models import (
     ApprovalStage,
     Decidable,
     Escalation,
+    describe_rule,
 )
 from governance.audit.services import Actor, audit_record
 from governance.bundles import hot, keys
 from governance.bundles.compiler import escalation_settings
 from governance.bundles.models import Gateway
 from governance.bundles.services import gateway_actor, signing_key_for_build
+from governance.notifications.services import notify
 from governance.tenancy.models import ExternalIdentity, Membership, Tenant
 from governance.tenancy.roles import Role
 from registry import services as registry
@@ -145,8 +148,6 @@ def eligible_user_ids(tenant: Tenant, stage: dict[str, Any], *,
         users |= object_approvers(tenant, scope_id)
     return users
 
-
-_eligible_users = eligible_user_ids
 
 
 def _clean_stage(doc: dict[str, Any], label: str) -> dict[str, Any]:
@@ -402,7 +403,7 @@ def _decide(*, tenant: Tenant, actor: Actor, item: Decidable, approver: Abstract
     if approver.pk not in eligible_user_ids(tenant, rule, scope_id=item.scope_id):
         which = "the alternates" if item.on_alternates else f"stage {item.current_stage + 1}"
         raise ValidationError(f"You are not an eligible approver for {which} "
-                              f"({_describe(rule)}).")
+                              f"({describe_rule(rule, labels=False)}).")
     subject = {"request": item} if isinstance(item, AccessRequest) else {"escalation": item}
     try:
         with transaction.atomic():
@@ -461,15 +462,6 @@ def access_request_decide(*, tenant: Tenant, actor: Actor, request: AccessReques
                    outcome=outcome, reason=reason, now=now)
 
 
-def _describe(stage: dict[str, Any]) -> str:
-    parts = [", ".join(stage["roles"])] if stage["roles"] else []
-    if stage["idp_group"]:
-        parts.append(f"IdP group {stage['idp_group']}")
-    if stage.get("object_permission"):
-        parts.append("approvers of the scope or its server")
-    return " or ".join(parts) or "nobody"
-
-
 @transaction.atomic
 def access_request_cancel(*, tenant: Tenant, actor: Actor, request: AccessRequest,
                           by: AbstractBaseUser) -> Outcome:
@@ -504,9 +496,6 @@ def deadlines_due(*, now: datetime | None = None) -> int:
     return count
 
 
-def access_requests_expire_due(*, now: datetime | None = None) -> int:
-    """Kept for callers of the first version: every passed deadline, requests and escalations."""
-    return deadlines_due(now=now)
 
 
 # --- Notifications and reminders --------------------------------------------------------------
@@ -514,8 +503,6 @@ def access_requests_expire_due(*, now: datetime | None = None) -> int:
 def _announce(tenant: Tenant, item: Decidable, event: str) -> None:
     """Queue the notification of ``event`` about ``item`` (delivered by Celery after commit;
     never blocks or fails the decision)."""
-    from governance.notifications.services import notify
-
     if event in ("approval.requested", "approval.reminder", "escalation.created"):
         recipients = eligible_for(tenant, item) - _excluded(item)
     elif isinstance(item, AccessRequest):
@@ -532,19 +519,16 @@ def _announce(tenant: Tenant, item: Decidable, event: str) -> None:
         "approval.decided": f"{what}: {item.status}",
         "escalation.decided": f"{what}: {item.status}",
     }
-    users = list(Membership.objects.for_tenant(tenant).filter(user_id__in=recipients)
-                 .select_related("user").values_list("user", flat=True))
     notify(tenant=tenant, event=event, subject=subjects[event],
            text=subjects[event] + (f". Reason: {item.deny_reason}" if item.deny_reason else "."),
-           link=item_link(tenant, item), recipients=_users(users),
+           link=item_link(tenant, item), recipients=_member_users(tenant, pk__in=recipients),
            data={"kind": _kind(item), "id": str(item.pk), "status": item.status,
                  "deadline": item.deadline.isoformat()})
 
 
-def _users(ids: list[int]):
-    from django.contrib.auth import get_user_model
-
-    return list(get_user_model().objects.filter(pk__in=ids))
+def _member_users(tenant: Tenant, **filters) -> list[AbstractBaseUser]:
+    """The tenant's members (as users) matching ``filters`` on the user, e.g. ``pk__in``."""
+    return list(get_user_model().objects.filter(memberships__tenant=tenant, **filters))
 
 
 def item_link(tenant: Tenant, item: Decidable) -> str:
@@ -612,8 +596,6 @@ def _in_force(now: datetime) -> Q:
 def _flood_alert(tenant: Tenant, gateway: Gateway, agent: Agent, count: int,
                  now: datetime) -> None:
     """Once per agent and minute: an audit event and a notification to the alert channels."""
-    from governance.notifications.services import notify
-
     if not cache.add(f"approvals:flood:{agent.pk}:{int(now.timestamp()) // 60}", 1, 120):
         return
     with transaction.atomic():
@@ -621,8 +603,7 @@ def _flood_alert(tenant: Tenant, gateway: Gateway, agent: Agent, count: int,
                      obj=agent, after={"agent": agent.name, "gateway": gateway.name,
                                        "in_last_minute": count,
                                        "limit": settings.ESCALATION_RATE_LIMIT_PER_MINUTE})
-        admins = _users(list(Membership.objects.for_tenant(tenant).filter(
-            role=Role.ADMIN).values_list("user_id", flat=True)))
+        admins = _member_users(tenant, memberships__role=Role.ADMIN)
         subject = (f"Escalation flood: agent {agent.name} asked for approval {count} times in "
                    f"a minute; further escalations are refused")
         notify(tenant=tenant, event="escalation.flood", subject=subject, text=subject + ".",
@@ -760,15 +741,6 @@ def escalation_refresh(*, tenant: Tenant, escalation: Escalation,
     return escalation
 
 
-def arguments_verified(escalation: Escalation) -> bool:
-    """Whether the arguments the gateway sent are the whole arguments (their hash matches)."""
-    from gateway.receipts import arguments_sha256
-
-    if escalation.arguments is None:
-        return False
-    return arguments_sha256(escalation.arguments) == escalation.arguments_sha256
-
-
 def escalation_receipt(*, escalation: Escalation, now: datetime | None = None
                        ) -> tuple[str, datetime]:
     """A short-lived ES256 receipt for an approved, unconsumed escalation, signed with the
@@ -819,8 +791,6 @@ def break_glass_grant(*, tenant: Tenant, actor: Actor, admin: AbstractBaseUser, 
     """An admin's emergency self-grant: no approval, at most BREAK_GLASS_MAX_MINUTES, flagged
     on the grant (and so in the bundle and the evidence), audited as ``grant.break_glass`` and
     alerted to every admin."""
-    from governance.notifications.services import notify
-
     if not Membership.objects.for_tenant(tenant).filter(user=admin, role=Role.ADMIN).exists():
         raise ValidationError("Only an admin can break the glass.")
     if agent.tenant_id != tenant.pk or scope.tenant_id != tenant.pk:
@@ -842,8 +812,7 @@ def break_glass_grant(*, tenant: Tenant, actor: Actor, admin: AbstractBaseUser, 
                  after={"break_glass": True, "agent": agent.name, "scope": scope.name,
                         "justification": justification, "minutes": int(minutes),
                         "expires_at": grant.expires_at.isoformat()})
-    admins = _users(list(Membership.objects.for_tenant(tenant).filter(
-        role=Role.ADMIN).values_list("user_id", flat=True)))
+    admins = _member_users(tenant, memberships__role=Role.ADMIN)
     subject = (f"Break-glass: {admin.get_username()} granted {scope.name} to agent "
                f"{agent.name} for {int(minutes)} minutes")
     notify(tenant=tenant, event="break_glass.used", subject=subject,
@@ -887,7 +856,7 @@ class ApproverProfile:
     groups: frozenset[str]
 
     def admits(self, stage: dict[str, Any]) -> bool:
-        """The rule of ``_eligible_users``, for one person: a member whose role the stage names,
+        """The rule of ``eligible_user_ids``, for one person: a member whose role the stage names,
         or (when it names one) a member in the stage's IdP group."""
         if self.role is None:
             return False

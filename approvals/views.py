@@ -30,7 +30,7 @@ from approvals.forms import (
     RequestFilterForm,
     RequestForm,
 )
-from approvals.models import AccessRequest, Escalation
+from approvals.models import AccessRequest, Decidable, Escalation, describe_rule
 from governance.tenancy.access import access_object
 from governance.tenancy.forms import add_service_errors
 from governance.tenancy.mixins import TenantPageView
@@ -68,50 +68,67 @@ class InboxView(TenantPageView):
         }))
 
 
-def _request_row(request: HttpRequest, access: AccessRequest, *, message: str = "",
-                 error: str = "", form: DecideForm | None = None) -> HttpResponse:
-    """The inbox row of one request after a decision (htmx), with what happened."""
-    access = selectors.request_list(request.tenancy.tenant).prefetch_related(
-        "scope__tools__server").get(pk=access.pk)
-    open_ = selectors.may_decide_now(request.tenancy.tenant, request.user, access)
-    item = selectors.InboxItem(selectors.ACCESS_REQUEST, access.deadline, access,
-                               selectors.ACCESS_REQUEST_ROW)
-    access.all_data_classes = selectors.data_classes(access)
-    return vary_on_htmx(render(request, selectors.ACCESS_REQUEST_ROW, {
-        "item": item, "row_message": message, "row_error": error, "row_open": open_,
+def _item_row(request: HttpRequest, item: Decidable, *, message: str = "", error: str = "",
+              form: DecideForm | None = None) -> HttpResponse:
+    """The inbox row of one request or escalation after a decision (htmx), with what
+    happened."""
+    tenant = request.tenancy.tenant
+    row = selectors.prepared_item(tenant, item)
+    return vary_on_htmx(render(request, row.template, {
+        "item": row, "row_message": message, "row_error": error,
+        "row_open": selectors.may_decide_now(tenant, request.user, row.obj),
         "reason_value": form["reason"].value() if form is not None and error else "",
     }))
 
 
-class RequestDecideView(TenantPageView):
-    """One approver's decision on a request's current stage (the service enforces every rule:
-    not the requester or the agent's owner, eligible now, once per stage, deny with a reason)."""
+class DecideView(TenantPageView):
+    """One approver's decision on an item's current stage (the service enforces every rule:
+    not the requester or the agent's owner, eligible now, once per stage, deny with a reason).
+    htmx gets the inbox row back; a form post goes back where it came from."""
 
     capability = Cap.DECIDE_APPROVALS
+    detail: str  # URL name of the item's page
 
-    def post(self, request: HttpRequest, tenant_slug: str, request_id: int) -> HttpResponse:
-        access = access_object(self.tenant, AccessRequest, request_id)
+    def load(self, pk) -> Decidable:
+        raise NotImplementedError
+
+    def decide(self, item: Decidable, **values) -> services.Outcome:
+        raise NotImplementedError
+
+    def post(self, request: HttpRequest, tenant_slug: str, **kwargs) -> HttpResponse:
+        item = self.load(*kwargs.values())
         form = DecideForm(request.POST)
-        detail = reverse("approvals:request", args=[tenant_slug, access.pk])
+        detail = reverse(self.detail, args=[tenant_slug, item.pk])
         if not form.is_valid():
             text = "Choose approve or deny."
             if request.htmx:
-                return _request_row(request, access, error=text, form=form)
+                return _item_row(request, item, error=text, form=form)
             messages.error(request, text)
             return _back(request, detail)
         try:
-            outcome = services.access_request_decide(
-                tenant=self.tenant, actor=self.actor, request=access, approver=request.user,
-                outcome=form.cleaned_data["outcome"], reason=form.cleaned_data["reason"])
+            outcome = self.decide(item, outcome=form.cleaned_data["outcome"],
+                                  reason=form.cleaned_data["reason"])
         except ValidationError as exc:
             if request.htmx:
-                return _request_row(request, access, error=error_text(exc), form=form)
+                return _item_row(request, item, error=error_text(exc), form=form)
             messages.error(request, error_text(exc))
             return _back(request, detail)
         if request.htmx:
-            return _request_row(request, outcome.request, message=outcome.message)
+            return _item_row(request, outcome.item, message=outcome.message)
         (messages.success if outcome.changed else messages.info)(request, outcome.message)
         return _back(request, detail)
+
+
+class RequestDecideView(DecideView):
+    detail = "approvals:request"
+
+    def load(self, pk) -> AccessRequest:
+        return access_object(self.tenant, AccessRequest, pk)
+
+    def decide(self, item: AccessRequest, **values) -> services.Outcome:
+        return services.access_request_decide(tenant=self.tenant, actor=self.actor,
+                                              request=item, approver=self.request.user,
+                                              **values)
 
 
 class BulkApproveView(TenantPageView):
@@ -260,7 +277,7 @@ class PolicyListView(TenantPageView):
     def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
         return render(request, "approvals/policies.html", {
             "policies": selectors.policy_list(self.tenant),
-            "built_in": [{"who": selectors.describe_stage(s), **s}
+            "built_in": [{"who": describe_rule(s), **s}
                          for s in services.BUILT_IN_STAGES],
             "built_in_hours": services.BUILT_IN_DECISION_HOURS,
         })
@@ -350,21 +367,6 @@ class PolicyDeleteView(TenantPageView):
 # --- Escalations (held tool calls) ----------------------------------------------------------------
 
 
-def _escalation_row(request: HttpRequest, escalation: Escalation, *, message: str = "",
-                    error: str = "", form: DecideForm | None = None) -> HttpResponse:
-    """The inbox row of one escalation after a decision (htmx), with what happened."""
-    tenant = request.tenancy.tenant
-    escalation = selectors.escalation_list(tenant).get(pk=escalation.pk)
-    escalation.arguments_complete = selectors.arguments_complete(escalation)
-    item = selectors.InboxItem(selectors.ESCALATION, escalation.deadline, escalation,
-                               selectors.ESCALATION_ROW)
-    return vary_on_htmx(render(request, selectors.ESCALATION_ROW, {
-        "item": item, "row_message": message, "row_error": error,
-        "row_open": selectors.may_decide_escalation(tenant, request.user, escalation),
-        "reason_value": form["reason"].value() if form is not None and error else "",
-    }))
-
-
 class EscalationListView(TenantPageView):
     """Every held tool call of the tenant, newest first (approvers, admins, auditors)."""
 
@@ -393,42 +395,22 @@ class EscalationDetailView(TenantPageView):
                                          ensure_ascii=False)
             if escalation.arguments is not None else None,
             "arguments_complete": selectors.arguments_complete(escalation),
-            "stages": selectors.escalation_stage_rows(escalation),
+            "stages": selectors.stage_rows(escalation),
             "grants": selectors.agent_grants(self.tenant, escalation.agent),
             "decide_form": DecideForm() if self.tenancy.can(Cap.DECIDE_APPROVALS)
-            and selectors.may_decide_escalation(self.tenant, request.user, escalation) else None,
+            and selectors.may_decide_now(self.tenant, request.user, escalation) else None,
         })
 
 
-class EscalationDecideView(TenantPageView):
-    """One approver's decision on a held call (the service enforces every rule)."""
+class EscalationDecideView(DecideView):
+    detail = "approvals:escalation"
 
-    capability = Cap.DECIDE_APPROVALS
+    def load(self, pk) -> Escalation:
+        return access_escalation(self.tenancy, pk)
 
-    def post(self, request: HttpRequest, tenant_slug: str, escalation_id) -> HttpResponse:
-        escalation = access_escalation(self.tenancy, escalation_id)
-        form = DecideForm(request.POST)
-        detail = reverse("approvals:escalation", args=[tenant_slug, escalation.pk])
-        if not form.is_valid():
-            text = "Choose approve or deny."
-            if request.htmx:
-                return _escalation_row(request, escalation, error=text, form=form)
-            messages.error(request, text)
-            return _back(request, detail)
-        try:
-            outcome = services.escalation_decide(
-                tenant=self.tenant, actor=self.actor, escalation=escalation,
-                approver=request.user, outcome=form.cleaned_data["outcome"],
-                reason=form.cleaned_data["reason"])
-        except ValidationError as exc:
-            if request.htmx:
-                return _escalation_row(request, escalation, error=error_text(exc), form=form)
-            messages.error(request, error_text(exc))
-            return _back(request, detail)
-        if request.htmx:
-            return _escalation_row(request, outcome.item, message=outcome.message)
-        (messages.success if outcome.changed else messages.info)(request, outcome.message)
-        return _back(request, detail)
+    def decide(self, item: Escalation, **values) -> services.Outcome:
+        return services.escalation_decide(tenant=self.tenant, actor=self.actor, escalation=item,
+                                          approver=self.request.user, **values)
 
 
 # --- Approver permissions and break-glass (admins) ---------------------------------------------

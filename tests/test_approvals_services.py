@@ -136,8 +136,8 @@ def test_the_deadline_wins_over_a_late_decision(tenant_a, world, dave, bob):
 
 def test_undecided_requests_expire_by_the_system_actor(tenant_a, world, dave):
     request = _request(tenant_a, world, dave)
-    assert services.access_requests_expire_due(now=request.deadline - timedelta(seconds=1)) == 0
-    assert services.access_requests_expire_due(now=request.deadline) == 1
+    assert services.deadlines_due(now=request.deadline - timedelta(seconds=1)) == 0
+    assert services.deadlines_due(now=request.deadline) == 1
     request.refresh_from_db()
     assert request.status == "expired"
     event = AuditEvent.objects.get(action="access_request.expired")

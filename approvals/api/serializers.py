@@ -185,9 +185,9 @@ class EscalationOut(serializers.ModelSerializer):
                   "created_at", "deadline", "decided_at", "deny_reason", "consumed_at"]
 
     def get_arguments_complete(self, escalation: Escalation) -> bool:
-        from approvals.services import arguments_verified
+        from approvals.selectors import arguments_complete
 
-        return arguments_verified(escalation)
+        return arguments_complete(escalation)
 
     def get_current_stage(self, escalation: Escalation) -> int:
         return escalation.current_stage + 1

@@ -11,7 +11,7 @@ is a 400 ``invalid`` carrying the service's message, as every service refusal of
 from __future__ import annotations
 
 from django.db.models import Prefetch, Q, QuerySet
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
@@ -29,13 +29,9 @@ from approvals.api import serializers as s
 from approvals.models import AccessRequest, ApprovalDecision, ApprovalPolicy, Escalation
 from governance.tenancy.access import access_object
 from governance.tenancy.api.base import TenantViewSet
-from governance.tenancy.api.schema import error_responses
+from governance.tenancy.api.schema import NO_CONTENT, READ, WRITE, error_responses
 from governance.tenancy.roles import Cap
 from registry.models import Grant
-
-READ = error_responses()
-WRITE = error_responses(400, 403)
-NO_CONTENT = {204: OpenApiResponse(description="Done.")} | WRITE
 
 
 def _person(viewset: TenantViewSet, what: str):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, UnsupportedMediaType, ValidationError
@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from governance.tenancy.api.base import TenantViewSet
-from governance.tenancy.api.schema import error_responses
+from governance.tenancy.api.schema import NO_CONTENT, READ, WRITE, error_responses
 from governance.tenancy.models import Membership
 from governance.tenancy.roles import Cap
 from registry import selectors, services
@@ -38,11 +38,6 @@ from registry.api import serializers as s
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, ServerSync, Tool, ToolScope
 from registry.server_json import MAX_DOCUMENT_BYTES
 from registry.sync import server_sync_request
-
-READ = error_responses()
-WRITE = error_responses(400, 403)
-NO_CONTENT = {204: OpenApiResponse(description="Done.")} | WRITE
-
 
 # --- Servers -----------------------------------------------------------------------------------
 

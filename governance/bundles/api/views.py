@@ -30,11 +30,9 @@ from governance.bundles.keys import KeyUnavailable
 from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
 from governance.bundles.publish import bundle_publish, bundle_publish_failed
 from governance.tenancy.api.base import TenantViewSet
-from governance.tenancy.api.schema import ErrorOut, error_responses
+from governance.tenancy.api.schema import READ, WRITE, ErrorOut, error_responses
 from governance.tenancy.roles import Cap
 
-READ = error_responses()
-WRITE = error_responses(400, 403)
 CONFLICT = {409: OpenApiResponse(ErrorOut, description="No usable signing key (code "
                                  "key_unavailable): activate the pending key or rotate.")}
 

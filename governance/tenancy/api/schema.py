@@ -51,3 +51,9 @@ def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
         code: OpenApiResponse(ErrorOut, description=_ERROR_TEXT[code])
         for code in sorted({401, 404, *codes})
     }
+
+
+# The error responses most endpoints document: reads (401, 404) and writes (also 400, 403).
+READ = error_responses()
+WRITE = error_responses(400, 403)
+NO_CONTENT = {204: OpenApiResponse(description="Done.")} | WRITE
