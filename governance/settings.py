@@ -63,6 +63,11 @@ INSTALLED_APPS = [
     "registry",
     "approvals",
     "governance.notifications",
+    "governance.decisions",
+    "governance.exports",
+    "governance.alerts",
+    "governance.evidence",
+    "governance.observability",
 ]
 
 MIDDLEWARE = [

@@ -41,6 +41,11 @@ tenant_api = [
     path("", include("governance.bundles.api.urls")),
     path("", include("approvals.api.urls")),
     path("", include("governance.notifications.api.urls")),
+    path("", include("governance.decisions.api.urls")),
+    path("", include("governance.exports.api.urls")),
+    path("", include("governance.alerts.api.urls")),
+    path("", include("governance.evidence.api.urls")),
+    path("", include("governance.observability.api.urls")),
 ]
 
 tenant_web = [
@@ -50,6 +55,11 @@ tenant_web = [
     path("", include("governance.bundles.urls")),
     path("", include("governance.notifications.urls")),
     path("", include("approvals.urls")),
+    path("", include("governance.decisions.urls")),
+    path("", include("governance.exports.urls")),
+    path("", include("governance.alerts.urls")),
+    path("", include("governance.evidence.urls")),
+    path("", include("governance.observability.urls")),
 ]
 
 urlpatterns = [

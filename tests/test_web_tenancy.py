@@ -309,24 +309,30 @@ def test_an_admin_sets_the_resync_interval(login, alice, tenant_a):
     assert page.status_code == 200
     assert b'value="60"' in page.content
 
-    response = client.post(f"/t/{tenant_a.slug}/settings/", {"registry_resync_minutes": "15"})
+    assert b'value="90"' in page.content
+
+    response = client.post(f"/t/{tenant_a.slug}/settings/", {
+        "registry_resync_minutes": "15", "decision_log_retention_days": "30"})
 
     assert response.status_code == 302
     tenant_a.refresh_from_db()
-    assert tenant_a.registry_resync_minutes == 15
+    assert (tenant_a.registry_resync_minutes, tenant_a.decision_log_retention_days) == (15, 30)
     event = AuditEvent.objects.get(tenant=tenant_a, action="tenant.settings_changed")
-    assert (event.before, event.after) == ({"registry_resync_minutes": 60},
-                                           {"registry_resync_minutes": 15})
+    assert (event.before, event.after) == (
+        {"registry_resync_minutes": 60, "decision_log_retention_days": 90},
+        {"registry_resync_minutes": 15, "decision_log_retention_days": 30})
 
 
 def test_a_bad_interval_is_refused_with_the_input_kept(login, alice, tenant_a):
     response = login(alice).post(f"/t/{tenant_a.slug}/settings/",
-                                 {"registry_resync_minutes": "-5"})
+                                 {"registry_resync_minutes": "-5",
+                                  "decision_log_retention_days": "0"})
     assert response.status_code == 400
     assert "Ensure this value is greater than or equal to 0." in response.content.decode()
+    assert "Ensure this value is greater than or equal to 1." in response.content.decode()
     assert b'value="-5"' in response.content
     tenant_a.refresh_from_db()
-    assert tenant_a.registry_resync_minutes == 60
+    assert (tenant_a.registry_resync_minutes, tenant_a.decision_log_retention_days) == (60, 90)
 
 
 def test_the_settings_service_checks_its_bounds(tenant_a):

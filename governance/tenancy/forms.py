@@ -71,3 +71,8 @@ class TenantSettingsForm(forms.Form):
         help_text="Celery beat lists the tools of every active server this often and "
                   "quarantines drifted ones. 0 turns the schedule off (manual syncs only).",
     )
+    decision_log_retention_days = forms.IntegerField(
+        label="Keep decision logs for (days)", min_value=1, max_value=10 * 366,
+        help_text="Gateway decision logs older than this are deleted by a daily Celery beat "
+                  "purge (the purge itself is audited).",
+    )

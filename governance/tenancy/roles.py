@@ -42,6 +42,9 @@ class Cap(StrEnum):
     REQUEST_ACCESS = "access.request"
     DECIDE_APPROVALS = "approvals.decide"
     MANAGE_NOTIFICATIONS = "notifications.manage"
+    MANAGE_EXPORTS = "exports.manage"
+    MANAGE_ALERTS = "alerts.manage"
+    EXPORT_EVIDENCE = "evidence.export"
 
 
 _EVERYONE = {Cap.VIEW, Cap.PERSONAL_TOKENS}
@@ -49,7 +52,7 @@ _EVERYONE = {Cap.VIEW, Cap.PERSONAL_TOKENS}
 ROLE_CAPABILITIES: dict[str, frozenset[Cap]] = {
     Role.ADMIN: frozenset(Cap),
     Role.APPROVER: frozenset(_EVERYONE | {Cap.DECIDE_APPROVALS}),
-    Role.AUDITOR: frozenset(_EVERYONE | {Cap.VIEW_AUDIT}),
+    Role.AUDITOR: frozenset(_EVERYONE | {Cap.VIEW_AUDIT, Cap.EXPORT_EVIDENCE}),
     Role.DEVELOPER: frozenset(_EVERYONE | {Cap.OWN_AGENTS, Cap.REQUEST_ACCESS}),
     Role.VIEWER: frozenset(_EVERYONE),
 }
@@ -60,13 +63,16 @@ CAPABILITY_LABELS: dict[Cap, str] = {
     Cap.MANAGE_MEMBERS: "Manage members and roles",
     Cap.MANAGE_GROUP_MAPPINGS: "Manage IdP group → role mappings",
     Cap.MANAGE_SERVICE_TOKENS: "Create and revoke service tokens, revoke anyone's token",
-    Cap.VIEW_AUDIT: "Read the audit trail",
+    Cap.VIEW_AUDIT: "Read the audit trail, decision logs and alerts",
     Cap.MANAGE_REGISTRY: "Manage servers, tools, scopes, agents, grants",
     Cap.MANAGE_GATEWAYS: "Manage gateways, gateway tokens and bundle signing keys",
     Cap.OWN_AGENTS: "Own and manage own agents",
     Cap.REQUEST_ACCESS: "Request tool scopes for agents",
     Cap.DECIDE_APPROVALS: "Decide access requests and escalations",
     Cap.MANAGE_NOTIFICATIONS: "Manage notification channels and see deliveries",
+    Cap.MANAGE_EXPORTS: "Manage SIEM exporters (audit events and decision logs)",
+    Cap.MANAGE_ALERTS: "Configure alert rules and acknowledge alerts",
+    Cap.EXPORT_EVIDENCE: "Generate and download evidence packs",
 }
 
 

@@ -61,12 +61,16 @@ def tenant_create(*, actor: Actor, slug: str, name: str) -> Tenant:
 # --- Memberships -------------------------------------------------------------------------------
 
 
-TENANT_SETTING_LIMITS = {"registry_resync_minutes": (0, 7 * 24 * 60)}
+TENANT_SETTING_LIMITS = {
+    "registry_resync_minutes": (0, 7 * 24 * 60),
+    "decision_log_retention_days": (1, 10 * 366),
+}
 
 
 @transaction.atomic
 def tenant_update_settings(*, tenant: Tenant, actor: Actor, **changes: int) -> Tenant:
-    """Change a tenant's settings (today: how often its MCP servers are re-synced)."""
+    """Change a tenant's settings (how often its MCP servers are re-synced, how long its
+    decision logs are kept)."""
     tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
     unknown = set(changes) - set(TENANT_SETTING_LIMITS)
     if unknown:

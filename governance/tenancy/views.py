@@ -330,7 +330,8 @@ class TenantSettingsView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
         form = TenantSettingsForm(
-            initial={"registry_resync_minutes": self.tenant.registry_resync_minutes}
+            initial={"registry_resync_minutes": self.tenant.registry_resync_minutes,
+                     "decision_log_retention_days": self.tenant.decision_log_retention_days}
         )
         return render(request, "tenancy/settings.html", {"form": form})
 
