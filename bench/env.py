@@ -67,7 +67,7 @@ class Config:
             quick=quick,
             database_url=os.environ.get(
                 "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tollgate_bench"),
-            redis_url=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7"),
+            redis_url=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"),
             host="127.0.0.1",
             port=_int("BENCH_PORT", 18080),
             nginx_port=_int("BENCH_NGINX_PORT", 18081),

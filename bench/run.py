@@ -12,7 +12,7 @@
    a long-polling gateway has the new ETag: latency over ~30 writes.
 
 Everything it starts (uvicorn, a Celery worker, nginx, its helpers) it stops, also on Ctrl-C.
-It owns the database ``tollgate_bench`` (dropped and re-created) and Redis db 7 (flushed).
+It owns the database ``tollgate_bench`` (dropped and re-created) and Redis db 11 (flushed).
 Results: the summary printed at the end and var/bench/results.json. ``BENCH_QUICK=1``: a smoke
 run of a minute or two. Other knobs: BENCH_* in bench/env.py.
 """

@@ -33,6 +33,10 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, key, None)
             if value:
                 payload[key] = value
+        fields = getattr(record, "fields", None)  # logger.info(..., extra={"fields": {...}})
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                payload.setdefault(key, value)
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -12,6 +14,10 @@ from django.utils.decorators import sync_and_async_middleware
 from governance import context
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+access_log = logging.getLogger("governance.access")
+# Gateway bundle and key polls are the fleet's heartbeat (thousands a second): logged at DEBUG,
+# so the default INFO access log has one line per human or API action, not per poll.
+_HEARTBEAT = re.compile(r"^/api/v1/gateway/(bundles|keys)/")
 
 
 def client_ip(request: HttpRequest) -> str | None:
@@ -38,15 +44,34 @@ def _begin(request: HttpRequest):
     )
 
 
+def _log_access(request: HttpRequest, response: HttpResponse, started: float) -> None:
+    """One JSON line per request (inside its context, so it carries the request id)."""
+    level = logging.DEBUG if _HEARTBEAT.match(request.path) else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    # Only a user the request already loaded (never a session query, nor a sync call in async).
+    user = getattr(request, "_cached_user", None)
+    access_log.log(level, "%s %s %s", request.method, request.path, response.status_code,
+                   extra={"fields": {
+                       "method": request.method, "path": request.path,
+                       "status": response.status_code,
+                       "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                       "user": user.get_username() if user is not None and
+                       user.is_authenticated else None}})
+
+
 @sync_and_async_middleware
 def RequestContextMiddleware(get_response):  # noqa: N802 - Django middleware naming
-    """Give every request an id (echoed as X-Request-ID) that logs and audit events carry."""
+    """Give every request an id (echoed as X-Request-ID) that logs and audit events carry, and
+    write the access log line."""
     if iscoroutinefunction(get_response):
 
         async def middleware(request: HttpRequest) -> HttpResponse:
+            started = time.perf_counter()
             token = _begin(request)
             try:
                 response = await get_response(request)
+                _log_access(request, response, started)
             finally:
                 context.deactivate(token)
             response["X-Request-ID"] = request.request_id
@@ -55,9 +80,11 @@ def RequestContextMiddleware(get_response):  # noqa: N802 - Django middleware na
         return markcoroutinefunction(middleware)
 
     def middleware(request: HttpRequest) -> HttpResponse:  # type: ignore[no-redef]
+        started = time.perf_counter()
         token = _begin(request)
         try:
             response = get_response(request)
+            _log_access(request, response, started)
         finally:
             context.deactivate(token)
         response["X-Request-ID"] = request.request_id
