@@ -42,6 +42,7 @@ from approvals.models import (
     Escalation,
     describe_rule,
 )
+from governance.alerts.services import alert_raise
 from governance.audit.services import Actor, audit_record
 from governance.bundles import hot, keys
 from governance.bundles.compiler import escalation_settings
@@ -819,6 +820,12 @@ def break_glass_grant(*, tenant: Tenant, actor: Actor, admin: AbstractBaseUser, 
            text=f"{subject}. Justification: {justification}", recipients=admins,
            data={"grant": grant.pk, "agent": agent.name, "scope": scope.name,
                  "admin": admin.get_username(), "expires_at": grant.expires_at.isoformat()})
+    # The break-glass alert rule (one alert per grant), in this same transaction.
+    alert_raise(tenant=tenant, kind="break_glass_used", key=f"grant:{grant.pk}", subject=subject,
+                detail={"grant": grant.pk, "agent": agent.name, "scope": scope.name,
+                        "admin": admin.get_username(), "minutes": int(minutes),
+                        "justification": justification, "expires_at": grant.expires_at},
+                actor=actor)
     return grant
 
 

@@ -10,6 +10,8 @@
    servers, 20k tools, 2k scopes, 50k grants), each measured in fresh processes.
 4. Registry write (service layer, another process) → the Celery worker builds (debounced) →
    a long-polling gateway has the new ETag: latency over ~30 writes.
+5. Decision-log ingestion (bench/ingest.py): gzip batches POSTed to /api/v1/gateway/logs by 2
+   and 4 clients, events/s against the 20,000/s goal, each event stored once; re-send rate.
 
 Everything it starts (uvicorn, a Celery worker, nginx, its helpers) it stops, also on Ctrl-C.
 It owns the database ``tollgate_bench`` (dropped and re-created) and Redis db 11 (flushed).
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from bench import loadgen, procs
+from bench import ingest, loadgen, procs
 from bench.env import LOGS, PYTHON, REPO, VAR, Config, median, quantile
 from bench.procs import BenchError, Children
 
@@ -767,6 +769,8 @@ def summary(results: dict[str, Any], config: Config) -> list[dict[str, Any]]:
             and not e2e["misses"]
         row("registry write → new ETag p50 / p95", f"{_fmt_s(lat['p50'])} / "
             f"{_fmt_s(lat['p95'])}", "p95 ≤ 1 s", ok)
+    if results.get("ingest"):
+        rows.extend(ingest.summary_rows(results["ingest"]))
     return rows
 
 
@@ -890,6 +894,9 @@ def main() -> int:
             say(_trim_pstats(results["compile"]["cprofile"]["cumulative"]))
             say("by own time:")
             say(_trim_pstats(results["compile"]["cprofile"]["tottime"]))
+        if ingest.wanted(config):  # section 5 runs unless BENCH_SECTIONS leaves it out
+            config.sections.add(ingest.SECTION)
+        section(ingest.SECTION, "ingest", ingest.section_ingest, config, children, workers)
     except BenchError as exc:
         say(f"\nbench stopped: {exc}")
         results["error"] = str(exc)

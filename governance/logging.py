@@ -16,6 +16,11 @@ class RequestContextFilter(logging.Filter):
         ctx = context.current()
         record.request_id = ctx.request_id if ctx else None
         record.client_ip = ctx.ip if ctx else None
+        if ctx is None:
+            # Django logs a returned 4xx/5xx ("Bad Request: /login/") after the middleware has
+            # left the request's context; the request it passes along still knows its id.
+            request = getattr(record, "request", None)
+            record.request_id = getattr(request, "request_id", None)
         return True
 
 

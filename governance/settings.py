@@ -194,6 +194,27 @@ CELERY_BEAT_SCHEDULE = {
         "task": "governance.notifications.tasks.sweep",
         "schedule": timedelta(minutes=1),
     },
+    # Queues a run of every enabled SIEM exporter that is due (not backing off after a failure).
+    "exports-sweep": {
+        "task": "governance.exports.tasks.sweep",
+        "schedule": timedelta(seconds=30),
+    },
+    # Deletes decision logs (and their hourly roll-up) older than each tenant's retention.
+    "decisions-purge": {
+        "task": "governance.decisions.tasks.purge",
+        "schedule": timedelta(hours=1),
+    },
+    # Evaluates every tenant's alert rules (stale gateways, tool drift, denial bursts, failing
+    # exporters): raises, bumps and auto-resolves alerts.
+    "alerts-evaluate": {
+        "task": "governance.alerts.tasks.evaluate",
+        "schedule": timedelta(minutes=1),
+    },
+    # Evidence packs: fails attempts whose worker died, re-sends packs whose message was lost.
+    "evidence-sweep": {
+        "task": "governance.evidence.tasks.sweep",
+        "schedule": timedelta(minutes=5),
+    },
 }
 
 # --- Registry: tool sync ----------------------------------------------------------------------
@@ -277,6 +298,58 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Tollgate <tollgate@localhost
 NOTIFICATION_HTTP_TIMEOUT = env_int("NOTIFICATION_HTTP_TIMEOUT", 5, minimum=1)
 # A delivery is tried this often (backoff 30 s, 1, 2, 4, 8 min …) before it is marked failed.
 NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 6, minimum=1)
+
+# --- Decision logs (governance/decisions; DESIGN.md §5 POST logs) ---------------------------
+# Largest request body POST /api/v1/gateway/logs accepts, as sent (gzip or not; 413 beyond).
+DECISION_LOG_MAX_BODY_BYTES = env_int("DECISION_LOG_MAX_BODY_BYTES", 8 * 1024 * 1024,
+                                      minimum=1024)
+# Largest body once decompressed: inflating stops here (413), so a gzip bomb costs nothing.
+DECISION_LOG_MAX_DECOMPRESSED_BYTES = env_int("DECISION_LOG_MAX_DECOMPRESSED_BYTES",
+                                              64 * 1024 * 1024, minimum=1024)
+# Most events one upload may carry (413 beyond).
+DECISION_LOG_MAX_EVENTS = env_int("DECISION_LOG_MAX_EVENTS", 10_000, minimum=1)
+# Rows per INSERT statement (PostgreSQL; SQLite is held to its bound-parameter limit).
+DECISION_LOG_INSERT_ROWS = env_int("DECISION_LOG_INSERT_ROWS", 5000, minimum=1)
+# Rows the hourly retention purge deletes per statement (short locks, bounded WAL per step).
+DECISION_LOG_PURGE_CHUNK = env_int("DECISION_LOG_PURGE_CHUNK", 10_000, minimum=1)
+
+# --- SIEM export -----------------------------------------------------------------------------
+# Exporters (governance/exports). JSON lines exporters write only to a file name inside
+# EXPORT_FILE_DIR/<tenant slug>/.
+EXPORT_FILE_DIR = Path(env_str("EXPORT_FILE_DIR", str(VAR_DIR / "exports")))
+# Rows per batch (one file append, one TCP connection, one HEC request); one run sends at most
+# EXPORT_MAX_BATCHES_PER_RUN batches, then queues the next run.
+EXPORT_BATCH_SIZE = env_int("EXPORT_BATCH_SIZE", 500, minimum=1)
+EXPORT_MAX_BATCHES_PER_RUN = env_int("EXPORT_MAX_BATCHES_PER_RUN", 20, minimum=1)
+# Decision logs are exported only once received this long ago: concurrent uploads can commit
+# ids out of order, and the cursor must never pass a row that has yet to appear below it.
+EXPORT_SETTLE_SECONDS = env_int("EXPORT_SETTLE_SECONDS", 5, minimum=0)
+# One send (and "Test connection") gives up after this many seconds.
+EXPORT_TIMEOUT_SECONDS = env_int("EXPORT_TIMEOUT_SECONDS", 10, minimum=1)
+EXPORT_TEST_TIMEOUT_SECONDS = env_int("EXPORT_TEST_TIMEOUT_SECONDS", 5, minimum=1)
+# After a failure the next run waits BASE, 2×BASE, 4×BASE … seconds, at most MAX.
+EXPORT_RETRY_BASE_SECONDS = env_int("EXPORT_RETRY_BASE_SECONDS", 30, minimum=1)
+EXPORT_RETRY_MAX_SECONDS = env_int("EXPORT_RETRY_MAX_SECONDS", 900, minimum=1)
+# Largest syslog datagram (RFC 5426: receivers should take 2048 bytes); longer ones are cut.
+EXPORT_SYSLOG_UDP_MAX_BYTES = min(65507, env_int("EXPORT_SYSLOG_UDP_MAX_BYTES", 2048,
+                                                 minimum=480))
+
+# --- Alerts (governance/alerts) --------------------------------------------------------------
+# Decision logs reach Tollgate minutes late (OPA uploads them in batches): the burst-of-denials
+# rule also looks at denials stamped this much before its window, so a late batch still counts.
+ALERTS_DECISION_LOG_DELAY_MINUTES = env_int("ALERTS_DECISION_LOG_DELAY_MINUTES", 15, minimum=0)
+
+# --- Evidence packs (governance/evidence) ----------------------------------------------------
+# Longest period one pack covers, in days (both ends included).
+EVIDENCE_MAX_PERIOD_DAYS = env_int("EVIDENCE_MAX_PERIOD_DAYS", 366, minimum=1)
+# Attempts of one build (each starts from nothing) before the pack is marked failed.
+EVIDENCE_BUILD_ATTEMPTS = env_int("EVIDENCE_BUILD_ATTEMPTS", 3, minimum=1)
+# Seconds a build may take on the worker (soft limit 30 s earlier: recorded as failed).
+EVIDENCE_TIME_LIMIT = env_int("EVIDENCE_TIME_LIMIT", 1800, minimum=60)
+# Packs one tenant may have queued or running at the same time.
+EVIDENCE_MAX_OPEN_PER_TENANT = env_int("EVIDENCE_MAX_OPEN_PER_TENANT", 3, minimum=1)
+# Rows of each table shown in report.html (the CSV and JSON files always hold every row).
+EVIDENCE_REPORT_MAX_ROWS = env_int("EVIDENCE_REPORT_MAX_ROWS", 500, minimum=10)
 
 # --- Authentication -------------------------------------------------------------------------
 OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")
@@ -371,6 +444,31 @@ CSP_FORM_ACTION_EXTRA = [
     if origin
 ]
 
+# --- Metrics and dashboard (governance/observability) -----------------------------------------
+# /metrics answers a request bearing `Authorization: Bearer <METRICS_TOKEN>` from anywhere, and a
+# request without Authorization from these networks (CIDR list; empty: token only). A request
+# forwarded by a proxy (X-Forwarded-For) gets network access only with TRUSTED_PROXY_COUNT set.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+
+
+def _metrics_networks(name: str, default: list[str]) -> list:
+    import ipaddress
+
+    networks = []
+    for item in env_list(name, default):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not an IP network (e.g. 10.0.0.0/8 or ::1/128)") from None
+    return networks
+
+
+METRICS_ALLOWED_NETWORKS = _metrics_networks("METRICS_ALLOWED_NETWORKS",
+                                             ["127.0.0.1/32", "::1/128"])
+# A local scraper speaks plain HTTP, like the liveness probe: no redirect to HTTPS.
+SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, r"^metrics$"]
+
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -411,11 +509,19 @@ SPECTACULAR_SETTINGS = {
         # The API token kinds keep their name now that channels have kinds too.
         "KindEnum": "governance.tenancy.models.ApiToken.Kind",
         "ChannelKindEnum": "governance.notifications.models.Channel.Kind",
+        "ExporterKindEnum": "governance.exports.models.Exporter.Kind",
         "DeliveryStatusEnum": "governance.notifications.models.Delivery.Status",
         # A member's role and an approval stage's roles are the same choice set.
         "RoleEnum": "governance.tenancy.roles.Role",
         # Access requests and escalations share their states.
         "ApprovalStatusEnum": "approvals.models.Decidable.Status",
+        # Alerts: the rule kinds, severities and alert states (governance/alerts).
+        "AlertKindEnum": "governance.alerts.models.Kind",
+        "AlertSeverityEnum": "governance.alerts.models.Severity",
+        "AlertStatusEnum": "governance.alerts.models.Alert.Status",
+        # A gateway's decision (allow / deny / escalate), not an approver's.
+        "DecisionOutcomeEnum": "governance.decisions.models.Outcome",
+        "ApprovalOutcomeEnum": "approvals.models.ApprovalDecision.Outcome",
     },
 }
 API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365, minimum=1)

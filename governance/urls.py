@@ -65,6 +65,8 @@ tenant_web = [
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", healthz, name="healthz"),
+    # Prometheus scrape endpoint: METRICS_TOKEN or METRICS_ALLOWED_NETWORKS (no session).
+    path("", include("governance.observability.metrics_urls")),
     path("login/", auth_views.login_view, name="login"),
     path("logout/", auth_views.logout_view, name="logout"),
     path("oidc/authenticate/", auth_views.oidc_authenticate, name="oidc_authentication_init"),

@@ -21,11 +21,16 @@ from django.utils import timezone
 
 from approvals import services as approval_services
 from approvals.models import AccessRequest, ApprovalPolicy, Escalation
+from governance.alerts.models import Alert, AlertRule
+from governance.alerts.services import alert_rules_for
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from governance.bundles import services as bundle_services
 from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
 from governance.bundles.publish import bundle_publish
+from governance.decisions.models import DecisionLog, DecisionRollup
+from governance.evidence.models import EvidencePack
+from governance.exports.models import Exporter
 from governance.notifications.models import Channel, Delivery
 from governance.tenancy.access import TenantContext
 from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
@@ -58,7 +63,13 @@ NON_TENANT_PATTERNS = {
     "api/v1/gateway/escalations/<uuid:escalation_id>": "gateway: an escalation, long-polled",
     "api/v1/gateway/escalations/<uuid:escalation_id>/consume": "gateway: spend the approval",
     # non-tenant: decisions
+    # The token's tenant only (the URL names none); tests/test_decision_logs.py proves 401 and
+    # that a gateway's rows land in its own tenant and are never visible to another.
+    "api/v1/gateway/logs": "gateway: upload OPA decision logs of the calling gateway",
     # non-tenant: observability
+    # Prometheus exposition: Bearer METRICS_TOKEN or a client in METRICS_ALLOWED_NETWORKS, else
+    # 403 (401 for a wrong token); tests/test_metrics.py proves each case.
+    "metrics": "Prometheus metrics (token or allowed network; aggregate numbers only)",
 }
 
 # Which model an object kwarg names, for web patterns; API viewsets name it with ``pk``.
@@ -83,9 +94,13 @@ KWARG_MODELS = {
     "policy_id": ApprovalPolicy,
     "escalation_id": Escalation,
     # kwargs: decisions
+    "decision_pk": DecisionLog,
     # kwargs: exports
+    "exporter_id": Exporter,
     # kwargs: alerts
+    "alert_id": Alert,
     # kwargs: evidence
+    "pack_id": EvidencePack,
 }
 
 # ``<converter:name>`` (path()) or ``(?P<name>regex)`` (DRF routers' re_path()).
@@ -227,9 +242,23 @@ def objects_a(cast, tenant_a):
             deadline=timezone.now() + timedelta(minutes=15)),
     }
     # objects: decisions
+    objects[DecisionLog] = DecisionLog.objects.create(
+        tenant=tenant_a, gateway=gateway, decision_id="d-1", timestamp=timezone.now(),
+        server="payroll", tool="read_salary", arguments_sha256="0" * 64, outcome="deny")
     # objects: exports
+    objects[Exporter] = Exporter.objects.create(
+        tenant=tenant_a, name="siem", kind="syslog_udp", stream="audit", host="127.0.0.1",
+        port=9)
     # objects: alerts
+    objects[Alert] = Alert.objects.create(tenant=tenant_a, rule_kind="gateway_stale",
+                                          key=f"gateway:{gateway.pk}", subject="edge-1 stale",
+                                          severity="warning")
+    objects[AlertRule] = alert_rules_for(tenant_a)["denial_burst"]
     # objects: evidence
+    objects[EvidencePack] = EvidencePack.objects.create(
+        tenant=tenant_a, period_start=timezone.now().date() - timedelta(days=7),
+        period_end=timezone.now().date(), status="done", progress=100, content=b"PK\x05\x06",
+        size=4, sha256="0" * 64)
     return objects
 
 
@@ -337,6 +366,8 @@ def test_every_tenant_model_is_covered_by_the_contract():
         ApprovalDecision: "part of a request: made through access-requests/<pk>/decide and "
                           "approvals/requests/<request_id>/decide/, shown with the request",
         # not exposed: decisions
+        DecisionRollup: "derived counts of decision_pk rows (hour × outcome), read only by "
+                        "the dashboard's charts and /metrics, never addressed by id",
     }
     covered = set(KWARG_MODELS.values()) | {
         getattr(r.view_class, "model", None) for r in TENANT_ROUTES

@@ -151,7 +151,7 @@ def test_switching_a_webhook_to_email_forgets_its_url_and_secret(tenant_a):
     ({"kind": "email", "to_recipients": True, "events": ["approval.sneezed"]}, "events",
      "Unknown event(s) approval.sneezed; use approval.requested, approval.reminder, "
      "approval.decided, escalation.created, escalation.decided, escalation.flood, "
-     "break_glass.used, notification.test."),
+     "break_glass.used, alert.raised, notification.test."),
     ({"kind": "pager", "addresses": ["a@example.com"]}, "kind",
      "Use one of email, slack, webhook."),
 ])

@@ -104,3 +104,24 @@ def test_the_bundle_a_web_request_caused_is_audited_with_that_requests_id(
     published = AuditEvent.objects.get(tenant=tenant_a, action="bundle.published")
     assert published.request_id == "req-to-worker-77"
     assert "req-to-worker-77" in worker.log()
+
+
+def test_djangos_own_line_for_a_returned_4xx_names_the_request_id(client, db):
+    lines: list[dict] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(JsonFormatter().format(record)))
+
+    handler = Keep()
+    handler.addFilter(RequestContextFilter())
+    django_request = logging.getLogger("django.request")
+    django_request.addHandler(handler)
+    try:
+        response = client.post("/login/", {"username": "nobody", "password": "wrong"},
+                               HTTP_X_REQUEST_ID="req-four-oh-x1")
+    finally:
+        django_request.removeHandler(handler)
+    assert response.status_code == 400
+    assert lines[-1]["message"] == "Bad Request: /login/"
+    assert lines[-1]["request_id"] == "req-four-oh-x1"

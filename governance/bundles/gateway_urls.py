@@ -6,6 +6,7 @@ from django.urls import path
 
 from approvals import gateway_api as escalations
 from governance.bundles import gateway_api
+from governance.decisions import gateway_api as decision_logs
 
 app_name = "gateway"
 
@@ -18,4 +19,5 @@ urlpatterns = [
     path("escalations/<uuid:escalation_id>", escalations.escalation, name="escalation"),
     path("escalations/<uuid:escalation_id>/consume", escalations.consume,
          name="escalation_consume"),
+    path("logs", decision_logs.logs, name="logs"),
 ]

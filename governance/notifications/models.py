@@ -17,6 +17,8 @@ EVENTS: dict[str, str] = {
     "escalation.decided": "Escalation decided",
     "escalation.flood": "Unusually many escalations",
     "break_glass.used": "Break-glass access used",
+    "alert.raised": "Alert raised (gateway stale, tool drift, denial burst, break-glass, audit "
+                    "chain, export failing)",
     "notification.test": "Test message (“Send test”)",
 }
 

@@ -1,3 +1,11 @@
 from __future__ import annotations
 
-urlpatterns: list = []
+from rest_framework.routers import SimpleRouter
+
+from governance.alerts.api import views
+
+router = SimpleRouter()
+router.register("alerts", views.AlertViewSet, basename="alerts")
+router.register("alert-rules", views.AlertRuleViewSet, basename="alert-rules")
+
+urlpatterns = router.urls

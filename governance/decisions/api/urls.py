@@ -1,3 +1,10 @@
 from __future__ import annotations
 
-urlpatterns: list = []
+from rest_framework.routers import SimpleRouter
+
+from governance.decisions.api import views
+
+router = SimpleRouter()
+router.register("decision-logs", views.DecisionLogViewSet, basename="decision-logs")
+
+urlpatterns = router.urls

@@ -1,3 +1,10 @@
 from __future__ import annotations
 
-urlpatterns: list = []
+from rest_framework.routers import SimpleRouter
+
+from governance.evidence.api import views
+
+router = SimpleRouter()
+router.register("evidence-packs", views.EvidencePackViewSet, basename="evidence-packs")
+
+urlpatterns = router.urls

@@ -1,3 +1,10 @@
 from __future__ import annotations
 
-urlpatterns: list = []
+from rest_framework.routers import SimpleRouter
+
+from governance.exports.api import views
+
+router = SimpleRouter()
+router.register("exporters", views.ExporterViewSet, basename="exporters")
+
+urlpatterns = router.urls

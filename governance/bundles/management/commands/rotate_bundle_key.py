@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from governance.audit.services import Actor
 from governance.bundles import services
+from governance.exports.services import exporters_reencrypt
 from governance.notifications.services import channels_reencrypt
 from governance.tenancy.models import Tenant
 
@@ -34,6 +35,8 @@ class Command(BaseCommand):
             count = channels_reencrypt()
             self.stdout.write(f"Re-encrypted the URLs and secrets of {count} notification "
                               "channel(s).")
+            count = exporters_reencrypt()
+            self.stdout.write(f"Re-encrypted the HEC tokens of {count} SIEM exporter(s).")
             return
         if not tenant:
             raise CommandError("Name the tenant: rotate_bundle_key <tenant-slug>.")
