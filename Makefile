@@ -27,7 +27,7 @@ test-deps:
 	@scripts/test-deps
 
 ## make bench: figures measured on this machine (gateway poll throughput, 10k long polls,
-## compile + sign, registry write → new ETag); BENCH_QUICK=1 for a smoke run. Installs wrk and
+## compile + sign, registry write → new ETag, decision-log ingestion); BENCH_QUICK=1 for a smoke run. Installs wrk and
 ## nginx if missing; starts and stops its own servers; writes var/bench/results.json.
 bench: $(STAMP)
 	@scripts/bench-deps

@@ -58,7 +58,7 @@ class Config:
     @classmethod
     def from_env(cls) -> Config:
         quick = os.environ.get("BENCH_QUICK", "") not in ("", "0", "false", "no")
-        sections = set(os.environ.get("BENCH_SECTIONS", "1,2,3,4").replace(" ", "").split(","))
+        sections = set(os.environ.get("BENCH_SECTIONS", "1,2,3,4,5").replace(" ", "").split(","))
         scales = os.environ.get("BENCH_COMPILE_SCALES", "0.01,0.1" if quick else "0.01,0.1,1")
         workers = os.environ.get("BENCH_WORKERS", "1,2")
         from cryptography.fernet import Fernet

@@ -43,11 +43,6 @@ SECTION = "5"
 PATH = "/api/v1/gateway/logs"
 
 
-def wanted(config: Config) -> bool:
-    """Run by default; with BENCH_SECTIONS set, only when it names section 5."""
-    return "BENCH_SECTIONS" not in os.environ or SECTION in config.sections
-
-
 def say(text: str = "") -> None:
     print(text, flush=True)
 

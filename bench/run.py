@@ -894,8 +894,6 @@ def main() -> int:
             say(_trim_pstats(results["compile"]["cprofile"]["cumulative"]))
             say("by own time:")
             say(_trim_pstats(results["compile"]["cprofile"]["tottime"]))
-        if ingest.wanted(config):  # section 5 runs unless BENCH_SECTIONS leaves it out
-            config.sections.add(ingest.SECTION)
         section(ingest.SECTION, "ingest", ingest.section_ingest, config, children, workers)
     except BenchError as exc:
         say(f"\nbench stopped: {exc}")

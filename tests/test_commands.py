@@ -73,6 +73,17 @@ def test_seed_demo_is_idempotent_and_refuses_production(db, settings, tmp_path):
     verified = verify_bundle(response.content, jwks=jwks(acme.pk), tenant="acme")
     assert verified.revision_number == 1  # the second seed found nothing new to publish
     assert sorted(verified.data["agents"]) == ["hr-assistant"]
+    # A day of decisions, made by the real decision function over that bundle, seeded once.
+    from governance.decisions.models import DecisionLog, DecisionRollup
+
+    log = DecisionLog.objects.for_tenant(acme)
+    assert log.count() == 600
+    outcomes = {(row.tool, row.agent, row.outcome) for row in log}
+    assert ("lookup_employee", "hr-assistant", "allow") in outcomes
+    assert ("adjust_salary", "hr-assistant", "deny") in outcomes  # not reviewed: not approved
+    assert ("get_salary", "", "deny") in outcomes  # an unknown principal
+    assert log.filter(outcome="allow").exclude(grant_id=grant.pk).count() == 0
+    assert sum(DecisionRollup.objects.filter(tenant=acme).values_list("count", flat=True)) == 600
     settings.DEBUG = False
     with pytest.raises(CommandError, match="Refusing to create demo users"):
         call_command("seed_demo")

@@ -41,6 +41,7 @@ class Command(BaseCommand):
         self._seed_people()
         self._seed_registry()
         self._seed_gateway()
+        self._seed_decisions()
 
     @transaction.atomic
     def _seed_people(self):
@@ -142,3 +143,61 @@ class Command(BaseCommand):
             f"  curl -H \"Authorization: Bearer $(cat {token_file})\" "
             f"{settings.TOLLGATE_BASE_URL}/api/v1/gateway/bundles/acme -o acme.tar.gz"
         )
+
+    def _seed_decisions(self):
+        """A day of the demo gateway's decision log, so the dashboard and the decision search
+        have something to show before a real gateway runs: calls of the demo agent (and of an
+        unknown principal) decided by the real decision function over the published bundle,
+        uploaded through the real ingestion service. Seeded once (idempotent on decision id)."""
+        import random
+        from datetime import UTC, datetime, timedelta
+
+        from gateway.decision import decide
+        from gateway.receipts import arguments_sha256
+        from governance.bundles import selectors
+        from governance.bundles.models import Gateway
+        from governance.decisions.models import DecisionLog
+        from governance.decisions.services import decisions_ingest
+
+        acme = Tenant.objects.get(slug="acme")
+        if DecisionLog.objects.for_tenant(acme).exists():
+            return
+        state = selectors.publish_state(acme)
+        if state is None or state.current is None:
+            return
+        bundle = state.current
+        data = selectors.bundle_data(bundle)
+        gateway = Gateway.objects.for_tenant(acme).filter(name="demo-gateway").first()
+        rng = random.Random(20261124)  # noqa: S311 - demo history, the same on every machine
+        now = datetime.now(UTC).replace(microsecond=0)
+        calls = [  # (issuer, subject, tool, weight)
+            ("https://idp.acme.example", "hr-assistant", "lookup_employee", 60),
+            ("https://idp.acme.example", "hr-assistant", "get_salary", 25),
+            ("https://idp.acme.example", "hr-assistant", "adjust_salary", 10),
+            ("https://idp.acme.example", "payroll-export", "get_salary", 5),
+        ]
+        events = []
+        for n in range(600):
+            issuer, subject, tool, _ = rng.choices(calls, weights=[c[3] for c in calls])[0]
+            at = now - timedelta(seconds=rng.randint(0, 24 * 3600))
+            arguments = {"employee_id": f"E{rng.randint(1000, 1099)}"}
+            decision = decide(data, issuer=issuer, subject=subject, server="acme-hr",
+                              tool=tool, arguments=arguments, at=at)
+            digest = arguments_sha256(arguments)
+            result = {"outcome": decision.outcome, "reason": decision.reason}
+            if decision.grant:
+                result["grant"] = decision.grant
+            events.append({
+                "decision_id": f"demo-{n:04d}",
+                "timestamp": at.isoformat().replace("+00:00", "Z"),
+                "labels": {"id": "demo-gateway", "source": "seed_demo"},
+                "bundles": {"acme": {"revision": str(bundle.revision_number)}},
+                "input": {"agent": decision.agent or "", "server": "acme-hr", "tool": tool,
+                          "principal": {"issuer": issuer, "subject": subject},
+                          "arguments_sha256": digest, "call_id": f"demo-call-{n:04d}"},
+                "result": result,
+            })
+        stored = decisions_ingest(tenant_id=acme.pk, gateway_id=gateway.pk if gateway else None,
+                                  events=events)
+        self.stdout.write(f"Demo decision log: {stored.accepted} decisions of the last 24 h "
+                          "(the real decision function over the current bundle).")
