@@ -662,9 +662,15 @@ def test_the_detail_page_links_to_the_gateway_and_admins_acknowledge(login, cast
     assert login(cast["oscar"]).post(url, {"action": "acknowledge"}).status_code == 404
 
     client = login(cast["alice"])
-    assert 'id="alert-actions"' in client.get(url).content.decode()
+    before = client.get(url).content.decode()
+    assert 'id="alert-actions"' in before
+    # The navigation counts alerts nobody acknowledged, for those who may see alerts.
+    assert '<span class="badge nav-count" id="nav-alerts-count" aria-label="1 not ' \
+           'acknowledged">1</span>' in before
+    assert 'id="nav-alerts"' not in login(cast["victor"]).get("/t/alpha/").content.decode()
     response = client.post(url, {"action": "acknowledge", "note": "restarting edge-1"},
                            follow=True)
+    assert 'id="nav-alerts-count"' not in response.content.decode()
     assert response.redirect_chain == [(url, 302)]
     assert "Acknowledged: repeats of this alert no longer notify anyone." in \
         response.content.decode()

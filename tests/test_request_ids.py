@@ -20,6 +20,19 @@ from governance.logging import JsonFormatter, RequestContextFilter
 from tests.worker_support import celery_worker_process  # noqa: F401 - fixture
 
 
+def _json_lines() -> tuple[list[dict], logging.Handler]:
+    """A handler formatting records as production does (filter + JSON), and what it kept."""
+    lines: list[dict] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(JsonFormatter().format(record)))
+
+    handler = Keep()
+    handler.addFilter(RequestContextFilter())
+    return lines, handler
+
+
 def test_a_queued_task_carries_the_request_id_of_its_caller():
     headers: dict = {}
     token = context.activate(context.RequestContext(request_id="req-from-web-1"))
@@ -61,14 +74,7 @@ def test_the_worker_runs_a_task_inside_the_request_context_it_was_queued_from():
 def test_the_access_log_line_and_the_audit_event_of_one_request_share_its_id(
         client, alice, tenant_a):
     client.force_login(alice)
-    lines: list[dict] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(json.loads(JsonFormatter().format(record)))
-
-    handler = Keep()
-    handler.addFilter(RequestContextFilter())
+    lines, handler = _json_lines()
     access = logging.getLogger("governance.access")
     access.addHandler(handler)
     try:
@@ -107,14 +113,7 @@ def test_the_bundle_a_web_request_caused_is_audited_with_that_requests_id(
 
 
 def test_djangos_own_line_for_a_returned_4xx_names_the_request_id(client, db):
-    lines: list[dict] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(json.loads(JsonFormatter().format(record)))
-
-    handler = Keep()
-    handler.addFilter(RequestContextFilter())
+    lines, handler = _json_lines()
     django_request = logging.getLogger("django.request")
     django_request.addHandler(handler)
     try:

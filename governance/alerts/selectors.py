@@ -53,6 +53,11 @@ def open_alerts_count(tenant: Tenant) -> int:
     return Alert.objects.for_tenant(tenant).filter(status__in=Alert.LIVE).count()
 
 
+def unacknowledged_count(tenant: Tenant) -> int:
+    """How many alerts of the tenant are open and not acknowledged (the navigation's badge)."""
+    return Alert.objects.for_tenant(tenant).filter(status=Alert.Status.OPEN).count()
+
+
 def open_alerts(tenant: Tenant, limit: int = 10) -> list[Alert]:
     """The unresolved alerts for a dashboard: unacknowledged first, then the most severe, then
     the most recently seen."""
