@@ -809,10 +809,10 @@ def test_test_connection_sends_one_message_and_reports_it(udp, hec, tcp, tenant_
     assert last.after == {"ok": False, "message": "HTTP 500: down"}
 
 
-def test_the_sweep_runs_due_exporters_only(monkeypatch, hec, tenant_a, tenant_b):
-    from governance.celery import app
-
-    monkeypatch.setitem(app.conf, "task_always_eager", True)
+def test_the_sweep_runs_due_exporters_only(settings, hec, tenant_a, tenant_b):
+    # Through Django's settings (Celery reads them live): writing app.conf directly would leave
+    # an override behind that shadows every later test's settings.
+    settings.CELERY_TASK_ALWAYS_EAGER = True
     due = exporter(tenant_a, kind="splunk_hec", url=hec.url, name="due")
     off = exporter(tenant_a, name="off")
     services.exporter_update(tenant=tenant_a, actor=SYSTEM, exporter=off, enabled=False)
