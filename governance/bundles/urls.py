@@ -33,4 +33,9 @@ urlpatterns = [
     path("bundles/compare/", views.BundleCompareView.as_view(), name="bundle_compare"),
     path("bundles/<int:bundle_id>/download/", views.BundleDownloadView.as_view(),
          name="bundle_download"),
+    path("bundles/export/agentgateway/",
+         views.BundlePolicyExportView.as_view(kind="agentgateway"),
+         name="bundle_export_agentgateway"),
+    path("bundles/export/cedar/", views.BundlePolicyExportView.as_view(kind="cedar"),
+         name="bundle_export_cedar"),
 ]

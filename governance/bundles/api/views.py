@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, ValidationError
@@ -29,12 +29,31 @@ from governance.bundles.diff import BundleReadError, diff_data
 from governance.bundles.keys import KeyUnavailable
 from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
 from governance.bundles.publish import bundle_publish, bundle_publish_failed
+from governance.bundles.views import (
+    EXPORT_CAPABILITY,
+    NO_BUNDLE,
+    NoBundleToExport,
+    attachment,
+    policy_export,
+)
 from governance.tenancy.api.base import TenantViewSet
 from governance.tenancy.api.schema import READ, WRITE, ErrorOut, error_responses
 from governance.tenancy.roles import Cap
 
 CONFLICT = {409: OpenApiResponse(ErrorOut, description="No usable signing key (code "
                                  "key_unavailable): activate the pending key or rotate.")}
+
+
+class NoBundleError(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "no_bundle"
+    default_detail = NO_BUNDLE
+
+
+FILE_ACTIONS = ("download", "export_agentgateway", "export_cedar")
+NO_BUNDLE_CONFLICT = {409: OpenApiResponse(ErrorOut, description="No bundle to export yet "
+                                           "(code no_bundle).")}
+EXPORT_READ = {**error_responses(403), **NO_BUNDLE_CONFLICT}
 
 
 class KeyUnavailableError(APIException):
@@ -225,13 +244,14 @@ class BundleViewSet(TenantViewSet):
     """Published revisions, newest first: download one, compare two, or publish now."""
 
     model = Bundle
-    capabilities = {"*": Cap.VIEW, "publish": Cap.MANAGE_GATEWAYS}
+    capabilities = {"*": Cap.VIEW, "publish": Cap.MANAGE_GATEWAYS,
+                    "export_agentgateway": EXPORT_CAPABILITY, "export_cedar": EXPORT_CAPABILITY}
 
     def perform_content_negotiation(self, request: Request, force: bool = False):
-        # A tarball goes out whatever the Accept header asks for (application/gzip, say);
-        # errors are JSON.
+        # A tarball (or an export) goes out whatever the Accept header asks for
+        # (application/gzip, say); errors are JSON.
         return super().perform_content_negotiation(
-            request, force=force or getattr(self, "action", None) == "download")
+            request, force=force or getattr(self, "action", None) in FILE_ACTIONS)
 
     def context(self) -> dict:
         state = selectors.publish_state(self.tenancy.tenant)
@@ -309,3 +329,43 @@ class BundleViewSet(TenantViewSet):
             "published": True, "bundle": s.BundleOut(bundle, context=context).data,
             "message": f"Published r{bundle.revision_number}.",
         }, status=status.HTTP_201_CREATED)
+
+    def _export(self, kind: str, approvals: str = "deny") -> HttpResponse:
+        try:
+            content, content_type, filename = policy_export(self.tenancy.tenant, kind,
+                                                            approvals=approvals)
+        except NoBundleToExport as exc:
+            raise NoBundleError(str(exc)) from None
+        return attachment(content, content_type, filename)
+
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "approvals", str, enum=["deny", "allow"], default="deny",
+            description="Grants that require approval: deny (no rule: agentgateway cannot hold "
+            "a call for a human) or allow (exported as plain allows, and said so).")],
+        description="The current bundle's policy as an agentgateway configuration (YAML): one "
+        "route per active MCP server with mcpAuthorization CEL rules on jwt.iss, jwt.sub, "
+        "mcp.tool.target and mcp.tool.name; what CEL cannot express (argument constraints, rate "
+        "limits, time windows, approvals, grant expiry, pinned definitions) is listed in the "
+        "file's header. Admins and auditors.",
+        responses={(200, "application/yaml"): OpenApiResponse(OpenApiTypes.STR,
+                                                               description="the configuration"),
+                   **EXPORT_READ, **error_responses(400, 403)},
+    )
+    @action(detail=False, methods=["get"], url_path="export/agentgateway")
+    def export_agentgateway(self, request: Request, tenant_slug: str) -> HttpResponse:
+        approvals = request.query_params.get("approvals", "deny")
+        if approvals not in ("deny", "allow"):
+            raise ValidationError({"approvals": ["Must be deny or allow."]})
+        return self._export("agentgateway", approvals)
+
+    @extend_schema(
+        description="The current bundle's Cedar policy set and schema (mcp/policy.cedar and "
+        "mcp/schema.cedarschema, byte for byte as in the bundle) in a zip. Admins and auditors.",
+        responses={(200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY,
+                                                              description="the zip"),
+                   **EXPORT_READ},
+    )
+    @action(detail=False, methods=["get"], url_path="export/cedar")
+    def export_cedar(self, request: Request, tenant_slug: str) -> HttpResponse:
+        return self._export("cedar")

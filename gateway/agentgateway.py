@@ -1,0 +1,362 @@
+"""A bundle's ``mcp/data.json`` → an agentgateway configuration (YAML), as far as it can go.
+
+The shape follows agentgateway's standalone configuration file as documented at
+docs.agentgateway.dev ("Authenticate and authorize requests", the ``examples/authorization``
+configuration, and the "CEL expressions" reference, as of agentgateway's main branch in 2026):
+``binds[].listeners[].routes[]`` with ``policies.mcpAuthorization.rules`` (a list of CEL
+expressions, any one of which allows the MCP request; none matching denies it) and
+``backends[].mcp.targets[]``. The CEL variables used are the documented ``jwt.<claim>``
+(``jwt.iss``, ``jwt.sub``), ``mcp.tool.target`` and ``mcp.tool.name``.
+
+One route per active MCP server (``/mcp/<server>``), whose single target is named after the
+server, and one rule per (principal, tool) the decision semantics (gateway/decision.py, DESIGN.md
+§4) could allow::
+
+    jwt.iss == "https://idp.example" && jwt.sub == "payroll-bot"
+        && mcp.tool.target == "payroll" && mcp.tool.name == "read_salary"
+
+A rule exists when the principal's agent is active, the server active, the tool approved (in
+the bundle: quarantined, blocked, pending tools are absent) and an active grant of that agent,
+unexpired at export time, is for a scope containing the tool. Everything else is default deny:
+no rule. What CEL on identity and tool name cannot express — argument constraints, rate limits
+and quotas, time windows, approval requirements, grant expiry, pinned definition hashes — is
+listed in the output (YAML comments, so agentgateway loads the file as is) and in
+:attr:`Export.not_expressed`. Grants that require approval give no rule by default (agentgateway
+cannot hold a call for a human, so the safe translation is to refuse it); ``approvals="allow"``
+exports them as plain allows instead, and says so.
+
+Pure Python, no Django, no YAML library: the emitter below writes a small, deterministic subset
+(every string double-quoted, ASCII only).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from gateway.decision import tool_key
+
+APPROVALS = ("deny", "allow")
+DOCS = "https://agentgateway.dev/docs/reference/cel/"
+NOTHING = "false"  # the rule of a server no agent may call
+
+# --- CEL --------------------------------------------------------------------------------------
+
+
+def cel_string(value: str) -> str:
+    """``value`` as a CEL double-quoted string literal (backslash escapes for ``"``, ``\\`` and
+    every control or line-separating character; other characters as they are)."""
+    out = ['"']
+    for char in value:
+        code = ord(char)
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\r":
+            out.append("\\r")
+        elif char == "\t":
+            out.append("\\t")
+        elif code < 0x20 or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029):
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ValueError("a lone surrogate cannot be written in CEL")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """One allowed (principal, tool) pair; :attr:`cel` is its expression."""
+
+    server: str
+    tool: str
+    issuer: str
+    subject: str
+
+    @property
+    def cel(self) -> str:
+        return (f"jwt.iss == {cel_string(self.issuer)} && jwt.sub == {cel_string(self.subject)}"
+                f" && mcp.tool.target == {cel_string(self.server)}"
+                f" && mcp.tool.name == {cel_string(self.tool)}")
+
+
+# --- Translation ------------------------------------------------------------------------------
+
+
+@dataclass
+class Export:
+    """The translation: rules per server, what could not be expressed, and the text."""
+
+    tenant: str
+    revision: int | None
+    expires_at: str | None
+    approvals: str
+    rules: dict[str, list[Rule]] = field(default_factory=dict)
+    servers: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    not_expressed: list[dict[str, Any]] = field(default_factory=list)
+    left_out: list[dict[str, str]] = field(default_factory=list)
+
+    def config(self) -> dict[str, Any]:
+        """The agentgateway configuration as plain values."""
+        routes = []
+        for name in sorted(self.servers):
+            server = self.servers[name]
+            routes.append({
+                "name": f"tollgate-{name}",
+                "matches": [{"path": {"pathPrefix": f"/mcp/{quote(name, safe='')}"}}],
+                # An empty rule list would allow everything (agentgateway skips authorization
+                # without rules): a server nobody may use gets one rule that never matches.
+                "policies": {"mcpAuthorization": {
+                    "rules": [rule.cel for rule in self.rules.get(name, [])] or [NOTHING]}},
+                "backends": [{"mcp": {"targets": [_target(name, server)]}}],
+            })
+        return {"binds": [{"port": 3000, "listeners": [{"routes": routes}]}]}
+
+    @property
+    def text(self) -> str:
+        return render(self)
+
+
+def _target(name: str, server: Mapping[str, Any]) -> dict[str, Any]:
+    transport = server.get("transport")
+    if transport == "sse":
+        return {"name": name, "sse": {"host": server.get("url", "")}}
+    if transport == "stdio":
+        # The bundle does not carry the command line of a stdio server: fill it in.
+        return {"name": name, "stdio": {"cmd": "", "args": []}}
+    return {"name": name, "mcp": {"host": server.get("url", "")}}
+
+
+def _instant(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def translate(data: Mapping[str, Any], *, at: datetime, revision: int | None = None,
+              expires_at: str | None = None, approvals: str = "deny") -> Export:
+    """Translate a parsed ``mcp/data.json`` as of ``at`` (aware): grants expired by then give
+    no rule. ``revision`` and ``expires_at`` (the bundle's) go in the header."""
+    if at.tzinfo is None:
+        raise ValueError("the export's time must be timezone-aware")
+    if approvals not in APPROVALS:
+        raise ValueError(f"approvals must be one of {', '.join(APPROVALS)}")
+    export = Export(tenant=str(data.get("tenant", "")), revision=revision,
+                    expires_at=expires_at, approvals=approvals)
+    servers = data.get("servers", {})
+    for name in sorted(servers):
+        if servers[name].get("status") == "active":
+            export.servers[name] = servers[name]
+            export.rules[name] = []
+            if servers[name].get("transport") == "stdio":
+                export.not_expressed.append({
+                    "kind": "stdio_command", "server": name,
+                    "detail": "the bundle does not carry the command of a stdio server",
+                    "effect": "fill in the target's stdio cmd and args"})
+        else:
+            export.left_out.append({"what": "server", "name": name,
+                                    "why": f"server is {servers[name].get('status')}"})
+    for key in sorted(data.get("withheld_tools", {})):
+        export.left_out.append({"what": "tool", "name": key,
+                                "why": f"tool is {data['withheld_tools'][key]}"})
+    tools = data.get("tools", {})
+    agents = data.get("agents", {})
+    principals = data.get("principals", {})
+    found: set[Rule] = set()
+    pinned: dict[str, str] = {}
+    for grant in sorted(data.get("grants", []),
+                        key=lambda g: (str(g["agent"]), len(str(g["id"])), str(g["id"]))):
+        gid, agent_name = str(grant["id"]), grant["agent"]
+        agent = agents.get(agent_name)
+        if agent is None or agent.get("status") != "active":
+            export.left_out.append({"what": "grant", "name": gid, "why": f"agent {agent_name} "
+                                    f"is {agent.get('status') if agent else 'unknown'}"})
+            continue
+        if grant.get("expires_at") and _instant(grant["expires_at"]) <= at:
+            export.left_out.append({"what": "grant", "name": gid, "why": "grant expired"})
+            continue
+        mode = grant.get("approval_mode", "never")
+        base = {"grant": gid, "agent": agent_name, "scope": grant["scope"]}
+        if mode != "never":
+            detail = ("always" if mode == "always" else
+                      "when " + _json(grant.get("approval_condition") or {}))
+            effect = ("no rule: calls needing approval are refused (agentgateway cannot hold "
+                      "a call for a human)" if approvals == "deny" else
+                      "allowed WITHOUT approval")
+            export.not_expressed.append({**base, "kind": "approval", "detail": detail,
+                                         "effect": effect})
+            if approvals == "deny":
+                continue
+        _note_limits(export, base, grant)
+        pairs = [(issuer, subject) for issuer, subject in agent.get("principals", [])
+                 if principals.get(issuer, {}).get(subject) == agent_name]
+        scope = data.get("scopes", {}).get(grant["scope"], {})
+        for key in scope.get("tools", []):
+            tool = tools.get(key)
+            if tool is None or tool_key(tool["server"], tool["name"]) != key:
+                continue
+            if tool["server"] not in export.servers:
+                continue
+            pinned[key] = tool["definition_sha256"]
+            for issuer, subject in pairs:
+                found.add(Rule(tool["server"], tool["name"], issuer, subject))
+    for rule in sorted(found):
+        export.rules[rule.server].append(rule)
+    for key in sorted(pinned):
+        export.not_expressed.append({"kind": "pinned_definition", "tool": key,
+                                     "detail": f"definition_sha256 {pinned[key]}",
+                                     "effect": "a changed tool definition is not refused at "
+                                               "this gateway"})
+    return export
+
+
+def _note_limits(export: Export, base: dict[str, Any], grant: Mapping[str, Any]) -> None:
+    if grant.get("argument_constraints"):
+        export.not_expressed.append({**base, "kind": "argument_constraints",
+                                     "detail": _json(grant["argument_constraints"]),
+                                     "effect": "any arguments are allowed"})
+    limits = [f"{grant[k]} calls per {unit}" for k, unit in
+              (("calls_per_minute", "minute"), ("calls_per_day", "day"))
+              if grant.get(k) is not None]
+    if limits:
+        export.not_expressed.append({**base, "kind": "rate_limit", "detail": ", ".join(limits),
+                                     "effect": "not limited"})
+    if grant.get("window"):
+        window = grant["window"]
+        days = ",".join(str(d) for d in window.get("days") or []) or "every day"
+        export.not_expressed.append({
+            **base, "kind": "time_window",
+            "detail": f"{window['start']}-{window['end']} {window['tz']} (days {days})",
+            "effect": "allowed at any time"})
+    if grant.get("expires_at"):
+        export.not_expressed.append({**base, "kind": "grant_expiry",
+                                     "detail": f"expires {grant['expires_at']}",
+                                     "effect": "allowed until this file is replaced"})
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- YAML -------------------------------------------------------------------------------------
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+
+
+def yaml_string(value: str) -> str:
+    """A YAML double-quoted scalar, ASCII only."""
+    out = ['"']
+    for char in value:
+        code = ord(char)
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return yaml_string(value)
+    raise TypeError(f"cannot write {type(value).__name__}")
+
+
+def _key(key: str) -> str:
+    return key if _PLAIN_KEY.match(key) and key not in ("null", "true", "false") else (
+        yaml_string(key))
+
+
+def _emit(value: Any, indent: int) -> list[str]:
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, dict | list) and item:
+                lines.append(f"{pad}{_key(key)}:")
+                lines.extend(_emit(item, indent + 2))
+            else:
+                lines.append(f"{pad}{_key(key)}: {_inline(item)}")
+    else:
+        for item in value:
+            if isinstance(item, dict | list) and item:
+                nested = _emit(item, indent + 2)
+                lines.append(f"{pad}- {nested[0].lstrip()}")
+                lines.extend(nested[1:])
+            else:
+                lines.append(f"{pad}- {_inline(item)}")
+    return lines
+
+
+def _inline(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{}"
+    if isinstance(value, list):
+        return "[]"
+    return _scalar(value)
+
+
+def _comment(text: str) -> str:
+    """One comment line: never a line break inside (names are JSON-escaped)."""
+    ascii_text = text.encode("ascii", "backslashreplace").decode()
+    return "# " + re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", ascii_text)
+
+
+def render(export: Export) -> str:
+    """The configuration file: a header, what was not expressed, then the YAML."""
+    revision = f"r{export.revision}" if export.revision is not None else "(no revision)"
+    head = [
+        f"Tollgate policy of tenant {_json(export.tenant)}, bundle {revision}, as an "
+        "agentgateway configuration.",
+        "Shape: agentgateway's standalone config file (binds/listeners/routes, policies."
+        "mcpAuthorization.rules, backends.mcp.targets) as in agentgateway's "
+        f"examples/authorization/config.yaml and CEL reference ({DOCS}), main branch, 2026.",
+        f"Valid until {export.expires_at or '(unknown)'} (the bundle's expires_at): export "
+        "again before then.",
+        "Authenticate agents with a jwtAuth policy for your issuer(s); each rule checks jwt.iss "
+        "and jwt.sub.",
+        "Default deny: a call no rule matches is refused. Approvals: "
+        + ("calls needing approval are refused." if export.approvals == "deny" else
+           "grants needing approval are exported as plain allows."),
+    ]
+    lines = [_comment(text) for text in head]
+    lines.append("#")
+    lines.append(_comment("x-tollgate-not-expressed (enforced by Tollgate's reference gateway, "
+                          "NOT by this configuration):"))
+    if not export.not_expressed:
+        lines.append(_comment("  (nothing)"))
+    for entry in export.not_expressed:
+        if "grant" in entry:
+            who = (f"grant {entry['grant']} (agent {_json(entry['agent'])}, scope "
+                   f"{_json(entry['scope'])})")
+        elif "server" in entry:
+            who = f"server {_json(entry['server'])}"
+        else:
+            who = f"tool {_json(entry['tool'])}"
+        lines.append(_comment(f"- {entry['kind']}: {who}: {entry['detail']} -> {entry['effect']}"))
+    lines.append("#")
+    lines.append(_comment("Left out (default deny):"))
+    if not export.left_out:
+        lines.append(_comment("  (nothing)"))
+    for entry in export.left_out:
+        lines.append(_comment(f"- {entry['what']} {_json(entry['name'])}: {entry['why']}"))
+    lines.extend(_emit(export.config(), 0))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""The tool definition hash, as the gateway recomputes it from a live ``tools/list`` entry.
+
+The control plane pins this hash when a tool is approved (``registry/discovery.py``,
+``definition_sha256``) and ships it in ``mcp/data.json`` as ``tools[<server>/<tool>]
+["definition_sha256"]``. A gateway hashes the upstream's CURRENT definition the same way and
+refuses the call when the two differ: drift is caught at the edge. The rules (a cross-component
+contract; a copy of the control plane's, kept here because ``gateway/`` never imports Django):
+
+1. Take exactly the Tool keys ``name``, ``title``, ``description``, ``inputSchema``,
+   ``outputSchema``, ``annotations`` (``icons``, ``_meta``, ``execution``… are ignored). A missing
+   or ``null`` ``title``/``description`` is ``""``; a missing ``outputSchema`` is ``null``;
+   missing or ``null`` ``annotations`` is ``{}``; top-level annotation keys whose value is
+   ``null`` are dropped; unknown annotation keys are kept, as sent.
+2. Serialise with ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+   allow_nan=False)`` and encode as UTF-8.
+3. SHA-256, lower-case hex.
+
+Pure Python, no Django.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+
+def canonical_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """The normalised object that is hashed; ValueError for a malformed wire Tool."""
+    if not isinstance(tool, Mapping):
+        raise ValueError(f"a tool must be a JSON object, not {type(tool).__name__}")
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("a tool has no name (or a name that is not a non-empty string)")
+    title, description = tool.get("title"), tool.get("description")
+    for key, value in (("title", title), ("description", description)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"tool {name!r}: {key} must be a string")
+    input_schema = tool.get("inputSchema")
+    if not isinstance(input_schema, Mapping):
+        raise ValueError(f"tool {name!r}: inputSchema must be a JSON object")
+    output_schema = tool.get("outputSchema")
+    if output_schema is not None and not isinstance(output_schema, Mapping):
+        raise ValueError(f"tool {name!r}: outputSchema must be a JSON object")
+    annotations = tool.get("annotations")
+    if annotations is None:
+        annotations = {}
+    if not isinstance(annotations, Mapping):
+        raise ValueError(f"tool {name!r}: annotations must be a JSON object")
+    payload = {
+        "name": name,
+        "title": title or "",
+        "description": description or "",
+        "inputSchema": dict(input_schema),
+        "outputSchema": None if output_schema is None else dict(output_schema),
+        "annotations": {key: value for key, value in annotations.items() if value is not None},
+    }
+    _reject_non_finite(payload, name)
+    return payload
+
+
+def definition_sha256(tool: Mapping[str, Any]) -> str:
+    """Lower-case hex SHA-256 of a wire Tool's canonical definition (rules above)."""
+    canonical = json.dumps(canonical_tool(tool), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _reject_non_finite(value: Any, name: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"tool {name!r}: its definition contains a non-finite number")
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _reject_non_finite(item, name)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _reject_non_finite(item, name)
