@@ -180,7 +180,7 @@ class Command(BaseCommand):
         for n in range(600):
             issuer, subject, tool, _ = rng.choices(calls, weights=[c[3] for c in calls])[0]
             at = now - timedelta(seconds=rng.randint(0, 24 * 3600))
-            arguments = {"employee_id": f"E{rng.randint(1000, 1099)}"}
+            arguments = {"employee_id": rng.choice(["E100", "E101", "E102"])}
             decision = decide(data, issuer=issuer, subject=subject, server="acme-hr",
                               tool=tool, arguments=arguments, at=at)
             digest = arguments_sha256(arguments)

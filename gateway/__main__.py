@@ -1,0 +1,271 @@
+"""``python -m gateway``: the reference gateway's command line.
+
+``python -m gateway run`` starts the MCP proxy in front of one upstream MCP server, enforcing
+the tenant's signed bundle pulled from a Tollgate control plane::
+
+    python -m gateway run --control-plane https://tollgate.example.com --tenant acme \\
+        --token-file /etc/tollgate/gateway-token --server-name acme-hr \\
+        --upstream-cmd "python demo/hr_server.py" --identities identities.json \\
+        --listen 127.0.0.1:8100
+
+or with every option in a TOML file (the same names, dashes or underscores)::
+
+    python -m gateway run --config gateway.toml
+
+Agents connect with MCP streamable HTTP to ``http://<listen>/mcp`` and
+``Authorization: Bearer <credential>``; the credential is a static token of the
+``--identities`` JSON file (``{"<token>": {"issuer": "…", "subject": "…"}}``, for demos) or a
+JWT of ``--jwt-issuer`` checked against ``--jwt-jwks-url``.
+
+``python -m gateway verify …`` is the reference bundle verifier (``gateway/verify.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shlex
+import signal
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.decision import Decision
+
+logger = logging.getLogger("gateway")
+
+
+@dataclass
+class Settings:
+    """Everything ``run`` needs, from flags or a TOML file."""
+
+    control_plane: str
+    tenant: str
+    token: str
+    server_name: str
+    upstream_url: str | None = None
+    upstream_cmd: list[str] | None = None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8100
+    state_dir: Path = Path("var/gateway")
+    identities: dict[str, tuple[str, str]] = field(default_factory=dict)
+    jwt_issuer: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_audience: str | None = None
+    redis_url: str | None = None
+    long_poll_seconds: int = 60
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway",
+                                     description="Tollgate's reference MCP gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="enforce a tenant's bundle in front of an MCP server")
+    run.add_argument("--config", type=Path, help="a TOML file with the options below")
+    run.add_argument("--control-plane", help="the control plane's base URL")
+    run.add_argument("--tenant", help="the tenant's slug (the bundle to pull)")
+    run.add_argument("--token-file", type=Path, help="file holding the gateway token")
+    run.add_argument("--server-name", help="the upstream server's name in the bundle")
+    run.add_argument("--upstream", help="the upstream's streamable HTTP URL")
+    run.add_argument("--upstream-cmd", help="the upstream's stdio command line")
+    run.add_argument("--listen", help="host:port to serve agents on (default 127.0.0.1:8100)")
+    run.add_argument("--state-dir", type=Path,
+                     help="where the last good bundle and the decision-log queue are kept")
+    run.add_argument("--identities", type=Path,
+                     help='JSON {"<token>": {"issuer": …, "subject": …}} of static agents')
+    run.add_argument("--jwt-issuer", help="accept agent JWTs of this issuer…")
+    run.add_argument("--jwt-jwks-url", help="…signed with a key of this JWKS")
+    run.add_argument("--jwt-audience", help="…for this audience (optional)")
+    run.add_argument("--redis-url", help="share rate counters with other replicas")
+    run.add_argument("--long-poll", type=int, help="seconds per bundle long poll (default 60)")
+    return parser
+
+
+def _merged(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            raw = tomllib.loads(args.config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"--config {args.config}: {exc}") from None
+        values.update({key.replace("-", "_"): value for key, value in raw.items()})
+    for key, value in vars(args).items():
+        if key not in ("config", "command") and value is not None:
+            values[key] = value
+    return values
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Validate the options; every error names the option."""
+    values = _merged(args)
+    for name in ("control_plane", "tenant", "server_name"):
+        if not values.get(name):
+            raise ConfigError(f"--{name.replace('_', '-')} is required.")
+    token = values.get("token")
+    if not token:
+        if not values.get("token_file"):
+            raise ConfigError("--token-file is required (the gateway token, shown once).")
+        try:
+            token = Path(values["token_file"]).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--token-file: {exc}") from None
+    upstream_url, upstream_cmd = values.get("upstream"), values.get("upstream_cmd")
+    if bool(upstream_url) == bool(upstream_cmd):
+        raise ConfigError("Give exactly one of --upstream (URL) and --upstream-cmd (command).")
+    if isinstance(upstream_cmd, str):
+        upstream_cmd = shlex.split(upstream_cmd)
+    host, _, port = str(values.get("listen") or "127.0.0.1:8100").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("--listen: use host:port, e.g. 127.0.0.1:8100.")
+    identities = _identities(values.get("identities"))
+    if not identities and not values.get("jwt_issuer"):
+        raise ConfigError("Say how agents are identified: --identities and/or --jwt-issuer.")
+    if values.get("jwt_issuer") and not values.get("jwt_jwks_url"):
+        raise ConfigError("--jwt-jwks-url is required with --jwt-issuer.")
+    return Settings(
+        control_plane=str(values["control_plane"]), tenant=str(values["tenant"]), token=token,
+        server_name=str(values["server_name"]), upstream_url=upstream_url,
+        upstream_cmd=upstream_cmd, listen_host=host, listen_port=int(port),
+        state_dir=Path(values.get("state_dir") or "var/gateway"), identities=identities,
+        jwt_issuer=values.get("jwt_issuer"), jwt_jwks_url=values.get("jwt_jwks_url"),
+        jwt_audience=values.get("jwt_audience"), redis_url=values.get("redis_url"),
+        long_poll_seconds=int(values.get("long_poll") or 60),
+        labels={str(k): str(v) for k, v in (values.get("labels") or {}).items()},
+    )
+
+
+def _identities(source: Any) -> dict[str, tuple[str, str]]:
+    if not source:
+        return {}
+    if isinstance(source, Mapping):
+        raw = source
+    else:
+        try:
+            raw = json.loads(Path(source).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--identities {source}: {exc}") from None
+    identities = {}
+    for token, who in raw.items() if isinstance(raw, Mapping) else ():
+        if not isinstance(who, Mapping) or not who.get("issuer") or not who.get("subject"):
+            raise ConfigError("--identities: each token maps to {\"issuer\", \"subject\"}.")
+        identities[str(token)] = (str(who["issuer"]), str(who["subject"]))
+    if not identities:
+        raise ConfigError('--identities: expected {"<token>": {"issuer": …, "subject": …}}.')
+    return identities
+
+
+def decision_sink(uploader: Any, tenant: str, labels: Mapping[str, str]):
+    """The proxy's decision fields → an OPA decision-log event in the upload queue."""
+    from gateway.logs import decision_event
+
+    def sink(fields: Mapping[str, Any]) -> None:
+        decision = Decision(fields["outcome"], fields["reason"], fields.get("grant"),
+                            fields.get("agent"))
+        uploader.log(decision_event(
+            decision=decision, agent=fields.get("agent"), principal=fields.get("principal"),
+            server=fields["server"], tool=fields["tool"],
+            arguments_sha256=fields["arguments_sha256"],
+            bundle_revision=fields.get("bundle_revision"), tenant=tenant,
+            call_id=fields.get("call_id"), labels=labels))
+
+    return sink
+
+
+def build(settings: Settings) -> tuple[Any, Any, Any]:
+    """(ASGI app, bundle client, decision-log uploader), wired together."""
+    from gateway.client import BundleClient
+    from gateway.counters import MemoryCounters, RedisCounters
+    from gateway.identity import JwtIdentities, StaticIdentities
+    from gateway.logs import DecisionLogUploader
+    from gateway.proxy import build_app
+
+    uploader = DecisionLogUploader(settings.control_plane, settings.token,
+                                   settings.state_dir / "decision-logs")
+    client = BundleClient(settings.control_plane, settings.tenant, settings.token,
+                          settings.state_dir / "bundle",
+                          long_poll_seconds=settings.long_poll_seconds,
+                          labels=settings.labels, decision_logs=uploader)
+    client.load()  # the last good bundle, re-verified, so a restart enforces at once
+    if settings.jwt_issuer:
+        jwt = JwtIdentities(issuer=settings.jwt_issuer, jwks_url=settings.jwt_jwks_url,
+                            audience=settings.jwt_audience)
+        identities = jwt if not settings.identities else _Either(
+            StaticIdentities(settings.identities), jwt)
+    else:
+        identities = StaticIdentities(settings.identities)
+    counters = RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters()
+    app = build_app(bundle_source=client.current, server_name=settings.server_name,
+                    upstream_url=settings.upstream_url, upstream_cmd=settings.upstream_cmd,
+                    identities=identities, counters=counters, host=settings.listen_host,
+                    decision_sink=decision_sink(uploader, settings.tenant, settings.labels))
+    return app, client, uploader
+
+
+class _Either:
+    """Static tokens first, then JWTs."""
+
+    def __init__(self, *sources: Any) -> None:
+        self.sources = sources
+
+    async def identify(self, credential: str) -> Any:
+        for source in self.sources:
+            found = await source.identify(credential)
+            if found is not None:
+                return found
+        return None
+
+
+async def serve(settings: Settings) -> None:
+    import uvicorn
+
+    app, client, uploader = build(settings)
+    stop = asyncio.Event()
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.listen_host,
+                                           port=settings.listen_port, log_level="info",
+                                           lifespan="on"))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: (stop.set(), setattr(server, "should_exit", True)))
+    print(f"Tollgate gateway: agents connect to http://{settings.listen_host}:"
+          f"{settings.listen_port}/mcp (tenant {settings.tenant}, server "
+          f"{settings.server_name})", flush=True)
+    background = [asyncio.create_task(client.run(stop)), asyncio.create_task(uploader.run(stop))]
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        await asyncio.gather(*background, return_exceptions=True)
+        await client.aclose()
+        await uploader.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["verify"]:
+        from gateway.verify import main as verify_main
+
+        return verify_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
+                                                   "%(message)s")
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""``python -m gateway run`` end to end: the control plane (live server) with the demo tenant,
+the reference gateway as its own process in front of the demo's real stdio MCP server, and an
+agent using the official MCP SDK client. The gateway pulls and verifies the bundle, reports its
+status, enforces the grant and uploads its decisions."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from django.core.management import call_command
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from gateway.__main__ import ConfigError, _parser, settings_from
+from governance.bundles.models import Gateway
+from governance.decisions.models import DecisionLog
+from tests.e2e_support import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+AGENT_TOKEN = "demo-agent-token-0123456789"  # noqa: S105 - a static demo identity
+
+
+def _agent(url: str, work):
+    async def main():
+        client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {AGENT_TOKEN}"},
+                                    timeout=httpx2.Timeout(30))
+        async with client, streamable_http_client(url, http_client=client) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await work(session)
+
+    return anyio.run(main)
+
+
+def _wait(predicate, what: str, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    pytest.fail(f"gave up waiting for {what}; gateway log:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_gateway_enforces_the_demo_tenant_bundle_on_real_mcp_traffic(
+        live_server, settings, tmp_path):
+    settings.DEBUG = True
+    settings.VAR_DIR = tmp_path
+    call_command("seed_demo", stdout=io.StringIO())
+    seeded = DecisionLog.objects.count()
+    identities = tmp_path / "identities.json"
+    identities.write_text(json.dumps({AGENT_TOKEN: {"issuer": "https://idp.acme.example",
+                                                    "subject": "hr-assistant"}}))
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--control-plane", live_server.url,
+             "--tenant", "acme", "--token-file", str(tmp_path / "demo-gateway-token"),
+             "--server-name", "acme-hr",
+             "--upstream-cmd", f"{sys.executable} {REPO / 'demo' / 'hr_server.py'}",
+             "--identities", str(identities), "--listen", f"127.0.0.1:{port}",
+             "--state-dir", str(tmp_path / "gw"), "--long-poll", "5"],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        gateway = Gateway.objects.get(name="demo-gateway")
+        # Pulled, verified, activated and reported: the fleet sees revision 1.
+        _wait(lambda: Gateway.objects.get(pk=gateway.pk).active_revision == 1,
+              "the gateway's status report", log)
+        url = f"http://127.0.0.1:{port}/mcp"
+
+        async def work(session: ClientSession):
+            listed = sorted(t.name for t in (await session.list_tools()).tools)
+            allowed = await session.call_tool("lookup_employee", {"employee_id": "E100"})
+            refused = await session.call_tool("adjust_salary", {
+                "employee_id": "E100", "delta_usd": 1000, "reason": "raise"})
+            return listed, allowed, refused
+
+        listed, allowed, refused = _agent(url, work)
+        assert listed == ["get_salary", "lookup_employee"]  # adjust_salary is not granted
+        assert not allowed.is_error
+        assert "Ada Lovelace" in json.dumps(allowed.model_dump(mode="json"))
+        assert refused.is_error
+        assert "not approved" in refused.content[0].text
+        # Both decisions reach the control plane's decision log (uploaded by the gateway).
+        _wait(lambda: DecisionLog.objects.count() >= seeded + 2, "the decision-log upload",
+              log)
+        fresh = DecisionLog.objects.exclude(decision_id__startswith="demo-")
+        assert sorted(fresh.values_list("tool", "outcome")) == [
+            ("adjust_salary", "deny"), ("lookup_employee", "allow")]
+        assert set(fresh.values_list("gateway_id", "bundle_revision")) == {(gateway.pk, 1)}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_the_command_line_names_what_is_missing(tmp_path):
+    def settings(*argv: str):
+        return settings_from(_parser().parse_args(["run", *argv]))
+
+    with pytest.raises(ConfigError, match="--control-plane is required"):
+        settings()
+    token = tmp_path / "token"
+    token.write_text("secret-token\n")
+    base = ["--control-plane", "http://cp", "--tenant", "acme", "--server-name", "hr",
+            "--token-file", str(token)]
+    with pytest.raises(ConfigError, match="exactly one of --upstream"):
+        settings(*base)
+    with pytest.raises(ConfigError, match="how agents are identified"):
+        settings(*base, "--upstream", "http://up/mcp")
+    ids = tmp_path / "ids.json"
+    ids.write_text(json.dumps({"t": {"issuer": "i", "subject": "s"}}))
+    with pytest.raises(ConfigError, match="--listen"):
+        settings(*base, "--upstream", "http://up/mcp", "--identities", str(ids),
+                 "--listen", "nowhere")
+    config = tmp_path / "gateway.toml"
+    config.write_text('control-plane = "http://cp"\ntenant = "acme"\nserver-name = "hr"\n'
+                      f'token-file = "{token}"\nupstream-cmd = "python server.py --x"\n'
+                      f'identities = "{ids}"\nlisten = "127.0.0.1:9100"\n')
+    got = settings_from(_parser().parse_args(["run", "--config", str(config)]))
+    assert (got.token, got.upstream_cmd, got.listen_port, got.identities) == (
+        "secret-token", ["python", "server.py", "--x"], 9100, {"t": ("i", "s")})
