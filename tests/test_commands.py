@@ -63,6 +63,7 @@ def test_seed_demo_is_idempotent_and_refuses_production(db, settings, tmp_path):
     from django.test import Client
 
     from gateway.verify import verify_bundle
+    from governance.bundles.models import Gateway
     from governance.bundles.selectors import jwks
 
     token_file = tmp_path / "demo-gateway-token"
@@ -84,6 +85,14 @@ def test_seed_demo_is_idempotent_and_refuses_production(db, settings, tmp_path):
     assert ("get_salary", "", "deny") in outcomes  # an unknown principal
     assert log.filter(outcome="allow").exclude(grant_id=grant.pk).count() == 0
     assert sum(DecisionRollup.objects.filter(tenant=acme).values_list("count", flat=True)) == 600
+    # var/ cleaned: the next seed gives the demo gateway a fresh token (the old one still works
+    # until revoked), so `make run` can start its gateway again.
+    token_file.unlink()
+    call_command("seed_demo", stdout=io.StringIO())
+    fresh = token_file.read_text().strip()
+    assert Client().get("/api/v1/gateway/bundles/acme",
+                        HTTP_AUTHORIZATION=f"Bearer {fresh}").status_code == 200
+    assert Gateway.objects.get(tenant=acme, name="demo-gateway").tokens.count() == 2
     settings.DEBUG = False
     with pytest.raises(CommandError, match="Refusing to create demo users"):
         call_command("seed_demo")

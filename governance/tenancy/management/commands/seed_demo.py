@@ -127,10 +127,12 @@ class Command(BaseCommand):
         acme = Tenant.objects.get(slug="acme")
         actor = Actor.system("seed_demo")
         token_file = Path(settings.VAR_DIR) / "demo-gateway-token"
-        if not Gateway.objects.for_tenant(acme).filter(name="demo-gateway").exists():
+        gateway = Gateway.objects.for_tenant(acme).filter(name="demo-gateway").first()
+        if gateway is None:
             gateway = bundles.gateway_create(tenant=acme, actor=actor, name="demo-gateway",
                                              description="Local demo gateway",
                                              labels={"env": "demo"})
+        if not token_file.exists():  # first run, or var/ was cleaned: a fresh token
             _, plaintext = bundles.gateway_token_issue(tenant=acme, actor=actor,
                                                        gateway=gateway, name="demo")
             token_file.parent.mkdir(parents=True, exist_ok=True)
