@@ -57,7 +57,9 @@ class Output:
 def stack(tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(CONFIG_PREFIXES)}
-    env.update(TOLLGATE_VAR_DIR=str(tmp_path / "var"), PORT=str(port), PYTHONUNBUFFERED="1")
+    gateway_port = _free_port()
+    env.update(TOLLGATE_VAR_DIR=str(tmp_path / "var"), PORT=str(port), PYTHONUNBUFFERED="1",
+               GATEWAY_PORT=str(gateway_port))
     proc = subprocess.Popen(
         ["scripts/run"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
@@ -66,7 +68,7 @@ def stack(tmp_path):
     try:
         assert output.wait_for(r"Tollgate is running", 120), output.text()
         yield {"proc": proc, "output": output, "url": f"http://127.0.0.1:{port}",
-               "env": env}
+               "env": env, "gateway": f"http://127.0.0.1:{gateway_port}/mcp"}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -97,6 +99,10 @@ def test_make_run_serves_signs_in_runs_tasks_and_stops_on_ctrl_c(stack):
     )
     assert output.wait_for(r"audit chain verified: tenant acme: OK", 60), output.text()
     assert output.wait_for(r"beat: Starting", 5), output.text()
+    # The reference gateway runs in front of the demo server and wants an agent's credential.
+    assert output.wait_for(r"Tollgate gateway: agents connect to", 30), output.text()
+    anonymous = requests.post(stack["gateway"], json={}, timeout=10)
+    assert anonymous.status_code == 401, anonymous.text
 
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
