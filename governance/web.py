@@ -30,3 +30,11 @@ def vary_on_htmx(response: HttpResponse) -> HttpResponse:
 def error_text(exc) -> str:
     """A service's ValidationError as one line for a flash message."""
     return " ".join(exc.messages)
+
+
+def attachment(content: bytes, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "no-store"
+    return response

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+import zipfile
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,9 +12,11 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from gateway import agentgateway
 from governance.audit.models import AuditEvent
 from governance.bundles import hot
 from governance.bundles.models import Bundle, Gateway, GatewayToken, PublishState, SigningKey
+from governance.bundles.packaging import rfc3339
 from governance.tenancy.models import Tenant
 
 
@@ -128,3 +133,63 @@ def triggers(tenant: Tenant, bundles: list[Bundle]) -> dict[int, dict[str, Any]]
 def fleet_row(tenant: Tenant, gateway: Gateway) -> dict[str, Any]:
     """The fleet view of one gateway."""
     return fleet(tenant, only=gateway)[0]
+
+
+# --- Policy export for other gateways (a read of the current bundle) ------------------------
+
+CEDAR_FILES = ("mcp/policy.cedar", "mcp/schema.cedarschema")
+NO_BUNDLE = ("No bundle has been published for this tenant yet: there is no policy to export. "
+             "Publish one first.")
+
+
+class NoBundleToExport(Exception):
+    """The tenant has no readable current bundle."""
+
+
+def _bundle_files(content: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The regular files ``names`` of a bundle tarball, read in memory."""
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as tar:
+            for member in tar:
+                name = member.name.lstrip("/")
+                if name in names and member.isfile():
+                    handle = tar.extractfile(member)
+                    if handle is not None:
+                        files[name] = handle.read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise NoBundleToExport(f"The current bundle cannot be read: {exc}") from None
+    missing = [name for name in names if name not in files]
+    if missing:
+        raise NoBundleToExport(f"The current bundle has no {', '.join(missing)}.")
+    return files
+
+
+def policy_export(tenant, kind: str, *, approvals: str = "deny") -> tuple[bytes, str, str]:
+    """(content, content type, file name) of the current bundle's policy as ``kind``
+    ("agentgateway" or "cedar"); NoBundleToExport when there is nothing to export."""
+    from governance.bundles import diff, store
+
+    state = publish_state(tenant)
+    bundle = state.current if state else None
+    content = store.load(bundle.blob_id) if bundle is not None else None
+    if content is None:
+        raise NoBundleToExport(NO_BUNDLE)
+    stem = f"{tenant.slug}-r{bundle.revision_number}"
+    if kind == "agentgateway":
+        try:
+            data = diff.read_data(content)
+        except diff.BundleReadError as exc:
+            raise NoBundleToExport(str(exc)) from None
+        export = agentgateway.translate(data, at=timezone.now(),
+                                        revision=bundle.revision_number,
+                                        expires_at=rfc3339(bundle.expires_at),
+                                        approvals=approvals)
+        return (export.text.encode("utf-8"), "application/yaml; charset=utf-8",
+                f"{stem}-agentgateway.yaml")
+    files = _bundle_files(content, CEDAR_FILES)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in CEDAR_FILES:  # fixed order and dates: the same bundle, the same zip
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), files[name])
+    return buffer.getvalue(), "application/zip", f"{stem}-cedar.zip"

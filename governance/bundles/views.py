@@ -3,10 +3,7 @@ the form → access helper → service → post/redirect/get."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-import zipfile
 from typing import Any
 
 from django.conf import settings
@@ -15,7 +12,6 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 
 from gateway import agentgateway
 from governance.bundles import diff, publish, selectors, services, store
@@ -29,11 +25,10 @@ from governance.bundles.access import (
 from governance.bundles.forms import CompareForm, GatewayForm, GatewayTokenForm, ImmediateRotateForm
 from governance.bundles.keys import KeyUnavailable
 from governance.bundles.models import Gateway, SigningKey
-from governance.bundles.packaging import rfc3339
 from governance.tenancy.forms import add_service_errors
 from governance.tenancy.mixins import TenantPageView
 from governance.tenancy.roles import Cap
-from governance.web import error_text, page_of, query_without_page, vary_on_htmx
+from governance.web import attachment, error_text, page_of, query_without_page, vary_on_htmx
 
 # The new gateway token's plaintext waits in the session for exactly one GET of its gateway's
 # page after the POST (post/redirect/get: a reload cannot issue a second token), then it is gone.
@@ -489,70 +484,6 @@ class BundleDownloadView(TenantPageView):
 # Cap.VIEW_AUDIT (admins, who run the gateways, and auditors): the export says who may call what,
 # as the decision logs do.
 EXPORT_CAPABILITY = Cap.VIEW_AUDIT
-CEDAR_FILES = ("mcp/policy.cedar", "mcp/schema.cedarschema")
-NO_BUNDLE = ("No bundle has been published for this tenant yet: there is no policy to export. "
-             "Publish one first.")
-
-
-class NoBundleToExport(Exception):
-    """The tenant has no readable current bundle."""
-
-
-def _bundle_files(content: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
-    """The regular files ``names`` of a bundle tarball, read in memory."""
-    files: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as tar:
-            for member in tar:
-                name = member.name.lstrip("/")
-                if name in names and member.isfile():
-                    handle = tar.extractfile(member)
-                    if handle is not None:
-                        files[name] = handle.read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise NoBundleToExport(f"The current bundle cannot be read: {exc}") from None
-    missing = [name for name in names if name not in files]
-    if missing:
-        raise NoBundleToExport(f"The current bundle has no {', '.join(missing)}.")
-    return files
-
-
-def policy_export(tenant, kind: str, *, approvals: str = "deny") -> tuple[bytes, str, str]:
-    """(content, content type, file name) of the current bundle's policy as ``kind``
-    ("agentgateway" or "cedar"); NoBundleToExport when there is nothing to export."""
-    state = selectors.publish_state(tenant)
-    bundle = state.current if state else None
-    content = store.load(bundle.blob_id) if bundle is not None else None
-    if content is None:
-        raise NoBundleToExport(NO_BUNDLE)
-    stem = f"{tenant.slug}-r{bundle.revision_number}"
-    if kind == "agentgateway":
-        try:
-            data = diff.read_data(content)
-        except diff.BundleReadError as exc:
-            raise NoBundleToExport(str(exc)) from None
-        export = agentgateway.translate(data, at=timezone.now(),
-                                        revision=bundle.revision_number,
-                                        expires_at=rfc3339(bundle.expires_at),
-                                        approvals=approvals)
-        return (export.text.encode("utf-8"), "application/yaml; charset=utf-8",
-                f"{stem}-agentgateway.yaml")
-    files = _bundle_files(content, CEDAR_FILES)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in CEDAR_FILES:  # fixed order and dates: the same bundle, the same zip
-            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), files[name])
-    return buffer.getvalue(), "application/zip", f"{stem}-cedar.zip"
-
-
-def attachment(content: bytes, content_type: str, filename: str) -> HttpResponse:
-    response = HttpResponse(content, content_type=content_type)
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Cache-Control"] = "no-store"
-    return response
-
-
 class BundlePolicyExportView(TenantPageView):
     """Download the current bundle's policy for another gateway (``kind``: agentgateway,
     ``?approvals=allow`` to export grants that need approval as plain allows; or cedar)."""
@@ -566,9 +497,9 @@ class BundlePolicyExportView(TenantPageView):
             return HttpResponse("approvals must be deny or allow.", status=400,
                                 content_type="text/plain; charset=utf-8")
         try:
-            content, content_type, filename = policy_export(self.tenant, self.kind,
+            content, content_type, filename = selectors.policy_export(self.tenant, self.kind,
                                                             approvals=approvals)
-        except NoBundleToExport as exc:
+        except selectors.NoBundleToExport as exc:
             messages.error(request, str(exc))
             return redirect("bundles:bundles", tenant_slug)
         return attachment(content, content_type, filename)

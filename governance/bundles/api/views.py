@@ -29,16 +29,12 @@ from governance.bundles.diff import BundleReadError, diff_data
 from governance.bundles.keys import KeyUnavailable
 from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
 from governance.bundles.publish import bundle_publish, bundle_publish_failed
-from governance.bundles.views import (
-    EXPORT_CAPABILITY,
-    NO_BUNDLE,
-    NoBundleToExport,
-    attachment,
-    policy_export,
-)
+from governance.bundles.selectors import NO_BUNDLE, NoBundleToExport, policy_export
+from governance.bundles.views import EXPORT_CAPABILITY
 from governance.tenancy.api.base import TenantViewSet
 from governance.tenancy.api.schema import READ, WRITE, ErrorOut, error_responses
 from governance.tenancy.roles import Cap
+from governance.web import attachment
 
 CONFLICT = {409: OpenApiResponse(ErrorOut, description="No usable signing key (code "
                                  "key_unavailable): activate the pending key or rotate.")}
