@@ -3,8 +3,9 @@
 The control plane pins this hash when a tool is approved (``registry/discovery.py``,
 ``definition_sha256``) and ships it in ``mcp/data.json`` as ``tools[<server>/<tool>]
 ["definition_sha256"]``. A gateway hashes the upstream's CURRENT definition the same way and
-refuses the call when the two differ: drift is caught at the edge. The rules (a cross-component
-contract; a copy of the control plane's, kept here because ``gateway/`` never imports Django):
+refuses the call when the two differ: drift is caught at the edge. This module is the ONE
+implementation of the rules (a cross-component contract): the control plane's
+``registry/discovery.py`` calls it too, so the two sides cannot drift apart.
 
 1. Take exactly the Tool keys ``name``, ``title``, ``description``, ``inputSchema``,
    ``outputSchema``, ``annotations`` (``icons``, ``_meta``, ``execution``… are ignored). A missing
@@ -27,8 +28,9 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def canonical_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
-    """The normalised object that is hashed; ValueError for a malformed wire Tool."""
+def normalised_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """Rule 1: the wire Tool reduced to the keys that are hashed, normalised (every key
+    present, camelCase); ValueError for a malformed Tool. Values are not copied."""
     if not isinstance(tool, Mapping):
         raise ValueError(f"a tool must be a JSON object, not {type(tool).__name__}")
     name = tool.get("name")
@@ -57,15 +59,21 @@ def canonical_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
         "outputSchema": None if output_schema is None else dict(output_schema),
         "annotations": {key: value for key, value in annotations.items() if value is not None},
     }
-    _reject_non_finite(payload, name)
     return payload
+
+
+def canonical_bytes(tool: Mapping[str, Any]) -> bytes:
+    """Rules 1 and 2: the canonical JSON bytes that are hashed; ValueError for a malformed
+    Tool or a non-finite number anywhere in it (JSON cannot carry NaN or Infinity)."""
+    payload = normalised_tool(tool)
+    _reject_non_finite(payload, payload["name"])
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
 
 
 def definition_sha256(tool: Mapping[str, Any]) -> str:
     """Lower-case hex SHA-256 of a wire Tool's canonical definition (rules above)."""
-    canonical = json.dumps(canonical_tool(tool), sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_bytes(tool)).hexdigest()
 
 
 def _reject_non_finite(value: Any, name: str) -> None:

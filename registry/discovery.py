@@ -18,9 +18,7 @@ import asyncio
 import concurrent.futures
 import copy
 import hashlib
-import json
 import logging
-import math
 import os
 import socket
 import tempfile
@@ -39,6 +37,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from pydantic import TypeAdapter, ValidationError
+
+from gateway import canonical
 
 logger = logging.getLogger(__name__)
 
@@ -116,36 +116,14 @@ class ToolDefinition:
     @classmethod
     def from_wire(cls, tool: Mapping[str, Any]) -> ToolDefinition:
         """Build from the JSON of an MCP ``Tool`` (camelCase keys); ValueError if malformed."""
-        if not isinstance(tool, Mapping):
-            raise ValueError(f"a tool must be a JSON object, not {type(tool).__name__}")
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            raise ValueError("a tool has no name (or a name that is not a non-empty string)")
-        title = tool.get("title")
-        description = tool.get("description")
-        for key, value in (("title", title), ("description", description)):
-            if value is not None and not isinstance(value, str):
-                raise ValueError(f"tool {name!r}: {key} must be a string")
-        input_schema = tool.get("inputSchema")
-        if not isinstance(input_schema, Mapping):
-            raise ValueError(f"tool {name!r}: inputSchema must be a JSON object")
-        output_schema = tool.get("outputSchema")
-        if output_schema is not None and not isinstance(output_schema, Mapping):
-            raise ValueError(f"tool {name!r}: outputSchema must be a JSON object")
-        annotations = tool.get("annotations")
-        if annotations is None:
-            annotations = {}
-        if not isinstance(annotations, Mapping):
-            raise ValueError(f"tool {name!r}: annotations must be a JSON object")
+        wire = canonical.normalised_tool(tool)
         return cls(
-            name=name,
-            title=title or "",
-            description=description or "",
-            input_schema=copy.deepcopy(dict(input_schema)),
-            output_schema=None if output_schema is None else copy.deepcopy(dict(output_schema)),
-            annotations={
-                key: copy.deepcopy(value) for key, value in annotations.items() if value is not None
-            },
+            name=wire["name"],
+            title=wire["title"],
+            description=wire["description"],
+            input_schema=copy.deepcopy(wire["inputSchema"]),
+            output_schema=copy.deepcopy(wire["outputSchema"]),
+            annotations=copy.deepcopy(wire["annotations"]),
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -168,50 +146,22 @@ class ToolDefinition:
 def canonical_definition(tool: ToolDefinition | Mapping[str, Any]) -> bytes:
     """The canonical JSON bytes of a tool's definition (the input of the definition hash).
 
-    ``tool`` is a :class:`ToolDefinition` or the wire JSON of an MCP Tool (normalised with
-    :meth:`ToolDefinition.from_wire`). See :func:`definition_sha256` for the exact rules.
+    ``tool`` is a :class:`ToolDefinition` or the wire JSON of an MCP Tool; the rules live in
+    ``gateway/canonical.py``, shared with the reference gateway.
     """
-    definition = tool if isinstance(tool, ToolDefinition) else ToolDefinition.from_wire(tool)
-    payload = definition.to_wire()
-    _reject_non_finite(payload, definition.name)
-    return json.dumps(
-        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return canonical.canonical_bytes(tool.to_wire() if isinstance(tool, ToolDefinition)
+                                     else tool)
 
 
 def definition_sha256(tool: ToolDefinition | Mapping[str, Any]) -> str:
     """Lower-case hex SHA-256 of :func:`canonical_definition` — a CROSS-COMPONENT CONTRACT.
 
     The control plane pins this hash when a tool is approved and ships it in the policy
-    bundle; the reference gateway recomputes it from the live ``tools/list`` result (the raw
-    wire JSON of each Tool) and denies the call when the two differ. Both sides must therefore
-    compute it exactly like this, and any change here is a breaking change of the bundle:
-
-    1. Take exactly the Tool keys ``name``, ``title``, ``description``, ``inputSchema``,
-       ``outputSchema``, ``annotations`` (everything else, e.g. ``icons``, ``_meta``,
-       ``execution``, is ignored). A missing or ``null`` ``title``/``description`` is ``""``
-       (so the hash can be recomputed from a row that stores text, not NULL); a missing
-       ``outputSchema`` is ``null``; missing or ``null`` ``annotations`` is ``{}``; top-level
-       annotation keys whose value is ``null`` are dropped; unknown annotation keys are kept,
-       as sent.
-    2. Serialise with Python's ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
-       ensure_ascii=False, allow_nan=False)`` (keys sorted by code point, recursively; numbers
-       as Python prints the parsed value, so ``1`` and ``1.0`` differ) and encode as UTF-8.
-    3. SHA-256, lower-case hex.
+    bundle; the reference gateway recomputes it from the live ``tools/list`` result and denies
+    the call when the two differ. Both call ``gateway/canonical.py`` (its docstring states the
+    rules); any change there is a breaking change of the bundle.
     """
     return hashlib.sha256(canonical_definition(tool)).hexdigest()
-
-
-def _reject_non_finite(value: Any, name: str) -> None:
-    """Raise ValueError for NaN/Infinity anywhere in a definition (JSON cannot carry them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"tool {name!r}: its definition contains a non-finite number")
-    if isinstance(value, Mapping):
-        for item in value.values():
-            _reject_non_finite(item, name)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _reject_non_finite(item, name)
 
 
 # --------------------------------------------------------------------------------------------
