@@ -147,8 +147,7 @@ class BundleClient:
         self.last_request: datetime | None = None
         self.last_successful_request: datetime | None = None
         self.last_successful_download: datetime | None = None
-        self._http: httpx2.AsyncClient | None = None
-        self._http_loop: asyncio.AbstractEventLoop | None = None
+        self._http = LoopHttpClient()
 
     # --- the active bundle ---------------------------------------------------------------------
 
@@ -477,16 +476,10 @@ class BundleClient:
     # --- HTTP ----------------------------------------------------------------------------------
 
     def _client(self) -> httpx2.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._http is None or self._http_loop is not loop:
-            self._http = httpx2.AsyncClient(headers={"User-Agent": VERSION})
-            self._http_loop = loop
-        return self._http
+        return self._http.get()
 
     async def aclose(self) -> None:
-        if self._http is not None and self._http_loop is asyncio.get_running_loop():
-            await self._http.aclose()
-        self._http = self._http_loop = None
+        await self._http.aclose()
 
 
 class _KeysUnavailable(Exception):
@@ -494,6 +487,27 @@ class _KeysUnavailable(Exception):
 
 
 # --- helpers (the decision-log uploader uses them too) ------------------------------------------
+
+
+class LoopHttpClient:
+    """One ``httpx2.AsyncClient`` per event loop: a client is bound to the loop that opened its
+    connections, and a caller may run on a new loop (``asyncio.run`` per call, tests)."""
+
+    def __init__(self) -> None:
+        self._http: httpx2.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self) -> httpx2.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._loop is not loop:
+            self._http = httpx2.AsyncClient(headers={"User-Agent": VERSION})
+            self._loop = loop
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None and self._loop is asyncio.get_running_loop():
+            await self._http.aclose()
+        self._http = self._loop = None
 
 
 def rfc3339(value: datetime) -> str:

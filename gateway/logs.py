@@ -42,7 +42,14 @@ from typing import Any
 
 import httpx2
 
-from gateway.client import API, VERSION, Backoff, atomic_write, fsync_directory, rfc3339
+from gateway.client import (
+    API,
+    Backoff,
+    LoopHttpClient,
+    atomic_write,
+    fsync_directory,
+    rfc3339,
+)
 from gateway.decision import Decision
 
 log = logging.getLogger(__name__)
@@ -158,8 +165,7 @@ class DecisionLogUploader:
         self._active_bytes = 0
         self._in_flight: Path | None = None  # the segment being uploaded: never dropped
         self._queued_bytes = self.queued_bytes()
-        self._http: httpx2.AsyncClient | None = None
-        self._http_loop: asyncio.AbstractEventLoop | None = None
+        self._http = LoopHttpClient()
 
     # --- the queue -----------------------------------------------------------------------------
 
@@ -353,16 +359,10 @@ class DecisionLogUploader:
             await self.aclose()
 
     def _client(self) -> httpx2.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._http is None or self._http_loop is not loop:
-            self._http = httpx2.AsyncClient(headers={"User-Agent": VERSION})
-            self._http_loop = loop
-        return self._http
+        return self._http.get()
 
     async def aclose(self) -> None:
-        if self._http is not None and self._http_loop is asyncio.get_running_loop():
-            await self._http.aclose()
-        self._http = self._http_loop = None
+        await self._http.aclose()
 
 
 def _read_events(segment: Path) -> tuple[list[str], int]:

@@ -13,11 +13,15 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx2
 import pytest
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 
 from registry.discovery import DiscoveryResult, discover_tools
 
@@ -139,3 +143,16 @@ def tool(name: str, **overrides: Any) -> dict[str, Any]:
     return definition
 
 
+def as_agent(url: str, token: str, work: Callable[[ClientSession], Awaitable[Any]]) -> Any:
+    """Run ``work`` in an MCP session opened with the official SDK client (streamable HTTP)
+    and ``Authorization: Bearer <token>`` — an agent talking to a gateway."""
+
+    async def main() -> Any:
+        client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                    timeout=httpx2.Timeout(30))
+        async with client, streamable_http_client(url, http_client=client) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await work(session)
+
+    return anyio.run(main)

@@ -12,32 +12,18 @@ import sys
 import time
 from pathlib import Path
 
-import anyio
-import httpx2
 import pytest
 from django.core.management import call_command
 from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from gateway.__main__ import ConfigError, _parser, settings_from
 from governance.bundles.models import Gateway
 from governance.decisions.models import DecisionLog
 from tests.e2e_support import free_port
+from tests.mcp_support import as_agent
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_TOKEN = "demo-agent-token-0123456789"  # noqa: S105 - a static demo identity
-
-
-def _agent(url: str, work):
-    async def main():
-        client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {AGENT_TOKEN}"},
-                                    timeout=httpx2.Timeout(30))
-        async with client, streamable_http_client(url, http_client=client) as (read, write):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                return await work(session)
-
-    return anyio.run(main)
 
 
 def _wait(predicate, what: str, log: Path, timeout: float = 60.0) -> None:
@@ -84,7 +70,7 @@ def test_the_gateway_enforces_the_demo_tenant_bundle_on_real_mcp_traffic(
                 "employee_id": "E100", "delta_usd": 1000, "reason": "raise"})
             return listed, allowed, refused
 
-        listed, allowed, refused = _agent(url, work)
+        listed, allowed, refused = as_agent(url, AGENT_TOKEN, work)
         assert listed == ["get_salary", "lookup_employee"]  # adjust_salary is not granted
         assert not allowed.is_error
         assert "Ada Lovelace" in json.dumps(allowed.model_dump(mode="json"))

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,7 +25,6 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
 from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 
@@ -43,6 +42,7 @@ from registry import services as registry
 from registry.discovery import ToolDefinition, discover_tools
 from registry.discovery import definition_sha256 as control_plane_sha256
 from registry.models import Tool
+from tests.mcp_support import as_agent
 
 SYSTEM = Actor.system("test")
 IDP = "https://idp.example"
@@ -202,20 +202,6 @@ def serve_gateway(upstream) -> Iterator[Callable[..., Gateway]]:
     yield start
     for served in reversed(stack):
         served.__exit__(None, None, None)
-
-
-def as_agent(url: str, token: str, work: Callable[[ClientSession], Awaitable[Any]]) -> Any:
-    """Run ``work`` in an MCP session opened with the official SDK client and ``token``."""
-
-    async def main() -> Any:
-        client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                    timeout=httpx2.Timeout(30))
-        async with client, streamable_http_client(url, http_client=client) as (read, write):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                return await work(session)
-
-    return anyio.run(main)
 
 
 async def tool_names(session: ClientSession) -> list[str]:
