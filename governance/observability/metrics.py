@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from governance.decisions.models import Outcome
+from governance.exports.selectors import all_exporter_lags
 from governance.observability import selectors
 from governance.tenancy.middleware import client_ip
 
@@ -201,7 +202,7 @@ class TollgateCollector(Collector):
         seconds = GaugeMetricFamily(
             "tollgate_export_lag_seconds", "Age of the oldest row the exporter has not "
             "delivered yet (0 when caught up).", labels=["tenant", "exporter", "kind", "stream"])
-        for slug, name, kind, stream, rows_behind, seconds_behind in selectors.export_lags(now=now):
+        for slug, name, kind, stream, rows_behind, seconds_behind in all_exporter_lags(now):
             labels = [slug, name, kind, stream]
             rows.add_metric(labels, rows_behind)
             seconds.add_metric(labels, seconds_behind or 0)

@@ -15,16 +15,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import (
-    Case,
     Count,
-    DateTimeField,
-    IntegerField,
-    OuterRef,
     Q,
     QuerySet,
-    Subquery,
     Sum,
-    When,
 )
 
 from approvals.models import AccessRequest, Decidable, Escalation
@@ -322,39 +316,6 @@ def alerts_open() -> dict[str, int]:
     rows = (Alert.objects.filter(status__in=Alert.LIVE).values("tenant__slug")
             .annotate(n=Count("pk")).order_by())
     return {r["tenant__slug"]: r["n"] for r in rows}
-
-
-def export_lags(*, now: datetime) -> list[tuple[str, str, str, str, int, float | None]]:
-    """(tenant slug, exporter, kind, stream, rows behind, seconds behind or None when caught up)
-    per exporter — what ``governance.exports.selectors.exporter_lag`` says for each, computed
-    for every exporter in one query (correlated subqueries on the stream's table)."""
-    from governance.audit.models import AuditEvent
-    from governance.decisions.models import DecisionLog
-    from governance.exports.models import Exporter
-    from governance.exports.selectors import TIME_FIELD
-
-    def waiting(model):
-        return model.objects.filter(tenant_id=OuterRef("tenant_id"), id__gt=OuterRef("cursor"))
-
-    def rows(model):
-        counted = waiting(model).order_by().values("tenant_id").annotate(n=Count("pk"))
-        return Subquery(counted.values("n")[:1], output_field=IntegerField())
-
-    def oldest(model, stream):
-        return Subquery(waiting(model).order_by("id").values(TIME_FIELD[stream])[:1],
-                        output_field=DateTimeField())
-
-    audit, decided = Exporter.Stream.AUDIT, Exporter.Stream.DECISIONS
-    exporters = Exporter.objects.annotate(
-        rows_behind=Case(When(stream=audit, then=rows(AuditEvent)),
-                         When(stream=decided, then=rows(DecisionLog))),
-        oldest=Case(When(stream=audit, then=oldest(AuditEvent, audit)),
-                    When(stream=decided, then=oldest(DecisionLog, decided))),
-    ).order_by("tenant__slug", "name").values_list("tenant__slug", "name", "kind", "stream",
-                                                   "rows_behind", "oldest")
-    return [(slug, name, kind, stream, int(n or 0),
-             max(0.0, (now - first).total_seconds()) if first is not None else None)
-            for slug, name, kind, stream, n, first in exporters]
 
 
 def broker_queue_names() -> list[str]:
