@@ -185,7 +185,7 @@ def build(settings: Settings) -> tuple[Any, Any, Any]:
     """(ASGI app, bundle client, decision-log uploader), wired together."""
     from gateway.client import BundleClient
     from gateway.counters import MemoryCounters, RedisCounters
-    from gateway.identity import JwtIdentities, StaticIdentities
+    from gateway.identity import FirstOf, JwtIdentities, StaticIdentities
     from gateway.logs import DecisionLogUploader
     from gateway.proxy import build_app
 
@@ -199,7 +199,7 @@ def build(settings: Settings) -> tuple[Any, Any, Any]:
     if settings.jwt_issuer:
         jwt = JwtIdentities(issuer=settings.jwt_issuer, jwks_url=settings.jwt_jwks_url,
                             audience=settings.jwt_audience)
-        identities = jwt if not settings.identities else _Either(
+        identities = jwt if not settings.identities else FirstOf(
             StaticIdentities(settings.identities), jwt)
     else:
         identities = StaticIdentities(settings.identities)
@@ -209,20 +209,6 @@ def build(settings: Settings) -> tuple[Any, Any, Any]:
                     identities=identities, counters=counters, host=settings.listen_host,
                     decision_sink=decision_sink(uploader, settings.tenant, settings.labels))
     return app, client, uploader
-
-
-class _Either:
-    """Static tokens first, then JWTs."""
-
-    def __init__(self, *sources: Any) -> None:
-        self.sources = sources
-
-    async def identify(self, credential: str) -> Any:
-        for source in self.sources:
-            found = await source.identify(credential)
-            if found is not None:
-                return found
-        return None
 
 
 async def serve(settings: Settings) -> None:

@@ -139,3 +139,17 @@ class JwtIdentities:
         except jwt.InvalidTokenError as error:
             logger.info("bearer JWT rejected: %s", error)
             return None
+
+
+class FirstOf:
+    """Several identity sources tried in order (e.g. static demo tokens, then JWTs)."""
+
+    def __init__(self, *sources: Identities) -> None:
+        self.sources = sources
+
+    async def identify(self, credential: str) -> Principal | None:
+        for source in self.sources:
+            found = await source.identify(credential)
+            if found is not None:
+                return found
+        return None

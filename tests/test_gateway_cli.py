@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 from django.core.management import call_command
 from mcp.client.session import ClientSession
@@ -117,3 +118,13 @@ def test_the_command_line_names_what_is_missing(tmp_path):
     got = settings_from(_parser().parse_args(["run", "--config", str(config)]))
     assert (got.token, got.upstream_cmd, got.listen_port, got.identities) == (
         "secret-token", ["python", "server.py", "--x"], 9100, {"t": ("i", "s")})
+
+
+def test_static_tokens_and_jwts_can_be_accepted_together():
+    from gateway.identity import FirstOf, StaticIdentities
+
+    either = FirstOf(StaticIdentities({"a": ("https://one", "alpha")}),
+                     StaticIdentities({"b": ("https://two", "beta")}))
+    found = [anyio.run(either.identify, token) for token in ("a", "b", "c")]
+    assert [(p.issuer, p.subject) if p else None for p in found] == [
+        ("https://one", "alpha"), ("https://two", "beta"), None]
