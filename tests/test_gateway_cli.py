@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import anyio
 import pytest
@@ -20,20 +16,8 @@ from mcp.client.session import ClientSession
 from gateway.__main__ import ConfigError, _parser, settings_from
 from governance.bundles.models import Gateway
 from governance.decisions.models import DecisionLog
-from tests.e2e_support import free_port
+from tests.gateway_support import AGENT_TOKEN, start_gateway
 from tests.mcp_support import as_agent
-
-REPO = Path(__file__).resolve().parent.parent
-AGENT_TOKEN = "demo-agent-token-0123456789"  # noqa: S105 - a static demo identity
-
-
-def _wait(predicate, what: str, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    pytest.fail(f"gave up waiting for {what}; gateway log:\n{log.read_text()[-3000:]}")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -43,26 +27,12 @@ def test_the_gateway_enforces_the_demo_tenant_bundle_on_real_mcp_traffic(
     settings.VAR_DIR = tmp_path
     call_command("seed_demo", stdout=io.StringIO())
     seeded = DecisionLog.objects.count()
-    identities = tmp_path / "identities.json"
-    identities.write_text(json.dumps({AGENT_TOKEN: {"issuer": "https://idp.acme.example",
-                                                    "subject": "hr-assistant"}}))
-    port = free_port()
-    log = tmp_path / "gateway.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--control-plane", live_server.url,
-             "--tenant", "acme", "--token-file", str(tmp_path / "demo-gateway-token"),
-             "--server-name", "acme-hr",
-             "--upstream-cmd", f"{sys.executable} {REPO / 'demo' / 'hr_server.py'}",
-             "--identities", str(identities), "--listen", f"127.0.0.1:{port}",
-             "--state-dir", str(tmp_path / "gw"), "--long-poll", "5"],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    gw = start_gateway(live_server.url, tmp_path, token_file=tmp_path / "demo-gateway-token")
     try:
         gateway = Gateway.objects.get(name="demo-gateway")
         # Pulled, verified, activated and reported: the fleet sees revision 1.
-        _wait(lambda: Gateway.objects.get(pk=gateway.pk).active_revision == 1,
-              "the gateway's status report", log)
-        url = f"http://127.0.0.1:{port}/mcp"
+        gw.wait_for(lambda: Gateway.objects.get(pk=gateway.pk).active_revision == 1,
+                    "the gateway's status report")
 
         async def work(session: ClientSession):
             listed = sorted(t.name for t in (await session.list_tools()).tools)
@@ -71,25 +41,21 @@ def test_the_gateway_enforces_the_demo_tenant_bundle_on_real_mcp_traffic(
                 "employee_id": "E100", "delta_usd": 1000, "reason": "raise"})
             return listed, allowed, refused
 
-        listed, allowed, refused = as_agent(url, AGENT_TOKEN, work)
+        listed, allowed, refused = as_agent(gw.url, AGENT_TOKEN, work)
         assert listed == ["get_salary", "lookup_employee"]  # adjust_salary is not granted
         assert not allowed.is_error
         assert "Ada Lovelace" in json.dumps(allowed.model_dump(mode="json"))
         assert refused.is_error
         assert "not approved" in refused.content[0].text
         # Both decisions reach the control plane's decision log (uploaded by the gateway).
-        _wait(lambda: DecisionLog.objects.count() >= seeded + 2, "the decision-log upload",
-              log)
+        gw.wait_for(lambda: DecisionLog.objects.count() >= seeded + 2,
+                    "the decision-log upload")
         fresh = DecisionLog.objects.exclude(decision_id__startswith="demo-")
         assert sorted(fresh.values_list("tool", "outcome")) == [
             ("adjust_salary", "deny"), ("lookup_employee", "allow")]
         assert set(fresh.values_list("gateway_id", "bundle_revision")) == {(gateway.pk, 1)}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        gw.stop()
 
 
 def test_the_command_line_names_what_is_missing(tmp_path):

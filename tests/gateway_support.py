@@ -1,0 +1,98 @@
+"""The reference gateway as its own process, for end-to-end tests.
+
+``start_gateway(control_plane, tmp_path, **options)`` runs ``python -m gateway run`` in front of
+the demo's real stdio MCP server (demo/hr_server.py) for the demo tenant seeded by
+``seed_demo`` (tenant ``acme``, server ``acme-hr``, the gateway token seed_demo wrote to
+``VAR_DIR/demo-gateway-token``), with one static agent identity, ``AGENT_TOKEN`` → the demo's
+``hr-assistant``. The handle knows the agent URL, the log, and how to stop the process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e_support import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+AGENT_TOKEN = "demo-agent-token-0123456789"  # noqa: S105 - a static demo identity
+AGENT_PRINCIPAL = {"issuer": "https://idp.acme.example", "subject": "hr-assistant"}
+HR_SERVER = REPO / "demo" / "hr_server.py"
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    state_dir: Path
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def output(self, tail: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-tail:]
+
+    def wait_for(self, predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+        """Poll ``predicate`` until it is truthy (its value is returned) or fail the test."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            if self.process.poll() is not None:
+                pytest.fail(f"the gateway exited ({self.process.returncode}) while waiting "
+                            f"for {what}:\n{self.output()}")
+            time.sleep(0.2)
+        pytest.fail(f"gave up waiting for {what}; gateway log:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_gateway(control_plane: str, tmp_path: Path, *, token_file: Path,
+                  extra: list[str] | None = None, state_dir: Path | None = None,
+                  port: int | None = None, name: str = "gateway") -> GatewayProcess:
+    """Start ``python -m gateway run`` against ``control_plane`` (see the module docstring)."""
+    identities = tmp_path / "identities.json"
+    identities.write_text(json.dumps({AGENT_TOKEN: AGENT_PRINCIPAL}))
+    port = port or free_port()
+    state_dir = state_dir or tmp_path / f"{name}-state"
+    log = tmp_path / f"{name}.log"
+    argv = [sys.executable, "-m", "gateway", "run", "--control-plane", control_plane,
+            "--tenant", "acme", "--token-file", str(token_file), "--server-name", "acme-hr",
+            "--upstream-cmd", f"{sys.executable} {HR_SERVER}",
+            "--identities", str(identities), "--listen", f"127.0.0.1:{port}",
+            "--state-dir", str(state_dir), "--long-poll", "5", *(extra or [])]
+    with log.open("ab") as out:
+        process = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    return GatewayProcess(process=process, port=port, log=log, state_dir=state_dir, argv=argv)
+
+
+def wait_listening(gateway: GatewayProcess, timeout: float = 30.0) -> None:
+    """Until the gateway answers HTTP (401 without a credential)."""
+    import httpx2
+
+    def answers() -> bool:
+        try:
+            return httpx2.get(gateway.url, timeout=2).status_code == 401
+        except httpx2.HTTPError:
+            return False
+
+    gateway.wait_for(answers, "the gateway to listen", timeout)
