@@ -17,6 +17,9 @@ Agents connect with MCP streamable HTTP to ``http://<listen>/mcp`` and
 ``--identities`` JSON file (``{"<token>": {"issuer": "…", "subject": "…"}}``, for demos) or a
 JWT of ``--jwt-issuer`` checked against ``--jwt-jwks-url``.
 
+A call the bundle escalates is held while a human decides, at most ``--max-hold`` seconds
+(then the agent gets a pending result to retry; ``gateway/escalations.py``).
+
 ``python -m gateway verify …`` is the reference bundle verifier (``gateway/verify.py``).
 """
 
@@ -59,6 +62,7 @@ class Settings:
     jwt_audience: str | None = None
     redis_url: str | None = None
     long_poll_seconds: int = 60
+    max_hold_seconds: float = 60.0
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -88,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--jwt-audience", help="…for this audience (optional)")
     run.add_argument("--redis-url", help="share rate counters with other replicas")
     run.add_argument("--long-poll", type=int, help="seconds per bundle long poll (default 60)")
+    run.add_argument("--max-hold", type=float,
+                     help="seconds a call needing approval is held before the agent gets a "
+                          "pending result to retry (default 60)")
     return parser
 
 
@@ -140,8 +147,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
         jwt_issuer=values.get("jwt_issuer"), jwt_jwks_url=values.get("jwt_jwks_url"),
         jwt_audience=values.get("jwt_audience"), redis_url=values.get("redis_url"),
         long_poll_seconds=int(values.get("long_poll") or 60),
+        max_hold_seconds=_max_hold(values.get("max_hold")),
         labels={str(k): str(v) for k, v in (values.get("labels") or {}).items()},
     )
+
+
+def _max_hold(value: Any) -> float:
+    if value is None:
+        return 60.0
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError("--max-hold: a number of seconds.") from None
+    if not 0 <= seconds <= 3600:
+        raise ConfigError("--max-hold: between 0 and 3600 seconds.")
+    return seconds
 
 
 def _identities(source: Any) -> dict[str, tuple[str, str]]:
@@ -176,7 +196,8 @@ def decision_sink(uploader: Any, tenant: str, labels: Mapping[str, str]):
             server=fields["server"], tool=fields["tool"],
             arguments_sha256=fields["arguments_sha256"],
             bundle_revision=fields.get("bundle_revision"), tenant=tenant,
-            call_id=fields.get("call_id"), labels=labels))
+            call_id=fields.get("call_id"), escalation_id=fields.get("escalation_id"),
+            labels=labels))
 
     return sink
 
@@ -185,6 +206,7 @@ def build(settings: Settings) -> tuple[Any, Any, Any]:
     """(ASGI app, bundle client, decision-log uploader), wired together."""
     from gateway.client import BundleClient
     from gateway.counters import MemoryCounters, RedisCounters
+    from gateway.escalations import Escalations
     from gateway.identity import FirstOf, JwtIdentities, StaticIdentities
     from gateway.logs import DecisionLogUploader
     from gateway.proxy import build_app
@@ -204,10 +226,14 @@ def build(settings: Settings) -> tuple[Any, Any, Any]:
     else:
         identities = StaticIdentities(settings.identities)
     counters = RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters()
+    escalations = Escalations(settings.control_plane, settings.token, settings.tenant,
+                              keys=client.keys, max_hold=settings.max_hold_seconds,
+                              state_file=settings.state_dir / "escalations.json")
     app = build_app(bundle_source=client.current, server_name=settings.server_name,
                     upstream_url=settings.upstream_url, upstream_cmd=settings.upstream_cmd,
                     identities=identities, counters=counters, host=settings.listen_host,
-                    decision_sink=decision_sink(uploader, settings.tenant, settings.labels))
+                    decision_sink=decision_sink(uploader, settings.tenant, settings.labels),
+                    escalations=escalations)
     return app, client, uploader
 
 
@@ -233,6 +259,9 @@ async def serve(settings: Settings) -> None:
         await asyncio.gather(*background, return_exceptions=True)
         await client.aclose()
         await uploader.aclose()
+        escalations = getattr(getattr(app, "proxy", None), "escalations", None)
+        if escalations is not None:
+            await escalations.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -313,6 +313,18 @@ class BundleClient:
                              max_decompressed_bytes=self.max_decompressed_bytes,
                              max_files=self.max_files)
 
+    async def keys(self, fresh: bool = False) -> dict[str, Any]:
+        """The tenant's JWKS, e.g. to verify escalation receipts: the copy kept with the active
+        bundle, or (``fresh``, or none kept) the control plane's current one — falling back to
+        the kept copy when the control plane cannot be reached."""
+        if not fresh and self._jwks is not None:
+            return self._jwks
+        try:
+            return await self._keys(fresh=True)
+        except _KeysUnavailable as exc:
+            log.warning("could not refresh the key set: %s", exc)
+            return self._jwks or {}
+
     async def _keys(self, fresh: bool = False) -> dict[str, Any]:
         """The tenant's JWKS: the cached copy unless the control plane has a newer one."""
         headers = {"Authorization": f"Bearer {self.token}"}

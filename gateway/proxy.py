@@ -15,14 +15,21 @@ HTTP to the proxy with ``Authorization: Bearer <credential>``:
   grant's calls in this minute / today as ``usage`` (``gateway.counters``).
   ``allow`` → the call is counted and forwarded; the upstream's result goes back as it came.
   ``deny`` → an MCP tool error (``isError: true``) that says why.
-  ``escalate`` → for now a tool error ``approval required: <reason>`` (the escalation hold —
-  create, long-poll, consume the receipt, forward — is not wired here yet).
+  ``escalate`` → the call is held (``gateway.escalations``): an escalation is created (or the
+  same call's pending one re-attached) and long-polled; once a human approves, the decision is
+  taken again over the then-current bundle (a grant revoked during the hold still refuses), the
+  receipt is verified and spent, and the call is forwarded once. A denial or expiry is a tool
+  error that says why; a hold that reaches its maximum is a *pending* tool error carrying
+  ``_meta["tollgate/escalation"]`` (``id``, ``status``, ``expires_at``): calling again with the
+  same arguments re-attaches. Without an escalation channel: ``approval required: <reason>``.
 - No bundle (none yet, or the last one expired: ``bundle_source()`` returns None) → fail
   closed: ``tools/list`` is empty and every ``tools/call`` is refused.
 
 Every decision (including the fail-closed ones) is handed to ``decision_sink(fields)`` with
 ``call_id``, ``timestamp``, ``agent``, ``principal`` (``{"issuer", "subject"}``), ``server``,
-``tool``, ``arguments_sha256``, ``outcome``, ``reason``, ``grant`` and ``bundle_revision``.
+``tool``, ``arguments_sha256``, ``outcome``, ``reason``, ``grant``, ``bundle_revision`` and
+``escalation_id``. A held call gives two: ``escalate`` when its escalation is attached, then
+``allow`` or ``deny`` when the human's decision is known (same ``call_id``).
 
 Entry point: :func:`build_app` returns an ASGI application (run it with uvicorn). The upstream
 connection is opened by the application's lifespan and re-opened (with backoff) when it breaks.
@@ -55,6 +62,7 @@ from pydantic import TypeAdapter
 from gateway.canonical import definition_sha256
 from gateway.counters import Counters, MemoryCounters
 from gateway.decision import ALLOW, DENY, ESCALATE, Decision, decide, find_agent, tool_key
+from gateway.escalations import PENDING, Escalations, HeldCall
 from gateway.identity import Identities, Principal, bearer_credential
 from gateway.receipts import arguments_sha256
 from gateway.verify import VerifiedBundle
@@ -64,6 +72,7 @@ logger = logging.getLogger(__name__)
 DecisionSink = Callable[[dict[str, Any]], Awaitable[None] | None]
 NO_BUNDLE_REASON = "no valid policy bundle (none received yet, or it expired): failing closed"
 PRINCIPAL_STATE_KEY = "tollgate_principal"
+ESCALATION_META = "tollgate/escalation"
 MAX_TOOL_PAGES = 100
 _RAW = TypeAdapter(dict[str, Any])
 _CLIENT_INFO = mcp_types.Implementation(name="tollgate-gateway", version="1.0")
@@ -226,9 +235,9 @@ def _live_sha256(tool: Mapping[str, Any]) -> str:
         return "malformed"  # never equals a pinned hash: refused as drifted
 
 
-def _tool_error(text: str) -> mcp_types.CallToolResult:
+def _tool_error(text: str, meta: dict[str, Any] | None = None) -> mcp_types.CallToolResult:
     return mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text)],
-                                    is_error=True)
+                                    is_error=True, _meta=meta)
 
 
 class Proxy:
@@ -236,8 +245,10 @@ class Proxy:
 
     def __init__(self, *, bundle_source: Callable[[], VerifiedBundle | None], server_name: str,
                  upstream: Upstream, counters: Counters,
-                 decision_sink: DecisionSink | None) -> None:
+                 decision_sink: DecisionSink | None,
+                 escalations: Escalations | None = None) -> None:
         self.bundle_source = bundle_source
+        self.escalations = escalations
         self.server_name = server_name
         self.upstream = upstream
         self.counters = counters
@@ -290,15 +301,63 @@ class Proxy:
             await self._record(event, decision, None)
             return _tool_error(f"denied by Tollgate: {decision.reason}")
         decision = await self._decide(bundle, principal, params.name, arguments)
+        if decision.outcome == ESCALATE and self.escalations is not None:
+            return await self._hold(self.escalations, event, decision, bundle, principal,
+                                    params.name, arguments)
         await self._record(event, decision, bundle)
         if decision.outcome == ESCALATE:
-            return _tool_error(f"approval required: {decision.reason}")
+            return _tool_error(f"approval required: {decision.reason} (this gateway has no "
+                               f"escalation channel)")
         if decision.outcome != ALLOW:
             return _tool_error(f"denied by Tollgate: {decision.reason}")
+        return await self._forward(bundle, decision, params.name, arguments)
+
+    async def _hold(self, escalations: Escalations, event: dict[str, Any], decision: Decision,
+                    bundle: VerifiedBundle, principal: Principal, name: str,
+                    arguments: dict[str, Any]) -> mcp_types.CallToolResult | dict[str, Any]:
+        """An escalated call: held until a human decides or the hold's maximum."""
+        held = HeldCall(issuer=principal.issuer, subject=principal.subject,
+                        agent=decision.agent or "", server=self.server_name, tool=name,
+                        arguments=arguments, arguments_sha256=event["arguments_sha256"],
+                        reason=decision.reason, bundle_revision=bundle.revision_number)
+        logged = False
+
+        async def attached(escalation_id: str | None) -> None:
+            nonlocal logged
+            logged = True
+            await self._record(dict(event), decision, bundle, escalation_id)
+
+        async def recheck() -> str | None:
+            """Refused now? (The bundle may have changed while the call was held.)"""
+            current = self.bundle_source()
+            if current is None:
+                return NO_BUNDLE_REASON
+            again = await self._decide(current, principal, name, arguments)
+            return again.reason if again.outcome == DENY else None
+
+        outcome = await escalations.hold(held, attached=attached, recheck=recheck)
+        if not logged:
+            await attached(outcome.escalation_id)
+        if outcome.status == PENDING:
+            return _tool_error(f"pending approval: {outcome.reason}", {ESCALATION_META: {
+                "id": outcome.escalation_id, "status": PENDING,
+                "expires_at": outcome.expires_at}})
+        final = Decision(ALLOW if outcome.approved else DENY, outcome.reason, decision.grant,
+                         decision.agent)
+        await self._record(dict(event), final, self.bundle_source() or bundle,
+                           outcome.escalation_id)
+        if not outcome.approved:
+            return _tool_error(f"denied by Tollgate: {outcome.reason}", {ESCALATION_META: {
+                "id": outcome.escalation_id, "status": outcome.status}})
+        return await self._forward(bundle, decision, name, arguments)
+
+    async def _forward(self, bundle: VerifiedBundle, decision: Decision, name: str,
+                       arguments: dict[str, Any]) -> mcp_types.CallToolResult | dict[str, Any]:
+        """Count the call against its grant and send it to the upstream, once."""
         if decision.grant is not None:
             await self.counters.record(f"{bundle.tenant}:{decision.grant}", datetime.now(UTC))
         request = mcp_types.CallToolRequest(
-            params=mcp_types.CallToolRequestParams(name=params.name, arguments=arguments))
+            params=mcp_types.CallToolRequestParams(name=name, arguments=arguments))
         try:
             return await self.upstream.request(request)
         except UpstreamUnavailable as error:
@@ -330,8 +389,9 @@ class Proxy:
         return decision
 
     async def _record(self, event: dict[str, Any], decision: Decision,
-                      bundle: VerifiedBundle | None) -> None:
+                      bundle: VerifiedBundle | None, escalation_id: str | None = None) -> None:
         event.update(
+            escalation_id=escalation_id,
             timestamp=datetime.now(UTC).isoformat(),
             agent=decision.agent,
             outcome=decision.outcome,
@@ -398,6 +458,7 @@ def build_app(
     identities: Identities,
     counters: Counters | None = None,
     decision_sink: DecisionSink | None = None,
+    escalations: Escalations | None = None,
     upstream_headers: Mapping[str, str] | None = None,
     upstream_timeout: float = 30.0,
     tools_ttl: float = 2.0,
@@ -413,7 +474,8 @@ def build_app(
     upstream = Upstream(url=upstream_url, command=upstream_cmd, headers=upstream_headers,
                         timeout=upstream_timeout, tools_ttl=tools_ttl)
     proxy = Proxy(bundle_source=bundle_source, server_name=server_name, upstream=upstream,
-                  counters=counters or MemoryCounters(), decision_sink=decision_sink)
+                  counters=counters or MemoryCounters(), decision_sink=decision_sink,
+                  escalations=escalations)
     server: Server[Any] = Server("tollgate-gateway", version="1.0",
                                  on_list_tools=proxy.list_tools, on_call_tool=proxy.call_tool)
     app = server.streamable_http_app(host=host, streamable_http_path=path)
