@@ -13,7 +13,9 @@ HTTP to the proxy with ``Authorization: Bearer <credential>``:
   upstream's CURRENT definition of the tool (``gateway.canonical``; a tools/list no older than
   ``tools_ttl`` seconds) as ``live_sha256``, so a drifted tool is refused at the edge, and the
   grant's calls in this minute / today as ``usage`` (``gateway.counters``).
-  ``allow`` → the call is counted and forwarded; the upstream's result goes back as it came.
+  ``allow`` → the call is counted — atomically, so concurrent calls (on several replicas with
+  Redis) cannot overshoot a limit: the one that finds it full is refused — and forwarded; the
+  upstream's result goes back as it came.
   ``deny`` → an MCP tool error (``isError: true``) that says why.
   ``escalate`` → the call is held (``gateway.escalations``): an escalation is created (or the
   same call's pending one re-attached) and long-polled; once a human approves, the decision is
@@ -60,7 +62,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import TypeAdapter
 
 from gateway.canonical import definition_sha256
-from gateway.counters import Counters, MemoryCounters
+from gateway.counters import MINUTE, Counters, MemoryCounters
 from gateway.decision import ALLOW, DENY, ESCALATE, Decision, decide, find_agent, tool_key
 from gateway.escalations import PENDING, Escalations, HeldCall
 from gateway.identity import Identities, Principal, bearer_credential
@@ -304,13 +306,32 @@ class Proxy:
         if decision.outcome == ESCALATE and self.escalations is not None:
             return await self._hold(self.escalations, event, decision, bundle, principal,
                                     params.name, arguments)
+        if decision.outcome == ALLOW:
+            decision = await self._reserve(bundle, decision)
         await self._record(event, decision, bundle)
         if decision.outcome == ESCALATE:
             return _tool_error(f"approval required: {decision.reason} (this gateway has no "
                                f"escalation channel)")
         if decision.outcome != ALLOW:
             return _tool_error(f"denied by Tollgate: {decision.reason}")
-        return await self._forward(bundle, decision, params.name, arguments)
+        return await self._forward(params.name, arguments)
+
+    async def _reserve(self, bundle: VerifiedBundle, decision: Decision) -> Decision:
+        """Take one call of the deciding grant's rate and quota, atomically (``counters``): a
+        concurrent call that took the last one since ``_decide`` read the counts wins."""
+        if decision.grant is None:
+            return decision
+        grant = next((g for g in bundle.data.get("grants", [])
+                      if str(g.get("id")) == str(decision.grant)), {})
+        per_minute, per_day = grant.get("calls_per_minute"), grant.get("calls_per_day")
+        full = await self.counters.reserve(f"{bundle.tenant}:{decision.grant}",
+                                           datetime.now(UTC), per_minute=per_minute,
+                                           per_day=per_day)
+        if full is None:
+            return decision
+        reason = (f"grant {decision.grant}: rate limit {per_minute}/minute reached"
+                  if full == MINUTE else f"grant {decision.grant}: quota {per_day}/day reached")
+        return Decision(DENY, reason, decision.grant, decision.agent)
 
     async def _hold(self, escalations: Escalations, event: dict[str, Any], decision: Decision,
                     bundle: VerifiedBundle, principal: Principal, name: str,
@@ -328,12 +349,16 @@ class Proxy:
             await self._record(dict(event), decision, bundle, escalation_id)
 
         async def recheck() -> str | None:
-            """Refused now? (The bundle may have changed while the call was held.)"""
+            """Refused now? (The bundle may have changed while the call was held.) If not, the
+            call is counted against its grant before the approval is spent."""
             current = self.bundle_source()
             if current is None:
                 return NO_BUNDLE_REASON
             again = await self._decide(current, principal, name, arguments)
-            return again.reason if again.outcome == DENY else None
+            if again.outcome == DENY:
+                return again.reason
+            reserved = await self._reserve(current, again)
+            return reserved.reason if reserved.outcome == DENY else None
 
         outcome = await escalations.hold(held, attached=attached, recheck=recheck)
         if not logged:
@@ -349,13 +374,11 @@ class Proxy:
         if not outcome.approved:
             return _tool_error(f"denied by Tollgate: {outcome.reason}", {ESCALATION_META: {
                 "id": outcome.escalation_id, "status": outcome.status}})
-        return await self._forward(bundle, decision, name, arguments)
+        return await self._forward(name, arguments)
 
-    async def _forward(self, bundle: VerifiedBundle, decision: Decision, name: str,
+    async def _forward(self, name: str,
                        arguments: dict[str, Any]) -> mcp_types.CallToolResult | dict[str, Any]:
-        """Count the call against its grant and send it to the upstream, once."""
-        if decision.grant is not None:
-            await self.counters.record(f"{bundle.tenant}:{decision.grant}", datetime.now(UTC))
+        """Send the (allowed and counted) call to the upstream, once."""
         request = mcp_types.CallToolRequest(
             params=mcp_types.CallToolRequestParams(name=name, arguments=arguments))
         try:

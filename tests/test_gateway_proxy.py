@@ -501,18 +501,46 @@ def test_memory_counters_count_per_minute_and_per_day():
     at = datetime(2026, 11, 24, 10, 0, 30, tzinfo=UTC)
 
     async def scenario():
-        await counters.record("g", at)
-        await counters.record("g", at + timedelta(seconds=10))
+        taken = [await counters.reserve("g", at), await counters.reserve(
+            "g", at + timedelta(seconds=10), per_minute=2)]
         same_minute = await counters.usage(["g", "other"], at + timedelta(seconds=20))
+        full = await counters.reserve("g", at + timedelta(seconds=25), per_minute=2)
         next_minute = await counters.usage(["g"], at + timedelta(minutes=1))
-        await counters.record("g", at + timedelta(minutes=1))
+        quota = await counters.reserve("g", at + timedelta(minutes=1), per_minute=2, per_day=2)
         next_day = await counters.usage(["g"], at + timedelta(days=1))
-        return same_minute, next_minute, next_day
+        return taken, same_minute, full, next_minute, quota, next_day
 
-    same_minute, next_minute, next_day = anyio.run(scenario)
+    taken, same_minute, full, next_minute, quota, next_day = anyio.run(scenario)
+    assert taken == [None, None]
     assert same_minute == {"g": (2, 2), "other": (0, 0)}
+    assert full == "minute"  # nothing counted
     assert next_minute == {"g": (0, 2)}
+    assert quota == "day"
     assert next_day == {"g": (0, 0)}
+
+
+def test_concurrent_reservations_on_two_redis_replicas_never_overshoot(redis_db12):
+    prefix = f"tollgate:gw-test:{uuid.uuid4().hex}"
+    at = datetime.now(UTC)
+
+    async def race():
+        replicas = [RedisCounters(redis_db12, prefix=prefix) for _ in range(2)]
+        results: list[str | None] = []
+
+        async def take(counters: RedisCounters) -> None:
+            results.append(await counters.reserve("g", at, per_minute=5, per_day=100))
+
+        async with anyio.create_task_group() as group:
+            for i in range(40):
+                group.start_soon(take, replicas[i % 2])
+        usage = await replicas[0].usage(["g"], at)
+        for counters in replicas:
+            await counters.aclose()
+        return results, usage
+
+    results, usage = anyio.run(race)
+    assert results.count(None) == 5 and results.count("minute") == 35
+    assert usage == {"g": (5, 5)}
 
 
 @pytest.fixture
