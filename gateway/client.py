@@ -143,6 +143,7 @@ class BundleClient:
         self._skip_etag: str | None = None  # a rejected bundle's ETag: do not fetch it again
         self._last_revision: int | None = None  # highest revision ever accepted (persisted)
         self.last_error: BundleError | None = None
+        self._report_due = False  # a status report should go out after this poll
         self.activated_at: datetime | None = None
         self.last_request: datetime | None = None
         self.last_successful_request: datetime | None = None
@@ -253,7 +254,10 @@ class BundleClient:
             self._etag, self._skip_etag = etag, None
             return SAME_REVISION
         except BundleRejected as rejected:
-            self._skip_etag = etag
+            # Skip what we RECEIVED (the control plane's ETag is the tarball's SHA-256): had we
+            # kept the ETag the server sent, a body damaged in transit would make the gateway
+            # tell the server it holds the authentic bundle, and never fetch it again.
+            self._skip_etag = f'"{hashlib.sha256(tarball).hexdigest()}"'
             self._fail(rejected.code, f"bundle refused: {rejected.message}", now)
             return REJECTED
         except _KeysUnavailable as exc:
@@ -394,6 +398,7 @@ class BundleClient:
     def _clear_error(self) -> None:
         if self.last_error is not None:
             self.last_error = None
+            self._report_due = True  # the fleet page should stop showing the error now
             self._save_error()
 
     def _save_error(self) -> None:
@@ -470,7 +475,9 @@ class BundleClient:
                     break
                 stopping.cancel()
                 outcome = poll.result()
-                if outcome in (ACTIVATED, REJECTED, FAILED) or time.monotonic() >= next_report:
+                if (outcome in (ACTIVATED, REJECTED, FAILED) or self._report_due
+                        or time.monotonic() >= next_report):
+                    self._report_due = False
                     await self.report_status()
                     next_report = time.monotonic() + self.status_interval
                 if outcome in (FAILED, REJECTED):

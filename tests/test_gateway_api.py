@@ -107,6 +107,28 @@ def test_the_hot_path_runs_no_sql(gateway, settings, redis_url):
     assert [q["sql"] for q in queries.captured_queries] == []
 
 
+def test_announcements_stay_within_their_redis_database(settings, redis_url):
+    """Redis pub/sub ignores the database number: two deployments on one Redis server (each
+    with its own database) must not wake each other's long polls."""
+    import redis
+
+    from governance.bundles import hot
+
+    base = redis_url.rsplit("/", 1)[0]
+    listener = redis.Redis.from_url(f"{base}/9").pubsub()
+    settings.REDIS_URL = f"{base}/9"
+    listener.subscribe(hot.channel())
+    listener.get_message(timeout=1)  # the subscribe confirmation
+    settings.REDIS_URL = f"{base}/8"
+    hot.publish({"tenant": "acme", "sha256": "0" * 64})
+    assert listener.get_message(timeout=0.5) is None  # another deployment's announcement
+    settings.REDIS_URL = f"{base}/9"
+    hot.publish({"tenant": "acme", "sha256": "1" * 64})
+    message = listener.get_message(timeout=2)
+    assert message is not None and b"1" * 64 in message["data"]
+    listener.close()
+
+
 def test_publishing_updates_the_pointer_the_hot_path_serves(gateway, tenant_a, world,
                                                             django_capture_on_commit_callbacks):
     _, token = gateway

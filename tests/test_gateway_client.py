@@ -332,6 +332,70 @@ def test_a_rollback_is_refused_and_the_newer_bundle_kept(cp, world, tmp_path):
     assert Gateway.objects.get(pk=world["gateway"].pk).last_error == ""
 
 
+def test_a_body_damaged_in_transit_does_not_hide_the_authentic_bundle(world, tmp_path):
+    """The genuine ETag on a damaged body: the client must not later tell the server it holds
+    that ETag, or the authentic bundle would never be fetched (until a newer revision)."""
+    tenant = world["gateway"].tenant
+    authentic = bytes(world["first"].blob.content)
+    etag = f'"{hashlib.sha256(authentic).hexdigest()}"'
+    damaged = rewrite_data(authentic, lambda data: data["grants"].clear())
+    jwks = json.dumps(jwks_of(tenant)).encode()
+    gz = {"ETag": etag, "Content-Type": "application/gzip"}
+    script = {
+        ("GET", "/api/v1/gateway/bundles/alpha"): [(200, gz, damaged), (200, gz, authentic)],
+        ("GET", "/api/v1/gateway/keys/alpha"): [(200, {"ETag": '"k"'}, jwks)],
+    }
+    with StubServer(script) as server:
+        client = new_client(server.url, world["token"], tmp_path)
+        assert run(poll(client)) == bundle_client.REJECTED
+        assert client.last_error.code == "hash_mismatch"
+        assert run(poll(client)) == bundle_client.ACTIVATED
+        polls = [r for r in server.requests if r[1].endswith("/bundles/alpha")]
+        skipped = polls[1][2]["If-None-Match"]
+        assert etag not in skipped
+        assert skipped == f'"{hashlib.sha256(damaged).hexdigest()}"'
+    assert client.current().revision_number == world["first"].revision_number
+    assert client.last_error is None
+
+
+def test_a_cleared_error_is_reported_at_once(cp, world, tmp_path):
+    """Back on the authentic bundle after a refusal, a status report goes out after that poll,
+    not at the next periodic report (an hour away here)."""
+    client = new_client(cp, world["token"], tmp_path, status_interval=3600,
+                        min_poll_interval=0.05)
+    revision = world["first"].revision_number
+
+    def fleet() -> tuple[int | None, str]:
+        gateway = Gateway.objects.get(pk=world["gateway"].pk)
+        return gateway.active_revision, gateway.last_error
+
+    async def scenario() -> list[tuple[int | None, str]]:
+        seen = []
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(client.run(stop))
+        try:
+            for _ in range(100):  # the run loop's first report
+                await asyncio.sleep(0.1)
+                if (await asyncio.to_thread(fleet))[0] == revision:
+                    break
+            client._fail("rollback", "bundle refused: a replayed revision", None)
+            await client.report_status()
+            seen.append(await asyncio.to_thread(fleet))
+            for _ in range(100):  # the next poll is a 304 for the running bundle
+                await asyncio.sleep(0.1)
+                if (await asyncio.to_thread(fleet))[1] == "":
+                    break
+            seen.append(await asyncio.to_thread(fleet))
+        finally:
+            stop.set()
+            await task
+        return seen
+
+    reported, cleared = run(scenario(), client)
+    assert reported[0] == revision and "rollback" in reported[1]
+    assert cleared == (revision, "")
+
+
 def test_an_unknown_key_makes_the_client_fetch_the_jwks_once_more(world, tmp_path):
     tenant = world["gateway"].tenant
     tarball = bytes(world["first"].blob.content)

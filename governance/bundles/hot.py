@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 
 PREFIX = "tollgate:gw:"
 CHANNEL = "tollgate:bundles"
+
+
+def channel() -> str:
+    """The announcement channel of THIS deployment. Redis pub/sub ignores the database number,
+    so two deployments (or test runs) on one Redis server, each with its own database, would
+    otherwise wake each other's long polls with pointers the other does not have."""
+    db = redis.connection.parse_url(settings.REDIS_URL).get("db", 0) if uses_redis() else 0
+    return f"{CHANNEL}:db{db}"
 TOKEN_TTL = 600
 REVOKED = {"revoked": True}
 
@@ -137,7 +145,7 @@ def delete(*keys: str) -> None:
 def publish(message: dict[str, Any]) -> None:
     """Tell every web process (long polls waiting on ``message['tenant']``) to look again."""
     if uses_redis():
-        sync_client().publish(CHANNEL, _dumps(message))
+        sync_client().publish(channel(), _dumps(message))
 
 
 def safely(action: str, fn, *args) -> None:
@@ -287,7 +295,7 @@ class Announcements:
                                              health_check_interval=30)
             try:
                 pubsub = client.pubsub()
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(channel())
                 self.healthy = True
                 backoff = 0.5
                 while True:
