@@ -68,21 +68,50 @@ class GatewayProcess:
 
 def start_gateway(control_plane: str, tmp_path: Path, *, token_file: Path,
                   extra: list[str] | None = None, state_dir: Path | None = None,
-                  port: int | None = None, name: str = "gateway") -> GatewayProcess:
-    """Start ``python -m gateway run`` against ``control_plane`` (see the module docstring)."""
+                  port: int | None = None, name: str = "gateway", server_name: str = "acme-hr",
+                  upstream: str | None = None) -> GatewayProcess:
+    """Start ``python -m gateway run`` against ``control_plane`` (see the module docstring) and
+    return once it listens. ``upstream``: a streamable-HTTP upstream instead of the demo's
+    stdio server. A free port can be taken by another process before the gateway binds it:
+    then it is started again on another port (unless ``port`` was asked for)."""
     identities = tmp_path / "identities.json"
     identities.write_text(json.dumps({AGENT_TOKEN: AGENT_PRINCIPAL}))
-    port = port or free_port()
     state_dir = state_dir or tmp_path / f"{name}-state"
     log = tmp_path / f"{name}.log"
-    argv = [sys.executable, "-m", "gateway", "run", "--control-plane", control_plane,
-            "--tenant", "acme", "--token-file", str(token_file), "--server-name", "acme-hr",
-            "--upstream-cmd", f"{sys.executable} {HR_SERVER}",
-            "--identities", str(identities), "--listen", f"127.0.0.1:{port}",
-            "--state-dir", str(state_dir), "--long-poll", "5", *(extra or [])]
-    with log.open("ab") as out:
-        process = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    return GatewayProcess(process=process, port=port, log=log, state_dir=state_dir, argv=argv)
+    target = ["--upstream", upstream] if upstream else [
+        "--upstream-cmd", f"{sys.executable} {HR_SERVER}"]
+    for _ in range(1 if port else 3):
+        listen = port or free_port()
+        argv = [sys.executable, "-m", "gateway", "run", "--control-plane", control_plane,
+                "--tenant", "acme", "--token-file", str(token_file),
+                "--server-name", server_name, *target, "--identities", str(identities),
+                "--listen", f"127.0.0.1:{listen}", "--state-dir", str(state_dir),
+                "--long-poll", "5", *(extra or [])]
+        with log.open("ab") as out:
+            process = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        gateway = GatewayProcess(process=process, port=listen, log=log, state_dir=state_dir,
+                                 argv=argv)
+        if _listens(gateway):
+            return gateway
+    pytest.fail(f"the gateway did not start:\n{gateway.output()}")
+
+
+def _listens(gateway: GatewayProcess, timeout: float = 30.0) -> bool:
+    """Until it answers HTTP (401 without a credential): True; False if it exited."""
+    import httpx2
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gateway.process.poll() is not None:
+            return False
+        try:
+            if httpx2.get(gateway.url, timeout=2).status_code == 401:
+                return True
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.1)
+    gateway.stop()
+    return False
 
 
 def wait_listening(gateway: GatewayProcess, timeout: float = 30.0) -> None:

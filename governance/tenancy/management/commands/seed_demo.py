@@ -5,6 +5,7 @@ agent). Idempotent: what exists is left alone."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -96,6 +97,11 @@ class Command(BaseCommand):
         run, _ = sync.server_sync_request(tenant=acme, actor=actor, server=server)
         claimed = sync.server_sync_claim(run.pk)
         run = sync.server_sync_execute(claimed) if claimed else run
+        deadline = time.monotonic() + 60
+        while run.status in (run.Status.QUEUED, run.Status.RUNNING) and (
+                time.monotonic() < deadline):  # a running worker claimed it first: wait
+            time.sleep(0.2)
+            run.refresh_from_db()
         if run.status != run.Status.SUCCEEDED:
             self.stderr.write(f"Demo server sync failed ({run.error_code}): {run.error_message}")
         tools = {t.name: t for t in Tool.objects.for_tenant(acme).filter(server=server)}
