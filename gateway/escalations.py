@@ -81,7 +81,7 @@ class HeldCall:
 
 @dataclass(frozen=True)
 class HoldOutcome:
-    """``status``: approved (forward the call now), denied, pending or unavailable."""
+    """``status``: approved (forward the call now), denied, expired, pending or unavailable."""
 
     status: str
     reason: str
@@ -171,8 +171,9 @@ class Escalations:
             self._detach(key)
             why = doc.get("reason") or ("nobody decided before the deadline"
                                         if status == "expired" else "no reason given")
-            return HoldOutcome(DENIED, f"approval {status}: {why} (escalation {escalation_id})",
-                               escalation_id)
+            # "denied" or "expired" (an expiry is a denial): the agent is told which.
+            return HoldOutcome(str(status or DENIED), f"approval {status}: {why} (escalation "
+                               f"{escalation_id})", escalation_id)
         refusal = await recheck() if recheck is not None else None
         if refusal is not None:
             self._detach(key)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from django.db import connections
+from django.utils import timezone
 
 from approvals import services as approvals
 from approvals.models import Escalation
@@ -191,6 +193,21 @@ def test_a_hold_past_its_maximum_is_pending_and_a_retry_reattaches(bundle, serve
     assert Escalation.objects.count() == 2
     escalation.refresh_from_db()
     assert escalation.consumed_at is not None
+
+
+def test_an_escalation_nobody_decided_in_time_is_an_expiry_error(bundle, serve_gateway,
+                                                                 upstream, escalating):
+    gateway = escalating(serve_gateway, bundle, max_hold=1, wait_seconds=1)
+    assert "pending approval" in text_of(as_agent(gateway.url, BOT_TOKEN, refund()))
+    # Time passes beyond the escalation's decision deadline (moved, not waited for).
+    Escalation.objects.update(deadline=timezone.now() - timedelta(seconds=1))
+    result = as_agent(gateway.url, BOT_TOKEN, refund())
+    assert result.is_error
+    assert "approval expired: No decision by the deadline" in text_of(result)
+    assert result.meta["tollgate/escalation"]["status"] == "expired"
+    assert Escalation.objects.get().status == "expired"
+    assert upstream[0].calls == []
+    assert gateway.escalations.attached == 0  # the next identical call asks again
 
 
 def test_an_approval_does_not_override_a_grant_revoked_during_the_hold(
