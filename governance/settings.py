@@ -7,6 +7,7 @@ with a message naming the variable (see governance.config).
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
@@ -227,6 +228,18 @@ REGISTRY_SYNC_SOFT_TIME_LIMIT = REGISTRY_SYNC_TIMEOUT + 60
 REGISTRY_SYNC_TIME_LIMIT = REGISTRY_SYNC_TIMEOUT + 90
 # A run no worker picked up within this many seconds is failed with "not started".
 REGISTRY_SYNC_QUEUE_EXPIRY = env_int("REGISTRY_SYNC_QUEUE_EXPIRY", 900, minimum=60)
+
+# --- Outbound connections (governance/outbound.py: the SSRF guard) ----------------------------
+# MCP server, webhook, HEC and syslog targets that are (or resolve to) loopback, link-local,
+# metadata, unspecified or multicast addresses are refused unless inside one of these CIDRs.
+OUTBOUND_ALLOWED_NETWORKS = env_list("OUTBOUND_ALLOWED_NETWORKS", [])
+for _network in OUTBOUND_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"OUTBOUND_ALLOWED_NETWORKS: {_network!r} is not a network (use CIDRs such as "
+            "127.0.0.0/8, comma-separated)") from None
 
 # --- Bundles and gateways (DESIGN.md §5) ------------------------------------------------------
 # Fernet keys (comma-separated; the first encrypts, all decrypt, so this key can be rotated too)

@@ -15,6 +15,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from gateway.constraints import ConstraintError, validate_constraints
+from governance import outbound
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Membership, Tenant
 from registry.models import (
@@ -66,7 +67,8 @@ def _check_member(tenant: Tenant, user: AbstractBaseUser | None, field: str = "o
         raise ValidationError({field: "The owner must be a member of this tenant."})
 
 
-def _validate_server(server: McpServer) -> None:
+def _validate_server(server: McpServer, *, check_url: bool = True) -> None:
+    """``check_url``: run the outbound guard on the URL (when it is new or changed)."""
     _check_member(server.tenant, server.owner)
     server.data_classes = _check_choices("data_classes", server.data_classes, DataClass.values)
     if server.transport == McpServer.Transport.STDIO:
@@ -79,6 +81,8 @@ def _validate_server(server: McpServer) -> None:
             raise ValidationError({"url": f"A {server.transport} server needs a URL."})
         server.command = []
     server.full_clean(exclude=["tenant", "owner"], validate_unique=False)
+    if check_url and server.transport != McpServer.Transport.STDIO:
+        outbound.validate_url(server.url, field="url", purpose="MCP server")
     clash = McpServer.objects.for_tenant(server.tenant).filter(name=server.name)
     if clash.exclude(pk=server.pk).exists():
         raise ValidationError({"name": f"A server named {server.name!r} already exists."})
@@ -137,7 +141,8 @@ def server_update(*, tenant: Tenant, actor: Actor, server: McpServer, **changes:
     before = _state(server, SERVER_FIELDS)
     for field, value in changes.items():
         setattr(server, field, value)
-    _validate_server(server)
+    _validate_server(server, check_url=(server.url, server.transport)
+                     != (before["url"], before["transport"]))
     server.updated_at = timezone.now()
     server.save()
     audit_record(

@@ -25,6 +25,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from governance import outbound
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Tenant
 from registry.discovery import DiscoveryError, discover_tools
@@ -32,6 +33,9 @@ from registry.models import McpServer, ServerSync
 from registry.services import tools_record_discovery
 
 logger = logging.getLogger(__name__)
+
+# The error code of a run refused by the outbound guard (governance/outbound.py).
+BLOCKED_ADDRESS = "blocked_address"
 
 # Servers in these states can be synced (a pending server is synced to review it before use).
 SYNCABLE = (McpServer.Status.PENDING, McpServer.Status.ACTIVE, McpServer.Status.SUSPENDED)
@@ -108,6 +112,14 @@ def server_sync_claim(run_id: int) -> ServerSync | None:
 def server_sync_execute(run: ServerSync) -> ServerSync:
     """Talk to the server (outside any transaction), then record the outcome atomically."""
     server = run.server
+    if server.transport != McpServer.Transport.STDIO and server.url:
+        # Checked again now: DNS may have changed since the URL was saved. The MCP SDK follows
+        # redirects only within the same origin, so every request goes to this host.
+        try:
+            outbound.check_url(server.url, purpose="MCP server")
+        except outbound.OutboundBlocked as exc:
+            return server_sync_fail(run=run, code=BLOCKED_ADDRESS,
+                                    message=f"Not connected: {exc}")
     try:
         result = discover_tools(
             transport=server.transport,

@@ -24,6 +24,16 @@ def _plain_settings(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+# The suite's MCP servers, webhook, HEC and syslog receivers listen on loopback, which the
+# outbound guard (governance/outbound.py) refuses by default; tests/test_outbound.py turns this off.
+TEST_OUTBOUND_ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"
+
+
+@pytest.fixture(autouse=True)
+def _loopback_targets_allowed(settings):
+    settings.OUTBOUND_ALLOWED_NETWORKS = TEST_OUTBOUND_ALLOWED_NETWORKS
+
+
 @pytest.fixture(autouse=True)
 def _fresh_hot_store(settings, tmp_path_factory):
     """The gateway hot store and bundle copies outlive a test's transaction: start clean."""

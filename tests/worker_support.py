@@ -49,7 +49,9 @@ def start_worker(tmp_path: Path, **env_overrides: str) -> Worker:
         f"postgres://{settings['USER']}@{settings['HOST'] or '127.0.0.1'}:"
         f"{settings['PORT'] or 5432}/{settings['NAME']}"
     )
-    env = os.environ | {"DATABASE_URL": database_url, "DEBUG": "false"} | env_overrides
+    # Loopback receivers, as in the test process (tests/conftest.py).
+    env = os.environ | {"DATABASE_URL": database_url, "DEBUG": "false",
+                        "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128"} | env_overrides
     log_file = tmp_path / "worker.log"
     with log_file.open("w") as log:
         process = subprocess.Popen(

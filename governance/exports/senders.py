@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import httpx2
 from django.conf import settings
 
+from governance import outbound
 from governance.bundles.keys import KeyUnavailable, decrypt_text
 from governance.exports import formats
 
@@ -106,11 +107,20 @@ def _socket_error(exporter: Exporter, exc: OSError) -> SendError:
     return SendError(f"{exporter.target}: {type(exc).__name__}: {exc.strerror or exc}")
 
 
+def _addresses(exporter: Exporter, socktype: int) -> list[tuple]:
+    """The receiver's addresses, resolved once and checked by the outbound guard; the socket
+    connects to exactly these (a DNS answer that changed since the host was saved is caught)."""
+    try:
+        return outbound.safe_addresses(exporter.host, exporter.port, socktype=socktype,
+                                       purpose="syslog exporter")
+    except outbound.OutboundBlocked as exc:
+        raise SendError(f"Not sent: {exc}") from None
+
+
 def send_udp(exporter: Exporter, messages: Sequence[bytes], timeout: float) -> None:
     """One datagram per message, on a connected socket (so ICMP errors are reported)."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            exporter.host, exporter.port, type=socket.SOCK_DGRAM)[0]
+        family, kind, proto, _, address = _addresses(exporter, socket.SOCK_DGRAM)[0]
         with socket.socket(family, kind, proto) as sock:
             sock.settimeout(timeout)
             sock.connect(address)
@@ -120,10 +130,25 @@ def send_udp(exporter: Exporter, messages: Sequence[bytes], timeout: float) -> N
         raise _socket_error(exporter, exc) from None
 
 
+def _connect_tcp(addresses: list[tuple], timeout: float) -> socket.socket:
+    """``socket.create_connection`` over already resolved (and checked) addresses."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError("no address to connect to")
+
+
 def send_tcp(exporter: Exporter, frames: bytes, timeout: float) -> None:
     """Octet-counted frames over one connection, then an orderly close both ways."""
     try:
-        with socket.create_connection((exporter.host, exporter.port), timeout=timeout) as sock:
+        with _connect_tcp(_addresses(exporter, socket.SOCK_STREAM), timeout) as sock:
             sock.sendall(frames)
             sock.shutdown(socket.SHUT_WR)
             try:
@@ -148,10 +173,17 @@ def _token(exporter: Exporter) -> str:
 def send_hec(exporter: Exporter, body: bytes, timeout: float) -> None:
     """POST the batch; only HTTP 200 with ``{"code": 0}`` counts as accepted."""
     try:
+        # Checked again now (DNS may have changed since the URL was saved); redirects are not
+        # followed (the token must not travel anywhere else either).
+        outbound.check_url(exporter.url, purpose="Splunk HEC exporter")
+    except outbound.OutboundBlocked as exc:
+        raise SendError(f"Not sent: {exc}") from None
+    try:
         response = httpx2.post(
             exporter.url, content=body, timeout=timeout,
             headers={"Authorization": f"Splunk {_token(exporter)}",
                      "Content-Type": "application/json", "User-Agent": USER_AGENT},
+            follow_redirects=False,
         )
     except httpx2.TimeoutException:
         raise SendError(f"No answer from {exporter.url} within {timeout:g} s.") from None

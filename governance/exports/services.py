@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import socket
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from governance import outbound
 from governance.audit.services import Actor, audit_record
 from governance.bundles.keys import encrypt_text, reencrypt
 from governance.exports import selectors, senders
@@ -121,6 +123,9 @@ def _validate(exporter: Exporter, token: str | None) -> None:
     if kind in (Exporter.Kind.SYSLOG_UDP, Exporter.Kind.SYSLOG_TCP):
         exporter.host = _clean_host(exporter.host)
         exporter.port = _clean_port(exporter.port)
+        outbound.validate_host(
+            exporter.host, exporter.port, field="host", purpose="syslog exporter",
+            socktype=socket.SOCK_DGRAM if kind == Exporter.Kind.SYSLOG_UDP else socket.SOCK_STREAM)
     else:
         exporter.host, exporter.port = "", None
     if kind == Exporter.Kind.SPLUNK_HEC:
@@ -131,6 +136,7 @@ def _validate(exporter: Exporter, token: str | None) -> None:
             raise ValidationError({"url": "Enter the collector's http(s):// URL, e.g. "
                                           "https://splunk.example.com:8088/services/collector/"
                                           "event."}) from None
+        outbound.validate_url(exporter.url, field="url", purpose="Splunk HEC exporter")
         exporter.index = (exporter.index or "").strip()
         if exporter.index and not INDEX_NAME.fullmatch(exporter.index):
             raise ValidationError({"index": "An index name: letters, digits, “_” and “-”."})

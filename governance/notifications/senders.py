@@ -24,6 +24,7 @@ import httpx2
 from django.conf import settings
 from django.core.mail import EmailMessage
 
+from governance import outbound
 from governance.bundles.keys import KeyUnavailable, decrypt_text
 
 if TYPE_CHECKING:
@@ -52,9 +53,16 @@ def _secret(token: str) -> str:
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> None:
     try:
+        # Checked again now (DNS may have changed since the URL was saved); redirects are not
+        # followed, so nothing else is connected to.
+        outbound.check_url(url, purpose="notification")
+    except outbound.OutboundBlocked as exc:
+        raise SendError(f"Not sent: {exc}") from None
+    try:
         response = httpx2.post(
             url, content=body, timeout=settings.NOTIFICATION_HTTP_TIMEOUT,
             headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
+            follow_redirects=False,
         )
     except httpx2.TimeoutException:
         raise SendError(

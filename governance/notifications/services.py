@@ -16,6 +16,7 @@ from django.core.validators import URLValidator, validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from governance import outbound
 from governance.audit.services import Actor, audit_record, to_json
 from governance.bundles.keys import encrypt_text, reencrypt
 from governance.notifications import senders
@@ -78,6 +79,7 @@ def _set_url(channel: Channel, url: str) -> None:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError:
         raise ValidationError({"url": "Enter the full http(s):// URL to POST to."}) from None
+    outbound.validate_url(url, field="url", purpose=f"{channel.kind} channel")
     channel.url_encrypted = encrypt_text(url)
     channel.url_hint = _hint(url)
 
