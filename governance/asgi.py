@@ -37,9 +37,12 @@ class GatewayASGIHandler(ASGIHandler):
     """Django's ASGI handler with ``settings.GATEWAY_MIDDLEWARE`` instead of ``MIDDLEWARE``."""
 
     def load_middleware(self, is_async: bool = False) -> None:
+        from governance.outage import gateway_exception
+
         self._view_middleware = []
         self._template_response_middleware = []
-        self._exception_middleware = []
+        # The database unreachable: 503 + Retry-After (runs on a thread, only after an error).
+        self._exception_middleware = [gateway_exception]
         handler = convert_exception_to_response(
             self._get_response_async if is_async else self._get_response)
         for path in reversed(settings.GATEWAY_MIDDLEWARE):

@@ -81,6 +81,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # A view that failed because the database is unreachable answers 503 + Retry-After.
+    "governance.outage.DatabaseUnavailableMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "governance.tenancy.middleware.ContentSecurityPolicyMiddleware",
     # Last, as django-axes asks: it turns lockouts into the lockout page.
@@ -283,6 +285,9 @@ BUNDLE_LOCAL_DIR = Path(env_str("BUNDLE_LOCAL_DIR", str(VAR_DIR / "bundles")))
 BUNDLE_ACCEL_REDIRECT = env_str("BUNDLE_ACCEL_REDIRECT")
 # Requests per minute one gateway may make to the gateway API (429 beyond).
 GATEWAY_RATE_LIMIT_PER_MINUTE = env_int("GATEWAY_RATE_LIMIT_PER_MINUTE", 600, minimum=1)
+# Unknown bearer tokens (admin API and gateway API) one client address may present per minute
+# before it gets 429 (governance/tenancy/token_guard.py).
+TOKEN_FAILURE_LIMIT_PER_MINUTE = env_int("TOKEN_FAILURE_LIMIT_PER_MINUTE", 20, minimum=1)
 # A gateway not heard from for this long is shown as stale on the fleet page.
 GATEWAY_STALE_SECONDS = env_int("GATEWAY_STALE_SECONDS", 600, minimum=30)
 # Largest request body the gateway API accepts (status reports; 413 beyond).

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import sys
+
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from django.views import defaults
 from drf_spectacular.views import SpectacularSwaggerSplitView
 
+from governance import outage
 from governance.tenancy import auth_views, views
 from governance.tenancy.api.views import MeView, SchemaView
 
@@ -28,6 +31,8 @@ def handler404(request: HttpRequest, exception=None):
 
 
 def handler500(request: HttpRequest):
+    if outage.is_outage(sys.exc_info()[1]):  # a middleware lost the database: 503, not 500
+        return outage.unavailable(request)
     if request.path.startswith("/api/"):
         return _api_error(request, 500, "server_error",
                           "Internal error; it has been logged with this request's id.")

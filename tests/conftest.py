@@ -35,6 +35,13 @@ def _loopback_targets_allowed(settings):
 
 
 @pytest.fixture(autouse=True)
+def _no_token_brute_force_limit(settings):
+    """Every test client comes from 127.0.0.1 and the counts outlive a test (Redis): only
+    tests/test_security.py, which proves the limit, turns it on."""
+    settings.TOKEN_FAILURE_LIMIT_PER_MINUTE = 1_000_000
+
+
+@pytest.fixture(autouse=True)
 def _fresh_hot_store(settings, tmp_path_factory):
     """The gateway hot store and bundle copies outlive a test's transaction: start clean."""
     settings.BUNDLE_LOCAL_DIR = tmp_path_factory.mktemp("bundles")

@@ -8,6 +8,10 @@ a token or pointer missing from the hot store is looked up once in the database 
 Errors are JSON ``{"code", "message"}``: 401 no/unknown/revoked token (with
 ``WWW-Authenticate: Bearer``), 404 a tenant that is not the token's, 400 malformed input, 413 a
 body over GATEWAY_MAX_BODY_BYTES, 429 over GATEWAY_RATE_LIMIT_PER_MINUTE (with Retry-After).
+
+Redis down: the answers come from the database (token, current pointer) and the store (the
+tarball), requests are not rate-limited, and a long poll is answered at once as a plain poll
+(``application/gzip``: OPA then polls on its own interval until long polls are answered again).
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -28,11 +34,32 @@ from django.views.decorators.csrf import csrf_exempt
 
 from governance.bundles import hot, publish, selectors, services, store
 from governance.bundles.models import Gateway, GatewayToken
+from governance.tenancy import token_guard
 from governance.tenancy.models import hash_token
 
 LONG_POLL_TYPE = "application/vnd.openpolicyagent.bundles"
 PLAIN_TYPE = "application/gzip"
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+log = logging.getLogger(__name__)
+# The hot store (Redis) unreachable, refusing or timing out.
+HOT_STORE_DOWN = (redis.RedisError, OSError)
+
+
+async def _hot_write(action: str, fn, *args: Any) -> None:
+    """A hot-store write the answer does not depend on (a cache fill): skipped if Redis is down."""
+    try:
+        await fn(*args)
+    except HOT_STORE_DOWN as exc:
+        log.warning("hot store unavailable: %s skipped (%s)", action, exc)
+
+
+async def _hot_get(key: str) -> tuple[Any, bool]:
+    """(value of ``key`` or None, whether the hot store answered)."""
+    try:
+        return (await hot.aget_many([key]))[0], True
+    except HOT_STORE_DOWN as exc:
+        log.warning("hot store unavailable: %s read from the database (%s)", key, exc)
+        return None, False
 
 
 def error(status: int, code: str, message: str, **headers: str) -> JsonResponse:
@@ -53,6 +80,8 @@ class Caller:
     tenant_id: int
     gateway: int
     token: int
+    # Redis could not be reached for this request: answers come from the database.
+    degraded: bool = False
 
 
 def _lookup_token(token_hash: str) -> dict[str, Any]:
@@ -67,13 +96,15 @@ def _lookup_token(token_hash: str) -> dict[str, Any]:
             "gateway": token.gateway_id, "token": token.pk}
 
 
-async def _token_entry(token_hash: str, cached: Any) -> dict[str, Any]:
+async def _token_entry(token_hash: str, cached: Any, fill: bool = True) -> dict[str, Any]:
     if cached is not None:
         return cached
     entry = await sync_to_async(_lookup_token)(token_hash)
+    if not fill:  # Redis is down: do not wait for it a second time
+        return entry
     # Unknown tokens are cached briefly too, so guessing cannot be turned into SQL load.
-    await hot.aset_json(hot.token_key(token_hash), entry, 60 if "unknown" in entry else
-                        hot.TOKEN_TTL)
+    await _hot_write("token fill", hot.aset_json, hot.token_key(token_hash), entry,
+                     60 if "unknown" in entry else hot.TOKEN_TTL)
     return entry
 
 
@@ -100,14 +131,25 @@ async def authenticate(request: HttpRequest, slug: str | None, extra_key: str | 
             None
     token_hash = hash_token(plaintext)
     count: int | None = None
-    if hot.uses_redis():
-        cached, value, count = await hot.alookup(token_hash, extra_key or hot.token_key(
-            token_hash))
-    else:
-        cached, value = await hot.aget_many([hot.token_key(token_hash),
-                                             extra_key or hot.token_key(token_hash)])
-    entry = await _token_entry(token_hash, cached)
+    degraded = False
+    try:
+        if hot.uses_redis():
+            cached, value, count = await hot.alookup(token_hash, extra_key or hot.token_key(
+                token_hash))
+        else:
+            cached, value = await hot.aget_many([hot.token_key(token_hash),
+                                                 extra_key or hot.token_key(token_hash)])
+    except HOT_STORE_DOWN as exc:  # Redis down: the database answers (and no rate limit)
+        log.warning("hot store unavailable: gateway request served from the database (%s)",
+                    exc)
+        cached = value = None
+        degraded = True
+    entry = await _token_entry(token_hash, cached, fill=not degraded)
     if entry.get("unknown"):
+        wait = await token_guard.arecord_failure(request)
+        if wait:
+            return None, error(429, "rate_limited", "Too many unknown tokens from this address; "
+                               f"try again in {wait} s.", Retry_After=str(wait)), None
         return None, _unauthorized("Unknown gateway token."), None
     if entry.get("revoked"):
         return None, _unauthorized("This gateway token has been revoked or its gateway "
@@ -115,14 +157,20 @@ async def authenticate(request: HttpRequest, slug: str | None, extra_key: str | 
     if slug is not None and entry["tenant"] != slug:
         return None, error(404, "not_found", "No such tenant for this gateway."), None
     limit = settings.GATEWAY_RATE_LIMIT_PER_MINUTE
-    if count is None:  # not counted by the lookup (no Redis, or the entry was just filled)
-        allowed, reset = await hot.acount_request(entry["gateway"], entry["token"], limit)
+    if degraded:
+        allowed, reset = True, 0
+    elif count is None:  # not counted by the lookup (no Redis, or the entry was just filled)
+        try:
+            allowed, reset = await hot.acount_request(entry["gateway"], entry["token"], limit)
+        except HOT_STORE_DOWN:
+            allowed, reset, degraded = True, 0, True
     else:
         allowed, reset = count <= limit, hot.seconds_to_next_minute()
     if not allowed:
         return None, error(429, "rate_limited", "Too many requests from this gateway; slow "
                            "down.", Retry_After=str(reset)), None
-    caller = Caller(entry["tenant"], entry["tenant_id"], entry["gateway"], entry["token"])
+    caller = Caller(entry["tenant"], entry["tenant_id"], entry["gateway"], entry["token"],
+                    degraded)
     return caller, None, value if extra_key else None
 
 
@@ -130,7 +178,8 @@ async def _still_valid(request: HttpRequest) -> bool:
     """Re-check the token after a long wait (it may have been revoked meanwhile)."""
     plaintext = _bearer(request)
     token_hash = hash_token(plaintext or "")
-    entry = await _token_entry(token_hash, (await hot.aget_many([hot.token_key(token_hash)]))[0])
+    cached, answered = await _hot_get(hot.token_key(token_hash))
+    entry = await _token_entry(token_hash, cached, fill=answered)
     return not (entry.get("unknown") or entry.get("revoked"))
 
 
@@ -150,12 +199,12 @@ def _etag_matches(header: str, etag: str) -> bool:
     return etag in candidates
 
 
-async def _pointer(slug: str, cached: Any) -> dict[str, Any] | None:
+async def _pointer(slug: str, cached: Any, fill: bool = True) -> dict[str, Any] | None:
     if cached is not None:
         return cached
     pointer = await sync_to_async(publish.current_pointer)(slug)
-    if pointer is not None:
-        await hot.aset_json(hot.current_key(slug), pointer)
+    if pointer is not None and fill:
+        await _hot_write("pointer fill", hot.aset_json, hot.current_key(slug), pointer)
     return pointer
 
 
@@ -223,10 +272,12 @@ async def bundle(request: HttpRequest, slug: str) -> HttpResponse:
     caller, failure, cached_pointer = await authenticate(request, slug, hot.current_key(slug))
     if failure is not None:
         return failure
-    wait = _wait_seconds(request)
+    # Redis down: no wake-ups to wait for, and holding would cost a query a second per waiter;
+    # answer now as a plain poll (the gateway polls again on its own interval).
+    wait = None if caller.degraded else _wait_seconds(request)
     content_type = LONG_POLL_TYPE if wait is not None else PLAIN_TYPE
     known = request.headers.get("If-None-Match", "")
-    pointer = await _pointer(slug, cached_pointer)
+    pointer = await _pointer(slug, cached_pointer, fill=not caller.degraded)
     deadline = time.monotonic() + (wait or 0)
     while True:
         if pointer is not None:
@@ -251,7 +302,10 @@ async def bundle(request: HttpRequest, slug: str) -> HttpResponse:
         # Timed out, a revocation, or the subscription dropped: look for ourselves.
         if not await _still_valid(request):
             return _unauthorized("This gateway token has been revoked or its gateway disabled.")
-        pointer = await _pointer(slug, (await hot.aget_many([hot.current_key(slug)]))[0])
+        cached, answered = await _hot_get(hot.current_key(slug))
+        pointer = await _pointer(slug, cached, fill=answered)
+        if not answered:  # Redis went away during the hold: answer now, as a plain poll
+            deadline, content_type = time.monotonic(), PLAIN_TYPE
 
 
 async def keys(request: HttpRequest, slug: str) -> HttpResponse:
@@ -264,7 +318,7 @@ async def keys(request: HttpRequest, slug: str) -> HttpResponse:
     document = cached
     if document is None:
         document = await sync_to_async(selectors.jwks)(caller.tenant_id)
-        await hot.aset_json(hot.jwks_key(slug), document, 3600)
+        await _hot_write("jwks fill", hot.aset_json, hot.jwks_key(slug), document, 3600)
     body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
     etag = f'"{hashlib.sha256(body).hexdigest()}"'
     if _etag_matches(request.headers.get("If-None-Match", ""), etag):

@@ -6,9 +6,10 @@ from datetime import timedelta
 
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.request import Request
 
+from governance.tenancy import token_guard
 from governance.tenancy.models import ApiToken, Membership, hash_token
 from governance.tenancy.roles import role_covers
 
@@ -61,6 +62,10 @@ class BearerTokenAuthentication(BaseAuthentication):
             .first()
         )
         if token is None:
+            wait = token_guard.record_failure(request)
+            if wait:
+                raise Throttled(wait=wait, detail="Too many unknown tokens from this address; "
+                                                  f"try again in {wait} s.")
             raise AuthenticationFailed("Invalid token.")
         if token.revoked_at is not None:
             raise AuthenticationFailed("This token has been revoked.")
