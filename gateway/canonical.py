@@ -64,11 +64,17 @@ def normalised_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
 
 def canonical_bytes(tool: Mapping[str, Any]) -> bytes:
     """Rules 1 and 2: the canonical JSON bytes that are hashed; ValueError for a malformed
-    Tool or a non-finite number anywhere in it (JSON cannot carry NaN or Infinity)."""
+    Tool, a non-finite number anywhere in it (JSON cannot carry NaN or Infinity), a string
+    that is not valid Unicode (a lone surrogate) or nesting too deep to serialise."""
     payload = normalised_tool(tool)
-    _reject_non_finite(payload, payload["name"])
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    try:
+        _reject_non_finite(payload, payload["name"])
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except RecursionError:  # a malformed Tool like any other, not a crash of the caller
+        raise ValueError(f"tool {payload['name']!r}: its definition is nested too deeply") \
+            from None
+    return text.encode("utf-8")
 
 
 def definition_sha256(tool: Mapping[str, Any]) -> str:

@@ -67,12 +67,14 @@ def validate_constraints(doc: Any, *, tools: set[str] | None = None, root: str =
         raise ConstraintError(root or "constraints", "must be an object keyed by tool name")
     for tool, args in doc.items():
         where = f"{root}.{tool}" if root else tool
+        _check_json(tool, where)
         if tools is not None and tool not in tools:
             raise ConstraintError(where, "no such tool in this scope")
         if not isinstance(args, dict):
             raise ConstraintError(where, "must be an object keyed by argument name")
         for arg, rules in args.items():
             at = f"{where}.{arg}"
+            _check_json(arg, at)
             if not isinstance(rules, dict) or not rules:
                 raise ConstraintError(at, "must be a non-empty object of checks")
             unknown = set(rules) - KEYWORDS
@@ -81,7 +83,31 @@ def validate_constraints(doc: Any, *, tools: set[str] | None = None, root: str =
                     f"{at}.{sorted(unknown)[0]}",
                     f"unsupported keyword; use one of {', '.join(sorted(KEYWORDS))}",
                 )
+            for keyword, value in rules.items():
+                _check_json(value, f"{at}.{keyword}")
             _validate_rules(at, rules)
+
+
+def _check_json(value: Any, at: str) -> None:
+    """What json.loads accepts but JSON cannot carry (NaN, Infinity, a lone surrogate) or
+    PostgreSQL jsonb cannot store (the NUL character) would be refused when the grant is
+    stored or its bundle is published."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConstraintError(at, "must be JSON: NaN and Infinity are not numbers")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConstraintError(at, "must be valid Unicode text") from None
+        if "\0" in value:
+            raise ConstraintError(at, "must not contain the NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key, at)
+            _check_json(item, at)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, at)
 
 
 def _validate_rules(at: str, rules: dict) -> None:

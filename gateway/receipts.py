@@ -47,9 +47,13 @@ class ReceiptRejected(Exception):
 
 
 def arguments_sha256(arguments: Mapping[str, Any] | None) -> str:
-    """Hex SHA-256 of the call's arguments as canonical JSON (``{}`` when there are none)."""
-    canonical = json.dumps(dict(arguments or {}), sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False, allow_nan=False)
+    """Hex SHA-256 of the call's arguments as canonical JSON (``{}`` when there are none);
+    ValueError when they are not JSON (NaN, a lone surrogate, nesting too deep to serialise)."""
+    try:
+        canonical = json.dumps(dict(arguments or {}), sort_keys=True, separators=(",", ":"),
+                               ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise ValueError("the arguments are nested too deeply to hash") from None
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -23,7 +23,7 @@ before the signature over it has been verified:
    Codes: ``gzip_bomb``; ``bad_gzip`` (not gzip, corrupt, truncated).
 2. The tar holds at most ``max_files`` members, each a regular file (no links, directories or
    devices) whose name is relative and normalised (no leading ``/``, no empty, ``.`` or
-   ``..`` parts) and appears once.
+   ``..`` parts) and appears once; after the end-of-archive marker there is only zero padding.
    Codes: ``too_many_files``, ``unsafe_member``, ``duplicate_file``, ``bad_tar``.
 3. ``.signatures.json`` holds exactly one signature.
    Codes: ``signature_count`` (none, several, or no such file), ``bad_signature_file``.
@@ -251,8 +251,13 @@ def _untar(raw: bytes, max_files: int) -> dict[str, bytes]:
                 if len(content) != member.size:
                     raise BundleRejected("bad_tar", f"{member.name!r} is truncated")
                 files[member.name] = content
+            end = archive.offset  # where the end-of-archive marker starts
     except (tarfile.TarError, EOFError, ValueError, UnicodeError) as error:
         raise BundleRejected("bad_tar", f"the bundle is not a readable tar ({error})") from error
+    # After the marker only zero padding: anything else is content this reader skips and
+    # another (tar --ignore-zeros) may not, so the signature would not cover what it reads.
+    if raw[end:].strip(b"\0"):
+        raise BundleRejected("bad_tar", "the bundle has data after the end of the archive")
     return files
 
 
