@@ -16,13 +16,15 @@ from approvals.models import (
     ApprovalStage,
     Escalation,
 )
+from governance.tenancy.api.serializers import object_id
 from governance.tenancy.roles import Role
 from registry.api.serializers import GrantOut, TenantObjectField
 from registry.models import Agent, Risk, ToolScope
 
 
 def _username_out(**kwargs) -> serializers.CharField:
-    return serializers.CharField(read_only=True, default=None, help_text="username", **kwargs)
+    return serializers.CharField(read_only=True, default=None, allow_null=True,
+                                 help_text="username", **kwargs)
 
 
 # --- Access requests ----------------------------------------------------------------------------
@@ -30,8 +32,8 @@ def _username_out(**kwargs) -> serializers.CharField:
 
 class AccessRequestFilter(serializers.Serializer):
     status = serializers.ChoiceField(choices=AccessRequest.Status.choices, required=False)
-    agent = serializers.IntegerField(required=False)
-    scope = serializers.IntegerField(required=False)
+    agent = object_id(required=False)
+    scope = object_id(required=False)
     mine = serializers.BooleanField(required=False, default=False,
                                     help_text="only the requests the caller made")
 
@@ -145,7 +147,8 @@ class PolicyStageOut(serializers.ModelSerializer):
 
 
 class PolicyOut(serializers.ModelSerializer):
-    scope_name = serializers.CharField(source="scope.name", read_only=True, default=None)
+    scope_name = serializers.CharField(source="scope.name", read_only=True, default=None,
+                                       allow_null=True)
     stages = PolicyStageOut(many=True, read_only=True)
 
     class Meta:
@@ -158,7 +161,7 @@ class PolicyOut(serializers.ModelSerializer):
 
 class EscalationFilter(serializers.Serializer):
     status = serializers.ChoiceField(choices=Escalation.Status.choices, required=False)
-    agent = serializers.IntegerField(required=False)
+    agent = object_id(required=False)
     waiting = serializers.BooleanField(required=False,
                                        help_text="only those waiting for the caller's decision")
 

@@ -217,7 +217,8 @@ class EscalationViewSet(TenantViewSet):
 
     model = Escalation
     capabilities = {"*": Cap.VIEW, "decide": Cap.DECIDE_APPROVALS}
-    lookup_value_regex = "[0-9a-f-]{36}"  # a UUID, as in the gateway API
+    # A UUID, as in the gateway API (<uuid:…>): anything else is no such escalation (404).
+    lookup_value_regex = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
     def rows(self) -> QuerySet[Escalation]:
         return selectors.escalation_list(self.tenancy.tenant).prefetch_related(

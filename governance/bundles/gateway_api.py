@@ -342,11 +342,26 @@ async def _read_json(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
         return json.loads(raw), None
     except (UnicodeDecodeError, ValueError) as exc:
         return None, error(400, "invalid", f"The body is not valid JSON: {exc}")
+    except RecursionError:  # "[[[[…" nested deeper than the parser can go (a 500 otherwise)
+        return None, error(400, "invalid", "The body is not valid JSON: nested too deeply.")
+
+
+def _has_nul(value: Any) -> bool:
+    """A NUL character anywhere (PostgreSQL's jsonb cannot store one: a 500 otherwise)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def _validate_status(report: Any) -> str | None:
     if not isinstance(report, dict):
         return "An OPA status report is a JSON object."
+    if _has_nul(report):
+        return "A status report cannot contain NUL characters (\\u0000)."
     if "labels" in report and not isinstance(report["labels"], dict):
         return "labels: must be an object."
     bundles = report.get("bundles", {})

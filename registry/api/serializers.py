@@ -12,6 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from governance.tenancy.api.serializers import OBJECT_ID, object_id
 from governance.tenancy.models import Membership
 from registry.models import (
     Agent,
@@ -41,6 +42,9 @@ class TenantObjectField(serializers.IntegerField):
 
     def to_internal_value(self, data):
         pk = super().to_internal_value(data)
+        # Out of the id range is no such object (the database would overflow, a 500).
+        if not OBJECT_ID["min_value"] <= pk <= OBJECT_ID["max_value"]:
+            self.fail("does_not_exist", noun=self.model._meta.verbose_name, pk=pk)
         try:
             return self.model.objects.for_tenant(self.context["tenant"]).get(pk=pk)
         except self.model.DoesNotExist:
@@ -54,7 +58,7 @@ class TenantObjectsField(serializers.ListField):
 
     def __init__(self, model: type[Model], **kwargs) -> None:
         self.model = model
-        super().__init__(child=serializers.IntegerField(), **kwargs)
+        super().__init__(child=object_id(), **kwargs)
 
     def to_internal_value(self, data):
         pks = list(dict.fromkeys(super().to_internal_value(data)))
@@ -91,7 +95,8 @@ class ConstraintsField(serializers.JSONField):
 
 
 def _username_out(**kwargs) -> serializers.CharField:
-    return serializers.CharField(read_only=True, default=None, help_text="username", **kwargs)
+    return serializers.CharField(read_only=True, default=None, allow_null=True,
+                                 help_text="username", **kwargs)
 
 
 # --- Servers and their sync runs ----------------------------------------------------------------
@@ -151,7 +156,7 @@ class ServerOut(serializers.ModelSerializer):
 
 
 class SyncFilter(serializers.Serializer):
-    server = serializers.IntegerField(required=False)
+    server = object_id(required=False)
     status = serializers.ChoiceField(choices=ServerSync.Status.choices, required=False)
 
 
@@ -181,7 +186,7 @@ class SyncRequestedOut(SyncOut):
 
 
 class ToolFilter(serializers.Serializer):
-    server = serializers.IntegerField(required=False)
+    server = object_id(required=False)
     status = serializers.ChoiceField(choices=Tool.Status.choices, required=False)
     present = serializers.BooleanField(required=False, allow_null=True,
                                        help_text="still listed by the server at the last sync")
@@ -289,7 +294,7 @@ class AgentOut(serializers.ModelSerializer):
 
 
 class PrincipalFilter(serializers.Serializer):
-    agent = serializers.IntegerField(required=False)
+    agent = object_id(required=False)
 
 
 class PrincipalIn(serializers.Serializer):
@@ -312,8 +317,8 @@ class PrincipalOut(serializers.ModelSerializer):
 
 
 class GrantFilter(serializers.Serializer):
-    agent = serializers.IntegerField(required=False)
-    scope = serializers.IntegerField(required=False)
+    agent = object_id(required=False)
+    scope = object_id(required=False)
     status = serializers.ChoiceField(choices=Grant.Status.choices, required=False)
     in_force = serializers.BooleanField(required=False, allow_null=True,
                                         help_text="active and not expired")

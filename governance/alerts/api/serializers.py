@@ -48,7 +48,8 @@ class AlertRuleIn(serializers.Serializer):
 class AlertRuleOut(serializers.ModelSerializer):
     description = serializers.CharField(source="spec.description", read_only=True)
     updated_by = serializers.CharField(source="updated_by.username", read_only=True,
-                                       default=None, help_text="username")
+                                       default=None, allow_null=True,
+                                       help_text="username; null for the built-in defaults")
 
     class Meta:
         model = AlertRule

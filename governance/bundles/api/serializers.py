@@ -12,13 +12,15 @@ from rest_framework import serializers
 
 from governance.bundles.diff import SECTIONS
 from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
+from governance.tenancy.api.serializers import object_id
 
 # Labels differ from Grant.Status (same values): spectacular names enums by their choices.
 TOKEN_STATES = [("active", "Active (accepted)"), ("revoked", "Revoked (refused with 401)")]
 
 
 def _username_out(**kwargs) -> serializers.CharField:
-    return serializers.CharField(read_only=True, default=None, help_text="username", **kwargs)
+    return serializers.CharField(read_only=True, default=None, allow_null=True,
+                                 help_text="username", **kwargs)
 
 
 @extend_schema_field(OpenApiTypes.ANY)
@@ -76,12 +78,12 @@ class GatewayDetailOut(GatewayOut):
 
 
 class GatewayTokenFilter(serializers.Serializer):
-    gateway = serializers.IntegerField(required=False)
+    gateway = object_id(required=False)
     state = serializers.ChoiceField(choices=TOKEN_STATES, required=False)
 
 
 class GatewayTokenIn(serializers.Serializer):
-    gateway = serializers.IntegerField(help_text="id of a gateway of this tenant")
+    gateway = object_id(help_text="id of a gateway of this tenant")
     name = serializers.CharField(max_length=100, help_text="where it is used")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from governance.decisions.models import DecisionLog, Outcome
+from governance.tenancy.api.serializers import object_id
 
 
 class DecisionFilter(serializers.Serializer):
@@ -13,7 +14,7 @@ class DecisionFilter(serializers.Serializer):
     agent = serializers.CharField(required=False, max_length=200)
     server = serializers.CharField(required=False, max_length=200)
     tool = serializers.CharField(required=False, max_length=200)
-    gateway = serializers.IntegerField(required=False, min_value=1, help_text="gateway id")
+    gateway = object_id(required=False, help_text="gateway id")
     outcome = serializers.ChoiceField(choices=Outcome.choices, required=False)
     since = serializers.DateTimeField(required=False, help_text="timestamp >= since")
     until = serializers.DateTimeField(required=False, help_text="timestamp < until")
@@ -26,7 +27,8 @@ class DecisionFilter(serializers.Serializer):
 
 
 class DecisionLogOut(serializers.ModelSerializer):
-    gateway_name = serializers.CharField(source="gateway.name", read_only=True, default=None)
+    gateway_name = serializers.CharField(source="gateway.name", read_only=True, default=None,
+                                         allow_null=True)
 
     class Meta:
         model = DecisionLog

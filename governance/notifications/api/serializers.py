@@ -6,6 +6,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from governance.notifications.models import EVENTS, Channel, Delivery
+from governance.tenancy.api.serializers import object_id
 
 EVENT_CHOICES = list(EVENTS.items())
 
@@ -47,7 +48,7 @@ class ChannelOut(serializers.ModelSerializer):
 
 class DeliveryFilter(serializers.Serializer):
     status = serializers.ChoiceField(choices=Delivery.Status.choices, required=False)
-    channel = serializers.IntegerField(required=False)
+    channel = object_id(required=False)
     event = serializers.ChoiceField(choices=EVENT_CHOICES, required=False)
 
 

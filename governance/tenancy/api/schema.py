@@ -4,7 +4,8 @@ config)."""
 from __future__ import annotations
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiResponse, extend_schema_field
 from rest_framework import serializers
 
 
@@ -20,6 +21,14 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
         }
 
 
+@extend_schema_field({
+    "oneOf": [{"type": "array", "items": {"type": "string"}},
+              {"type": "object", "additionalProperties": {}}],
+})
+class FieldErrors(serializers.JSONField):
+    """A field's messages, or (a list or object field) its items' or keys' messages."""
+
+
 class ErrorOut(serializers.Serializer):
     """Every API error (governance.tenancy.api.errors): a stable code and a message."""
 
@@ -29,10 +38,11 @@ class ErrorOut(serializers.Serializer):
     )
     message = serializers.CharField(help_text="for a person: what was wrong")
     errors = serializers.DictField(
-        child=serializers.ListField(child=serializers.CharField()),
+        child=FieldErrors(),
         required=False,
         help_text="only for code=invalid: messages per field; a field of an imported or nested "
-        "document is named by its path (packages[0].transport.type)",
+        "document is named by its path (packages[0].transport.type); a list or object field "
+        "of a body has its messages per item or key ({\"data_classes\": {\"0\": [\"…\"]}})",
     )
 
 
@@ -57,3 +67,39 @@ def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
 READ = error_responses()
 WRITE = error_responses(400, 403)
 NO_CONTENT = {204: OpenApiResponse(description="Done.")} | WRITE
+
+
+class TenantAutoSchema(AutoSchema):
+    """Every tenant-scoped operation documents the errors its base class can always answer
+    (governance/tenancy/api/base.py), on top of what the view declares:
+
+    401 and 404 (the caller and the tenant are resolved first); 403 when the action's
+    capability is not held by every role; 400 when it takes a body or query parameters
+    (an invalid filter, page or field)."""
+
+    def get_operation(self, path, path_regex, path_prefix, method, registry):
+        operation = super().get_operation(path, path_regex, path_prefix, method, registry)
+        from governance.tenancy.api.base import TenantAPIMixin
+
+        if operation is None or not isinstance(self.view, TenantAPIMixin):
+            return operation
+        codes = {401, 404}
+        if self._capability_is_restricted():
+            codes.add(403)
+        if "requestBody" in operation or any(
+                parameter.get("in") == "query" for parameter in operation.get("parameters", [])):
+            codes.add(400)
+        responses = operation.setdefault("responses", {})
+        for code in sorted(codes):
+            if str(code) not in responses:
+                responses[str(code)] = self._get_response_for_code(
+                    OpenApiResponse(ErrorOut, description=_ERROR_TEXT[code]), str(code))
+        return operation
+
+    def _capability_is_restricted(self) -> bool:
+        from governance.tenancy.roles import ROLE_CAPABILITIES
+
+        view = self.view
+        key = getattr(view, "action", None) or self.method.lower()
+        capability = view.capabilities.get(key, view.capabilities["*"])
+        return not all(capability in caps for caps in ROLE_CAPABILITIES.values())

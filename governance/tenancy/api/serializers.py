@@ -7,6 +7,13 @@ from rest_framework import serializers
 from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
 from governance.tenancy.roles import Role
 
+# An object id in a body or a filter: out of this range is a 400, not a database overflow (500).
+OBJECT_ID = {"min_value": 1, "max_value": 2**63 - 1}
+
+
+def object_id(**kwargs) -> serializers.IntegerField:
+    return serializers.IntegerField(**OBJECT_ID, **kwargs)
+
 
 class MembershipOut(serializers.ModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
@@ -38,7 +45,8 @@ class GroupMappingIn(serializers.Serializer):
 
 
 class ApiTokenOut(serializers.ModelSerializer):
-    owner = serializers.CharField(source="user.username", read_only=True, default=None)
+    owner = serializers.CharField(source="user.username", read_only=True, default=None,
+                                  allow_null=True)
     state = serializers.CharField(read_only=True)
 
     class Meta:

@@ -15,6 +15,7 @@ from governance.tenancy import selectors, services
 from governance.tenancy.access import visible_tokens
 from governance.tenancy.api import serializers as s
 from governance.tenancy.api.base import TenantViewSet
+from governance.tenancy.api.schema import NO_CONTENT, WRITE, error_responses
 from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
 from governance.tenancy.roles import Cap
 
@@ -83,6 +84,7 @@ class MembershipViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
         )
         return Response(s.MembershipOut(membership).data)
 
+    @extend_schema(responses=NO_CONTENT)
     def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
         services.membership_delete(
             tenant=self.tenancy.tenant, actor=self.tenancy.actor, membership=self.get_object()
@@ -120,6 +122,7 @@ class GroupMappingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
         )
         return Response(s.GroupMappingOut(mapping).data)
 
+    @extend_schema(responses=NO_CONTENT)
     def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
         services.group_mapping_delete(
             tenant=self.tenancy.tenant, actor=self.tenancy.actor, mapping=self.get_object()
@@ -137,7 +140,8 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantVi
     def get_queryset(self):
         return visible_tokens(self.tenancy)
 
-    @extend_schema(request=s.ApiTokenIn, responses={201: s.ApiTokenCreatedOut})
+    # 403: a service token without the capability to manage them.
+    @extend_schema(request=s.ApiTokenIn, responses={201: s.ApiTokenCreatedOut, **WRITE})
     def create(self, request: Request, tenant_slug: str) -> Response:
         data = s.ApiTokenIn(data=request.data)
         data.is_valid(raise_exception=True)
@@ -156,6 +160,7 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantVi
         body = s.ApiTokenOut(token).data | {"token": plaintext}
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
 
+    @extend_schema(responses={204: NO_CONTENT[204], **error_responses(403)})
     def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
         """Revoke (the record stays, with its revocation time)."""
         token = self.get_object()
