@@ -214,7 +214,11 @@ async def _body_response(pointer: dict[str, Any], content_type: str) -> HttpResp
                "X-Bundle-Revision": str(pointer["revision"])}
     if settings.BUNDLE_ACCEL_REDIRECT:
         if not store.local_path(sha).exists():
-            await sync_to_async(store.load)(sha)
+            content = await sync_to_async(store.load)(sha)
+            if content is not None and not store.local_path(sha).exists():
+                # The local copy cannot be written (logged by the store): the proxy would find
+                # no file, so the body goes out from here.
+                return HttpResponse(content, content_type=content_type, headers=headers)
         response = HttpResponse(b"", content_type=content_type, headers=headers)
         response["X-Accel-Redirect"] = f"{settings.BUNDLE_ACCEL_REDIRECT.rstrip('/')}/{sha}.tar.gz"
         return response

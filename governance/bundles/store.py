@@ -8,6 +8,7 @@ back is checked against its name, so a torn or tampered local file is replaced, 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -17,6 +18,8 @@ from pathlib import Path
 from django.conf import settings
 
 from governance.bundles.models import BundleBlob
+
+log = logging.getLogger(__name__)
 
 MEMORY_BUDGET = 64 * 1024 * 1024
 
@@ -90,7 +93,8 @@ def load(sha256: str) -> bytes | None:
         raise RuntimeError(f"bundle store: blob {sha256} does not match its hash")
     try:
         write_local(sha256, content)
-    except OSError:  # an unwritable local dir costs speed, not correctness
-        pass
+    except OSError as exc:  # an unwritable local dir costs speed, not correctness
+        log.warning("bundle store: cannot write the local copy of %s under %s (%s); serving "
+                    "it from the database", sha256, settings.BUNDLE_LOCAL_DIR, exc)
     _remember(sha256, content)
     return content
