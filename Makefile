@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install test-deps migrate clean bench
+.PHONY: run test lint install test-deps migrate clean bench fuzz
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP) test-deps
 
 test-deps:
 	@scripts/test-deps
+
+## make fuzz: the property tests and the API fuzzing with many more examples than `make test`
+fuzz: $(STAMP) test-deps
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -p no:cacheprovider tests/test_properties.py
+	FUZZ_EXAMPLES=200 $(BIN)/pytest -q -p no:cacheprovider tests/test_api_fuzz.py
 
 ## make bench: figures measured on this machine (gateway poll throughput, 10k long polls,
 ## compile + sign, registry write → new ETag, decision-log ingestion); BENCH_QUICK=1 for a smoke run. Installs wrk and

@@ -504,7 +504,9 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tollgate API",
-    "DESCRIPTION": "Admin REST API (/api/v1/t/<tenant>/) and gateway API (/api/v1/gateway/).",
+    "DESCRIPTION": "Admin REST API (/api/v1/t/<tenant>/). The gateway API (/api/v1/gateway/) "
+                   "is described in governance/bundles/gateway_openapi.yaml and the README's "
+                   "gateway contract.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema and the docs are for signed-in people and token holders only (anonymous → 401).

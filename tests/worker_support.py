@@ -52,7 +52,8 @@ def start_worker(tmp_path: Path, **env_overrides: str) -> Worker:
     # Loopback receivers, as in the test process (tests/conftest.py).
     env = os.environ | {"DATABASE_URL": database_url, "DEBUG": "false",
                         "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128"} | env_overrides
-    log_file = tmp_path / "worker.log"
+    # One log per worker: a second worker in the same test must not wipe the first one's.
+    log_file = tmp_path / f"worker-{len(list(tmp_path.glob('worker*.log')))}.log"
     with log_file.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "governance", "worker", "--pool", "solo",
