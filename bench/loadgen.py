@@ -171,7 +171,7 @@ def wrk(config: Config, label: str, url: str, headers: dict[str, str], *,
 
 
 def _run(argv: list[str]) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)  # noqa: S603
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)  # noqa: S603 - fixed argv built here, no shell
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     return done.stdout
@@ -194,7 +194,7 @@ def profile_during(config: Config, pid: int, label: str, url: str,
     load = threading.Thread(target=wrk, args=(config, f"{label} (profiled)", url, headers),
                             kwargs={"seconds": seconds + 2, "warmup": 0}, daemon=True)
     load.start()
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(  # noqa: S603 - fixed argv built here, no shell
         [binary, "record", "--gil", "--subprocesses", "-p", str(pid), "-d", str(seconds),
          "-r", "250", "-f", "raw", "-o", str(out)],
         capture_output=True, text=True, timeout=seconds + 60, check=False)

@@ -80,7 +80,7 @@ async def _client(spec: dict[str, Any], token: str, opened: asyncio.Semaphore,
             if connection:
                 connection[1].close()
                 connection.clear()
-            await asyncio.sleep(spec["retry_delay"] * (0.5 + random.random()))  # noqa: S311
+            await asyncio.sleep(spec["retry_delay"] * (0.5 + random.random()))  # noqa: S311 - retry jitter
             continue
         if status == 200 and headers.get("etag") != spec["etag"]:
             stats.done.append({"t": time.monotonic(), "etag": headers.get("etag"),
@@ -89,7 +89,7 @@ async def _client(spec: dict[str, Any], token: str, opened: asyncio.Semaphore,
         if status == 304:
             continue
         stats.errors.append({"t": time.monotonic(), "error": str(status)})
-        await asyncio.sleep(spec["retry_delay"] * (0.5 + random.random()))  # noqa: S311
+        await asyncio.sleep(spec["retry_delay"] * (0.5 + random.random()))  # noqa: S311 - retry jitter
     if connection:
         connection[1].close()
 

@@ -88,7 +88,7 @@ def prepare_database(config: Config) -> float:
     except psycopg.OperationalError as exc:
         raise BenchError(f"PostgreSQL at {url.hostname}:{url.port} is not reachable "
                          f"({exc}); set BENCH_DATABASE_URL.") from None
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(  # noqa: S603 - fixed argv built here, no shell
         [PYTHON, "manage.py", "migrate", "--noinput", "-v0"], cwd=REPO,
         env=config.child_env(), capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -619,7 +619,7 @@ def _sub(mode: str, slug: str, *args: str, config: Config, timeout: float = 600)
     """One compile_one run; its result plus how busy the rest of the machine was meanwhile."""
     wall, busy = time.monotonic(), loadgen.machine_busy()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(  # noqa: S603 - fixed argv built here, no shell
         [PYTHON, "-m", "bench.compile_one", mode, slug, *args], cwd=REPO, env=config.child_env(),
         capture_output=True, text=True, timeout=timeout, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -231,7 +231,7 @@ def read_server_json(doc: Any) -> ImportedServer:
         )
     if check.problems:
         raise ServerJsonError(check.problems)
-    assert name is not None and description is not None and version is not None  # noqa: S101
+    assert name is not None and description is not None and version is not None  # noqa: S101 - narrowing for the type checker: check.problems covers it
     if first_remote is not None:
         transport, url, command = first_remote[0], first_remote[1], []
     else:
