@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from gateway.client import BUNDLE_FILE, JWKS_FILE
+from gateway.verify import verify_bundle
 from tests.e2e_support import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,3 +127,39 @@ def wait_listening(gateway: GatewayProcess, timeout: float = 30.0) -> None:
             return False
 
     gateway.wait_for(answers, "the gateway to listen", timeout)
+
+
+def gateway_bundle(gw: GatewayProcess) -> Any:
+    """The bundle the gateway process holds (its state dir), verified again, or None."""
+    directory = gw.state_dir / "bundle"
+    try:
+        tarball = (directory / BUNDLE_FILE).read_bytes()
+        jwks = json.loads((directory / JWKS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return verify_bundle(tarball, jwks=jwks, tenant="acme")
+
+
+def await_bundle(gw: GatewayProcess, tenant: Any,
+                  holds: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    """Until the gateway runs a bundle whose data.json satisfies ``holds``, that bundle is the
+    tenant's current one, and the gateway has reported it to the control plane (the fleet's
+    ``Gateway.active_revision``). Returns the data."""
+
+    from governance.bundles.models import Gateway, PublishState
+
+    def ready() -> dict[str, Any] | None:
+        bundle = gateway_bundle(gw)
+        if bundle is None or not holds(bundle.data):
+            return None
+        state = PublishState.objects.select_related("current").get(tenant=tenant)
+        reported = Gateway.objects.get(name="demo-gateway").active_revision
+        if state.current.revision_number == bundle.revision_number == reported:
+            return dict(bundle.data)
+        return None
+
+    return gw.wait_for(ready, what, timeout=60)
+
+
+def grant_of(data: dict[str, Any], agent: str, scope: str) -> dict[str, Any] | None:
+    return next((g for g in data["grants"] if (g["agent"], g["scope"]) == (agent, scope)), None)

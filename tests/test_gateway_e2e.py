@@ -19,7 +19,6 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,7 @@ from django.core.management import call_command
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
-from gateway.client import BUNDLE_FILE, JWKS_FILE
-from gateway.verify import verify_bundle
 from governance.audit.services import Actor
-from governance.bundles.models import Gateway, PublishState
 from governance.decisions.models import DecisionLog
 from governance.tenancy.models import Tenant
 from registry import services as registry
@@ -42,6 +38,9 @@ from registry.models import Grant, McpServer, ServerSync, Tool
 from tests.gateway_support import (
     AGENT_TOKEN,
     GatewayProcess,
+    await_bundle,
+    gateway_bundle,
+    grant_of,
     start_gateway,
 )
 from tests.mcp_support import as_agent, tool
@@ -62,44 +61,10 @@ def _seed(settings, tmp_path: Path) -> Tenant:
     return Tenant.objects.get(slug="acme")
 
 
-def _gateway_bundle(gw: GatewayProcess) -> Any:
-    """The bundle the gateway process holds (its state dir), verified again, or None."""
-    directory = gw.state_dir / "bundle"
-    try:
-        tarball = (directory / BUNDLE_FILE).read_bytes()
-        jwks = json.loads((directory / JWKS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return verify_bundle(tarball, jwks=jwks, tenant="acme")
-
-
-def _await_bundle(gw: GatewayProcess, tenant: Tenant,
-                  holds: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-    """Until the gateway runs a bundle whose data.json satisfies ``holds``, that bundle is the
-    tenant's current one, and the gateway has reported it to the control plane (the fleet's
-    ``Gateway.active_revision``). Returns the data."""
-
-    def ready() -> dict[str, Any] | None:
-        bundle = _gateway_bundle(gw)
-        if bundle is None or not holds(bundle.data):
-            return None
-        state = PublishState.objects.select_related("current").get(tenant=tenant)
-        reported = Gateway.objects.get(name="demo-gateway").active_revision
-        if state.current.revision_number == bundle.revision_number == reported:
-            return dict(bundle.data)
-        return None
-
-    return gw.wait_for(ready, what, timeout=60)
-
-
 def _revision(gw: GatewayProcess) -> int:
-    bundle = _gateway_bundle(gw)
+    bundle = gateway_bundle(gw)
     assert bundle is not None
     return bundle.revision_number
-
-
-def _grant_of(data: dict[str, Any], agent: str, scope: str) -> dict[str, Any] | None:
-    return next((g for g in data["grants"] if (g["agent"], g["scope"]) == (agent, scope)), None)
 
 
 def _text(result: Any) -> str:
@@ -124,20 +89,20 @@ def test_an_updated_grant_s_argument_constraint_and_rate_limit_are_enforced_at_t
     celery_worker_process()
     gw = start_gateway(live_server.url, tmp_path, token_file=tmp_path / "demo-gateway-token")
     try:
-        first = _await_bundle(gw, acme, lambda d: _grant_of(d, "hr-assistant", "hr:read"),
+        first = await_bundle(gw, acme, lambda d: grant_of(d, "hr-assistant", "hr:read"),
                               "the gateway's first bundle")
-        assert _grant_of(first, "hr-assistant", "hr:read")["argument_constraints"] == {}
+        assert grant_of(first, "hr-assistant", "hr:read")["argument_constraints"] == {}
 
         constraint = {"lookup_employee": {"employee_id": {"enum": ["E100", "E101"]}}}
         grant = Grant.objects.for_tenant(acme).get(agent__name="hr-assistant")
         registry.grant_update(tenant=acme, actor=SYSTEM, grant=grant,
                               argument_constraints=constraint, calls_per_minute=3)
-        data = _await_bundle(
+        data = await_bundle(
             gw, acme,
-            lambda d: (_grant_of(d, "hr-assistant", "hr:read") or {}).get(
+            lambda d: (grant_of(d, "hr-assistant", "hr:read") or {}).get(
                 "calls_per_minute") == 3,
             "the bundle with the new grant terms (built by the worker)")
-        terms = _grant_of(data, "hr-assistant", "hr:read")
+        terms = grant_of(data, "hr-assistant", "hr:read")
         assert terms["argument_constraints"] == constraint
         gid = terms["id"]
 
@@ -194,8 +159,8 @@ def test_a_grant_revoked_in_the_control_plane_is_refused_after_the_next_bundle(
         # Lift the seeded 30/minute limit first, so that polling the agent cannot hit it.
         registry.grant_update(tenant=acme, actor=SYSTEM, grant=grant, calls_per_minute=None,
                               calls_per_day=None)
-        _await_bundle(gw, acme,
-                      lambda d: (_grant_of(d, "hr-assistant", "hr:read") or {}).get(
+        await_bundle(gw, acme,
+                      lambda d: (grant_of(d, "hr-assistant", "hr:read") or {}).get(
                           "calls_per_minute", 0) is None,
                       "the bundle without rate limits")
 
@@ -243,7 +208,7 @@ def test_a_grant_revoked_in_the_control_plane_is_refused_after_the_next_bundle(
             "denied by Tollgate: no grant of hr-assistant covers acme-hr/lookup_employee")
         assert outcome["listed_before"] == ["get_salary", "lookup_employee"]
         assert outcome["listed"] == []
-        data = _await_bundle(gw, acme, lambda d: not d["grants"],
+        data = await_bundle(gw, acme, lambda d: not d["grants"],
                              "the bundle without the grant reported")
         assert data["grants"] == []
     finally:
@@ -286,7 +251,7 @@ def test_a_tool_changed_upstream_is_refused_at_once_and_quarantined_after_the_ne
                        server_name="acme-tickets", upstream=mcp_server.url)
     try:
         key = "acme-tickets/find_ticket"
-        data = _await_bundle(gw, acme, lambda d: _grant_of(d, "hr-assistant", "tickets:read"),
+        data = await_bundle(gw, acme, lambda d: grant_of(d, "hr-assistant", "tickets:read"),
                              "the bundle granting tickets:read")
         pinned = data["tools"][key]["definition_sha256"]
         assert pinned == Tool.objects.get(pk=tools["find_ticket"].pk).definition_sha256
@@ -335,7 +300,7 @@ def test_a_tool_changed_upstream_is_refused_at_once_and_quarantined_after_the_ne
         assert refused["listed"] == []
         # The control plane does not know yet: still approved, nothing synced, same bundle.
         assert Tool.objects.get(pk=tools["find_ticket"].pk).status == Tool.Status.APPROVED
-        assert _gateway_bundle(gw).data["tools"][key]["definition_sha256"] == pinned
+        assert gateway_bundle(gw).data["tools"][key]["definition_sha256"] == pinned
 
         # The next registry sync sees the drift and quarantines the tool …
         run = _sync(acme, server, worker)
@@ -344,7 +309,7 @@ def test_a_tool_changed_upstream_is_refused_at_once_and_quarantined_after_the_ne
         assert drifted.status == Tool.Status.QUARANTINED
         assert drifted.definition_sha256 == pinned and drifted.drifted_sha256 != pinned
         # … and the next bundle withholds it; the gateway now says why.
-        data = _await_bundle(gw, acme, lambda d: key not in d["tools"],
+        data = await_bundle(gw, acme, lambda d: key not in d["tools"],
                              "the bundle withholding the drifted tool")
         assert data["withheld_tools"][key] == "quarantined"
 

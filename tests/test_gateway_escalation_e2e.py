@@ -1,6 +1,7 @@
-"""End to end, the human in the loop on real MCP traffic: the control plane (live server) with
-the demo tenant, ``python -m gateway run`` as its own process in front of the demo's stdio MCP
-server, an agent using the official MCP SDK client, and an approver in Chromium.
+"""End to end, the human in the loop on real MCP traffic: the control plane (live server and a
+real Celery worker, hence PostgreSQL) with the demo tenant, ``python -m gateway run`` as its own
+process in front of the demo's stdio MCP server, an agent using the official MCP SDK client, and
+an approver in Chromium.
 
 The agent's ``adjust_salary`` call needs approval. The gateway holds it and asks; the approver
 approves it from the inbox; the call goes through once, and the decision log shows both
@@ -19,12 +20,11 @@ from django.core.management import call_command
 
 from approvals.models import Escalation
 from governance.audit.services import Actor
-from governance.bundles.models import Gateway, PublishState
 from governance.decisions.models import DecisionLog
 from governance.tenancy.models import Tenant
 from registry import services as registry
 from registry.models import Agent, McpServer, Tool
-from tests.gateway_support import AGENT_TOKEN, start_gateway
+from tests.gateway_support import AGENT_TOKEN, await_bundle, grant_of, start_gateway
 from tests.mcp_support import as_agent
 from tests.ui_support import expect_heading, sign_in
 
@@ -35,7 +35,7 @@ RAISE = {"employee_id": "E101", "delta_usd": 2500, "reason": "promotion"}
 
 def _grant_adjust_salary_with_approval(acme: Tenant) -> None:
     """adjust_salary reviewed and approved, in scope hr:write, granted to hr-assistant with
-    approval always (each of these publishes a bundle: Celery runs eagerly here)."""
+    approval always (the worker publishes the bundle)."""
     server = McpServer.objects.get(tenant=acme, name="acme-hr")
     tool = Tool.objects.get(server=server, name="adjust_salary")
     if tool.status != "approved":
@@ -66,20 +66,18 @@ def _text(result) -> str:
 
 
 def test_an_approver_in_the_browser_lets_a_held_call_through_once_then_denies_the_next(
-        live_server, settings, tmp_path, ui):
+        live_server, settings, tmp_path, ui, celery_worker_process):
     settings.DEBUG = True
     settings.VAR_DIR = tmp_path
-    settings.CELERY_TASK_ALWAYS_EAGER = True
     call_command("seed_demo", stdout=io.StringIO())
+    celery_worker_process()  # publishes the bundles and sends the approvers' notifications
     acme = Tenant.objects.get(slug="acme")
-    _grant_adjust_salary_with_approval(acme)
-    latest = PublishState.objects.get(tenant=acme).last_revision
     gw = start_gateway(live_server.url, tmp_path, token_file=tmp_path / "demo-gateway-token",
                        extra=["--max-hold", "120"])
     try:
-        gateway = Gateway.objects.get(name="demo-gateway")
-        gw.wait_for(lambda: Gateway.objects.get(pk=gateway.pk).active_revision == latest,
-                    f"the gateway to run revision {latest}")
+        _grant_adjust_salary_with_approval(acme)
+        await_bundle(gw, acme, lambda data: grant_of(data, "hr-assistant", "hr:write"),
+                     "the bundle granting hr:write with approval")
 
         # 1. The agent's call is held; the approver approves it in the browser.
         thread, answer = _call_in_background(gw.url)
