@@ -12,7 +12,7 @@ from governance.tenancy.roles import Role
 from tests.factories import MembershipFactory, TenantFactory, UserFactory, make_token
 from tests.mcp_support import _mutable_server_process, everything_js, mcp_server  # noqa: F401
 from tests.ui_support import base_url, browser, ui, ui_settings  # noqa: F401
-from tests.worker_support import celery_worker_process  # noqa: F401
+from tests.worker_support import blocking_receiver, celery_worker_process  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp.client.session import ClientSession
 
 from gateway.client import BUNDLE_FILE, JWKS_FILE
 from gateway.verify import verify_bundle
 from tests.e2e_support import free_port
+from tests.mcp_support import as_agent
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_TOKEN = "demo-agent-token-0123456789"  # noqa: S105 - a static demo identity
@@ -47,9 +49,18 @@ class GatewayProcess:
 
     def wait_for(self, predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
         """Poll ``predicate`` until it is truthy (its value is returned) or fail the test."""
+        from django.db.utils import OperationalError
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = predicate()
+            try:
+                value = predicate()
+            except OperationalError as exc:
+                # SQLite's shared in-memory test database locks a table while the live server
+                # writes it (a gateway's status report): look again (PostgreSQL never does this).
+                if "locked" not in str(exc):
+                    raise
+                value = None
             if value:
                 return value
             if self.process.poll() is not None:
@@ -163,3 +174,16 @@ def await_bundle(gw: GatewayProcess, tenant: Any,
 
 def grant_of(data: dict[str, Any], agent: str, scope: str) -> dict[str, Any] | None:
     return next((g for g in data["grants"] if (g["agent"], g["scope"]) == (agent, scope)), None)
+
+
+def agent_view(gw: GatewayProcess) -> tuple[list[str], Any, Any]:
+    """(tools listed, lookup_employee result, adjust_salary result) for the demo agent."""
+
+    async def work(session: ClientSession):
+        listed = sorted(t.name for t in (await session.list_tools()).tools)
+        lookup = await session.call_tool("lookup_employee", {"employee_id": "E100"})
+        adjust = await session.call_tool("adjust_salary", {
+            "employee_id": "E100", "delta_usd": 1000, "reason": "raise"})
+        return listed, lookup, adjust
+
+    return as_agent(gw.url, AGENT_TOKEN, work)

@@ -12,9 +12,7 @@ import hashlib
 import hmac
 import json
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -42,50 +40,9 @@ def shared_broker():
     return os.environ["REDIS_URL"]
 
 
-class BlockingReceiver:
-    """A webhook receiver on 127.0.0.1 whose FIRST request hangs until ``release`` (at most
-    30 s); every later one is answered 200. Records every request."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.first_in_flight = threading.Event()
-        self.release = threading.Event()
-        self.url = ""
-
-
 @pytest.fixture
-def receiver():
-    rec = BlockingReceiver()
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            with lock:
-                first = not rec.requests
-                rec.requests.append({"headers": dict(self.headers), "body": body,
-                                     "at": time.monotonic()})
-            if first:
-                rec.first_in_flight.set()
-                rec.release.wait(timeout=30)
-            try:
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-            except OSError:  # the sender died while we held its request
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    rec.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    yield rec
-    rec.release.set()
-    server.shutdown()
-    server.server_close()
+def receiver(blocking_receiver):
+    return blocking_receiver
 
 
 def _audited(tenant, action: str, obj) -> int:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
 import pytest
@@ -190,51 +188,9 @@ def test_a_build_killed_mid_publish_is_redone_once_without_skipping_a_revision(
 # --- 2. A worker killed in the middle of a notification delivery -------------------------------
 
 
-class BlockingReceiver:
-    """An HTTP receiver on 127.0.0.1 whose FIRST request hangs until ``release`` (at most
-    30 s); every later one is answered 200. Records every request."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.first_in_flight = threading.Event()
-        self.release = threading.Event()
-        self.base = ""
-
-
 @pytest.fixture
-def receiver():
-    rec = BlockingReceiver()
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            with lock:
-                first = not rec.requests
-                rec.requests.append({"headers": dict(self.headers), "body": body})
-            if first:
-                rec.first_in_flight.set()
-                rec.release.wait(timeout=30)
-            answer = b'{"text":"Success","code":0}'
-            try:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-            except OSError:  # the sender died while we held its request
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    rec.base = f"http://127.0.0.1:{server.server_address[1]}"
-    yield rec
-    rec.release.set()
-    server.shutdown()
-    server.server_close()
+def receiver(blocking_receiver):
+    return blocking_receiver
 
 
 def _kill_mid_request(worker, receiver) -> float:

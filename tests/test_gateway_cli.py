@@ -11,13 +11,11 @@ import json
 import anyio
 import pytest
 from django.core.management import call_command
-from mcp.client.session import ClientSession
 
 from gateway.__main__ import ConfigError, _parser, settings_from
 from governance.bundles.models import Gateway
 from governance.decisions.models import DecisionLog
-from tests.gateway_support import AGENT_TOKEN, start_gateway
-from tests.mcp_support import as_agent
+from tests.gateway_support import agent_view, start_gateway
 
 
 @pytest.mark.django_db(transaction=True)
@@ -34,14 +32,7 @@ def test_the_gateway_enforces_the_demo_tenant_bundle_on_real_mcp_traffic(
         gw.wait_for(lambda: Gateway.objects.get(pk=gateway.pk).active_revision == 1,
                     "the gateway's status report")
 
-        async def work(session: ClientSession):
-            listed = sorted(t.name for t in (await session.list_tools()).tools)
-            allowed = await session.call_tool("lookup_employee", {"employee_id": "E100"})
-            refused = await session.call_tool("adjust_salary", {
-                "employee_id": "E100", "delta_usd": 1000, "reason": "raise"})
-            return listed, allowed, refused
-
-        listed, allowed, refused = as_agent(gw.url, AGENT_TOKEN, work)
+        listed, allowed, refused = agent_view(gw)
         assert listed == ["get_salary", "lookup_employee"]  # adjust_salary is not granted
         assert not allowed.is_error
         assert "Ada Lovelace" in json.dumps(allowed.model_dump(mode="json"))

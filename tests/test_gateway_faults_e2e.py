@@ -30,7 +30,6 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
-from mcp.client.session import ClientSession
 
 from governance.audit.services import Actor
 from governance.bundles.models import Bundle, Gateway
@@ -40,8 +39,7 @@ from governance.tenancy.models import Tenant
 from registry import services as registry
 from registry.models import Grant
 from tests.e2e_support import free_port
-from tests.gateway_support import AGENT_TOKEN, GatewayProcess, start_gateway, wait_listening
-from tests.mcp_support import as_agent
+from tests.gateway_support import GatewayProcess, agent_view, start_gateway, wait_listening
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -250,19 +248,6 @@ def reported(record: Gateway) -> Gateway:
 def wait_reported(gw: GatewayProcess, record: Gateway, what: str,
                   test: Callable[[Gateway], bool]) -> Gateway:
     return gw.wait_for(lambda: (lambda g: g if test(g) else None)(reported(record)), what)
-
-
-def agent_view(gw: GatewayProcess) -> tuple[list[str], Any, Any]:
-    """(tools listed, lookup_employee result, adjust_salary result) for the demo agent."""
-
-    async def work(session: ClientSession):
-        listed = sorted(t.name for t in (await session.list_tools()).tools)
-        lookup = await session.call_tool("lookup_employee", {"employee_id": "E100"})
-        adjust = await session.call_tool("adjust_salary", {
-            "employee_id": "E100", "delta_usd": 1000, "reason": "raise"})
-        return listed, lookup, adjust
-
-    return as_agent(gw.url, AGENT_TOKEN, work)
 
 
 def text(result: Any) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,56 @@ def celery_worker_process(postgres_only, transactional_db, tmp_path) -> Iterator
     yield start
     for worker in started:
         stop_worker(worker)
+
+
+class BlockingReceiver:
+    """An HTTP receiver on 127.0.0.1 whose FIRST request hangs until ``release`` (at most
+    30 s), so a test can kill the sender mid-request; every later one is answered 200 with a
+    body both webhooks and Splunk HEC accept. Records every request (headers, body, time)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.first_in_flight = threading.Event()
+        self.release = threading.Event()
+        self.base = ""
+
+    @property
+    def url(self) -> str:
+        return self.base + "/hook"
+
+
+@pytest.fixture
+def blocking_receiver() -> Iterator[BlockingReceiver]:
+    rec = BlockingReceiver()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with lock:
+                first = not rec.requests
+                rec.requests.append({"headers": dict(self.headers), "body": body,
+                                     "at": time.monotonic()})
+            if first:
+                rec.first_in_flight.set()
+                rec.release.wait(timeout=30)
+            answer = b'{"text":"Success","code":0}'
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+            except OSError:  # the sender died while we held its request
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rec.base = f"http://127.0.0.1:{server.server_address[1]}"
+    yield rec
+    rec.release.set()
+    server.shutdown()
+    server.server_close()
