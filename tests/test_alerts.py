@@ -108,11 +108,12 @@ def test_every_tenant_has_the_default_rules_without_anyone_creating_them(tenant_
         "break_glass_used": (True, None, None, "critical"),
         "audit_chain_broken": (True, None, None, "critical"),
         "export_failing": (True, 3, None, "warning"),
+        "bundle_build_failing": (True, None, None, "critical"),
     }
     assert services.alert_rules_for(tenant_a) == rules  # idempotent
     evaluate()  # the evaluator fills in every other tenant
-    assert AlertRule.objects.filter(tenant=tenant_b).count() == 6
-    assert AlertRule.objects.count() == 12
+    assert AlertRule.objects.filter(tenant=tenant_b).count() == 7
+    assert AlertRule.objects.count() == 14
     assert audit_actions(tenant_a) == []  # defaults are not a change anyone made
 
 
@@ -690,11 +691,32 @@ def test_the_detail_page_links_to_the_gateway_and_admins_acknowledge(login, cast
     assert audit_actions(tenant_a) == ["alert.raised", "alert.acknowledged", "alert.resolved"]
 
 
+def test_a_failing_bundle_build_raises_a_critical_alert_until_a_build_succeeds(tenant_a):
+    from governance.bundles import publish
+
+    first = publish.bundle_publish(tenant=tenant_a, trigger="test")
+    publish.bundle_publish_failed(tenant=tenant_a, error="KeyUnavailable: cannot decrypt the "
+                                                         "signing key")
+    evaluate()
+    [alert] = alerts(tenant_a)
+    assert (alert.rule_kind, alert.key, alert.severity) == (
+        "bundle_build_failing", "bundle", "critical")
+    assert "cannot decrypt the signing key" in alert.subject
+    assert alert.detail["last_revision"] == first.revision_number
+    assert selectors.alert_target(tenant_a, alert) == ("/t/alpha/bundles/", "Bundle history")
+    evaluate(minutes=1)  # still failing: the same alert, not a second one
+    assert len(alerts(tenant_a)) == 1
+    publish.bundle_publish(tenant=tenant_a, trigger="retry", force=True)
+    evaluate(minutes=2)
+    alert.refresh_from_db()
+    assert alert.status == "resolved" and "published a new revision" in alert.resolution
+
+
 def test_the_rules_page_validates_and_keeps_the_input(login, alice, tenant_a):
     client = login(alice)
     page = client.get("/t/alpha/alerts/rules/").content.decode()
     for kind in ("gateway_stale", "tool_drift", "denial_burst", "break_glass_used",
-                 "audit_chain_broken", "export_failing"):
+                 "audit_chain_broken", "export_failing", "bundle_build_failing"):
         assert f'id="rule-{kind}"' in page
     assert 'name="denial_burst-threshold" value="20"' in page
     assert 'name="tool_drift-threshold"' not in page  # the kind takes none
@@ -786,7 +808,7 @@ def test_the_api_changes_rules_for_admins_only(admin, as_user, api, token_for, c
     assert listed.status_code == 200
     rows = {r["kind"]: r for r in listed.json()["results"]}
     assert set(rows) == {"gateway_stale", "tool_drift", "denial_burst", "break_glass_used",
-                         "audit_chain_broken", "export_failing"}
+                         "audit_chain_broken", "export_failing", "bundle_build_failing"}
     burst = rows["denial_burst"]
     assert (burst["threshold"], burst["window_minutes"], burst["enabled"]) == (20, 5, True)
     url = f"{API}/alert-rules/{burst['id']}/"

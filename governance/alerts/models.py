@@ -24,6 +24,7 @@ class Kind(models.TextChoices):
     BREAK_GLASS_USED = "break_glass_used", "Break-glass used"
     AUDIT_CHAIN_BROKEN = "audit_chain_broken", "Audit chain broken"
     EXPORT_FAILING = "export_failing", "Export failing"
+    BUNDLE_BUILD_FAILING = "bundle_build_failing", "Bundle build failing"
 
 
 class Severity(models.TextChoices):
@@ -68,6 +69,9 @@ KIND_SPECS: dict[str, KindSpec] = {
     Kind.EXPORT_FAILING: KindSpec(
         "A SIEM exporter failed the threshold number of times in a row.", Severity.WARNING,
         threshold=3, threshold_label="consecutive failures"),
+    Kind.BUNDLE_BUILD_FAILING: KindSpec(
+        "The last build of the tenant's bundle failed (it is retried; gateways keep the previous "
+        "revision, so policy changes are not reaching them).", Severity.CRITICAL),
 }
 
 

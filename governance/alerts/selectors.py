@@ -237,6 +237,20 @@ def failing_exporters(tenant: Tenant, *, threshold: int) -> list[Condition]:
     ]
 
 
+def failing_builds(tenant: Tenant) -> list[Condition]:
+    """The tenant's last bundle build failed (``PublishState.last_error``, cleared by the next
+    successful publish)."""
+    from governance.bundles.models import PublishState
+
+    state = PublishState.objects.filter(tenant=tenant).exclude(last_error="").first()
+    if state is None:
+        return []
+    since = state.last_error_at.isoformat() if state.last_error_at else None
+    return [Condition("bundle", f"Bundle build failing: {state.last_error[:150]}",
+                      {"error": state.last_error[:1000], "last_failure": since,
+                       "last_revision": state.last_revision})]
+
+
 # --- What an alert is about, as a link ----------------------------------------------------------
 
 
@@ -267,6 +281,9 @@ def alert_target(tenant: Tenant, alert: Alert) -> tuple[str, str] | None:
             url = _url("registry:tool", slug, detail["tool"])
             return (url, f"Review tool {detail.get('server')}/{detail.get('name')}") if url \
                 else None
+    elif kind == Kind.BUNDLE_BUILD_FAILING:
+        url = _url("bundles:bundles", slug)
+        return (url, "Bundle history") if url else None
     elif kind == Kind.DENIAL_BURST:
         agent = detail.get("agent", "")
         query = {"agent": agent, "outcome": "deny"}

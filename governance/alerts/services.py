@@ -53,6 +53,7 @@ CLEARED = {
                          "or deleted).",
     Kind.AUDIT_CHAIN_BROKEN: "Condition cleared: a later verification of the audit chain "
                              "passed.",
+    Kind.BUNDLE_BUILD_FAILING: "Condition cleared: a later build published a new revision.",
 }
 
 
@@ -323,7 +324,8 @@ def _denial_bursts(tenant: Tenant, rule: AlertRule, now: datetime) -> Counter:
 
 
 def alerts_evaluate_tenant(*, tenant: Tenant, now: datetime | None = None) -> Counter:
-    """Evaluate the tenant's rules that look at state (gateways, tools, denials, exporters);
+    """Evaluate the tenant's rules that look at state (gateways, tools, denials, exporters,
+    bundle builds);
     break-glass and the audit chain raise theirs where they happen."""
     now = now or timezone.now()
     rules = alert_rules_for(tenant)
@@ -336,6 +338,8 @@ def alerts_evaluate_tenant(*, tenant: Tenant, now: datetime | None = None) -> Co
     exports = rules[Kind.EXPORT_FAILING]
     counts += _stateful(tenant, exports, selectors.failing_exporters(
         tenant, threshold=exports.threshold), now)
+    counts += _stateful(tenant, rules[Kind.BUNDLE_BUILD_FAILING],
+                        selectors.failing_builds(tenant), now)
     return counts
 
 
