@@ -778,9 +778,8 @@ def grant_create(
 @transaction.atomic
 def grant_update(*, tenant: Tenant, actor: Actor, grant: Grant, **changes: Any) -> Grant:
     """Change the limits, constraints, approval mode or expiry of an active grant."""
-    grant = Grant.objects.for_tenant(tenant).select_for_update().select_related("scope").get(
-        pk=grant.pk
-    )
+    grant = (Grant.objects.for_tenant(tenant).select_for_update(of=("self",))
+             .select_related("scope").get(pk=grant.pk))
     if grant.status != Grant.Status.ACTIVE:
         raise ValidationError({"status": "A revoked grant cannot be changed; create a new one."})
     unknown = set(changes) - set(TERM_FIELDS)

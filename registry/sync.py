@@ -184,7 +184,8 @@ def _record(run: ServerSync, result) -> ServerSync:
 @transaction.atomic
 def server_sync_fail(*, run: ServerSync, code: str, message: str) -> ServerSync:
     """Record a failed run (nothing of it was applied); the previous tools stay as they were."""
-    run = ServerSync.objects.select_for_update().select_related("server", "tenant").get(pk=run.pk)
+    run = (ServerSync.objects.select_for_update(of=("self",))
+           .select_related("server", "tenant").get(pk=run.pk))
     if not run.is_open:
         return run
     run.status = ServerSync.Status.FAILED

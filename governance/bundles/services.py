@@ -162,7 +162,7 @@ def gateway_token_issue(*, tenant: Tenant, actor: Actor, gateway: Gateway, name:
 
 @transaction.atomic
 def gateway_token_revoke(*, tenant: Tenant, actor: Actor, token: GatewayToken) -> GatewayToken:
-    token = GatewayToken.objects.for_tenant(tenant).select_for_update().select_related(
+    token = GatewayToken.objects.for_tenant(tenant).select_for_update(of=("self",)).select_related(
         "gateway").get(pk=token.pk)
     if token.revoked_at is not None:
         return token
@@ -204,7 +204,10 @@ def gateway_record_status(*, gateway: Gateway, report: dict[str, Any],
     """Store an OPA status report. Reports are telemetry, not changes: only a change of the
     running revision or of the error state is written to the audit trail."""
     now = now or timezone.now()
-    gateway = Gateway.objects.select_for_update().select_related("tenant").get(pk=gateway.pk)
+    # of=self: a lock on the joined tenant row would block the deferred tenant FK checks of
+    # every concurrent write in the tenant (a deadlock with their audit-chain lock).
+    gateway = (Gateway.objects.select_for_update(of=("self",)).select_related("tenant")
+               .get(pk=gateway.pk))
     bundle = _bundle_report(report)
     revision = bundle.get("active_revision")
     try:

@@ -312,7 +312,8 @@ def memberships_sync_from_groups(*, user: AbstractBaseUser, groups: list[str]) -
         wanted.setdefault(mapping.tenant_id, []).append(mapping.role)
     existing = {
         m.tenant_id: m
-        for m in Membership.objects.filter(user=user).select_related("tenant").select_for_update()
+        for m in Membership.objects.filter(user=user).select_related("tenant")
+        .select_for_update(of=("self",))
     }
     tenants = {t.pk: t for t in Tenant.objects.filter(pk__in=set(wanted) | set(existing))}
     for tenant_id, tenant in sorted(tenants.items()):
