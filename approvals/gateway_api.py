@@ -36,6 +36,7 @@ from governance.bundles.gateway_api import (
     _wait_seconds,
     authenticate,
     error,
+    released,
 )
 from governance.bundles.models import Gateway
 from governance.bundles.packaging import rfc3339
@@ -112,7 +113,7 @@ async def escalation(request: HttpRequest, escalation_id: uuid.UUID) -> HttpResp
     caller, failure, _ = await authenticate(request, None)
     if failure is not None:
         return failure
-    found = await sync_to_async(_read)(caller.tenant_id, escalation_id)
+    found = await sync_to_async(released(_read))(caller.tenant_id, escalation_id)
     if found is None:
         return _not_found()
     doc, held = found
@@ -127,7 +128,7 @@ async def escalation(request: HttpRequest, escalation_id: uuid.UUID) -> HttpResp
         await hot.announcements().wait(topic, min(remaining, until_expiry, 30.0))
         if not await _still_valid(request):
             return _unauthorized("This gateway token has been revoked or its gateway disabled.")
-        found = await sync_to_async(_read)(caller.tenant_id, escalation_id)
+        found = await sync_to_async(released(_read))(caller.tenant_id, escalation_id)
         if found is None:
             return _not_found()
         doc, held = found
