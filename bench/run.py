@@ -12,6 +12,10 @@
    a long-polling gateway has the new ETag: latency over ~30 writes.
 5. Decision-log ingestion (bench/ingest.py): gzip batches POSTed to /api/v1/gateway/logs by 2
    and 4 clients, events/s against the 20,000/s goal, each event stored once; re-send rate.
+6. Mixed load (bench/mixed.py; only when BENCH_SECTIONS names 6): 1,000 gateways polling,
+   reporting, escalating and uploading logs, 50 approvers deciding, an admin editing the
+   registry, for BENCH_MIXED_SECONDS (300); per-endpoint p50/p95/p99, server RSS over time,
+   and at the end: everything decided and in the DB, every gateway on the current revision.
 
 Everything it starts (uvicorn, a Celery worker, nginx, its helpers) it stops, also on Ctrl-C.
 It owns the database ``tollgate_bench`` (dropped and re-created) and Redis db 11 (flushed).
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from bench import ingest, loadgen, procs
+from bench import ingest, loadgen, mixed, procs
 from bench.env import LOGS, PYTHON, REPO, VAR, Config, median, quantile
 from bench.procs import BenchError, Children
 
@@ -771,6 +775,8 @@ def summary(results: dict[str, Any], config: Config) -> list[dict[str, Any]]:
             f"{_fmt_s(lat['p95'])}", "p95 ≤ 1 s", ok)
     if results.get("ingest"):
         rows.extend(ingest.summary_rows(results["ingest"]))
+    if results.get("mixed"):
+        rows.extend(mixed.summary_rows(results["mixed"]))
     return rows
 
 
@@ -895,6 +901,7 @@ def main() -> int:
             say("by own time:")
             say(_trim_pstats(results["compile"]["cprofile"]["tottime"]))
         section(ingest.SECTION, "ingest", ingest.section_ingest, config, children, workers)
+        section(mixed.SECTION, "mixed", mixed.section_mixed, config, children, workers)
     except BenchError as exc:
         say(f"\nbench stopped: {exc}")
         results["error"] = str(exc)
