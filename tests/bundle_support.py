@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import tarfile
@@ -118,3 +119,18 @@ def tar_files(content: bytes) -> dict[str, bytes]:
 
 def data_of(content: bytes) -> dict:
     return json.loads(tar_files(content)["mcp/data.json"])
+
+
+def with_data_json(tarball: bytes, data_json: bytes) -> bytes:
+    """The same bundle (manifest and signature untouched, so it no longer verifies) with
+    ``mcp/data.json`` replaced. Deterministic (gzip mtime 0): the same input, the same bytes."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as source, \
+            tarfile.open(fileobj=raw, mode="w:") as target:
+        for member in source.getmembers():
+            content = source.extractfile(member).read()
+            if member.name == "mcp/data.json":
+                content = data_json
+                member.size = len(content)
+            target.addfile(member, io.BytesIO(content))
+    return gzip.compress(raw.getvalue(), mtime=0)

@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import io
 import json
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +28,14 @@ from governance.bundles.models import Gateway
 from governance.bundles.publish import bundle_publish
 from governance.decisions.models import DecisionLog
 from registry import services as registry
-from tests.bundle_support import SYSTEM, jwks_of, make_gateway, payroll_world
+from tests.bundle_support import (
+    SYSTEM,
+    data_of,
+    jwks_of,
+    make_gateway,
+    payroll_world,
+    with_data_json,
+)
 from tests.e2e_support import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -85,18 +90,10 @@ async def poll(client: BundleClient) -> str:
 
 def rewrite_data(tarball: bytes, change) -> bytes:
     """The same bundle with mcp/data.json edited (its signature left as it was)."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as source, \
-            tarfile.open(fileobj=out, mode="w:gz") as target:
-        for member in source.getmembers():
-            content = source.extractfile(member).read()
-            if member.name == "mcp/data.json":
-                data = json.loads(content)
-                change(data)
-                content = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-                member.size = len(content)
-            target.addfile(member, io.BytesIO(content))
-    return out.getvalue()
+    data = data_of(tarball)
+    change(data)
+    return with_data_json(tarball, json.dumps(data, sort_keys=True,
+                                              separators=(",", ":")).encode())
 
 
 class StubServer:

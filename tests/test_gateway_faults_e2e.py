@@ -9,13 +9,11 @@ about the fault is what the fleet page shows."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 import io
 import json
 import socket
-import tarfile
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +36,7 @@ from governance.decisions.models import DecisionLog
 from governance.tenancy.models import Tenant
 from registry import services as registry
 from registry.models import Grant
+from tests.bundle_support import tar_files, with_data_json
 from tests.e2e_support import free_port
 from tests.gateway_support import GatewayProcess, agent_view, start_gateway, wait_listening
 
@@ -54,24 +53,8 @@ def _etag(body: bytes) -> str:
     return f'"{hashlib.sha256(body).hexdigest()}"'
 
 
-def swap_data(tarball: bytes, data_json: bytes) -> bytes:
-    """The same bundle (manifest and signature untouched) with ``mcp/data.json`` replaced.
-    Deterministic (gzip mtime 0), so the same input always gives the same bytes and ETag."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as source, \
-            tarfile.open(fileobj=raw, mode="w:") as target:
-        for member in source.getmembers():
-            content = source.extractfile(member).read()
-            if member.name == "mcp/data.json":
-                content = data_json
-                member.size = len(content)
-            target.addfile(member, io.BytesIO(content))
-    return gzip.compress(raw.getvalue(), mtime=0)
-
-
 def data_json_of(tarball: bytes) -> bytes:
-    with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as archive:
-        return archive.extractfile("mcp/data.json").read()
+    return tar_files(tarball)["mcp/data.json"]
 
 
 class Relay:
@@ -179,7 +162,7 @@ class Relay:
         # The mode as it is when the answer goes out: a long poll held since before the test
         # switched to TAMPER is tampered with too.
         if is_poll and self.mode == TAMPER and status == 200:
-            content = swap_data(content, self.tamper_data)
+            content = with_data_json(content, self.tamper_data)
             response_headers["ETag"] = _etag(content)
             if response_headers["ETag"] in known:
                 return self._send(request, 304, {"ETag": response_headers["ETag"]}, b"")
@@ -379,7 +362,7 @@ def test_a_tampered_bundle_is_refused_the_old_policy_kept_and_the_error_shown(de
     polls = len(relay.bundle_polls)
     gw.wait_for(lambda: len(relay.bundle_polls) >= polls + 2, "two more polls")
     assert relay.tampered_sent == 1
-    tampered_etag = _etag(swap_data(bytes(second.blob.content), relay.tamper_data))
+    tampered_etag = _etag(with_data_json(bytes(second.blob.content), relay.tamper_data))
     assert tampered_etag in relay.bundle_polls[-1]
 
     # The tampering stops: the authentic revision 2 is accepted and the error cleared.
