@@ -911,8 +911,16 @@ def test_a_real_worker_exports_everything_the_sweep_finds(shared_broker, celery_
     assert not hec.requests[0]["accepted"]  # the first attempt failed and was retried
     framed = list(dict.fromkeys(int(parse_syslog(f)["sd"]["id"]) for f in tcp.frames()))
     assert framed == expected_decisions
-    to_splunk.refresh_from_db()
-    to_syslog.refresh_from_db()
+
+    def settled() -> bool:
+        # The worker moves a cursor once the receiver has answered: a moment after the last
+        # event arrived.
+        to_splunk.refresh_from_db()
+        to_syslog.refresh_from_db()
+        return (to_splunk.cursor, to_syslog.cursor) == (expected_audit[-1],
+                                                        expected_decisions[-1])
+
+    worker.wait_until(settled, timeout=30)
     assert (to_splunk.cursor, to_splunk.consecutive_failures) == (expected_audit[-1], 0)
     assert to_splunk.last_error.startswith("HTTP 500") and to_splunk.last_success_at
     assert (to_syslog.cursor, to_syslog.exported_total) == (expected_decisions[-1], 6)
