@@ -20,7 +20,12 @@ PYDEPS = VAR / "pydeps"  # py-spy: kept out of the shared .venv (scripts/bench-d
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else "python3"
 
 
-def _int(name: str, default: int) -> int:
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def env_int(name: str, default: int) -> int:
+    """An integer setting of the bench from the environment (a clear exit when malformed)."""
     raw = os.environ.get(name, "")
     try:
         return int(raw) if raw else default
@@ -69,21 +74,21 @@ class Config:
                 "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tollgate_bench"),
             redis_url=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"),
             host="127.0.0.1",
-            port=_int("BENCH_PORT", 18080),
-            nginx_port=_int("BENCH_NGINX_PORT", 18081),
+            port=env_int("BENCH_PORT", 18080),
+            nginx_port=env_int("BENCH_NGINX_PORT", 18081),
             sections=sections,
-            wrk_threads=_int("BENCH_WRK_THREADS", 2),
-            wrk_connections=_int("BENCH_WRK_CONNECTIONS", 64),
-            wrk_seconds=_int("BENCH_WRK_SECONDS", 3 if quick else 10),
-            wrk_warmup=_int("BENCH_WRK_WARMUP", 1 if quick else 3),
+            wrk_threads=env_int("BENCH_WRK_THREADS", 2),
+            wrk_connections=env_int("BENCH_WRK_CONNECTIONS", 64),
+            wrk_seconds=env_int("BENCH_WRK_SECONDS", 3 if quick else 10),
+            wrk_warmup=env_int("BENCH_WRK_WARMUP", 1 if quick else 3),
             worker_counts=[int(w) for w in workers.split(",") if w.strip()],
             # py-spy on the server during section 1: on by default in a full run.
             profile=os.environ.get("BENCH_PROFILE", "0" if quick else "1") not in ("", "0"),
-            longpoll_clients=_int("BENCH_LONGPOLL_CLIENTS", 1000 if quick else 10_000),
-            longpoll_gateways=_int("BENCH_LONGPOLL_GATEWAYS", 50),
-            longpoll_wait=_int("BENCH_LONGPOLL_WAIT", 60),
+            longpoll_clients=env_int("BENCH_LONGPOLL_CLIENTS", 1000 if quick else 10_000),
+            longpoll_gateways=env_int("BENCH_LONGPOLL_GATEWAYS", 50),
+            longpoll_wait=env_int("BENCH_LONGPOLL_WAIT", 60),
             compile_scales=[float(s) for s in scales.split(",") if s.strip()],
-            e2e_iterations=_int("BENCH_E2E_ITERATIONS", 5 if quick else 30),
+            e2e_iterations=env_int("BENCH_E2E_ITERATIONS", 5 if quick else 30),
             fernet_key=Fernet.generate_key().decode(),
         )
 

@@ -35,24 +35,12 @@ from typing import Any
 import orjson
 
 from bench import loadgen, procs
-from bench.env import Config, quantile
+from bench.env import Config, env_int, quantile, say
 from bench.procs import BenchError, Children
 
 GOAL_EVENTS_PER_SECOND = 20_000
 SECTION = "5"
 PATH = "/api/v1/gateway/logs"
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise BenchError(f"{name}: expected an integer, got {raw!r}") from None
 
 
 # --- Realistic events ----------------------------------------------------------------------------
@@ -219,8 +207,8 @@ def section_ingest(config: Config, children: Children, workers: int) -> dict[str
     from governance.audit.services import Actor
     from governance.tenancy.services import tenant_create
 
-    batch = _int("BENCH_INGEST_BATCH", 2500)
-    total = _int("BENCH_INGEST_EVENTS", 60_000 if config.quick else 300_000)
+    batch = env_int("BENCH_INGEST_BATCH", 2500)
+    total = env_int("BENCH_INGEST_EVENTS", 60_000 if config.quick else 300_000)
     clients = [int(c) for c in os.environ.get("BENCH_INGEST_CLIENTS", "2,4").split(",")
                if c.strip()]
     say(f"\n== 5. Decision-log ingestion: POST {PATH}, gzip batches of {batch} events, "

@@ -50,26 +50,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bench.env import env_int, quantile, say
+
 SECTION = "6"
 MB = 1024 * 1024
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise SystemExit(f"{name}: expected an integer, got {raw!r}") from None
-
-
-def _quantile(values: list[float], q: float) -> float | None:
-    from bench.env import quantile
-
-    return quantile(values, q)
 
 
 # =================================================================================================
@@ -758,8 +742,8 @@ def _table(latency: dict[str, list[float]], errors: dict[str, dict[str, int]],
         table[endpoint] = {
             "count": len(values), "per_second": len(values) / seconds if seconds else None,
             "errors": sum(errs.values()), "errors_by_kind": errs,
-            "p50_ms": _ms(_quantile(values, 0.5)), "p95_ms": _ms(_quantile(values, 0.95)),
-            "p99_ms": _ms(_quantile(values, 0.99)), "max_ms": _ms(max(values) if values else None),
+            "p50_ms": _ms(quantile(values, 0.5)), "p95_ms": _ms(quantile(values, 0.95)),
+            "p99_ms": _ms(quantile(values, 0.99)), "max_ms": _ms(max(values) if values else None),
         }
     return table
 
@@ -863,11 +847,11 @@ def section_mixed(config, children, workers: int) -> dict[str, Any]:
     from bench.run import _server_errors
     from governance.bundles import publish
 
-    seconds = _int("BENCH_MIXED_SECONDS", 30 if config.quick else 300)
-    n_gateways = _int("BENCH_MIXED_GATEWAYS", 1000)
-    n_tenants = _int("BENCH_MIXED_TENANTS", 10)
-    n_approvers = _int("BENCH_MIXED_APPROVERS", 50)
-    wait = _int("BENCH_MIXED_WAIT", 20 if config.quick else 60)
+    seconds = env_int("BENCH_MIXED_SECONDS", 30 if config.quick else 300)
+    n_gateways = env_int("BENCH_MIXED_GATEWAYS", 1000)
+    n_tenants = env_int("BENCH_MIXED_TENANTS", 10)
+    n_approvers = env_int("BENCH_MIXED_APPROVERS", 50)
+    wait = env_int("BENCH_MIXED_WAIT", 20 if config.quick else 60)
     say(f"\n== 6. Mixed load for {seconds} s: {n_gateways} gateways ({n_tenants} tenants; "
         f"long polls wait={wait}), {n_approvers} approvers, 1 admin; uvicorn --workers "
         f"{workers} + Celery worker ==")
@@ -886,13 +870,13 @@ def section_mixed(config, children, workers: int) -> dict[str, Any]:
     spec = {
         "host": config.host, "port": config.port, "wait": wait, "tenants": tenants,
         "ramp_seconds": 5.0 if config.quick else 15.0, "plain_interval": 10.0,
-        "status_interval": float(_int("BENCH_MIXED_STATUS_EVERY", 60)),
-        "logs_interval": float(_int("BENCH_MIXED_LOGS_EVERY", 120)), "log_batch": 10,
+        "status_interval": float(env_int("BENCH_MIXED_STATUS_EVERY", 60)),
+        "logs_interval": float(env_int("BENCH_MIXED_LOGS_EVERY", 120)), "log_batch": 10,
         # Mean seconds between escalations of one gateway: 1,000 gateways → ~2 a second.
-        "escalation_interval": float(_int("BENCH_MIXED_ESCALATION_EVERY", 500)),
+        "escalation_interval": float(env_int("BENCH_MIXED_ESCALATION_EVERY", 500)),
         # Like the web inbox, which refreshes every 10 s.
-        "approver_interval": float(_int("BENCH_MIXED_APPROVER_EVERY", 10)),
-        "admin_interval": float(_int("BENCH_MIXED_ADMIN_EVERY_MS", 2000)) / 1000,
+        "approver_interval": float(env_int("BENCH_MIXED_APPROVER_EVERY", 10)),
+        "admin_interval": float(env_int("BENCH_MIXED_ADMIN_EVERY_MS", 2000)) / 1000,
     }
     spec_path, result_path = LOGS / "mixed-spec.json", LOGS / "mixed-result.json"
     spec_path.write_text(json.dumps(spec))
@@ -1001,7 +985,7 @@ def section_mixed(config, children, workers: int) -> dict[str, Any]:
                    if s.get("pg_connections") is not None]
     pg_max = max(connections) if connections else None
     say(f"  PostgreSQL connections to the bench database (sampled every 2 s): max {pg_max}, "
-        f"median {_quantile(connections, 0.5)}; deadlocks detected during the run: {deadlocks}")
+        f"median {quantile(connections, 0.5)}; deadlocks detected during the run: {deadlocks}")
     say(f"  CPU: server {cpu['server']:.2f} cores, Celery {cpu['celery']:.2f}, load client "
         f"{cpu['client']:.2f}, everything else (PostgreSQL, Redis, others) {cpu['other']:.2f}")
     say(f"  escalations created {check['escalations_created']} (missing "

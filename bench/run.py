@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from bench import ingest, loadgen, mixed, procs
-from bench.env import LOGS, PYTHON, REPO, VAR, Config, median, quantile
+from bench.env import LOGS, PYTHON, REPO, VAR, Config, median, quantile, say
 from bench.procs import BenchError, Children
 
 GOALS = {
@@ -53,10 +53,6 @@ GOALS = {
     "write_to_etag_p95_s": 1.0,
 }
 MB = 1024 * 1024
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 # --- Preparation ---------------------------------------------------------------------------------
