@@ -52,6 +52,7 @@ from gateway.verify import (
     BundleRejected,
     SameRevision,
     VerifiedBundle,
+    parse_time,
     verify_bundle,
 )
 
@@ -177,7 +178,7 @@ class BundleClient:
         self._last_revision = _int_or_none(state.get("revision"))
         self._jwks_etag = state.get("jwks_etag") if isinstance(state.get("jwks_etag"), str) \
             else None
-        self.last_successful_download = _parse_time(state.get("last_successful_download"))
+        self.last_successful_download = parse_time(state.get("last_successful_download"))
         bundle_path, jwks_path = self.state_dir / BUNDLE_FILE, self.state_dir / JWKS_FILE
         if not bundle_path.exists():
             return None
@@ -200,7 +201,7 @@ class BundleClient:
         self._active = bundle
         self._last_revision = bundle.revision_number
         self._etag = f'"{bundle.sha256}"'
-        self.activated_at = _parse_time(state.get("activated_at")) or (now or datetime.now(UTC))
+        self.activated_at = parse_time(state.get("activated_at")) or (now or datetime.now(UTC))
         return bundle
 
     # --- one poll ------------------------------------------------------------------------------
@@ -301,7 +302,7 @@ class BundleClient:
         async with self._client().stream("GET", url, headers=headers, timeout=timeout) as resp:
             if resp.status_code != 200:
                 await resp.aread()
-                return resp.status_code, resp.headers.get("ETag"), b"", _brief(resp)
+                return resp.status_code, resp.headers.get("ETag"), b"", brief_error(resp)
             chunks, size = [], 0
             async for chunk in resp.aiter_bytes():
                 size += len(chunk)
@@ -344,7 +345,7 @@ class BundleClient:
             return self._jwks
         if response.status_code != 200:
             raise _KeysUnavailable(f"GET {url} answered {response.status_code}: "
-                                   f"{_brief(response)}")
+                                   f"{brief_error(response)}")
         try:
             jwks = response.json()
         except ValueError as exc:
@@ -452,7 +453,8 @@ class BundleClient:
             log.warning("status report to %s failed: %r", url, exc)
             return False
         if response.status_code >= 300:
-            log.warning("status report refused (%s): %s", response.status_code, _brief(response))
+            log.warning("status report refused (%s): %s", response.status_code,
+                        brief_error(response))
             return False
         return True
 
@@ -533,16 +535,6 @@ def rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -551,7 +543,9 @@ def _json_bytes(value: Any) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def _brief(response: httpx2.Response) -> str:
+def brief_error(response: httpx2.Response) -> str:
+    """The control plane's error message of ``response`` (its ``message``), or the start of
+    the body: for logs and error states."""
     try:
         body = response.json()
         if isinstance(body, dict) and "message" in body:

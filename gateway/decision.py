@@ -60,7 +60,8 @@ def find_agent(data: Mapping[str, Any], issuer: str, subject: str) -> str | None
     return data.get("principals", {}).get(issuer, {}).get(subject)
 
 
-def _parse_instant(value: str) -> datetime:
+def parse_instant(value: str) -> datetime:
+    """An RFC 3339 instant of a verified bundle's data (``Z`` or an offset)."""
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
@@ -129,7 +130,7 @@ def decide(
         if key not in data["scopes"][grant["scope"]]["tools"]:
             continue
         gid = grant["id"]
-        if grant["expires_at"] is not None and _parse_instant(grant["expires_at"]) <= at:
+        if grant["expires_at"] is not None and parse_instant(grant["expires_at"]) <= at:
             refusals.append(Decision(DENY, f"grant {gid} expired", gid, agent_name))
             continue
         if not _in_window(grant["window"], at):

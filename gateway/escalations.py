@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx2
 
-from gateway.client import API, LoopHttpClient, _brief, atomic_write
+from gateway.client import API, LoopHttpClient, atomic_write, brief_error
 from gateway.receipts import ReceiptRejected, verify_receipt
 
 logger = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ class Escalations:
             except (ValueError, AttributeError):
                 pass
             raise _ControlPlaneError(
-                f"{method} {path} answered {response.status_code}: {_brief(response)}",
+                f"{method} {path} answered {response.status_code}: {brief_error(response)}",
                 response.status_code, code)
         try:
             doc = response.json()

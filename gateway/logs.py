@@ -325,7 +325,7 @@ class DecisionLogUploader:
             fsync_directory(self.queue_dir)
             self.last_error = None
             return None
-        message = _brief(response)
+        message = brief_error(response)
         self.last_error = f"POST {url} answered {response.status_code}: {message}"
         if response.status_code in _MALFORMED:
             self._set_aside(segment, response.status_code, message)
@@ -408,7 +408,7 @@ def _retry_after(response: httpx2.Response) -> float:
         return 0.0
 
 
-def _brief(response: httpx2.Response) -> str:
+def brief_error(response: httpx2.Response) -> str:
     try:
         body = response.json()
         if isinstance(body, dict) and "message" in body:

@@ -63,7 +63,16 @@ from pydantic import TypeAdapter
 
 from gateway.canonical import definition_sha256
 from gateway.counters import MINUTE, Counters, MemoryCounters
-from gateway.decision import ALLOW, DENY, ESCALATE, Decision, decide, find_agent, tool_key
+from gateway.decision import (
+    ALLOW,
+    DENY,
+    ESCALATE,
+    Decision,
+    decide,
+    find_agent,
+    parse_instant,
+    tool_key,
+)
 from gateway.escalations import PENDING, Escalations, HeldCall
 from gateway.identity import Identities, Principal, bearer_credential
 from gateway.receipts import arguments_sha256
@@ -89,10 +98,6 @@ class UpstreamUnavailable(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-def _parse_instant(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def listable(data: Mapping[str, Any], *, issuer: str, subject: str, server: str, tool: str,
              at: datetime, live_sha256: str | None) -> bool:
     """Whether ``tools/list`` shows the tool to this principal.
@@ -111,7 +116,7 @@ def listable(data: Mapping[str, Any], *, issuer: str, subject: str, server: str,
     return any(
         grant["agent"] == decision.agent
         and key in data["scopes"][grant["scope"]]["tools"]
-        and (grant["expires_at"] is None or _parse_instant(grant["expires_at"]) > at)
+        and (grant["expires_at"] is None or parse_instant(grant["expires_at"]) > at)
         for grant in data["grants"]
     )
 

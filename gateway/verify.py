@@ -447,16 +447,21 @@ def _check_manifest(raw: bytes, claims: Mapping[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def _unix(value: Any) -> int | None:
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 instant from untrusted input, or None (not a string, malformed, or without
+    a time zone)."""
     if not isinstance(value, str):
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        return None
-    return int(parsed.timestamp())
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _unix(value: Any) -> int | None:
+    parsed = parse_time(value)
+    return int(parsed.timestamp()) if parsed is not None else None
 
 
 def _json_object(raw: bytes, code: str, what: str, *, strict: bool = True) -> dict[str, Any]:
