@@ -16,6 +16,11 @@ import regex
 
 KEYWORDS = {"enum", "const", "minimum", "maximum", "maxLength", "pattern"}
 MAX_PATTERN_LENGTH = 500
+# I-JSON (RFC 7493 §2.2): numbers beyond ±(2**53 − 1) are not exact in every JSON reader. Stored,
+# they come back as other numbers (PostgreSQL jsonb turns the float 2.577198606988855e16 into the
+# integer 25771986069888550; SQLite turns -2**63 - 1 into -2**63), and a gateway in JavaScript
+# or CEL would read yet another. A bound the gateway compares against must be the number written.
+MAX_EXACT_NUMBER = 2**53 - 1
 # Patterns run on agent-controlled text: a catastrophic-backtracking pattern is cut off after this
 # long and the check fails closed (a constraint is violated, an approval condition matches).
 PATTERN_TIMEOUT_SECONDS = 0.05
@@ -89,11 +94,16 @@ def validate_constraints(doc: Any, *, tools: set[str] | None = None, root: str =
 
 
 def _check_json(value: Any, at: str) -> None:
-    """What json.loads accepts but JSON cannot carry (NaN, Infinity, a lone surrogate) or
-    PostgreSQL jsonb cannot store (the NUL character) would be refused when the grant is
-    stored or its bundle is published."""
+    """What json.loads accepts but JSON cannot carry (NaN, Infinity, a lone surrogate), cannot
+    carry exactly (a number beyond ±(2**53 − 1)) or PostgreSQL jsonb cannot store (the NUL
+    character) would be refused when the grant is stored, come back changed, or break
+    publishing."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ConstraintError(at, "must be JSON: NaN and Infinity are not numbers")
+    if _is_number(value) and abs(value) > MAX_EXACT_NUMBER:
+        raise ConstraintError(
+            at, f"numbers must lie within ±{MAX_EXACT_NUMBER} (2**53 − 1), the range every JSON "
+                "reader holds exactly")
     if isinstance(value, str):
         try:
             value.encode("utf-8")

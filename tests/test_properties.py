@@ -407,15 +407,6 @@ def constraint_scope(tenant_a):
     return world
 
 
-def _beyond_2_53(value: Any) -> bool:
-    """A number of magnitude 2**53 or more (beyond I-JSON's exactly representable range)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return abs(value) >= 2**53
-    if isinstance(value, dict):
-        return any(_beyond_2_53(item) for item in value.values())
-    return isinstance(value, list) and any(_beyond_2_53(item) for item in value)
-
-
 @PROFILE
 @given(spec=RAW_SPECS)
 @example(spec={"pay": {"amount": {"maximum": 100}}})
@@ -424,6 +415,9 @@ def _beyond_2_53(value: Any) -> bool:
 @example(spec={"pay": {"amount": {"enum": [float("nan")]}}})
 @example(spec={"pay": {"to": {"const": "\ud800"}}})
 @example(spec={"pay": {"to\x00": {"const": "a\x00"}}})
+@example(spec={"pay": {"amount": {"maximum": 2.577198606988855e16}}})
+@example(spec={"pay": {"amount": {"enum": [-2**63 - 1]}}})
+@example(spec={"pay": {"amount": {"maximum": 2**53 - 1, "minimum": -(2**53 - 1)}}})
 def test_the_control_plane_accepts_exactly_the_specs_the_gateway_validator_accepts(
         constraint_scope, spec):
     """grant_create (registry/services.py) stores a spec if and only if the gateway's
@@ -434,11 +428,9 @@ def test_the_control_plane_accepts_exactly_the_specs_the_gateway_validator_accep
     accepted by the validator, then refused by the database (PostgreSQL: DataError; SQLite:
     IntegrityError from its JSON_VALID check) instead of a validation error; the NUL example
     likewise on PostgreSQL (jsonb cannot hold U+0000). gateway/constraints.py now refuses
-    them. Numbers of magnitude 2**53 and more are left out: the stored spec comes back as
-    another number (PostgreSQL jsonb turns the float 2.577198606988855e16 into the integer
-    25771986069888550; SQLite's JSON turns the integer -2**63 - 1 into -2**63) — a control-plane
-    finding, reported, not fixed here."""
-    assume(not _beyond_2_53(spec))
+    them. Numbers beyond ±(2**53 − 1) were stored and came back as other numbers (PostgreSQL
+    jsonb turned the float 2.577198606988855e16 into the integer 25771986069888550; SQLite's
+    JSON turned the integer -2**63 - 1 into -2**63); the validator now refuses them (I-JSON)."""
     tools = {"read", "pay", "export", "wipe", "draft"}  # the scope of decision_world
     try:
         validate_constraints(spec, tools=tools, root="argument_constraints")

@@ -303,6 +303,17 @@ def test_constraint_checks():
         validate_constraints({"t": {"a": {"minimum": 5, "maximum": 1}}})
 
 
+@pytest.mark.parametrize("bound", [2**53, -(2**53), 2.577198606988855e16, 1e300, -2**63 - 1])
+def test_numbers_beyond_i_json_are_refused_in_constraints(bound):
+    """Beyond ±(2**53 − 1) a number is not exact in every JSON reader: stored, it came back as
+    another number (see tests/test_properties.py), so a bound would move."""
+    for rules in ({"maximum": bound}, {"enum": [1, [bound]]}, {"const": {"x": bound}}):
+        with pytest.raises(ConstraintError, match=r"within ±9007199254740991"):
+            validate_constraints({"pay": {"amount": rules}})
+    validate_constraints({"pay": {"amount": {"maximum": 2**53 - 1, "minimum": -(2**53 - 1),
+                                             "enum": [1.5e15, 2**53 - 1]}}})
+
+
 def test_an_overlong_tool_name_is_refused_whole(tenant_a, server):
     with pytest.raises(ValidationError, match="longer than 200 characters"):
         _sync(tenant_a, server, [Def("ok"), Def("x" * 201)])
