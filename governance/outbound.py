@@ -41,11 +41,17 @@ Where it runs
    change after validation (rebinding). The caller turns :class:`OutboundBlocked` into its own
    visible failure (a failed sync run, a failed delivery attempt, an exporter error).
 
-Syslog senders connect to the addresses :func:`safe_addresses` checked (no second lookup). The
-HTTP senders do not follow redirects, and the MCP SDK follows a redirect only within the same
-origin, so every hop goes to the host that was checked; the HTTP client still resolves the name
-again itself, so a DNS server answering differently within milliseconds is a residual risk
-(closing it needs a connection pinned to the checked address).
+Every connection goes to an address that was checked, with no second lookup in between:
+
+- syslog senders connect to the entries :func:`safe_addresses` returned;
+- HTTP senders (webhooks, Slack, Splunk HEC) and the MCP tool sync use :func:`pinned_transport`
+  / :func:`pinned_async_transport`: the HTTP client's network backend resolves the name once,
+  checks every answer and connects to those answers. The request keeps the URL's host (``Host``
+  header, TLS SNI and certificate check), so a DNS server that answers differently between the
+  check and the connection (rebinding) gains nothing. Redirects are not followed by the senders;
+  the MCP SDK follows them only within the origin, and every hop goes through the same backend.
+- These clients connect directly: ``HTTP(S)_PROXY`` from the environment is not used (a proxy
+  would do its own lookup, after the check).
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
+import anyio
+import httpcore2
 import httpx2
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
@@ -240,6 +248,90 @@ def safe_addresses(host: str, port: int | None, *, socktype: int = socket.SOCK_S
         exc.purpose = purpose
         raise
     return infos
+
+
+def _pinned_infos(host: str, port: int, purpose: str) -> list[tuple]:
+    """safe_addresses for the HTTP backends: a name that does not resolve is httpcore's
+    ConnectError (what the client reports for an unknown host); OutboundBlocked propagates."""
+    try:
+        return safe_addresses(host, port, purpose=purpose)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise httpcore2.ConnectError(f"{host} does not resolve ({exc})") from None
+
+
+class _PinnedBackend(httpcore2.NetworkBackend):
+    """httpcore's network backend, connecting only to the addresses it has just checked."""
+
+    def __init__(self, purpose: str) -> None:
+        self.purpose = purpose
+        self._inner = httpcore2.SyncBackend()
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        error: Exception | None = None
+        for *_, sockaddr in _pinned_infos(host, port, self.purpose):
+            try:
+                return self._inner.connect_tcp(sockaddr[0], port, timeout, local_address,
+                                               socket_options)
+            except httpcore2.ConnectError as exc:  # like create_connection: try the next one
+                error = exc
+        raise error or httpcore2.ConnectError(f"{host} has no address")
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        raise httpcore2.ConnectError("outbound connections are TCP only")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _PinnedAsyncBackend(httpcore2.AsyncNetworkBackend):
+    """The same for async clients (the MCP SDK's), on anyio."""
+
+    def __init__(self, purpose: str) -> None:
+        self.purpose = purpose
+        self._inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None,
+                          socket_options=None):
+        infos = await anyio.to_thread.run_sync(_pinned_infos, host, port, self.purpose)
+        error: Exception | None = None
+        for *_, sockaddr in infos:
+            try:
+                return await self._inner.connect_tcp(sockaddr[0], port, timeout, local_address,
+                                                     socket_options)
+            except httpcore2.ConnectError as exc:
+                error = exc
+        raise error or httpcore2.ConnectError(f"{host} has no address")
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        raise httpcore2.ConnectError("outbound connections are TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+# httpx's defaults (httpx2.Limits()), which its own pool would have had.
+_POOL_LIMITS = {"max_connections": 100, "max_keepalive_connections": 20, "keepalive_expiry": 5.0}
+
+
+def pinned_transport(purpose: str = "") -> httpx2.HTTPTransport:
+    """An httpx transport whose connections go only to checked addresses (OutboundBlocked from
+    the request otherwise). Pass it as ``httpx2.Client(transport=…)``."""
+    transport = httpx2.HTTPTransport(trust_env=False)
+    # httpx has no argument for the network backend; its pool is rebuilt with one (the same
+    # TLS context). tests/test_outbound.py proves the pinning through a real request.
+    transport._pool = httpcore2.ConnectionPool(
+        ssl_context=httpx2.create_ssl_context(trust_env=False),
+        network_backend=_PinnedBackend(purpose), **_POOL_LIMITS)
+    return transport
+
+
+def pinned_async_transport(purpose: str = "") -> httpx2.AsyncHTTPTransport:
+    """The async form of :func:`pinned_transport` (``httpx2.AsyncClient(transport=…)``)."""
+    transport = httpx2.AsyncHTTPTransport(trust_env=False)
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=httpx2.create_ssl_context(trust_env=False),
+        network_backend=_PinnedAsyncBackend(purpose), **_POOL_LIMITS)
+    return transport
 
 
 def check_host(host: str, port: int | None = None, *, purpose: str = "",

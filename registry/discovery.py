@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 TRANSPORTS: Final = ("streamable-http", "sse", "stdio")
 """The transports :func:`discover_tools` speaks (the same values as ``McpServer.transport``)."""
+HttpTransportFactory = Callable[[], httpx2.AsyncBaseTransport]
+"""Makes the httpx transport of one discovery's HTTP client (see ``http_transport``)."""
 
 # DiscoveryError codes.
 UNREACHABLE: Final = "unreachable"
@@ -52,6 +54,8 @@ PROTOCOL: Final = "protocol"
 TOO_MANY_TOOLS: Final = "too_many_tools"
 PAGINATION_LOOP: Final = "pagination_loop"
 DUPLICATE_TOOL: Final = "duplicate_tool"
+# Raised by the caller's ``http_transport`` when it refuses the address (an SSRF guard).
+BLOCKED_ADDRESS: Final = "blocked_address"
 ERROR_CODES: Final = (
     UNREACHABLE,
     TIMEOUT,
@@ -59,6 +63,7 @@ ERROR_CODES: Final = (
     TOO_MANY_TOOLS,
     PAGINATION_LOOP,
     DUPLICATE_TOOL,
+    BLOCKED_ADDRESS,
 )
 
 CANONICAL_KEYS: Final = (
@@ -190,11 +195,14 @@ def discover_tools(
     timeout: float = 30.0,
     max_tools: int = 5000,
     max_pages: int = 1000,
+    http_transport: HttpTransportFactory | None = None,
 ) -> DiscoveryResult:
     """Connect, ``initialize``, page through ``tools/list``; all within ``timeout`` seconds.
 
     ``transport`` is one of TRANSPORTS: ``url`` for the HTTP ones (``headers`` are sent with
-    every request, e.g. ``Authorization``), ``command`` (argv) and ``env`` for stdio. Raises
+    every request, e.g. ``Authorization``; ``http_transport`` makes the httpx transport the
+    client connects through, e.g. one pinned to checked addresses), ``command`` (argv) and
+    ``env`` for stdio. Raises
     :class:`DiscoveryError` for every failure of the server; ValueError for bad arguments.
 
     ``timeout`` is one deadline for the whole operation, not per request. The one exception is
@@ -214,6 +222,7 @@ def discover_tools(
         "max_pages": max_pages,
     }
     _check_arguments(**kwargs)
+    kwargs["http_transport"] = http_transport
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -238,6 +247,7 @@ async def discover_tools_async(
     timeout: float = 30.0,
     max_tools: int = 5000,
     max_pages: int = 1000,
+    http_transport: HttpTransportFactory | None = None,
 ) -> DiscoveryResult:
     """The async form of :func:`discover_tools` (same arguments, same errors)."""
     _check_arguments(
@@ -251,7 +261,8 @@ async def discover_tools_async(
         max_pages=max_pages,
     )
     target = url if transport != "stdio" else _describe_command(command or [])
-    attempt = _Attempt(transport=transport, target=target, timeout=timeout)
+    attempt = _Attempt(transport=transport, target=target, timeout=timeout,
+                       http_transport=http_transport)
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as errlog:
         attempt.errlog = errlog
         result: DiscoveryResult | None = None
@@ -340,9 +351,15 @@ async def _connect(
         auth: httpx2.Auth | None = None,
     ) -> httpx2.AsyncClient:
         """The SDK's HTTP client, bounded by our timeout, noting HTTP errors for the message."""
-        client = create_mcp_http_client(
-            headers=headers, timeout=httpx2.Timeout(attempt.timeout), auth=auth
-        )
+        if attempt.http_transport is None:
+            client = create_mcp_http_client(
+                headers=headers, timeout=httpx2.Timeout(attempt.timeout), auth=auth
+            )
+        else:  # what create_mcp_http_client makes, through the caller's transport
+            client = httpx2.AsyncClient(
+                headers=headers, timeout=httpx2.Timeout(attempt.timeout), auth=auth,
+                transport=attempt.http_transport(),
+            )
         client.event_hooks = {"response": [attempt.on_http_response]}
         return client
 
@@ -451,6 +468,7 @@ class _Attempt:
     stream_error: Exception | None = None
     errlog: TextIO | None = None
     http_error: int | None = None
+    http_transport: HttpTransportFactory | None = None
 
     @property
     def who(self) -> str:

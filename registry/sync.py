@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import httpx2
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -28,14 +29,13 @@ from django.utils import timezone
 from governance import outbound
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Tenant
-from registry.discovery import DiscoveryError, discover_tools
+from registry.discovery import BLOCKED_ADDRESS, DiscoveryError, discover_tools
 from registry.models import McpServer, ServerSync
 from registry.services import tools_record_discovery
 
 logger = logging.getLogger(__name__)
 
-# The error code of a run refused by the outbound guard (governance/outbound.py).
-BLOCKED_ADDRESS = "blocked_address"
+# BLOCKED_ADDRESS: the error code of a run refused by the outbound guard (governance/outbound.py).
 
 # Servers in these states can be synced (a pending server is synced to review it before use).
 SYNCABLE = (McpServer.Status.PENDING, McpServer.Status.ACTIVE, McpServer.Status.SUSPENDED)
@@ -109,6 +109,23 @@ def server_sync_claim(run_id: int) -> ServerSync | None:
     return ServerSync.objects.select_related("server", "tenant").get(pk=run_id)
 
 
+class _GuardedTransport(httpx2.AsyncBaseTransport):
+    """The MCP client's connections, pinned to addresses the outbound guard checked as they
+    are made; a refusal ends the run as the check before it does (``blocked_address``)."""
+
+    def __init__(self) -> None:
+        self._inner = outbound.pinned_async_transport("MCP server")
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            return await self._inner.handle_async_request(request)
+        except outbound.OutboundBlocked as exc:
+            raise DiscoveryError(BLOCKED_ADDRESS, f"Not connected: {exc}") from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def server_sync_execute(run: ServerSync) -> ServerSync:
     """Talk to the server (outside any transaction), then record the outcome atomically."""
     server = run.server
@@ -127,6 +144,8 @@ def server_sync_execute(run: ServerSync) -> ServerSync:
             command=server.command or None,
             timeout=sync_timeout(),
             max_tools=settings.REGISTRY_MAX_TOOLS,
+            # Connections go only to addresses checked as they are made (no second lookup).
+            http_transport=_GuardedTransport,
         )
     except DiscoveryError as exc:
         return server_sync_fail(run=run, code=exc.code, message=exc.message)

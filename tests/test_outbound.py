@@ -15,6 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx2
 import pytest
 from django.core.exceptions import ValidationError
 
@@ -81,9 +82,21 @@ class FakeDns:
     def __init__(self, real) -> None:
         self.real = real
         self.answers: dict[str, list[str]] = {}
+        self.later: dict[str, list[str]] = {}
+
+    def rebind(self, name: str, first: str, then: str) -> None:
+        """Answer ``first`` to the next lookup of ``name`` and ``then`` to every one after it:
+        a DNS server rebinding between the guard's check and the connection."""
+        self.answers[name], self.later[name] = [first], [then]
 
     def __call__(self, host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002
         name = host.decode() if isinstance(host, bytes) else host
+        if name in self.later and name in self.answers:
+            infos = []
+            for address in self.answers[name]:
+                infos += self.real(address, port, family, type, proto, flags)
+            self.answers[name] = self.later[name]
+            return infos
         if name in self.answers:
             infos = []
             for address in self.answers[name]:
@@ -284,14 +297,22 @@ def test_the_setting_allows_loopback_exporters_and_channels(settings, tenant_a):
 # --- Connection time: DNS rebinding after the save ------------------------------------------
 
 
+class Requests(list):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hosts: list[str] = []
+
+
 @pytest.fixture
 def receiver():
-    """A real HTTP server on 127.0.0.1 counting requests (webhook and HEC alike)."""
-    requests: list[str] = []
+    """A real HTTP server on 127.0.0.1 counting requests (webhook and HEC alike): their paths,
+    and their Host headers in ``requests.hosts``."""
+    requests = Requests()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's name
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            requests.hosts.append(self.headers.get("Host"))
             requests.append(self.path)
             body = b'{"text":"Success","code":0}'
             self.send_response(200)
@@ -400,6 +421,87 @@ def test_a_server_rebound_to_loopback_fails_its_sync_without_connecting(strict, 
             listener.accept()  # nobody connected
     finally:
         listener.close()
+
+
+# --- Rebinding between the check and the connection (connections pinned to checked addresses) --
+
+
+def test_a_webhook_rebound_after_the_check_is_not_delivered(strict, tenant_a, dns, receiver,
+                                                          django_capture_on_commit_callbacks):
+    """The sender's check sees a public address; the connection's own lookup, a moment later,
+    gets 127.0.0.1. Before connections were pinned, the HTTP client resolved the name again
+    itself and delivered to the loopback receiver."""
+    port, requests = receiver
+    dns.answers["hooks.partner.example"] = [PUBLIC]
+    notifications.channel_create(tenant=tenant_a, actor=SYSTEM, name="hook", kind="webhook",
+                                 url=f"http://hooks.partner.example:{port}/in", secret=SECRET)
+    with django_capture_on_commit_callbacks(execute=False):
+        [delivery] = notifications.notify(tenant=tenant_a, event="approval.requested",
+                                          subject="s", text="t")
+    dns.rebind("hooks.partner.example", PUBLIC, "127.0.0.1")
+    delivery = notifications.delivery_attempt(delivery_id=delivery.pk)
+    assert delivery.status == Delivery.Status.PENDING and requests == []
+    assert delivery.last_error.startswith(
+        "Not sent: hooks.partner.example resolves to 127.0.0.1, a loopback address")
+
+
+def test_a_hec_exporter_rebound_after_the_check_sends_nothing(strict, tenant_a, dns, receiver):
+    port, requests = receiver
+    dns.answers["splunk.partner.example"] = [PUBLIC]
+    exp = exports.exporter_create(
+        tenant=tenant_a, actor=SYSTEM, name="splunk", kind="splunk_hec", stream="audit",
+        url=f"http://splunk.partner.example:{port}/services/collector/event", token=TOKEN)
+    dns.rebind("splunk.partner.example", PUBLIC, "127.0.0.1")
+    result = exports.exporter_run(exporter_id=exp.pk)
+    exp.refresh_from_db()
+    assert result.status == "failed" and exp.cursor == 0 and requests == []
+    assert exp.last_error.startswith(
+        "Not sent: splunk.partner.example resolves to 127.0.0.1, a loopback address")
+
+
+def test_a_server_rebound_after_the_check_fails_its_sync_without_connecting(strict, tenant_a,
+                                                                           dns):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    try:
+        port = listener.getsockname()[1]
+        dns.answers["mcp.partner.example"] = [PUBLIC]
+        server = registry.server_create(tenant=tenant_a, actor=SYSTEM, name="partner",
+                                        transport="streamable-http",
+                                        url=f"http://mcp.partner.example:{port}/mcp")
+        registry.server_transition(tenant=tenant_a, actor=SYSTEM, server=server,
+                                   status="active")
+        dns.rebind("mcp.partner.example", PUBLIC, "127.0.0.1")
+        run, _ = sync.server_sync_request(tenant=tenant_a, actor=SYSTEM, server=server)
+        run = sync.server_sync_execute(sync.server_sync_claim(run.pk))
+        assert run.status == ServerSync.Status.FAILED
+        assert run.error_code == sync.BLOCKED_ADDRESS
+        assert "mcp.partner.example resolves to 127.0.0.1, a loopback address" in (
+            run.error_message)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    finally:
+        listener.close()
+
+
+def test_pinned_connections_still_speak_to_the_name(strict, dns, receiver):
+    """The request goes to the checked address but keeps the URL's host (Host header; TLS
+    would send it as SNI and check the certificate against it)."""
+    port, requests = receiver
+    strict.OUTBOUND_ALLOWED_NETWORKS = "127.0.0.1/32"
+    dns.answers["hooks.partner.example"] = ["127.0.0.1"]
+    with httpx2.Client(transport=outbound.pinned_transport("test")) as client:
+        response = client.post(f"http://hooks.partner.example:{port}/in", content=b"{}")
+    assert response.status_code == 200 and requests == ["/in"]
+    assert requests.hosts == [f"hooks.partner.example:{port}"]
+    dns.answers["hooks.partner.example"] = ["127.0.0.2"]  # not allowed: refused, not connected
+    with (httpx2.Client(transport=outbound.pinned_transport("test")) as client,
+          pytest.raises(outbound.OutboundBlocked, match="127.0.0.2, a loopback address")):
+        client.post(f"http://hooks.partner.example:{port}/in", content=b"{}")
+    with (httpx2.Client(transport=outbound.pinned_transport("test")) as client,
+          pytest.raises(httpx2.ConnectError, match="does not resolve")):
+        client.post("http://nowhere.invalid/in", content=b"{}")
+    assert requests == ["/in"]
 
 
 def test_a_stdio_server_is_not_affected(strict, tenant_a, settings):

@@ -179,12 +179,16 @@ def send_hec(exporter: Exporter, body: bytes, timeout: float) -> None:
     except outbound.OutboundBlocked as exc:
         raise SendError(f"Not sent: {exc}") from None
     try:
-        response = httpx2.post(
-            exporter.url, content=body, timeout=timeout,
-            headers={"Authorization": f"Splunk {_token(exporter)}",
-                     "Content-Type": "application/json", "User-Agent": USER_AGENT},
-            follow_redirects=False,
-        )
+        # The connection goes only to the addresses checked as it is made (no second lookup).
+        with httpx2.Client(transport=outbound.pinned_transport("Splunk HEC exporter"),
+                           timeout=timeout) as client:
+            response = client.post(
+                exporter.url, content=body, follow_redirects=False,
+                headers={"Authorization": f"Splunk {_token(exporter)}",
+                         "Content-Type": "application/json", "User-Agent": USER_AGENT},
+            )
+    except outbound.OutboundBlocked as exc:
+        raise SendError(f"Not sent: {exc}") from None
     except httpx2.TimeoutException:
         raise SendError(f"No answer from {exporter.url} within {timeout:g} s.") from None
     except httpx2.HTTPError as exc:  # refused, DNS, TLS …

@@ -59,11 +59,16 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> None:
     except outbound.OutboundBlocked as exc:
         raise SendError(f"Not sent: {exc}") from None
     try:
-        response = httpx2.post(
-            url, content=body, timeout=settings.NOTIFICATION_HTTP_TIMEOUT,
-            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
-            follow_redirects=False,
-        )
+        # The connection goes only to the addresses checked as it is made (no second lookup).
+        with httpx2.Client(transport=outbound.pinned_transport("notification"),
+                           timeout=settings.NOTIFICATION_HTTP_TIMEOUT) as client:
+            response = client.post(
+                url, content=body, follow_redirects=False,
+                headers={"Content-Type": "application/json", "User-Agent": USER_AGENT,
+                         **headers},
+            )
+    except outbound.OutboundBlocked as exc:
+        raise SendError(f"Not sent: {exc}") from None
     except httpx2.TimeoutException:
         raise SendError(
             f"No answer within {settings.NOTIFICATION_HTTP_TIMEOUT} s.") from None
