@@ -18,10 +18,12 @@ install: $(STAMP)
 run: $(STAMP)
 	@scripts/run
 
-## make test: ruff and the whole suite (installs the IdP and Chromium the end-to-end tests use)
+## make test: ruff and the whole suite on TEST_WORKERS processes (installs the IdP and Chromium
+## the end-to-end tests use); tests/xdist_env.py gives each worker its own Redis database
+TEST_WORKERS ?= 2
 test: $(STAMP) test-deps
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	PYTHONPATH=$(CURDIR) $(BIN)/pytest -p tests.xdist_env -n $(TEST_WORKERS)
 
 test-deps:
 	@scripts/test-deps

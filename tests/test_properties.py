@@ -70,6 +70,11 @@ FINITE = st.floats(allow_nan=False, allow_infinity=False)
 # Text a constraint may hold (PostgreSQL jsonb cannot store U+0000, so the validator refuses it).
 TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\0"), max_size=12)
 SCALARS = st.none() | st.booleans() | st.integers() | FINITE | TEXT
+# What a constraint may compare against: numbers within ±(2**53 − 1) (I-JSON; the validator
+# refuses others).
+EXACT = 2**53 - 1
+RULE_SCALARS = (st.none() | st.booleans() | st.integers(-EXACT, EXACT)
+                | st.floats(-EXACT, EXACT, allow_nan=False) | TEXT)
 # What json.loads can return (NaN and Infinity included, which JSON proper cannot carry).
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | ANY_TEXT,
@@ -217,8 +222,8 @@ AGREED = st.characters(max_codepoint=127, include_characters="é")
 PATTERNS = st.lists(st.sampled_from(PATTERN_PARTS), min_size=1, max_size=5).map("".join)
 NUMBERS = st.integers(-10**6, 10**6) | st.floats(-1e6, 1e6, allow_nan=False)
 RULE_VALUES = {
-    "enum": st.lists(SCALARS, min_size=1, max_size=4),
-    "const": SCALARS,
+    "enum": st.lists(RULE_SCALARS, min_size=1, max_size=4),
+    "const": RULE_SCALARS,
     "minimum": NUMBERS,
     "maximum": NUMBERS,
     "maxLength": st.integers(0, 12),
@@ -361,7 +366,7 @@ def one_keyword_cases(draw):
     """A one-keyword rule, a value built to satisfy it and one built to violate it."""
     keyword = draw(st.sampled_from(sorted(KEYWORDS)))
     if keyword in ("const", "enum"):
-        options = draw(st.lists(SCALARS, min_size=1, max_size=3))
+        options = draw(st.lists(RULE_SCALARS, min_size=1, max_size=3))
         rules = {"const": options[0]} if keyword == "const" else {"enum": options}
         good = draw(st.sampled_from(options if keyword == "enum" else options[:1]))
         bad = draw(SCALARS.filter(lambda v: _norm(v) not in {_norm(o) for o in options}))
