@@ -8,6 +8,10 @@ documented ones (errors included).
 ``FUZZ_EXAMPLES=200 .venv/bin/pytest tests/test_api_fuzz.py`` (``make fuzz``) runs more.
 Cases are both valid (positive) and invalid (negative) inputs; the tenant in the path is always
 the caller's own, ids are generated (mostly → the documented 404).
+
+A generated id rarely names an object, so every operation on one object (``{id}`` in its path)
+is fuzzed again over a tenant holding one of each kind (``fuzz_world``): its ids are drawn from
+the objects that exist, as an admin (every write reaches the service) and as a viewer.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,10 +28,12 @@ from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from django.test import Client
+from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as fuzz_settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -35,9 +42,20 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from approvals import services as approvals
+from gateway.receipts import arguments_sha256
+from governance.alerts import services as alerts
+from governance.audit.services import Actor
 from governance.bundles.publish import bundle_publish
-from tests.bundle_support import make_gateway
+from governance.evidence import services as evidence
+from governance.exports import services as exports
+from governance.notifications import services as notifications
+from governance.tenancy import services as tenancy
+from registry import services as registry
+from registry import sync
+from tests.bundle_support import SYSTEM, make_gateway, payroll_world
 from tests.factories import make_token
+from tests.observability_support import event, ingest
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -115,17 +133,93 @@ def test_fuzz_gateway_api(operation, tenant_a, settings):
         _fuzz(operation, {"Authorization": f"Bearer {token}"}, {"slug": tenant_a.slug})
 
 
-def _fuzz(operation, headers: dict[str, str], path: dict[str, str]) -> None:
-    """FUZZ_EXAMPLES positive and negative cases of ``operation``, the path's tenant fixed."""
+ONE_OBJECT = [op for op in OPERATIONS if "{id}" in op.path]
+
+
+def fuzz_world(tenant, cast) -> None:
+    """One object of every kind the admin API addresses by id, made by the real services."""
+    alice, dave = cast["alice"], cast["dave"]
+    world = payroll_world(tenant, owner=dave)
+    scope, bot = world["scope"], world["bot"]
+    registry.agent_principal_add(tenant=tenant, actor=SYSTEM, agent=bot,
+                                 issuer="https://idp.example", subject="bot")
+    approvals.approval_policy_save(tenant=tenant, actor=Actor.user(alice), scope=scope,
+                                   decision_hours=8,
+                                   stages=[{"approvals_required": 1, "roles": ["approver"]}])
+    bundle_publish(tenant=tenant, trigger="fuzz")
+    approvals.access_request_create(tenant=tenant, actor=Actor.user(dave), requester=dave,
+                                    agent=bot, scope=scope, duration_minutes=60,
+                                    justification="month-end run")
+    gateway, _ = make_gateway(tenant)
+    args = {"amount": 1200}
+    registry.grant_update(tenant=tenant, actor=SYSTEM, grant=world["grant"],
+                          approval_mode="always")
+    approvals.escalation_create(tenant=tenant, gateway=gateway, body={
+        "call_id": "call-1", "agent": "bot", "server": "payroll", "tool": "pay",
+        "arguments": args, "arguments_sha256": arguments_sha256(args), "bundle_revision": 1,
+        "reason": "grant requires approval"})
+    ingest(tenant, [event("fuzz-1", outcome="allow", agent="bot",
+                          at=timezone.now() - timedelta(minutes=1))], gateway)
+    tenancy.group_mapping_create(tenant=tenant, actor=SYSTEM, group="payroll-admins",
+                                 role="admin")
+    notifications.channel_create(tenant=tenant, actor=SYSTEM, name="hook", kind="webhook",
+                                 url="http://127.0.0.1:9/in", secret="s" * 32)
+    notifications.notify(tenant=tenant, event="approval.requested", subject="s", text="t")
+    exports.exporter_create(tenant=tenant, actor=SYSTEM, name="file", kind="jsonl",
+                            stream="audit", path="audit.jsonl")
+    alerts.alert_raise(tenant=tenant, kind="tool_drift", key="tool:1", subject="drift",
+                       detail={}, actor=SYSTEM)
+    today = timezone.now().date()
+    evidence.evidence_pack_request(tenant=tenant, actor=SYSTEM, period_start=today,
+                                   period_end=today)
+    sync.server_sync_request(tenant=tenant, actor=SYSTEM, server=world["server"])
+    make_token(tenant, user=alice, role="admin")
+
+
+def _existing_ids(client: Client, headers: dict[str, str], operation) -> list[str]:
+    """The ids the collection above ``operation`` lists (``…/servers/`` for
+    ``…/servers/{id}/sync/``)."""
+    collection = operation.path.split("{id}")[0].replace("{tenant_slug}", "alpha")
+    response = client.get(collection, HTTP_AUTHORIZATION=headers["Authorization"])
+    assert response.status_code == 200, collection
+    body = response.json()
+    rows = body["results"] if isinstance(body, dict) else body
+    return [str(row["id"]) for row in rows]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ["alice", "victor"])
+@pytest.mark.parametrize("operation", ONE_OBJECT, ids=lambda op: op.label)
+def test_fuzz_admin_api_on_existing_objects(operation, role, cast, tenant_a, settings,
+                                             tmp_path):
+    settings.ALLOWED_HOSTS = ["localhost", "testserver"]
+    settings.EXPORT_FILE_DIR = tmp_path
+    fuzz_world(tenant_a, cast)
+    admin_token = make_token(tenant_a, user=cast["alice"], role="admin")[1]
+    ids = _existing_ids(Client(), {"Authorization": f"Bearer {admin_token}"}, operation)
+    assert ids, f"fuzz_world makes no object for {operation.label}"
+    user = cast[role]
+    token = make_token(tenant_a, user=user, role=user.memberships.get(tenant=tenant_a).role)[1]
+    with _connection_kept():
+        _fuzz(operation, {"Authorization": f"Bearer {token}"}, {"tenant_slug": tenant_a.slug},
+              ids={"id": ids})
+
+
+def _fuzz(operation, headers: dict[str, str], path: dict[str, str],
+          ids: dict[str, list[str]] | None = None) -> None:
+    """FUZZ_EXAMPLES positive and negative cases of ``operation``, the path's tenant fixed;
+    ``ids`` replaces the generated path parameter with one drawn from the listed values."""
     strategy = operation.as_strategy(generation_mode=GenerationMode.POSITIVE) | (
         operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+    pinned = st.fixed_dictionaries({name: st.sampled_from(values)
+                                    for name, values in (ids or {}).items()})
 
     @fuzz_settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=EXAMPLES <= 20,
                    phases=[Phase.explicit, Phase.generate, Phase.shrink],
                    suppress_health_check=list(HealthCheck))
-    @given(case=strategy)
-    def fuzz(case):
-        for name, value in path.items():
+    @given(case=strategy, existing=pinned)
+    def fuzz(case, existing):
+        for name, value in {**path, **existing}.items():
             if case.path_parameters is not None and name in case.path_parameters:
                 case.path_parameters[name] = value
         response = case.call(headers=headers)

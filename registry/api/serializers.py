@@ -12,7 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from governance.tenancy.api.serializers import OBJECT_ID, object_id
+from governance.tenancy.api.serializers import OBJECT_ID, object_id, username_out
 from governance.tenancy.models import Membership
 from registry.models import (
     Agent,
@@ -94,10 +94,6 @@ class ConstraintsField(serializers.JSONField):
     services, which name the path of a bad part)."""
 
 
-def _username_out(**kwargs) -> serializers.CharField:
-    return serializers.CharField(read_only=True, default=None, allow_null=True,
-                                 help_text="username", **kwargs)
-
 
 # --- Servers and their sync runs ----------------------------------------------------------------
 
@@ -141,7 +137,7 @@ class SyncBriefOut(serializers.ModelSerializer):
 
 
 class ServerOut(serializers.ModelSerializer):
-    owner = _username_out(source="owner.username")
+    owner = username_out(source="owner.username")
     tool_count = serializers.IntegerField(read_only=True, help_text="tools the server lists now")
     review_count = serializers.IntegerField(
         read_only=True, help_text="tools pending review or quarantined"
@@ -162,7 +158,7 @@ class SyncFilter(serializers.Serializer):
 
 class SyncOut(serializers.ModelSerializer):
     server_name = serializers.CharField(source="server.name", read_only=True)
-    requested_by = _username_out(source="requested_by.username")
+    requested_by = username_out(source="requested_by.username")
     is_open = serializers.BooleanField(read_only=True, help_text="queued or running: poll again")
 
     class Meta:
@@ -282,7 +278,7 @@ class PrincipalBriefOut(serializers.ModelSerializer):
 
 
 class AgentOut(serializers.ModelSerializer):
-    owner = _username_out(source="owner.username")
+    owner = username_out(source="owner.username")
     principals = PrincipalBriefOut(many=True, read_only=True)
     active_grant_count = serializers.IntegerField(read_only=True,
                                                   help_text="grants in force now")
@@ -360,7 +356,7 @@ class GrantOut(serializers.ModelSerializer):
     scope_name = serializers.CharField(source="scope.name", read_only=True)
     in_force = serializers.BooleanField(source="is_in_force", read_only=True,
                                         help_text="active and not expired")
-    created_by = _username_out(source="created_by.username")
+    created_by = username_out(source="created_by.username")
 
     class Meta:
         model = Grant

@@ -7,6 +7,7 @@ from rest_framework import serializers
 from governance.alerts.models import Alert, AlertRule, Kind, Severity
 from governance.alerts.selectors import STATUS_FILTERS
 from governance.alerts.services import MAX_NOTE
+from governance.tenancy.api.serializers import username_out
 
 
 class AlertFilter(serializers.Serializer):
@@ -19,8 +20,7 @@ class AlertFilter(serializers.Serializer):
 
 class AlertOut(serializers.ModelSerializer):
     kind = serializers.CharField(source="rule_kind", read_only=True)
-    acknowledged_by = serializers.CharField(source="acknowledged_by.username", read_only=True,
-                                            default=None, help_text="username")
+    acknowledged_by = username_out(source="acknowledged_by.username")
 
     class Meta:
         model = Alert
@@ -47,9 +47,7 @@ class AlertRuleIn(serializers.Serializer):
 
 class AlertRuleOut(serializers.ModelSerializer):
     description = serializers.CharField(source="spec.description", read_only=True)
-    updated_by = serializers.CharField(source="updated_by.username", read_only=True,
-                                       default=None, allow_null=True,
-                                       help_text="username; null for the built-in defaults")
+    updated_by = username_out(source="updated_by.username")  # null for the built-in defaults
 
     class Meta:
         model = AlertRule

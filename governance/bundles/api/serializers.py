@@ -12,15 +12,11 @@ from rest_framework import serializers
 
 from governance.bundles.diff import SECTIONS
 from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
-from governance.tenancy.api.serializers import object_id
+from governance.tenancy.api.serializers import object_id, username_out
 
 # Labels differ from Grant.Status (same values): spectacular names enums by their choices.
 TOKEN_STATES = [("active", "Active (accepted)"), ("revoked", "Revoked (refused with 401)")]
 
-
-def _username_out(**kwargs) -> serializers.CharField:
-    return serializers.CharField(read_only=True, default=None, allow_null=True,
-                                 help_text="username", **kwargs)
 
 
 @extend_schema_field(OpenApiTypes.ANY)
@@ -52,7 +48,7 @@ class GatewayOut(serializers.Serializer):
     status = serializers.ChoiceField(source="gateway.status", choices=Gateway.Status.choices,
                                      read_only=True)
     created_at = serializers.DateTimeField(source="gateway.created_at", read_only=True)
-    created_by = _username_out(source="gateway.created_by.username")
+    created_by = username_out(source="gateway.created_by.username")
     last_contact_at = serializers.DateTimeField(
         read_only=True, allow_null=True, help_text="last poll or status report")
     last_status_at = serializers.DateTimeField(source="gateway.last_status_at", read_only=True,
@@ -89,7 +85,7 @@ class GatewayTokenIn(serializers.Serializer):
 
 class GatewayTokenOut(serializers.ModelSerializer):
     gateway_name = serializers.CharField(source="gateway.name", read_only=True)
-    created_by = _username_out(source="created_by.username")
+    created_by = username_out(source="created_by.username")
     state = serializers.ChoiceField(choices=TOKEN_STATES, read_only=True)
 
     class Meta:

@@ -8,6 +8,7 @@ from rest_framework import serializers
 from governance.exports import selectors
 from governance.exports.models import Exporter
 from governance.exports.services import START_BEGINNING, STARTS
+from governance.tenancy.api.serializers import username_out
 
 
 class ExporterIn(serializers.Serializer):
@@ -52,8 +53,7 @@ class ExporterOut(serializers.ModelSerializer):
     target = serializers.CharField(read_only=True)
     status = serializers.CharField(read_only=True, help_text="disabled, failing, ok or new")
     lag = serializers.SerializerMethodField()
-    created_by = serializers.CharField(source="created_by.username", read_only=True,
-                                       default=None, help_text="username")
+    created_by = username_out(source="created_by.username")
 
     class Meta:
         model = Exporter

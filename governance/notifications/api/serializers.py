@@ -6,7 +6,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from governance.notifications.models import EVENTS, Channel, Delivery
-from governance.tenancy.api.serializers import object_id
+from governance.tenancy.api.serializers import object_id, username_out
 
 EVENT_CHOICES = list(EVENTS.items())
 
@@ -37,8 +37,7 @@ class ChannelOut(serializers.ModelSerializer):
         read_only=True, help_text="the addresses, or the URL's host and last 4 characters")
     secret_hint = serializers.CharField(read_only=True,
                                         help_text="last 4 characters of the webhook secret")
-    created_by = serializers.CharField(source="created_by.username", read_only=True,
-                                       default=None, help_text="username")
+    created_by = username_out(source="created_by.username")
 
     class Meta:
         model = Channel

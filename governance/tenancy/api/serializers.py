@@ -15,6 +15,13 @@ def object_id(**kwargs) -> serializers.IntegerField:
     return serializers.IntegerField(**OBJECT_ID, **kwargs)
 
 
+def username_out(**kwargs) -> serializers.CharField:
+    """A user named by username in an answer; null when there is none (a system action, a
+    deleted user): documented as nullable, as it is."""
+    return serializers.CharField(read_only=True, default=None, allow_null=True,
+                                 help_text="username", **kwargs)
+
+
 class MembershipOut(serializers.ModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
     email = serializers.CharField(source="user.email", read_only=True)
@@ -45,8 +52,7 @@ class GroupMappingIn(serializers.Serializer):
 
 
 class ApiTokenOut(serializers.ModelSerializer):
-    owner = serializers.CharField(source="user.username", read_only=True, default=None,
-                                  allow_null=True)
+    owner = username_out(source="user.username")
     state = serializers.CharField(read_only=True)
 
     class Meta:
