@@ -399,7 +399,12 @@ def test_a_syslog_exporter_rebound_to_loopback_never_connects(strict, tenant_a, 
         tcp.server.server_close()
 
 
-def test_a_server_rebound_to_loopback_fails_its_sync_without_connecting(strict, tenant_a, dns):
+@pytest.mark.parametrize("when", ["before the check", "after the check"])
+def test_a_server_rebound_to_loopback_fails_its_sync_without_connecting(strict, tenant_a, dns,
+                                                                        when):
+    """Before the check: the guard refuses the run. After it (the connection's own lookup gets
+    127.0.0.1): the pinned connection refuses it; before connections were pinned, the MCP
+    client resolved the name again and connected to the loopback listener."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
     try:
@@ -410,7 +415,10 @@ def test_a_server_rebound_to_loopback_fails_its_sync_without_connecting(strict, 
                                         url=f"http://mcp.partner.example:{port}/mcp")
         registry.server_transition(tenant=tenant_a, actor=SYSTEM, server=server,
                                    status="active")
-        dns.answers["mcp.partner.example"] = ["127.0.0.1"]
+        if when == "before the check":
+            dns.answers["mcp.partner.example"] = ["127.0.0.1"]
+        else:
+            dns.rebind("mcp.partner.example", PUBLIC, "127.0.0.1")
         run, _ = sync.server_sync_request(tenant=tenant_a, actor=SYSTEM, server=server)
         run = sync.server_sync_execute(sync.server_sync_claim(run.pk))
         assert run.status == ServerSync.Status.FAILED
@@ -457,31 +465,6 @@ def test_a_hec_exporter_rebound_after_the_check_sends_nothing(strict, tenant_a, 
     assert result.status == "failed" and exp.cursor == 0 and requests == []
     assert exp.last_error.startswith(
         "Not sent: splunk.partner.example resolves to 127.0.0.1, a loopback address")
-
-
-def test_a_server_rebound_after_the_check_fails_its_sync_without_connecting(strict, tenant_a,
-                                                                           dns):
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    try:
-        port = listener.getsockname()[1]
-        dns.answers["mcp.partner.example"] = [PUBLIC]
-        server = registry.server_create(tenant=tenant_a, actor=SYSTEM, name="partner",
-                                        transport="streamable-http",
-                                        url=f"http://mcp.partner.example:{port}/mcp")
-        registry.server_transition(tenant=tenant_a, actor=SYSTEM, server=server,
-                                   status="active")
-        dns.rebind("mcp.partner.example", PUBLIC, "127.0.0.1")
-        run, _ = sync.server_sync_request(tenant=tenant_a, actor=SYSTEM, server=server)
-        run = sync.server_sync_execute(sync.server_sync_claim(run.pk))
-        assert run.status == ServerSync.Status.FAILED
-        assert run.error_code == sync.BLOCKED_ADDRESS
-        assert "mcp.partner.example resolves to 127.0.0.1, a loopback address" in (
-            run.error_message)
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # nobody connected
-    finally:
-        listener.close()
 
 
 def test_pinned_connections_still_speak_to_the_name(strict, dns, receiver):
