@@ -3,6 +3,8 @@ victor viewer) and tenant B (oscar, its admin: the outsider to everything in A).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.db import connection
 from django.test import Client
@@ -13,6 +15,14 @@ from tests.factories import MembershipFactory, TenantFactory, UserFactory, make_
 from tests.mcp_support import _mutable_server_process, everything_js, mcp_server  # noqa: F401
 from tests.ui_support import base_url, browser, ui, ui_settings  # noqa: F401
 from tests.worker_support import blocking_receiver, celery_worker_process  # noqa: F401
+from tests.xdist_env import worker_redis_url
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER") and not config.pluginmanager.has_plugin(
+            "tests.xdist_env"):
+        pytest.exit("pytest -n needs -p tests.xdist_env (each worker its own Redis database); "
+                    "make test passes both", returncode=4)
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +73,8 @@ def redis_url(settings):
     """A reachable Redis for tests whose point is production behaviour (CI always has one)."""
     import redis
 
-    url = settings.REDIS_URL or "redis://127.0.0.1:6379/5"
+    url = settings.REDIS_URL or worker_redis_url("redis://127.0.0.1:6379/5",
+                                                 os.environ.get("PYTEST_XDIST_WORKER", "gw0"))
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     except redis.RedisError:

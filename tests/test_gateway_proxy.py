@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx2
@@ -519,12 +520,12 @@ def test_memory_counters_count_per_minute_and_per_day():
     assert next_day == {"g": (0, 0)}
 
 
-def test_concurrent_reservations_on_two_redis_replicas_never_overshoot(redis_db12):
+def test_concurrent_reservations_on_two_redis_replicas_never_overshoot(replica_redis):
     prefix = f"tollgate:gw-test:{uuid.uuid4().hex}"
     at = datetime.now(UTC)
 
     async def race():
-        replicas = [RedisCounters(redis_db12, prefix=prefix) for _ in range(2)]
+        replicas = [RedisCounters(replica_redis, prefix=prefix) for _ in range(2)]
         results: list[str | None] = []
 
         async def take(counters: RedisCounters) -> None:
@@ -544,11 +545,15 @@ def test_concurrent_reservations_on_two_redis_replicas_never_overshoot(redis_db1
 
 
 @pytest.fixture
-def redis_db12() -> str:
+def replica_redis() -> str:
+    """A Redis database for gateway replicas' counters: REDIS_URL's database + 4 (mod 16), so
+    never a database of the control plane's tests, whose every test starts by clearing
+    ``tollgate:*`` (tests/xdist_env.py puts the other xdist worker at + 8)."""
     base = os.environ.get("REDIS_URL")
     if not base:
         pytest.skip("needs Redis: set REDIS_URL=redis://…")
-    url = base.rsplit("/", 1)[0] + "/12" if base.count("/") >= 3 else base.rstrip("/") + "/12"
+    parts = urlsplit(base)
+    url = urlunsplit(parts._replace(path=f"/{(int(parts.path.strip('/') or 0) + 4) % 16}"))
     import redis
 
     try:
@@ -559,10 +564,10 @@ def redis_db12() -> str:
 
 
 def test_redis_counters_are_shared_by_two_gateway_replicas(bundle, serve_gateway, upstream,
-                                                           redis_db12):
+                                                           replica_redis):
     prefix = f"tollgate:gw-test:{uuid.uuid4().hex}"
-    first = serve_gateway(lambda: bundle, counters=RedisCounters(redis_db12, prefix=prefix))
-    second = serve_gateway(lambda: bundle, counters=RedisCounters(redis_db12, prefix=prefix))
+    first = serve_gateway(lambda: bundle, counters=RedisCounters(replica_redis, prefix=prefix))
+    second = serve_gateway(lambda: bundle, counters=RedisCounters(replica_redis, prefix=prefix))
     assert not as_agent(first.url, BOT_TOKEN, call("read", {"id": "1"})).is_error
     assert not as_agent(second.url, BOT_TOKEN, call("read", {"id": "2"})).is_error
     third = as_agent(first.url, BOT_TOKEN, call("read", {"id": "3"}))
@@ -574,7 +579,7 @@ def test_redis_counters_are_shared_by_two_gateway_replicas(bundle, serve_gateway
     assert [args for _, args in upstream[0].calls] == [{"id": "1"}, {"id": "2"}]
     import redis
 
-    client = redis.Redis.from_url(redis_db12)
+    client = redis.Redis.from_url(replica_redis)
     keys = list(client.scan_iter(f"{prefix}:*"))
     assert keys and all(0 < client.ttl(k) for k in keys)  # every window key expires
     client.delete(*keys)

@@ -28,4 +28,6 @@ def worker_redis_url(url: str, worker: str) -> str:
 
 _worker = os.environ.get("PYTEST_XDIST_WORKER")
 if _worker and os.environ.get("REDIS_URL"):
-    os.environ["REDIS_URL"] = worker_redis_url(os.environ["REDIS_URL"], _worker)
+    # From the URL as given, so that importing this module again changes nothing.
+    _base = os.environ.setdefault("TOLLGATE_TEST_REDIS_URL", os.environ["REDIS_URL"])
+    os.environ["REDIS_URL"] = worker_redis_url(_base, _worker)
