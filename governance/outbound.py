@@ -309,7 +309,7 @@ class _PinnedAsyncBackend(httpcore2.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-# httpx's defaults (httpx2.Limits()), which its own pool would have had.
+# What httpx's own pool would have had (its DEFAULT_LIMITS, not exported).
 _POOL_LIMITS = {"max_connections": 100, "max_keepalive_connections": 20, "keepalive_expiry": 5.0}
 
 

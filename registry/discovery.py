@@ -34,7 +34,6 @@ from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from pydantic import TypeAdapter, ValidationError
 
@@ -202,8 +201,8 @@ def discover_tools(
     ``transport`` is one of TRANSPORTS: ``url`` for the HTTP ones (``headers`` are sent with
     every request, e.g. ``Authorization``; ``http_transport`` makes the httpx transport the
     client connects through, e.g. one pinned to checked addresses), ``command`` (argv) and
-    ``env`` for stdio. Raises
-    :class:`DiscoveryError` for every failure of the server; ValueError for bad arguments.
+    ``env`` for stdio. Raises :class:`DiscoveryError` for every failure of the server;
+    ValueError for bad arguments.
 
     ``timeout`` is one deadline for the whole operation, not per request. The one exception is
     stdio: when it fires, the SDK still stops the child the way the MCP spec asks (close its
@@ -351,15 +350,11 @@ async def _connect(
         auth: httpx2.Auth | None = None,
     ) -> httpx2.AsyncClient:
         """The SDK's HTTP client, bounded by our timeout, noting HTTP errors for the message."""
-        if attempt.http_transport is None:
-            client = create_mcp_http_client(
-                headers=headers, timeout=httpx2.Timeout(attempt.timeout), auth=auth
-            )
-        else:  # what create_mcp_http_client makes, through the caller's transport
-            client = httpx2.AsyncClient(
-                headers=headers, timeout=httpx2.Timeout(attempt.timeout), auth=auth,
-                transport=attempt.http_transport(),
-            )
+        # What the SDK's create_mcp_http_client makes, through the caller's transport if any.
+        client = httpx2.AsyncClient(
+            headers=headers, timeout=httpx2.Timeout(attempt.timeout), auth=auth,
+            transport=attempt.http_transport() if attempt.http_transport else None,
+        )
         client.event_hooks = {"response": [attempt.on_http_response]}
         return client
 

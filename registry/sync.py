@@ -35,7 +35,7 @@ from registry.services import tools_record_discovery
 
 logger = logging.getLogger(__name__)
 
-# BLOCKED_ADDRESS: the error code of a run refused by the outbound guard (governance/outbound.py).
+# A run refused by the outbound guard (governance/outbound.py) fails with BLOCKED_ADDRESS.
 
 # Servers in these states can be synced (a pending server is synced to review it before use).
 SYNCABLE = (McpServer.Status.PENDING, McpServer.Status.ACTIVE, McpServer.Status.SUSPENDED)

@@ -173,13 +173,10 @@ def _token(exporter: Exporter) -> str:
 def send_hec(exporter: Exporter, body: bytes, timeout: float) -> None:
     """POST the batch; only HTTP 200 with ``{"code": 0}`` counts as accepted."""
     try:
-        # Checked again now (DNS may have changed since the URL was saved); redirects are not
-        # followed (the token must not travel anywhere else either).
+        # Checked again now, as the URL was saved (both parsers' reading of its host); then the
+        # connection goes only to addresses checked as it is made (no second lookup), and
+        # redirects are not followed (the token must not travel anywhere else either).
         outbound.check_url(exporter.url, purpose="Splunk HEC exporter")
-    except outbound.OutboundBlocked as exc:
-        raise SendError(f"Not sent: {exc}") from None
-    try:
-        # The connection goes only to the addresses checked as it is made (no second lookup).
         with httpx2.Client(transport=outbound.pinned_transport("Splunk HEC exporter"),
                            timeout=timeout) as client:
             response = client.post(

@@ -53,13 +53,10 @@ def _secret(token: str) -> str:
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> None:
     try:
-        # Checked again now (DNS may have changed since the URL was saved); redirects are not
-        # followed, so nothing else is connected to.
+        # Checked again now, as the URL was saved (both parsers' reading of its host); then the
+        # connection goes only to addresses checked as it is made (no second lookup), and
+        # redirects are not followed, so nothing else is connected to.
         outbound.check_url(url, purpose="notification")
-    except outbound.OutboundBlocked as exc:
-        raise SendError(f"Not sent: {exc}") from None
-    try:
-        # The connection goes only to the addresses checked as it is made (no second lookup).
         with httpx2.Client(transport=outbound.pinned_transport("notification"),
                            timeout=settings.NOTIFICATION_HTTP_TIMEOUT) as client:
             response = client.post(
