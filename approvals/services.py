@@ -491,6 +491,9 @@ def _decide(*, tenant: Tenant, actor: Actor, item: Decidable, approver: Abstract
         if item.current_stage + 1 < len(item.stages):
             item.current_stage += 1
             item.save(update_fields=["current_stage"])
+            # The next stage's approvers learn it waits for them (not who decided earlier).
+            _announce(tenant, item, "escalation.created" if isinstance(item, Escalation)
+                      else "approval.requested")
             return Outcome(item, f"Stage {item.current_stage} passed; stage "
                                  f"{item.current_stage + 1} decides next.", True)
     if isinstance(item, Escalation):

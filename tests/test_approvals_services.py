@@ -129,9 +129,13 @@ def test_one_approver_never_passes_two_stages_alone(tenant_a, world, dave, bob, 
                                   stages=TWO_STAGES)
     notifications.channel_create(tenant=tenant_a, actor=SYSTEM, name="approvers",
                                  kind="email", to_recipients=True,
-                                 events=["approval.reminder"])
+                                 events=["approval.requested", "approval.reminder"])
     request = _request(tenant_a, world, dave)
     assert "stage 2 decides next" in _decide(tenant_a, request, bob).message
+    # Stage 1 was announced to bob; stage 2 to alice only.
+    assert [d.payload["recipients"] for d in Delivery.objects.filter(
+        event="approval.requested").order_by("pk")] == [["bob@example.com"],
+                                                        ["alice@example.com"]]
     with pytest.raises(ValidationError) as refused:
         _decide(tenant_a, request, bob)
     assert refused.value.messages == [COUNTED_ONCE]
