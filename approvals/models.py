@@ -204,7 +204,7 @@ class Escalation(Decidable):
 
 class ApprovalDecision(TenantScopedModel):
     """One approver's decision at one stage of a request or an escalation; an approver counts
-    once per stage."""
+    once per item (the constraints hold per stage, the services across stages)."""
 
     class Outcome(models.TextChoices):
         APPROVE = "approve", "Approve"

@@ -67,12 +67,12 @@ def _subject(model: type[Decidable]) -> str:
 def _undecidable(user: AbstractBaseUser, model: type[Decidable]) -> list[Exists]:
     """Subqueries marking items ``user`` may never decide (they hold the agent's owner
     permission, django-guardian, directly or through a group: the services refuse them) or has
-    already decided at the item's current stage (one approver counts once)."""
+    already decided one of the item's stages (one approver counts once, across the stages)."""
     agent_type = ContentType.objects.get_for_model(Agent)  # cached after the first call
     object_pk = Cast(OuterRef("agent_id"), CharField())
     return [
         Exists(ApprovalDecision.objects.filter(**{_subject(model): OuterRef("pk")},
-                                               stage=OuterRef("current_stage"), approver=user)),
+                                               approver=user)),
         Exists(UserObjectPermission.objects.filter(
             user=user, content_type=agent_type, object_pk=object_pk,
             permission__codename="manage_agent")),

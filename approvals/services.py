@@ -6,7 +6,9 @@ same rules decide both, whatever the caller (DESIGN.md §6):
 * the requester and the agent's owner never approve their own item;
 * eligibility is checked at decision time against the approver's *current* membership, IdP
   groups and object permissions (a removed approver cannot decide);
-* one approver counts once per stage; stages pass in order;
+* one approver counts once: per stage, and across the stages (and alternates) of an item — who
+  decided one stage is not eligible for a later one, so N stages always take N people;
+  stages pass in order;
 * decisions on one item are serialised by its row lock, so exactly one outcome is reached;
   a late duplicate decision is a no-op that says what happened;
 * a deny needs a reason;
@@ -151,6 +153,42 @@ def eligible_user_ids(tenant: Tenant, stage: dict[str, Any], *,
 
 
 
+def _distinct_approvers(stages: list[dict[str, Any]], eligible: list[set[int]]) -> int:
+    """How many of the stages' approvals distinct people can give at most, each person counting
+    once across the stages: a maximum matching of people to stages, stage i taking up to its
+    ``approvals_required`` of its eligible people (augmenting paths, breadth first)."""
+    assigned: dict[int, int] = {}  # person → the stage they count for
+    filled = [0] * len(stages)
+
+    def augment(start: int) -> bool:
+        via_person: dict[int, int] = {}  # person → the stage that reached them
+        via_stage: dict[int, int] = {start: -1}  # stage → the person (assigned to it) reaching it
+        queue = [start]
+        while queue:
+            stage = queue.pop(0)
+            for person in eligible[stage]:
+                if person in via_person or assigned.get(person) == stage:
+                    continue
+                via_person[person] = stage
+                if person not in assigned:  # a free person: shift everyone along the path
+                    while True:
+                        stage = via_person[person]
+                        assigned[person] = stage
+                        if stage == start:
+                            return True
+                        person = via_stage[stage]
+                nxt = assigned[person]
+                if nxt not in via_stage:
+                    via_stage[nxt] = person
+                    queue.append(nxt)
+        return False
+
+    for index, doc in enumerate(stages):
+        while filled[index] < doc["approvals_required"] and augment(index):
+            filled[index] += 1
+    return sum(filled)
+
+
 def _clean_stage(doc: dict[str, Any], label: str) -> dict[str, Any]:
     roles = sorted(set(doc.get("roles") or []))
     bad = set(roles) - set(Role.values)
@@ -170,8 +208,9 @@ def approval_policy_save(*, tenant: Tenant, actor: Actor, scope: ToolScope | Non
                          stages: list[dict[str, Any]], alternate_roles: list[str] | None = None,
                          alternate_idp_group: str = "") -> ApprovalPolicy:
     """Create or replace the policy for a scope, a risk level, or the tenant default. Refused
-    when a stage could not be passed today (fewer eligible members than approvals needed), or
-    when alternates are named but nobody is one."""
+    when a stage could not be passed today (fewer eligible members than approvals needed, or
+    too few different people for all the stages, one approver counting once), or when
+    alternates are named but nobody is one."""
     if scope is not None and risk_level:
         raise ValidationError("A policy is for a scope or for a risk level, not both.")
     if risk_level and risk_level not in Risk.values:
@@ -181,15 +220,22 @@ def approval_policy_save(*, tenant: Tenant, actor: Actor, scope: ToolScope | Non
     if not stages:
         raise ValidationError({"stages": "At least one stage."})
     scope_id = scope.pk if scope is not None else None
-    clean = []
+    clean, eligible_sets = [], []
     for i, stage in enumerate(stages):
         doc = _clean_stage(stage, f"Stage {i + 1}")
-        eligible = len(eligible_user_ids(tenant, doc, scope_id=scope_id))
-        if eligible < doc["approvals_required"]:
+        eligible = eligible_user_ids(tenant, doc, scope_id=scope_id)
+        if len(eligible) < doc["approvals_required"]:
             raise ValidationError({"stages": (
                 f"Stage {i + 1} needs {doc['approvals_required']} approval(s) but only "
-                f"{eligible} member(s) are eligible today: no request could ever pass it.")})
+                f"{len(eligible)} member(s) are eligible today: no request could ever pass it.")})
         clean.append(doc)
+        eligible_sets.append(eligible)
+    needed = sum(doc["approvals_required"] for doc in clean)
+    if len(clean) > 1 and _distinct_approvers(clean, eligible_sets) < needed:
+        raise ValidationError({"stages": (
+            f"The stages need {needed} approvals from {needed} different people (one approver "
+            f"counts once across the stages) but today's eligible members cannot fill them: "
+            f"no request could ever pass.")})
     alternates = _clean_stage({"roles": alternate_roles or [], "idp_group": alternate_idp_group},
                               "Alternates")
     if (alternates["roles"] or alternates["idp_group"]) and not eligible_user_ids(
@@ -326,11 +372,19 @@ def eligible_for(tenant: Tenant, item: Decidable) -> set[int]:
 
 
 def _excluded(item: Decidable) -> set[int]:
-    """The people who never decide this item: its requester and the agent's owner."""
-    people = {item.agent.owner_id}
+    """The people who may not decide this item now: its requester, the agent's owner and
+    whoever already decided one of its stages (one approver counts once)."""
+    people = {item.agent.owner_id, *item.decisions.values_list("approver_id", flat=True)}
     if isinstance(item, AccessRequest):
         people.add(item.requester_id)
     return {p for p in people if p is not None}
+
+
+def _earlier_decision(item: Decidable, approver: AbstractBaseUser) -> ApprovalDecision | None:
+    """``approver``'s decision at another stage of ``item`` than the current one, if any (their
+    decision at the current stage makes a repeat a no-op instead)."""
+    return (item.decisions.filter(approver=approver).exclude(stage=item.current_stage)
+            .order_by("stage").first())
 
 
 def _finish(tenant: Tenant, actor: Actor, item: Decidable, status: str, now: datetime,
@@ -400,6 +454,11 @@ def _decide(*, tenant: Tenant, actor: Actor, item: Decidable, approver: Abstract
         raise ValidationError("You requested this access: someone else must decide.")
     if approver.pk == item.agent.owner_id or approver.has_perm(AGENT_PERMISSION, item.agent):
         raise ValidationError("You own this agent: someone else must decide.")
+    earlier = _earlier_decision(item, approver)
+    if earlier is not None:
+        which = "the alternates" if item.on_alternates else f"stage {item.current_stage + 1}"
+        raise ValidationError(f"You already decided stage {earlier.stage + 1} of this {noun}: "
+                              f"one approver counts once, so someone else must decide {which}.")
     rule = current_stage_rule(item)
     if approver.pk not in eligible_user_ids(tenant, rule, scope_id=item.scope_id):
         which = "the alternates" if item.on_alternates else f"stage {item.current_stage + 1}"
@@ -432,6 +491,9 @@ def _decide(*, tenant: Tenant, actor: Actor, item: Decidable, approver: Abstract
         if item.current_stage + 1 < len(item.stages):
             item.current_stage += 1
             item.save(update_fields=["current_stage"])
+            # The next stage's approvers learn it waits for them (not who decided earlier).
+            _announce(tenant, item, "escalation.created" if isinstance(item, Escalation)
+                      else "approval.requested")
             return Outcome(item, f"Stage {item.current_stage} passed; stage "
                                  f"{item.current_stage + 1} decides next.", True)
     if isinstance(item, Escalation):

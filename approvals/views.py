@@ -83,8 +83,8 @@ def _item_row(request: HttpRequest, item: Decidable, *, message: str = "", error
 
 class DecideView(TenantPageView):
     """One approver's decision on an item's current stage (the service enforces every rule:
-    not the requester or the agent's owner, eligible now, once per stage, deny with a reason).
-    htmx gets the inbox row back; a form post goes back where it came from."""
+    not the requester or the agent's owner, eligible now, once across the stages, deny with
+    a reason). htmx gets the inbox row back; a form post goes back where it came from."""
 
     capability = Cap.DECIDE_APPROVALS
     detail: str  # URL name of the item's page

@@ -424,7 +424,13 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
-AXES_IPWARE_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0) or None
+# The one trusted-proxy setting (DESIGN.md §3): how many reverse proxies, each appending to
+# X-Forwarded-For, stand between clients and the web process. Every use of a client address
+# (sign-in lockouts, token brute-force limits, audit IPs, /metrics networks, logs) goes through
+# governance.tenancy.middleware.client_ip, which believes exactly that many hops; the ASGI server
+# never rewrites the address itself (scripts/uvicorn-flags: --no-proxy-headers).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
+AXES_CLIENT_IP_CALLABLE = "governance.tenancy.middleware.client_ip"
 
 ANONYMOUS_USER_NAME = None  # django-guardian: no anonymous user object
 GUARDIAN_RAISE_403 = False

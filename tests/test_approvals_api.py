@@ -80,6 +80,30 @@ def test_an_ineligible_approver_and_a_reasonless_deny_are_refused(tenant_a, worl
                                         format="json").status_code == 403
 
 
+def test_one_approver_cannot_pass_two_stages_through_the_api(tenant_a, world, cast, as_user):
+    services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, scope=world["scope"], stages=[
+        {"approvals_required": 1, "roles": ["approver"]},
+        {"approvals_required": 1, "roles": ["admin", "approver"]}])
+    created = _create(as_user(cast["dave"]), world).json()
+    url = BASE + f"access-requests/{created['id']}/decide/"
+    bob = as_user(cast["bob"])
+    first = bob.post(url, {"outcome": "approve"}, format="json")
+    assert first.status_code == 200 and first.json()["request"]["current_stage"] == 2
+    second = bob.post(url, {"outcome": "approve"}, format="json")
+    assert second.status_code == 400
+    assert second.json()["code"] == "invalid"
+    assert second.json()["message"] == (
+        "You already decided stage 1 of this request: one approver counts once, so someone "
+        "else must decide stage 2.")
+    assert AccessRequest.objects.get(pk=created["id"]).status == "pending"
+    # Not offered to him either: his list (his requests and what waits for him) leaves it out.
+    waiting = bob.get(BASE + "access-requests/").json()["results"]
+    assert created["id"] not in [r["id"] for r in waiting]
+    done = as_user(cast["alice"]).post(url, {"outcome": "approve"}, format="json").json()
+    assert done["request"]["status"] == "approved"
+    assert [d["approver"] for d in done["request"]["decisions"]] == ["bob", "alice"]
+
+
 def test_service_tokens_do_not_decide(tenant_a, world, cast, api):
     from tests.factories import make_token
 

@@ -12,9 +12,11 @@ from django.db import connection
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
-from approvals import services
+from approvals import selectors, services
 from approvals.models import AccessRequest, ApprovalDecision
 from governance.audit.models import AuditEvent
+from governance.notifications import services as notifications
+from governance.notifications.models import Delivery
 from governance.tenancy.models import ExternalIdentity, Membership
 from governance.tenancy.roles import Role
 from registry.models import Grant
@@ -114,6 +116,74 @@ def test_two_of_three_in_ordered_stages_each_counting_once(tenant_a, world, dave
     with pytest.raises(ValidationError, match="not an eligible approver for stage 2"):
         _decide(tenant_a, request, erin)
     assert _decide(tenant_a, request, alice).request.status == "approved"
+
+
+TWO_STAGES = [{"approvals_required": 1, "roles": ["approver"]},
+              {"approvals_required": 1, "roles": ["admin", "approver"]}]
+COUNTED_ONCE = ("You already decided stage 1 of this request: one approver counts once, so "
+                "someone else must decide stage 2.")
+
+
+def test_one_approver_never_passes_two_stages_alone(tenant_a, world, dave, bob, alice):
+    services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, scope=world["scope"],
+                                  stages=TWO_STAGES)
+    notifications.channel_create(tenant=tenant_a, actor=SYSTEM, name="approvers",
+                                 kind="email", to_recipients=True,
+                                 events=["approval.requested", "approval.reminder"])
+    request = _request(tenant_a, world, dave)
+    assert "stage 2 decides next" in _decide(tenant_a, request, bob).message
+    # Stage 1 was announced to bob; stage 2 to alice only.
+    assert [d.payload["recipients"] for d in Delivery.objects.filter(
+        event="approval.requested").order_by("pk")] == [["bob@example.com"],
+                                                        ["alice@example.com"]]
+    with pytest.raises(ValidationError) as refused:
+        _decide(tenant_a, request, bob)
+    assert refused.value.messages == [COUNTED_ONCE]
+    request.refresh_from_db()
+    assert (request.status, request.current_stage, request.grant) == ("pending", 1, None)
+    assert ApprovalDecision.objects.filter(request=request).count() == 1
+    assert AuditEvent.objects.filter(action="access_request.approved").count() == 1
+    # Nor is it offered to him: not in his inbox, not in the reminder.
+    assert selectors.inbox_requests(tenant_a, bob) == []
+    assert [r.pk for r in selectors.inbox_requests(tenant_a, alice)] == [request.pk]
+    near = request.deadline - timedelta(seconds=60)
+    assert services.reminders_due(now=near) == 1
+    reminder = Delivery.objects.get(event="approval.reminder")
+    assert reminder.payload["recipients"] == ["alice@example.com"]
+    assert _decide(tenant_a, request, alice).request.status == "approved"
+
+
+def test_who_decided_a_stage_is_no_alternate_for_a_later_one(tenant_a, world, dave, bob,
+                                                            alice):
+    services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, scope=world["scope"],
+                                  stages=TWO_STAGES[:1] + [{"roles": ["admin"]}],
+                                  alternate_roles=["approver"])
+    request = _request(tenant_a, world, dave)
+    _decide(tenant_a, request, bob)
+    first_deadline = request.deadline
+    services.deadlines_due(now=first_deadline)
+    request.refresh_from_db()
+    assert request.on_alternates and request.status == "pending"
+    with pytest.raises(ValidationError) as refused:
+        _decide(tenant_a, request, bob, now=first_deadline)
+    assert refused.value.messages == [
+        "You already decided stage 1 of this request: one approver counts once, so someone "
+        "else must decide the alternates."]
+    assert AccessRequest.objects.get(pk=request.pk).status == "pending"
+
+
+def test_a_policy_needing_more_people_than_there_are_is_refused(tenant_a, world, bob, alice):
+    # bob is the only approver: two approver stages would need him twice.
+    with pytest.raises(ValidationError) as refused:
+        services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, scope=world["scope"],
+                                      stages=[{"roles": ["approver"]}, {"roles": ["approver"]}])
+    assert refused.value.message_dict == {"stages": [
+        "The stages need 2 approvals from 2 different people (one approver counts once across "
+        "the stages) but today's eligible members cannot fill them: no request could ever "
+        "pass."]}
+    # [approver] then [admin, approver] is passable: bob, then alice.
+    services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, scope=world["scope"],
+                                  stages=TWO_STAGES)
 
 
 def test_deny_needs_a_reason_and_ends_the_request(tenant_a, world, dave, bob):

@@ -137,6 +137,28 @@ def test_self_approval_through_the_ui_is_refused(tenant_a, world, cast, login):
     assert _status(own) == "pending"
 
 
+def test_one_approver_cannot_pass_two_stages_through_the_ui(tenant_a, world, cast, login):
+    services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, scope=world["scope"], stages=[
+        {"approvals_required": 1, "roles": ["approver"]},
+        {"approvals_required": 1, "roles": ["admin", "approver"]}])
+    request = _request(tenant_a, world, cast["dave"])
+    bob = login(cast["bob"])
+    url = _url("requests", request.pk, "decide")
+    first = bob.post(url, {"outcome": "approve"}, HTTP_HX_REQUEST="true").content.decode()
+    assert "Stage 1 passed; stage 2 decides next." in first
+    # The inbox and the page no longer offer him the decision ...
+    assert f'id="access_request-{request.pk}"' not in bob.get(_url("")).content.decode()
+    assert 'name="outcome"' not in bob.get(_url("requests", request.pk)).content.decode()
+    # ... and a forged post is refused with the rule.
+    again = bob.post(url, {"outcome": "approve"}, follow=True).content.decode()
+    assert ("You already decided stage 1 of this request: one approver counts once, so "
+            "someone else must decide stage 2.") in again
+    assert _status(request) == "pending"
+    assert ApprovalDecision.objects.filter(request=request).count() == 1
+    login(cast["alice"]).post(url, {"outcome": "approve"})
+    assert _status(request) == "approved"
+
+
 def test_bulk_approve_decides_each_low_risk_item_and_skips_the_others(tenant_a, world, cast,
                                                                        login):
     low = _request(tenant_a, world, cast["dave"], scope=world["low"])

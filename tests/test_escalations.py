@@ -371,6 +371,29 @@ def test_holders_of_the_object_permission_approve_their_scope(token, tenant_a, w
     assert _decide(tenant_a, doc["id"], victor).request.status == "approved"
 
 
+def test_one_approver_cannot_pass_two_stages_of_an_escalation(token, tenant_a, api, token_for,
+                                                              cast):
+    services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, stages=[
+        {"approvals_required": 1, "roles": ["approver"]},
+        {"approvals_required": 1, "roles": ["admin", "approver"]}])
+    doc = _post(token, _call()).json()
+    bob = api(token_for(cast["bob"], tenant_a))
+    url = f"/api/v1/t/alpha/escalations/{doc['id']}/decide/"
+    first = bob.post(url, {"outcome": "approve"}, format="json").json()
+    assert first["message"] == "Stage 1 passed; stage 2 decides next."
+    assert bob.get("/api/v1/t/alpha/escalations/?waiting=true").json()["results"] == []
+    second = bob.post(url, {"outcome": "approve"}, format="json")
+    assert second.status_code == 400
+    assert second.json()["message"] == (
+        "You already decided stage 1 of this escalation: one approver counts once, so someone "
+        "else must decide stage 2.")
+    with pytest.raises(ValidationError, match="one approver counts once"):
+        _decide(tenant_a, doc["id"], cast["bob"])
+    assert _get(token, doc["id"]).json()["status"] == "pending"
+    _decide(tenant_a, doc["id"], cast["alice"])
+    assert _get(token, doc["id"]).json()["status"] == "approved"
+
+
 # --- Break-glass and grant expiry -------------------------------------------------------------
 
 def test_break_glass_is_short_flagged_audited_and_alerted(tenant_a, world, alice, bob, settings):

@@ -280,13 +280,13 @@ def test_no_networks_means_token_only(db, client, settings):
 
 def test_a_request_through_an_untrusted_proxy_gets_no_network_access(db, client, settings):
     # A local reverse proxy makes every client look like 127.0.0.1.
-    settings.AXES_IPWARE_PROXY_COUNT = None
+    settings.TRUSTED_PROXY_COUNT = 0
     assert client.get("/metrics", REMOTE_ADDR="127.0.0.1",
                       HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 403
     assert client.get("/metrics", REMOTE_ADDR="127.0.0.1",
                       HTTP_FORWARDED="for=203.0.113.9").status_code == 403
     # With TRUSTED_PROXY_COUNT the client's own address decides.
-    settings.AXES_IPWARE_PROXY_COUNT = 1
+    settings.TRUSTED_PROXY_COUNT = 1
     assert client.get("/metrics", REMOTE_ADDR="127.0.0.1",
                       HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 403
     assert client.get("/metrics", REMOTE_ADDR="127.0.0.1",

@@ -112,7 +112,8 @@ class AccessRequestViewSet(TenantViewSet):
         request=s.DecideIn,
         description="Approve or deny the request's current stage as the caller. Refused with "
         "400 (code invalid, the service's message): the caller requested the access or owns "
-        "the agent, is not eligible for the current stage, or denies without a reason. A "
+        "the agent, is not eligible for the current stage, already decided an earlier stage "
+        "(one approver counts once across the stages), or denies without a reason. A "
         "duplicate or late decision is not an error: 200 with changed false and a message "
         "(\"Nothing to do: …\").",
         responses={200: s.DecideOut, **WRITE},
@@ -251,8 +252,8 @@ class EscalationViewSet(TenantViewSet):
     @extend_schema(
         request=s.DecideIn,
         description="Approve or deny the held call as the caller (same rules as access "
-        "requests: never the agent's owner, eligible now, once per stage, deny with a reason: "
-        "400 otherwise). The gateway long-polling it is woken at once.",
+        "requests: never the agent's owner, eligible now, once across the stages, deny with a "
+        "reason: 400 otherwise). The gateway long-polling it is woken at once.",
         responses={200: s.EscalationDecideOut, **WRITE},
     )
     @action(detail=True, methods=["post"])

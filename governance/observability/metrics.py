@@ -53,7 +53,7 @@ def _text(status: int, message: str, **headers: str) -> HttpResponse:
 
 def _network_allows(request: HttpRequest) -> bool:
     proxied = "HTTP_X_FORWARDED_FOR" in request.META or "HTTP_FORWARDED" in request.META
-    if proxied and not (settings.AXES_IPWARE_PROXY_COUNT or 0):
+    if proxied and not settings.TRUSTED_PROXY_COUNT:
         return False
     address = client_ip(request)
     if not address:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
@@ -21,13 +22,23 @@ _HEARTBEAT = re.compile(r"^/api/v1/gateway/(bundles|keys)/")
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    """REMOTE_ADDR, or the address the trusted proxies saw (TRUSTED_PROXY_COUNT)."""
-    proxies = settings.AXES_IPWARE_PROXY_COUNT or 0
+    """The client's address, for every use (sign-in lockouts through django-axes'
+    AXES_CLIENT_IP_CALLABLE, token brute-force limits, audit IPs, /metrics networks, logs).
+
+    REMOTE_ADDR (the TCP peer: the ASGI server runs with --no-proxy-headers) unless
+    TRUSTED_PROXY_COUNT proxies stand in front; then the X-Forwarded-For entry the outermost
+    trusted proxy appended (the TRUSTED_PROXY_COUNT-th from the right). Entries to its left are
+    whatever the client sent and are never believed; a missing or malformed entry falls back to
+    REMOTE_ADDR (the nearest proxy)."""
+    proxies = settings.TRUSTED_PROXY_COUNT
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
     if proxies and forwarded:
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        hops = [hop.strip() for hop in forwarded.split(",")]
         if len(hops) >= proxies:
-            return hops[-proxies]
+            try:
+                return str(ipaddress.ip_address(hops[-proxies]))
+            except ValueError:
+                pass
     return request.META.get("REMOTE_ADDR") or None
 
 
