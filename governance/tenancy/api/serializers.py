@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
+from governance.tenancy.models import ApiToken, IdpGroupMapping, Invitation, Membership
 from governance.tenancy.roles import Role
 
 # An object id in a body or a filter: out of this range is a 400, not a database overflow (500).
@@ -31,12 +31,34 @@ class MembershipOut(serializers.ModelSerializer):
         fields = ["id", "username", "email", "role", "source", "created_at", "updated_at"]
 
 
-class MembershipIn(serializers.Serializer):
-    login = serializers.CharField(max_length=254, help_text="username or e-mail address")
+class MembershipRoleIn(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
-class MembershipRoleIn(serializers.Serializer):
+class InvitationOut(serializers.ModelSerializer):
+    invited_by = username_out(source="invited_by.username")
+    accepted_by = username_out(source="accepted_by.username")
+    state = serializers.ChoiceField(
+        choices=["pending", "accepted", "revoked", "expired"], read_only=True)
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "email", "issuer", "subject", "role", "state", "invited_by",
+                  "created_at", "expires_at", "accepted_at", "accepted_by", "revoked_at"]
+
+
+class InvitationIn(serializers.Serializer):
+    """By e-mail address, or by IdP issuer and subject (as the IdP's ID tokens carry them)."""
+
+    email = serializers.CharField(
+        max_length=254, required=False, allow_blank=True, trim_whitespace=True,
+        help_text="taken up at a sign-in with this (verified) address")
+    issuer = serializers.CharField(
+        max_length=500, required=False, allow_blank=True,
+        help_text="the IdP's issuer (iss), with subject")
+    subject = serializers.CharField(
+        max_length=255, required=False, allow_blank=True,
+        help_text="the person's subject (sub) at that issuer")
     role = serializers.ChoiceField(choices=Role.choices)
 
 
