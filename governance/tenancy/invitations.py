@@ -97,10 +97,11 @@ def invitation_create(
     if is_member:
         raise ValidationError({field: "A member of this tenant already has this "
                                       f"{'e-mail address' if email else 'IdP subject'}."})
+    now = timezone.now()
     invitation = Invitation(
         tenant=tenant, email=email, issuer=issuer, subject=subject, role=role,
-        invited_by=invited_by,
-        expires_at=timezone.now() + timedelta(days=settings.INVITATION_EXPIRY_DAYS),
+        invited_by=invited_by, created_at=now,
+        expires_at=now + timedelta(days=settings.INVITATION_EXPIRY_DAYS),
     )
     invitation.full_clean(exclude=["tenant", "invited_by"])
     invitation.save()
