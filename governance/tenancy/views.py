@@ -179,9 +179,9 @@ class MemberRemoveView(TenantPageView):
         membership = access_membership(self.tenancy, membership_id)
         return render(request, "confirm.html", {
             "title": f"Remove {membership.user.get_username()}?",
-            "body": "They lose access to this tenant now and their personal API tokens here are "
-                    "revoked. If an IdP group maps them to a role, their next sign-in adds "
-                    "them back.",
+            "body": "They lose access to this tenant now; their personal API tokens here and "
+                    "the service tokens they created are revoked. If an IdP group maps them to "
+                    "a role, their next sign-in adds them back.",
             "action": "Remove member",
             "cancel_url": reverse("tenancy:members", args=[tenant_slug]),
         })
