@@ -66,7 +66,7 @@ def invitation_create(
     *,
     tenant: Tenant,
     actor: Actor,
-    invited_by: AbstractBaseUser,
+    invited_by: AbstractBaseUser | None,
     role: str,
     email: str = "",
     issuer: str = "",
