@@ -209,6 +209,7 @@ def test_schema_is_served(api, token_for, alice, tenant_a):
     response = api(token_for(alice, tenant_a)).get("/api/v1/schema/")
     assert response.status_code == 200
     assert b"/api/v1/t/{tenant_slug}/members/" in response.content
+    assert b"/api/v1/t/{tenant_slug}/invitations/{id}/" in response.content
 
 
 def test_unknown_api_paths_are_json_404(client, db):
