@@ -85,8 +85,15 @@ def test_invitations_through_the_api(api, token_for, alice, tenant_a, settings):
     listed = client.get(API).json()
     assert [i["id"] for i in listed["results"]] == [invitation.pk]
     assert client.get(f"{API}{invitation.pk}/").json()["subject"] == "sub-42"
+    assert client.get(f"{API}?state=pending").json()["count"] == 1
+    assert client.get(f"{API}?state=accepted").json()["count"] == 0
+    assert client.get(f"{API}?state=later").json()["errors"] == {
+        "state": ['"later" is not a valid choice.']}
     assert client.delete(f"{API}{invitation.pk}/").status_code == 204
     assert client.get(f"{API}{invitation.pk}/").json()["state"] == "revoked"
+    assert [i["id"] for i in client.get(f"{API}?state=revoked").json()["results"]] == [
+        invitation.pk]
+    assert client.get(f"{API}?state=pending").json()["count"] == 0
     assert client.delete(f"{API}{invitation.pk}/").status_code == 204  # harmless twice
     events = AuditEvent.objects.filter(tenant=tenant_a, action__startswith="invitation.")
     assert [(e.action, e.actor_type) for e in events.order_by("seq")] == [
@@ -228,8 +235,16 @@ def test_invite_form_errors_are_on_the_field(login, alice, victor, tenant_a):
 def test_with_sso_the_form_offers_the_idp_subject(login, alice, tenant_a, settings):
     settings.OIDC_ENABLED = True
     settings.OIDC_OP_ISSUER = ISSUER
-    page = login(alice).get("/t/alpha/members/").content.decode()
+    client = login(alice)
+    page = client.get("/t/alpha/members/").content.decode()
     assert 'name="subject"' in page and f'value="{ISSUER}"' in page
+    # The pre-filled issuer does not turn an address into "both".
+    assert client.post("/t/alpha/members/", {"email": "new@example.com", "issuer": ISSUER,
+                                             "subject": "", "role": "viewer"}).status_code == 302
+    assert client.post("/t/alpha/members/", {"email": "", "issuer": ISSUER, "subject": "s-9",
+                                             "role": "viewer"}).status_code == 302
+    assert sorted(Invitation.objects.values_list("email", "issuer", "subject")) == [
+        ("", ISSUER, "s-9"), ("new@example.com", "", "")]
 
 
 def test_revoking_in_the_ui_asks_first(login, alice, tenant_a):

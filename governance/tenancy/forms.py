@@ -44,6 +44,12 @@ class InvitationForm(forms.Form):
             del self.fields["issuer"]
             del self.fields["subject"]
 
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("email") and not data.get("subject"):
+            data["issuer"] = ""  # only the pre-filled default: an address was given instead
+        return data
+
 
 class MemberEditForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)

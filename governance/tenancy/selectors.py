@@ -36,8 +36,20 @@ def pending_invitations() -> QuerySet[Invitation]:
     )
 
 
-def invitation_list(tenant: Tenant, *, pending_only: bool = False) -> QuerySet[Invitation]:
-    """The tenant's invitations, newest first."""
-    invitations = pending_invitations() if pending_only else Invitation.objects.all()
+INVITATION_STATES = ("pending", "accepted", "revoked", "expired")
+
+
+def invitation_list(tenant: Tenant, *, state: str = "") -> QuerySet[Invitation]:
+    """The tenant's invitations, newest first; ``state`` narrows to one of INVITATION_STATES."""
+    invitations = Invitation.objects.all()
+    if state == "pending":
+        invitations = pending_invitations()
+    elif state == "accepted":
+        invitations = invitations.filter(accepted_at__isnull=False)
+    elif state == "revoked":
+        invitations = invitations.filter(accepted_at__isnull=True, revoked_at__isnull=False)
+    elif state == "expired":
+        invitations = invitations.filter(accepted_at__isnull=True, revoked_at__isnull=True,
+                                         expires_at__lte=timezone.now())
     return (invitations.for_tenant(tenant).select_related("invited_by", "accepted_by")
             .order_by("-created_at", "-pk"))

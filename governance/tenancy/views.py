@@ -82,7 +82,7 @@ class MemberListView(TenantPageView):
         return render(request, "tenancy/members.html", {
             "page": page_of(request, members), "form": form, "q": search,
             "query": urlencode({"q": search}) if search else "",
-            "invitations": selectors.invitation_list(self.tenant, pending_only=True)[:100],
+            "invitations": selectors.invitation_list(self.tenant, state="pending")[:100],
             "expiry_days": settings.INVITATION_EXPIRY_DAYS,
         }, status=status)
 

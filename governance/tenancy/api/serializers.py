@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from governance.tenancy.models import ApiToken, IdpGroupMapping, Invitation, Membership
 from governance.tenancy.roles import Role
+from governance.tenancy.selectors import INVITATION_STATES
 
 # An object id in a body or a filter: out of this range is a 400, not a database overflow (500).
 OBJECT_ID = {"min_value": 1, "max_value": 2**63 - 1}
@@ -38,13 +39,16 @@ class MembershipRoleIn(serializers.Serializer):
 class InvitationOut(serializers.ModelSerializer):
     invited_by = username_out(source="invited_by.username")
     accepted_by = username_out(source="accepted_by.username")
-    state = serializers.ChoiceField(
-        choices=["pending", "accepted", "revoked", "expired"], read_only=True)
+    state = serializers.ChoiceField(choices=INVITATION_STATES, read_only=True)
 
     class Meta:
         model = Invitation
         fields = ["id", "email", "issuer", "subject", "role", "state", "invited_by",
                   "created_at", "expires_at", "accepted_at", "accepted_by", "revoked_at"]
+
+
+class InvitationFilter(serializers.Serializer):
+    state = serializers.ChoiceField(choices=INVITATION_STATES, required=False)
 
 
 class InvitationIn(serializers.Serializer):

@@ -14,7 +14,7 @@ from governance.tenancy import invitations, selectors, services
 from governance.tenancy.access import visible_tokens
 from governance.tenancy.api import serializers as s
 from governance.tenancy.api.base import TenantViewSet
-from governance.tenancy.api.schema import NO_CONTENT, WRITE, error_responses
+from governance.tenancy.api.schema import NO_CONTENT, READ, WRITE, error_responses
 from governance.tenancy.models import ApiToken, IdpGroupMapping, Invitation, Membership
 from governance.tenancy.roles import Cap
 
@@ -87,6 +87,13 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
 
     def get_queryset(self):
         return selectors.invitation_list(self.tenancy.tenant)
+
+    @extend_schema(parameters=[s.InvitationFilter],
+                   responses={200: s.InvitationOut(many=True), **READ})
+    def list(self, request: Request, tenant_slug: str) -> Response:
+        values = self.filters(s.InvitationFilter)
+        rows = selectors.invitation_list(self.tenancy.tenant, state=values.get("state", ""))
+        return self.page(rows, s.InvitationOut)
 
     @extend_schema(request=s.InvitationIn, responses={201: s.InvitationOut})
     def create(self, request: Request, tenant_slug: str) -> Response:
