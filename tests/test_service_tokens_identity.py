@@ -20,8 +20,8 @@ from governance.tenancy.models import ApiToken, Membership
 from governance.tenancy.roles import Role
 from tests.factories import MembershipFactory, UserFactory, make_token
 
-SERVICE_403 = ("A service token cannot administer members, group mappings or tokens; sign in "
-               "as a person (or use a personal token).")
+SERVICE_403 = ("A service token cannot administer members, invitations, group mappings or "
+               "tokens; sign in as a person (or use a personal token).")
 
 
 def _expiry() -> str:

@@ -74,8 +74,8 @@ class TenantContext:
         if not self.can(cap):
             if self.is_service_token and cap in IDENTITY_CAPABILITIES:
                 raise PermissionDenied(
-                    "A service token cannot administer members, group mappings or tokens; "
-                    "sign in as a person (or use a personal token).")
+                    "A service token cannot administer members, invitations, group mappings or "
+                    "tokens; sign in as a person (or use a personal token).")
             raise PermissionDenied(f"Your role ({self.role}) does not allow this.")
 
 
