@@ -551,6 +551,8 @@ SPECTACULAR_SETTINGS = {
     },
 }
 API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365, minimum=1)
+# An invitation into a tenant is good for this many days (then it expires, unused).
+INVITATION_EXPIRY_DAYS = env_int("INVITATION_EXPIRY_DAYS", 14, minimum=1)
 
 # --- Static files, i18n ---------------------------------------------------------------------
 STATIC_URL = "/static/"

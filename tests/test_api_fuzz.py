@@ -50,6 +50,7 @@ from governance.bundles.publish import bundle_publish
 from governance.evidence import services as evidence
 from governance.exports import services as exports
 from governance.notifications import services as notifications
+from governance.tenancy import invitations
 from governance.tenancy import services as tenancy
 from registry import services as registry
 from registry import sync
@@ -162,6 +163,8 @@ def fuzz_world(tenant, cast) -> None:
                           at=timezone.now() - timedelta(minutes=1))], gateway)
     tenancy.group_mapping_create(tenant=tenant, actor=SYSTEM, group="payroll-admins",
                                  role="admin")
+    invitations.invitation_create(tenant=tenant, actor=SYSTEM, invited_by=alice,
+                                  email="new@example.com", role="viewer")
     notifications.channel_create(tenant=tenant, actor=SYSTEM, name="hook", kind="webhook",
                                  url="http://127.0.0.1:9/in", secret="s" * 32)
     notifications.notify(tenant=tenant, event="approval.requested", subject="s", text="t")

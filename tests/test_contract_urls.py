@@ -33,8 +33,9 @@ from governance.evidence.models import EvidencePack
 from governance.exports.models import Exporter
 from governance.notifications.models import Channel, Delivery
 from governance.tenancy.access import TenantContext
-from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
-from governance.tenancy.roles import Role
+from governance.tenancy.invitations import invitation_create
+from governance.tenancy.models import ApiToken, IdpGroupMapping, Invitation, Membership
+from governance.tenancy.roles import IDENTITY_CAPABILITIES, Role
 from registry import models as registry
 from tests.factories import GroupMappingFactory, make_token
 
@@ -76,6 +77,7 @@ NON_TENANT_PATTERNS = {
 KWARG_MODELS = {
     "membership_id": Membership,
     "mapping_id": IdpGroupMapping,
+    "invitation_id": Invitation,
     "token_id": ApiToken,
     "event_id": AuditEvent,
     "server_id": registry.McpServer,
@@ -220,6 +222,9 @@ def objects_a(cast, tenant_a):
         registry.Grant: registry.Grant.objects.create(tenant=tenant_a, agent=agent, scope=scope),
         Membership: Membership.objects.for_tenant(tenant_a).get(user=cast["victor"]),
         IdpGroupMapping: GroupMappingFactory(tenant=tenant_a, group="a-group"),
+        Invitation: invitation_create(tenant=tenant_a, actor=Actor.system("test"),
+                                      invited_by=alice, email="invitee@example.com",
+                                      role=Role.VIEWER),
         ApiToken: token,
         AuditEvent: AuditEvent.objects.filter(tenant=tenant_a).first(),
         Gateway: gateway,
@@ -350,6 +355,25 @@ def test_member_without_the_capability_gets_403(
     if checked == 0:
         # Every role may use it: make sure that is really meant.
         assert route.capability("GET") is not None
+
+
+@pytest.mark.parametrize(
+    "route", [r for r in TENANT_ROUTES if r.is_api], ids=lambda r: r.route
+)
+def test_a_service_token_never_administers_identity(route, api, cast, objects_a, tenant_a):
+    """Members, invitations, group mappings and tokens: 403 for a service token of any role,
+    even admin (issue 17 point 4), on every method of every such URL, present or future."""
+    _, plaintext = make_token(tenant_a, user=cast["alice"], kind="service", role=Role.ADMIN)
+    url = route.url(**_values(route, tenant_a.slug, objects_a))
+    checked = 0
+    for method in API_METHODS:
+        if route.capability(method) not in IDENTITY_CAPABILITIES:
+            continue
+        response = _call(api(plaintext), method, url)
+        assert response.status_code == 403, (method, url, response.status_code)
+        checked += 1
+    if re.search(r"\^(members|invitations|group-mappings|tokens)/", route.route):
+        assert checked, route.route
 
 
 def test_every_tenant_model_is_covered_by_the_contract():

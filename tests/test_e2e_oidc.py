@@ -19,7 +19,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
-from governance.tenancy import services
+from governance.tenancy import invitations, services
 from governance.tenancy.models import ExternalIdentity, Membership
 from governance.tenancy.roles import Role
 from tests.e2e_support import (
@@ -265,4 +265,18 @@ def test_sso_login_applies_group_mappings_at_every_login(
     assert no_access_page is not None and no_access_page.ok
     page.locator("#no-access").get_by_role("button", name="Sign out").click()
     page.wait_for_url(login_page_url(base_url))
+    page.context.close()
+
+    # (e) An admin invites carol's IdP subject as a viewer: her next sign-in takes it up, though
+    # no group maps her; the membership is the invitation's (manual), not the IdP's.
+    invitation = invitations.invitation_create(
+        tenant=acme, actor=Actor.system("test"), invited_by=None, issuer=idp.issuer,
+        subject="carol-sub-1", role=Role.VIEWER)
+    page = sso_login(browser, base_url, idp, landing="/t/acme/")
+    assert shown_role(page) == Role.VIEWER
+    membership = carol_membership(acme, idp.issuer)
+    assert (membership.role, membership.source) == (Role.VIEWER, Membership.Source.MANUAL)
+    invitation.refresh_from_db()
+    assert (invitation.state, invitation.accepted_by) == ("accepted", membership.user)
+    assert actions(acme)[:2] == ["auth.login", "invitation.accepted"]  # newest first
     page.context.close()

@@ -18,6 +18,7 @@ import pytest
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from governance.tenancy import services
+from governance.tenancy.invitations import invitation_create
 from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership, hash_token
 from governance.tenancy.roles import Role
 from tests.e2e_support import ARTIFACTS_DIR
@@ -250,6 +251,31 @@ def test_removing_a_member_needs_confirmation(ui, alice, bob, tenant_a):
     ui.assert_no_browser_problems()
 
 
+def test_inviting_and_revoking_an_invitation(ui, alice, tenant_a):
+    page = ui.page
+    sign_in(ui)
+    nav(ui, "Members", "Members of Alpha Corp")
+    page.get_by_label("E-mail address").fill("new@example.com")
+    page.get_by_label("Role").select_option("auditor")
+    page.get_by_role("button", name="Send invitation").click()
+    page.wait_for_url(ui.tenant_url("members/"))
+    assert messages(page) == [
+        "Invited new@example.com as auditor: they become a member at their next sign-in."]
+    assert [row[:3] for row in table_rows(page, "#invitations")] == [
+        ["new@example.com", "auditor", "alice"]]
+
+    page.locator("#invitations").get_by_role("link", name="Revoke").click()
+    expect_heading(page, "Revoke the invitation of new@example.com?")
+    page.get_by_role("button", name="Revoke invitation").click()
+    page.wait_for_url(ui.tenant_url("members/"))
+    assert messages(page) == ["Revoked the invitation of new@example.com."]
+    assert page.locator("#invitations").count() == 0
+    assert list(AuditEvent.objects.filter(tenant=tenant_a, action__startswith="invitation.")
+                .order_by("seq").values_list("action", flat=True)) == [
+        "invitation.created", "invitation.revoked"]
+    ui.assert_no_browser_problems()
+
+
 def test_sign_out(ui, alice, tenant_a):
     page = ui.page
     sign_in(ui)
@@ -274,6 +300,8 @@ def test_every_other_page_renders_under_the_csp(ui, alice, bob, tenant_a, tenant
         tenant=tenant_a, actor=Actor.system("seed"), group="e2e-ops", role=Role.APPROVER
     )
     token, _ = make_token(tenant_a, user=alice, role=Role.VIEWER, name="ci")
+    invitation = invitation_create(tenant=tenant_a, actor=Actor.system("seed"), invited_by=alice,
+                                   email="new@example.com", role=Role.AUDITOR)
     page = ui.page
     sign_in(ui, landing=ui.url("/"))  # two tenants: the picker
     expect_heading(page, "Choose a tenant")
@@ -292,6 +320,7 @@ def test_every_other_page_renders_under_the_csp(ui, alice, bob, tenant_a, tenant
         (f"group-mappings/{mapping.pk}/delete/", "Delete the mapping of group 'e2e-ops'?"),
         (f"members/{membership.pk}/", "bob"),
         (f"tokens/{token.pk}/revoke/", f"Revoke token 'ci' ({token.prefix}…)?"),
+        (f"invitations/{invitation.pk}/revoke/", "Revoke the invitation of new@example.com?"),
         (f"audit/{event.pk}/", f"Audit event #{event.seq} group_mapping.created"),
     ]:
         response = page.goto(ui.tenant_url(path))

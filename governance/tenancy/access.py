@@ -20,11 +20,12 @@ from governance.audit.services import Actor
 from governance.tenancy.models import (
     ApiToken,
     IdpGroupMapping,
+    Invitation,
     Membership,
     Tenant,
     TenantScopedModel,
 )
-from governance.tenancy.roles import Cap, capabilities
+from governance.tenancy.roles import IDENTITY_CAPABILITIES, Cap, principal_capabilities
 
 # Capabilities a session user may also hold through a django-guardian object permission on the
 # Tenant, without the role that normally carries them.
@@ -56,8 +57,12 @@ class TenantContext:
             )
         return Actor.user(self.user)
 
+    @property
+    def is_service_token(self) -> bool:
+        return self.token is not None and self.token.user_id is None
+
     def can(self, cap: Cap) -> bool:
-        if cap in capabilities(self.role):
+        if cap in principal_capabilities(self.role, service_token=self.is_service_token):
             return True
         perm = OBJECT_PERMISSIONS.get(cap)
         return bool(
@@ -67,6 +72,10 @@ class TenantContext:
 
     def require(self, cap: Cap) -> None:
         if not self.can(cap):
+            if self.is_service_token and cap in IDENTITY_CAPABILITIES:
+                raise PermissionDenied(
+                    "A service token cannot administer members, invitations, group mappings or "
+                    "tokens; sign in as a person (or use a personal token).")
             raise PermissionDenied(f"Your role ({self.role}) does not allow this.")
 
 
@@ -115,6 +124,12 @@ def access_membership(ctx: TenantContext, membership_id: int) -> Membership:
     membership = access_object(ctx.tenant, Membership, membership_id)
     ctx.require(Cap.MANAGE_MEMBERS)
     return membership
+
+
+def access_invitation(ctx: TenantContext, invitation_id: int) -> Invitation:
+    invitation = access_object(ctx.tenant, Invitation, invitation_id)
+    ctx.require(Cap.MANAGE_MEMBERS)
+    return invitation
 
 
 def access_group_mapping(ctx: TenantContext, mapping_id: int) -> IdpGroupMapping:

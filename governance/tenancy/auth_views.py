@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth.forms import AuthenticationForm
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -20,7 +21,7 @@ from mozilla_django_oidc.views import (
     OIDCAuthenticationRequestView,
 )
 
-from governance.tenancy import services
+from governance.tenancy import invitations, services
 
 
 def _safe_next(request: HttpRequest) -> str:
@@ -52,7 +53,13 @@ def login_view(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             user = form.get_user()
             auth.login(request, user)
-            services.auth_record_login(user=user, method="password")
+            with transaction.atomic():
+                # Invitations to the account's address (set by the operator) take effect now.
+                invitations.invitations_accept(
+                    user=user, email=user.email,
+                    identities=list(user.external_identities.values_list("issuer", "subject")),
+                )
+                services.auth_record_login(user=user, method="password")
             return redirect(next_url)
         username = request.POST.get("username", "")
         if username:

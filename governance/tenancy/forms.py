@@ -21,12 +21,34 @@ def add_service_errors(form: forms.Form, exc: ValidationError) -> None:
         form.add_error(None, exc)
 
 
-class MemberAddForm(forms.Form):
-    login = forms.CharField(
-        label="Username or e-mail", max_length=254,
-        help_text="The person must have signed in once (with SSO) or exist locally.",
+class InvitationForm(forms.Form):
+    """Invite by e-mail address, or (with single sign-on) by IdP issuer and subject."""
+
+    email = forms.CharField(
+        label="E-mail address", max_length=254, required=False,
+        help_text="They become a member when they next sign in with this address.",
+    )
+    issuer = forms.CharField(label="IdP issuer", max_length=500, required=False)
+    subject = forms.CharField(
+        label="IdP subject", max_length=255, required=False,
+        help_text="Or invite by the subject (sub) your IdP sends for the person, instead of "
+                  "an address.",
     )
     role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEWER)
+
+    def __init__(self, *args, sso: bool, issuer: str = "", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if sso:
+            self.fields["issuer"].initial = issuer
+        else:  # Password sign-in (the demo): only an account's address can take one up.
+            del self.fields["issuer"]
+            del self.fields["subject"]
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("email") and not data.get("subject"):
+            data["issuer"] = ""  # only the pre-filled default: an address was given instead
+        return data
 
 
 class MemberEditForm(forms.Form):

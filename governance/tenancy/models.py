@@ -194,3 +194,62 @@ class ApiToken(TenantScopedModel):
         if self.expires_at <= timezone.now():
             return "expired"
         return "active"
+
+
+class Invitation(TenantScopedModel):
+    """An admin's invitation into the tenant with a role, by e-mail address or by IdP subject.
+
+    It takes effect at the invitee's next sign-in (OIDC, or the local password in the demo):
+    the membership is created then, never before, so inviting says nothing about who exists
+    elsewhere in the installation. Single use; it expires.
+    """
+
+    email = models.EmailField(max_length=254, blank=True)
+    # An (issuer, subject) pair exactly as ExternalIdentity stores it for OIDC sign-ins.
+    issuer = models.CharField(max_length=500, blank=True)
+    subject = models.CharField(max_length=255, blank=True)
+    role = models.CharField(max_length=20, choices=Role.choices)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    (~models.Q(email="") & models.Q(issuer="", subject=""))
+                    | (models.Q(email="") & ~models.Q(issuer="") & ~models.Q(subject=""))
+                ),
+                name="invitation_email_or_subject",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(role__in=Role.values), name="invitation_role_valid"
+            ),
+        ]
+        indexes = [models.Index(fields=["email"]), models.Index(fields=["issuer", "subject"])]
+
+    def __str__(self) -> str:
+        return f"{self.invitee} → {self.role}"
+
+    @property
+    def invitee(self) -> str:
+        return self.email or f"{self.subject} @ {self.issuer}"
+
+    @property
+    def state(self) -> str:
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "pending"

@@ -7,7 +7,7 @@ from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
-from governance.tenancy import services
+from governance.tenancy import invitations, services
 
 
 class TollgateOIDCBackend(OIDCAuthenticationBackend):
@@ -40,11 +40,15 @@ class TollgateOIDCBackend(OIDCAuthenticationBackend):
             claims.get("preferred_username") or (email.split("@")[0] if email else "")
             or payload["sub"]
         )
+        verified_email = email[:254] if claims.get("email_verified", True) else ""
         with transaction.atomic():
             user = services.identity_login(
                 issuer=payload["iss"], subject=payload["sub"], username=username[:150],
-                email=email[:254] if claims.get("email_verified", True) else "",
-                full_name=claims.get("name") or "", groups=groups,
+                email=verified_email, full_name=claims.get("name") or "", groups=groups,
+            )
+            # Invitations by this subject or this (verified) address take effect now.
+            invitations.invitations_accept(
+                user=user, email=verified_email, identities=[(payload["iss"], payload["sub"])]
             )
             services.auth_record_login(user=user, method="oidc")
         return user

@@ -60,7 +60,7 @@ ROLE_CAPABILITIES: dict[str, frozenset[Cap]] = {
 CAPABILITY_LABELS: dict[Cap, str] = {
     Cap.VIEW: "See the tenant (registry, dashboards)",
     Cap.PERSONAL_TOKENS: "Create and revoke own API tokens",
-    Cap.MANAGE_MEMBERS: "Manage members and roles",
+    Cap.MANAGE_MEMBERS: "Manage members, roles and invitations",
     Cap.MANAGE_GROUP_MAPPINGS: "Manage IdP group → role mappings",
     Cap.MANAGE_SERVICE_TOKENS: "Create and revoke service tokens, revoke anyone's token",
     Cap.VIEW_AUDIT: "Read the audit trail, decision logs and alerts",
@@ -76,8 +76,28 @@ CAPABILITY_LABELS: dict[Cap, str] = {
 }
 
 
+# Administering identity: who is a member and with which role, which IdP groups map to roles,
+# and the API tokens that act for people or for the tenant. Only a person (a session, or a
+# personal token, which never exceeds its owner's current role) may do it; a service token
+# never may, whatever its role: otherwise a service token minted by an admin who was later
+# removed or demoted could list members, mint tokens and re-add its creator.
+IDENTITY_CAPABILITIES: frozenset[Cap] = frozenset({
+    Cap.PERSONAL_TOKENS,
+    Cap.MANAGE_MEMBERS,
+    Cap.MANAGE_GROUP_MAPPINGS,
+    Cap.MANAGE_SERVICE_TOKENS,
+})
+
+
 def capabilities(role: str) -> frozenset[Cap]:
     return ROLE_CAPABILITIES.get(role, frozenset())
+
+
+def principal_capabilities(role: str, *, service_token: bool) -> frozenset[Cap]:
+    """What a caller with ``role`` may do: a person (session or personal token) everything the
+    role carries, a service token the same without the identity capabilities."""
+    held = capabilities(role)
+    return held - IDENTITY_CAPABILITIES if service_token else held
 
 
 def role_covers(holder: str, wanted: str) -> bool:
@@ -96,10 +116,11 @@ def permission_matrix_markdown() -> str:
     """The README's permission table, generated from ROLE_CAPABILITIES (a test compares them)."""
     roles = list(ROLE_PRECEDENCE)
     lines = [
-        "| Capability | " + " | ".join(roles) + " |",
-        "|---|" + "---|" * len(roles),
+        "| Capability | " + " | ".join(roles) + " | service token |",
+        "|---|" + "---|" * (len(roles) + 1),
     ]
     for cap in Cap:
         marks = ["✓" if cap in capabilities(role) else "" for role in roles]
-        lines.append(f"| {CAPABILITY_LABELS[cap]} | " + " | ".join(marks) + " |")
+        service = "never" if cap in IDENTITY_CAPABILITIES else "as its role"
+        lines.append(f"| {CAPABILITY_LABELS[cap]} | " + " | ".join(marks) + f" | {service} |")
     return "\n".join(lines)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
-from governance.tenancy.models import IdpGroupMapping, Membership, Tenant
+from governance.tenancy.models import IdpGroupMapping, Invitation, Membership, Tenant
 
 User = get_user_model()
 
@@ -28,12 +29,27 @@ def user_memberships(user: AbstractBaseUser) -> QuerySet[Membership]:
     return Membership.objects.filter(user=user).select_related("tenant").order_by("tenant__name")
 
 
-def user_by_login(login: str) -> AbstractBaseUser | None:
-    """An active user by username or e-mail address (exact, case-insensitive)."""
-    login = login.strip()
-    if not login:
-        return None
-    users = list(
-        User.objects.filter(Q(username__iexact=login) | Q(email__iexact=login), is_active=True)[:2]
+def pending_invitations() -> QuerySet[Invitation]:
+    """Neither taken up, nor revoked, nor expired (of every tenant; narrow with for_tenant)."""
+    return Invitation.objects.filter(
+        accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
     )
-    return users[0] if len(users) == 1 else None
+
+
+INVITATION_STATES = ("pending", "accepted", "revoked", "expired")
+
+
+def invitation_list(tenant: Tenant, *, state: str = "") -> QuerySet[Invitation]:
+    """The tenant's invitations, newest first; ``state`` narrows to one of INVITATION_STATES."""
+    invitations = Invitation.objects.all()
+    if state == "pending":
+        invitations = pending_invitations()
+    elif state == "accepted":
+        invitations = invitations.filter(accepted_at__isnull=False)
+    elif state == "revoked":
+        invitations = invitations.filter(accepted_at__isnull=True, revoked_at__isnull=False)
+    elif state == "expired":
+        invitations = invitations.filter(accepted_at__isnull=True, revoked_at__isnull=True,
+                                         expires_at__lte=timezone.now())
+    return (invitations.for_tenant(tenant).select_related("invited_by", "accepted_by")
+            .order_by("-created_at", "-pk"))

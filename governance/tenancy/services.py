@@ -166,15 +166,32 @@ def _remove(*, tenant: Tenant, actor: Actor, membership: Membership) -> None:
         remove_perm(MAPPING_PERMISSION, user, tenant)
     for token in ApiToken.objects.for_tenant(tenant).filter(user=user, revoked_at__isnull=True):
         api_token_revoke(tenant=tenant, actor=actor, token=token, reason="membership removed")
+    # The service tokens they issued go too: a credential they made must not outlive their
+    # access (it could otherwise keep acting with rights its creator no longer holds).
+    for token in _service_tokens_created_by(tenant, user):
+        api_token_revoke(tenant=tenant, actor=actor, token=token,
+                         reason="its creator was removed from the tenant")
+
+
+def _service_tokens_created_by(tenant: Tenant, user: AbstractBaseUser):
+    return ApiToken.objects.for_tenant(tenant).filter(
+        kind=ApiToken.Kind.SERVICE, created_by=user, revoked_at__isnull=True
+    )
 
 
 def _revoke_tokens_exceeding(*, tenant: Tenant, actor: Actor, membership: Membership) -> None:
+    """After a role change: the member's personal tokens, and the service tokens they created,
+    that carry a role above their new one are revoked."""
     tokens = ApiToken.objects.for_tenant(tenant).filter(
         user=membership.user, revoked_at__isnull=True
     )
     for token in tokens:
         if not role_covers(membership.role, token.role):
             api_token_revoke(tenant=tenant, actor=actor, token=token, reason="role lowered")
+    for token in _service_tokens_created_by(tenant, membership.user):
+        if not role_covers(membership.role, token.role):
+            api_token_revoke(tenant=tenant, actor=actor, token=token,
+                             reason="its creator's role was lowered")
 
 
 @transaction.atomic

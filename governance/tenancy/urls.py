@@ -12,6 +12,8 @@ urlpatterns = [
     path("members/<int:membership_id>/", views.MemberEditView.as_view(), name="member_edit"),
     path("members/<int:membership_id>/remove/", views.MemberRemoveView.as_view(),
          name="member_remove"),
+    path("invitations/<int:invitation_id>/revoke/", views.InvitationRevokeView.as_view(),
+         name="invitation_revoke"),
     path("group-mappings/", views.GroupMappingListView.as_view(), name="group_mappings"),
     path("group-mappings/<int:mapping_id>/", views.GroupMappingEditView.as_view(),
          name="group_mapping_edit"),

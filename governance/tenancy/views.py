@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -13,17 +14,18 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 
-from governance.tenancy import selectors, services
+from governance.tenancy import invitations, selectors, services
 from governance.tenancy.access import (
     access_api_token,
     access_group_mapping,
+    access_invitation,
     access_membership,
     visible_tokens,
 )
 from governance.tenancy.forms import (
     GroupMappingForm,
     GroupMappingRoleForm,
-    MemberAddForm,
+    InvitationForm,
     MemberEditForm,
     TenantSettingsForm,
     TokenCreateForm,
@@ -66,41 +68,69 @@ class TenantHomeView(TenantPageView):
 
 
 class MemberListView(TenantPageView):
-    """Members of the tenant, and the form to add one."""
+    """Members of the tenant, pending invitations, and the form to invite someone."""
 
     capability = Cap.MANAGE_MEMBERS
 
-    def render_page(self, request: HttpRequest, form: MemberAddForm, status: int = 200):
+    def invitation_form(self, data=None) -> InvitationForm:
+        return InvitationForm(data, sso=settings.OIDC_ENABLED,
+                              issuer=getattr(settings, "OIDC_OP_ISSUER", ""))
+
+    def render_page(self, request: HttpRequest, form: InvitationForm, status: int = 200):
         search = request.GET.get("q", "").strip()
         members = selectors.membership_list(self.tenant, search=search)
         return render(request, "tenancy/members.html", {
             "page": page_of(request, members), "form": form, "q": search,
             "query": urlencode({"q": search}) if search else "",
+            "invitations": selectors.invitation_list(self.tenant, state="pending")[:100],
+            "expiry_days": settings.INVITATION_EXPIRY_DAYS,
         }, status=status)
 
     def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
-        return self.render_page(request, MemberAddForm())
+        return self.render_page(request, self.invitation_form())
 
     def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
-        form = MemberAddForm(request.POST)
+        form = self.invitation_form(request.POST)
         if form.is_valid():
-            user = selectors.user_by_login(form.cleaned_data["login"])
-            if user is None:
-                form.add_error("login", "No active user with that username or e-mail. People "
-                                        "appear here after their first sign-in.")
+            try:
+                invitation = invitations.invitation_create(
+                    tenant=self.tenant, actor=self.actor, invited_by=request.user,
+                    **form.cleaned_data,
+                )
+            except ValidationError as exc:
+                add_service_errors(form, exc)
             else:
-                try:
-                    services.membership_create(
-                        tenant=self.tenant, actor=self.actor, user=user,
-                        role=form.cleaned_data["role"],
-                    )
-                except ValidationError as exc:
-                    add_service_errors(form, exc)
-                else:
-                    messages.success(request, f"{user.get_username()} added as "
-                                              f"{form.cleaned_data['role']}.")
-                    return redirect("tenancy:members", tenant_slug=tenant_slug)
+                messages.success(request, f"Invited {invitation.invitee} as {invitation.role}: "
+                                          "they become a member at their next sign-in.")
+                return redirect("tenancy:members", tenant_slug=tenant_slug)
         return self.render_page(request, form, status=400)
+
+
+class InvitationRevokeView(TenantPageView):
+    """Confirm, then revoke a pending invitation."""
+
+    capability = Cap.MANAGE_MEMBERS
+
+    def get(self, request: HttpRequest, tenant_slug: str, invitation_id: int) -> HttpResponse:
+        invitation = access_invitation(self.tenancy, invitation_id)
+        return render(request, "confirm.html", {
+            "title": f"Revoke the invitation of {invitation.invitee}?",
+            "body": f"They will not become a {invitation.role} here at their next sign-in. "
+                    "You can invite them again later.",
+            "action": "Revoke invitation",
+            "cancel_url": reverse("tenancy:members", args=[tenant_slug]),
+        })
+
+    def post(self, request: HttpRequest, tenant_slug: str, invitation_id: int) -> HttpResponse:
+        invitation = access_invitation(self.tenancy, invitation_id)
+        try:
+            invitations.invitation_revoke(tenant=self.tenant, actor=self.actor,
+                                          invitation=invitation)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            messages.success(request, f"Revoked the invitation of {invitation.invitee}.")
+        return redirect("tenancy:members", tenant_slug=tenant_slug)
 
 
 class MemberEditView(TenantPageView):
@@ -149,9 +179,9 @@ class MemberRemoveView(TenantPageView):
         membership = access_membership(self.tenancy, membership_id)
         return render(request, "confirm.html", {
             "title": f"Remove {membership.user.get_username()}?",
-            "body": "They lose access to this tenant now and their personal API tokens here are "
-                    "revoked. If an IdP group maps them to a role, their next sign-in adds "
-                    "them back.",
+            "body": "They lose access to this tenant now; their personal API tokens here and "
+                    "the service tokens they created are revoked. If an IdP group maps them to "
+                    "a role, their next sign-in adds them back.",
             "action": "Remove member",
             "cancel_url": reverse("tenancy:members", args=[tenant_slug]),
         })

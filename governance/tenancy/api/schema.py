@@ -49,7 +49,8 @@ class ErrorOut(serializers.Serializer):
 _ERROR_TEXT = {
     400: "Invalid input (code invalid or parse_error); `errors` names the fields.",
     401: "No, an unknown, a revoked or an expired token, and no session.",
-    403: "The caller's role (or, for an agent, ownership) does not allow this.",
+    403: "The caller's role (or, for an agent, ownership) does not allow this; a service "
+         "token never administers members, invitations, group mappings or tokens.",
     404: "No such tenant for this caller, or no such object in the tenant.",
     415: "The body is of a media type this endpoint does not take.",
 }
@@ -97,9 +98,11 @@ class TenantAutoSchema(AutoSchema):
         return operation
 
     def _capability_is_restricted(self) -> bool:
-        from governance.tenancy.roles import ROLE_CAPABILITIES
+        from governance.tenancy.roles import IDENTITY_CAPABILITIES, ROLE_CAPABILITIES
 
         view = self.view
         key = getattr(view, "action", None) or self.method.lower()
         capability = view.capabilities.get(key, view.capabilities["*"])
-        return not all(capability in caps for caps in ROLE_CAPABILITIES.values())
+        # A service token never holds an identity capability, whatever its role: 403 for it.
+        return capability in IDENTITY_CAPABILITIES or not all(
+            capability in caps for caps in ROLE_CAPABILITIES.values())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
+from governance.tenancy.models import ApiToken, IdpGroupMapping, Invitation, Membership
 from governance.tenancy.roles import Role
+from governance.tenancy.selectors import INVITATION_STATES
 
 # An object id in a body or a filter: out of this range is a 400, not a database overflow (500).
 OBJECT_ID = {"min_value": 1, "max_value": 2**63 - 1}
@@ -31,12 +32,37 @@ class MembershipOut(serializers.ModelSerializer):
         fields = ["id", "username", "email", "role", "source", "created_at", "updated_at"]
 
 
-class MembershipIn(serializers.Serializer):
-    login = serializers.CharField(max_length=254, help_text="username or e-mail address")
+class MembershipRoleIn(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
-class MembershipRoleIn(serializers.Serializer):
+class InvitationOut(serializers.ModelSerializer):
+    invited_by = username_out(source="invited_by.username")
+    accepted_by = username_out(source="accepted_by.username")
+    state = serializers.ChoiceField(choices=INVITATION_STATES, read_only=True)
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "email", "issuer", "subject", "role", "state", "invited_by",
+                  "created_at", "expires_at", "accepted_at", "accepted_by", "revoked_at"]
+
+
+class InvitationFilter(serializers.Serializer):
+    state = serializers.ChoiceField(choices=INVITATION_STATES, required=False)
+
+
+class InvitationIn(serializers.Serializer):
+    """By e-mail address, or by IdP issuer and subject (as the IdP's ID tokens carry them)."""
+
+    email = serializers.CharField(
+        max_length=254, required=False, allow_blank=True, trim_whitespace=True,
+        help_text="taken up at a sign-in with this (verified) address")
+    issuer = serializers.CharField(
+        max_length=500, required=False, allow_blank=True,
+        help_text="the IdP's issuer (iss), with subject")
+    subject = serializers.CharField(
+        max_length=255, required=False, allow_blank=True,
+        help_text="the person's subject (sub) at that issuer")
     role = serializers.ChoiceField(choices=Role.choices)
 
 

@@ -6,6 +6,7 @@ from governance.tenancy.api import views
 
 router = SimpleRouter()
 router.register("members", views.MembershipViewSet, basename="members")
+router.register("invitations", views.InvitationViewSet, basename="invitations")
 router.register("group-mappings", views.GroupMappingViewSet, basename="group-mappings")
 router.register("tokens", views.ApiTokenViewSet, basename="tokens")
 

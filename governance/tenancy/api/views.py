@@ -1,22 +1,21 @@
-"""Tenancy REST API: members, IdP group mappings, API tokens, and who-am-I."""
+"""Tenancy REST API: members, invitations, IdP group mappings, API tokens, and who-am-I."""
 
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework import mixins, status
-from rest_framework.exceptions import ValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from governance.tenancy import selectors, services
+from governance.tenancy import invitations, selectors, services
 from governance.tenancy.access import visible_tokens
 from governance.tenancy.api import serializers as s
 from governance.tenancy.api.base import TenantViewSet
-from governance.tenancy.api.schema import NO_CONTENT, WRITE, error_responses
-from governance.tenancy.models import ApiToken, IdpGroupMapping, Membership
+from governance.tenancy.api.schema import NO_CONTENT, READ, WRITE, error_responses
+from governance.tenancy.models import ApiToken, IdpGroupMapping, Invitation, Membership
 from governance.tenancy.roles import Cap
 
 
@@ -60,19 +59,6 @@ class MembershipViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
     def get_queryset(self):
         return super().get_queryset().select_related("user").order_by("user__username")
 
-    @extend_schema(request=s.MembershipIn, responses={201: s.MembershipOut})
-    def create(self, request: Request, tenant_slug: str) -> Response:
-        data = s.MembershipIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        user = selectors.user_by_login(data.validated_data["login"])
-        if user is None:
-            raise ValidationError({"login": ["No active user with that username or e-mail."]})
-        membership = services.membership_create(
-            tenant=self.tenancy.tenant, actor=self.tenancy.actor, user=user,
-            role=data.validated_data["role"],
-        )
-        return Response(s.MembershipOut(membership).data, status=status.HTTP_201_CREATED)
-
     @extend_schema(request=s.MembershipRoleIn, responses={200: s.MembershipOut})
     def partial_update(self, request: Request, tenant_slug: str, pk: str) -> Response:
         membership = self.get_object()
@@ -89,6 +75,41 @@ class MembershipViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
         services.membership_delete(
             tenant=self.tenancy.tenant, actor=self.tenancy.actor, membership=self.get_object()
         )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+    """Invitations into the tenant; each takes effect at the invitee's next sign-in."""
+
+    model = Invitation
+    serializer_class = s.InvitationOut
+    capabilities = {"*": Cap.MANAGE_MEMBERS}
+
+    def get_queryset(self):
+        return selectors.invitation_list(self.tenancy.tenant)
+
+    @extend_schema(parameters=[s.InvitationFilter],
+                   responses={200: s.InvitationOut(many=True), **READ})
+    def list(self, request: Request, tenant_slug: str) -> Response:
+        values = self.filters(s.InvitationFilter)
+        rows = selectors.invitation_list(self.tenancy.tenant, state=values.get("state", ""))
+        return self.page(rows, s.InvitationOut)
+
+    @extend_schema(request=s.InvitationIn, responses={201: s.InvitationOut})
+    def create(self, request: Request, tenant_slug: str) -> Response:
+        """Invite by e-mail address or by IdP issuer + subject. The answer is the invitation,
+        whoever exists elsewhere; a member of this tenant with that address or subject is
+        refused on the field."""
+        values = self.parse(s.InvitationIn)
+        invitation = invitations.invitation_create(
+            **self.service_kwargs(), invited_by=self.tenancy.user, **values
+        )
+        return Response(s.InvitationOut(invitation).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=NO_CONTENT)
+    def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
+        """Revoke (the record stays); an invitation already taken up is a 400."""
+        invitations.invitation_revoke(**self.service_kwargs(), invitation=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -140,7 +161,8 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantVi
     def get_queryset(self):
         return visible_tokens(self.tenancy)
 
-    # 403: a service token without the capability to manage them.
+    # 403: a member without the capability to issue service tokens (and any service token:
+    # tokens are identity administration, see roles.IDENTITY_CAPABILITIES).
     @extend_schema(request=s.ApiTokenIn, responses={201: s.ApiTokenCreatedOut, **WRITE})
     def create(self, request: Request, tenant_slug: str) -> Response:
         data = s.ApiTokenIn(data=request.data)
@@ -148,8 +170,6 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantVi
         values = data.validated_data
         if values["kind"] == ApiToken.Kind.SERVICE:
             self.tenancy.require(Cap.MANAGE_SERVICE_TOKENS)
-        elif self.tenancy.user is None:
-            raise ValidationError({"kind": ["A service token cannot own a personal token."]})
         creator = self.tenancy.user
         token, plaintext = services.api_token_create(
             tenant=self.tenancy.tenant, actor=self.tenancy.actor, created_by=creator,
