@@ -73,7 +73,7 @@ def stop_worker(worker: Worker) -> None:
         worker.process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         worker.process.kill()
-        worker.process.wait(timeout=5)
+        worker.process.wait(timeout=60)
 
 
 @pytest.fixture
