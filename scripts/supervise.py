@@ -33,6 +33,14 @@ GRACE = 20.0  # seconds a process has to stop on SIGTERM before SIGKILL
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def say(text: str, *, error: bool = False) -> None:
+    """Print and flush; a closed terminal (SIGHUP) must not keep us from stopping the others."""
+    try:
+        print(text, file=sys.stderr if error else sys.stdout, flush=True)
+    except OSError:
+        pass
+
+
 def parse(argv: list[str]) -> tuple[dict, list[tuple[str, list[str]]]]:
     options: dict = {"ready": None, "banner": None}
     while argv and argv[0] != "--":
@@ -102,7 +110,7 @@ class Supervisor:
         return alive
 
     def stop(self) -> None:
-        print("\nStopping Tollgate…", flush=True)
+        say("\nStopping Tollgate…")
         count = len(self.signals)
         for _, proc in self.procs:  # each process stops its own children first
             if proc.poll() is None:
@@ -117,7 +125,7 @@ class Supervisor:
                 break
             time.sleep(0.1)
         if self._signal_groups(signal.SIGKILL):
-            print("Tollgate: killed what did not stop in time.", file=sys.stderr, flush=True)
+            say("Tollgate: killed what did not stop in time.", error=True)
         for _, proc in self.procs:
             proc.wait()
 
@@ -140,18 +148,18 @@ def main(argv: list[str]) -> int:
             name, status = gone
             if ready_url and not announced and name == commands[0][0]:
                 port = urllib.parse.urlsplit(ready_url).port
-                print(f"The web server did not start (is port {port} taken? set PORT=…).",
-                      file=sys.stderr, flush=True)
+                say(f"The web server did not start (is port {port} taken? set PORT=…).",
+                    error=True)
             else:
-                print(f"A Tollgate process ({name}) exited (status {status}); stopping the "
-                      "others.", file=sys.stderr, flush=True)
+                say(f"A Tollgate process ({name}) exited (status {status}); stopping the "
+                    "others.", error=True)
             supervisor.stop()
             return status or 1
         if not announced and time.monotonic() >= next_probe:
             announced = ready_url is None or supervisor.ready(ready_url)
             next_probe = time.monotonic() + 0.5
             if announced and options["banner"]:
-                print(options["banner"], flush=True)
+                say(options["banner"])
         time.sleep(0.1)
     supervisor.stop()
     return 0
