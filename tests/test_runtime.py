@@ -205,6 +205,17 @@ def test_scripts_run_in_the_background_of_a_shell_stops_on_sigint(stack):
     assert "Stopping Tollgate" in stack.output.text()
 
 
+def test_sigint_during_the_set_up_stops_it_too(stack):
+    pid = stack.in_background_of_a_shell()  # SIGINT ignored on entry, as above
+    assert wait_until(lambda: any("manage.py migrate" in line for line in session(
+        stack.proc.pid)), START), (session(stack.proc.pid), stack.output.tail())
+    os.kill(pid, signal.SIGINT)
+    stack.assert_all_gone()
+    assert stack.proc.returncode == 130
+    assert "Stopped before Tollgate started." in stack.output.text()
+    assert "Tollgate is running" not in stack.output.text()
+
+
 def test_one_process_dying_stops_all_of_them(stack):
     stack.in_background_of_a_shell()
     stack.wait_running()
