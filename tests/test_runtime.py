@@ -26,6 +26,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PREFIXES = ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "OIDC_", "SECURE_",
                    "TOLLGATE_", "CELERY_", "DJANGO_SETTINGS_MODULE")
+MAKE_VARIABLES = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
 START, STOP = 180, 120  # seconds: starting the stack (migrations included), stopping it
 # What `ps` shows for each process scripts/run starts.
 PROCESSES = {"web": "uvicorn governance.asgi:application", "worker": "celery -A governance worker",
@@ -104,7 +105,9 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.gateway = f"http://127.0.0.1:{self.gateway_port}/mcp"
         (tmp_path / "var").mkdir()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(CONFIG_PREFIXES)}
+        # Not the configuration of the suite (nor of the `make test` that may run it).
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(CONFIG_PREFIXES) and k not in MAKE_VARIABLES}
         self.env.update(TOLLGATE_VAR_DIR=str(tmp_path / "var"), PORT=str(self.port),
                         PYTHONUNBUFFERED="1", GATEWAY_PORT=str(self.gateway_port))
         self.proc: subprocess.Popen | None = None
