@@ -5,11 +5,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta
 
 from django.test import Client
 
 IDP = "https://idp.example"
 LOGS = "/api/v1/gateway/logs"
+# When the sample decisions happened: 10:00 UTC yesterday by the real clock, never a fixed date
+# (stored decisions meet retention and the dashboards, which read the real clock). DAY is its
+# date as text, for the times of day the tests write out.
+HOUR = (datetime.now(UTC) - timedelta(days=1)).replace(hour=10, minute=0, second=0,
+                                                       microsecond=0)
+DAY = f"{HOUR:%Y-%m-%d}"
 
 
 def sha(n) -> str:
@@ -17,7 +24,7 @@ def sha(n) -> str:
 
 
 def event(n, *, outcome="allow", agent="bot", server="payroll", tool="read",
-          timestamp="2026-03-01T10:15:30.123456789Z", revision="3", grant=None,
+          timestamp=f"{DAY}T10:15:30.123456789Z", revision="3", grant=None,
           escalation_id=None, reason="granted", **extra) -> dict:
     """One event of the shape OPA's decision-log plugin sends, with Tollgate's MCP fields (and
     OPA's own top-level keys, which Tollgate ignores)."""

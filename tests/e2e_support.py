@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
-IDP_READY_TIMEOUT = 20.0
+IDP_READY_TIMEOUT = 60.0
 
 
 def free_port() -> int:
@@ -197,7 +197,7 @@ def _terminate(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(timeout=5)
+            proc.wait(timeout=60)

@@ -30,7 +30,7 @@ MUTABLE_SERVER = REPO / "tests" / "mcp_servers" / "mutable_server.py"
 EVERYTHING_JS = (
     REPO / "tests/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 )
-STARTUP_SECONDS = 20.0
+STARTUP_SECONDS = 60.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def _read_port(process: subprocess.Popen[str], stderr_file: Path) -> int:
         if process.poll() is not None:
             break
     process.kill()
-    process.wait(timeout=5)
+    process.wait(timeout=60)
     pytest.fail(f"the test MCP server did not start: {stderr_file.read_text()}")
 
 
@@ -100,10 +100,10 @@ def _mutable_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     finally:
         process.terminate()
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(timeout=5)
+            process.wait(timeout=60)
         if process.stdout is not None:
             process.stdout.close()
 

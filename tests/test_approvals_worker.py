@@ -89,7 +89,7 @@ def test_a_worker_killed_mid_delivery_loses_no_decision(shared_broker, celery_wo
     if not receiver.first_in_flight.wait(timeout=30):
         pytest.fail(f"the webhook was never called; worker log:\n{w1.log()}")
     w1.process.kill()
-    w1.process.wait(timeout=10)
+    w1.process.wait(timeout=60)
     killed_at = time.monotonic()
     w1_log = w1.log()
     receiver.release.set()

@@ -390,9 +390,10 @@ def test_a_scheduled_rotation_publishes_a_pending_key(login, alice, tenant_a, tw
     confirm = _body(client.get(f"{T}/signing-keys/rotate/"))
     assert "starts signing in 10 min" in confirm
 
+    before = timezone.now()
     response = client.post(f"{T}/signing-keys/rotate/", {"immediate": "0"}, follow=True)
     pending = _key(tenant_a, "pending")
-    assert pending.activate_after > timezone.now() + timedelta(seconds=590)
+    assert pending.activate_after > before + timedelta(seconds=590)
     assert pending.created_by == alice
     assert f"Key {pending.kid} is published and starts signing at" in _messages(response)[0]
     body = _body(response)

@@ -36,6 +36,8 @@ from tests.bundle_support import decision_world
 SEED = 20261125
 DOCUMENTS = 300
 CALLS_PER_DOCUMENT = 12
+# The random documents' clock: decide() and Cedar take it as an argument, nothing reads the real
+# one (the registry test below follows the real clock).
 NOW = BASE = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)  # a Wednesday, 10:00 in Paris
 IDP, OTHER_IDP = "https://idp.example", "spiffe://mesh.example"
 
@@ -386,27 +388,37 @@ def test_a_wrong_policy_is_caught_by_the_differential(mutate):
 # --- Real registry state ---------------------------------------------------------------------
 
 SYSTEM = Actor.system("test")
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def wednesday_10_in_paris() -> datetime:
+    """A Wednesday 10:00 in Paris, 2 to 9 days ahead of the real clock: the registry's services
+    check expiries against it, so a fixed date would expire (and fail) one day."""
+    day = datetime.now(PARIS).date() + timedelta(days=2)
+    day += timedelta(days=(2 - day.weekday()) % 7)
+    return datetime.combine(day, time(10), tzinfo=PARIS).astimezone(UTC)
 
 
 @pytest.mark.django_db
 def test_cedar_agrees_on_a_bundle_built_from_the_registry(tenant_a, dave):
+    now = wednesday_10_in_paris()
     world = decision_world(tenant_a, owner=dave)
     bot, scope = world["bot"], world["scope"]
     services.grant_create(
         tenant=tenant_a, actor=SYSTEM, agent=bot, scope=scope,
         window_start=time(8), window_end=time(18), window_days=[0, 1, 2, 3, 4],
-        window_tz="Europe/Paris", expires_at=NOW + timedelta(days=2),
+        window_tz="Europe/Paris", expires_at=now + timedelta(days=2),
         argument_constraints={"pay": {"amount": {"maximum": 100},
                                       "currency": {"enum": ["EUR", "USD"]}}},
         approval_mode="when", approval_condition={"pay": {"amount": {"minimum": 50}}},
     )
-    data = json.loads(canonical_json(compile_data(tenant_a, at=NOW)))
+    data = json.loads(canonical_json(compile_data(tenant_a, at=now)))
     policy, schema = compile_policy(data), compile_schema(data)
     assert cedarpy.validate_policies(policy, schema).validation_passed
 
-    def call(tool="read", subject="bot", at=NOW, **arguments):
+    def call(tool="read", subject="bot", at=None, **arguments):
         return {"issuer": IDP, "subject": subject, "server": "payroll", "tool": tool,
-                "arguments": arguments, "at": at}
+                "arguments": arguments, "at": at or now}
 
     calls = [
         call(),
@@ -419,8 +431,8 @@ def test_cedar_agrees_on_a_bundle_built_from_the_registry(tenant_a, dave):
         call("pay", amount=160, currency="EUR"),
         call("pay", amount=10, currency="GBP"),
         call("pay", currency="EUR"),
-        call(at=NOW + timedelta(hours=9)),   # 19:00 in Paris
-        call(at=NOW + timedelta(days=3)),    # Saturday, and expired
+        call(at=now + timedelta(hours=9)),   # 19:00 in Paris
+        call(at=now + timedelta(days=3)),    # Saturday, and expired
     ]
     expected = ["allow", "deny", "deny", "deny", "deny", "allow", "escalate", "deny", "deny",
                 "deny", "deny", "deny"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -183,23 +183,25 @@ def test_duration_text(seconds, text):
 
 
 def test_decision_buckets_cover_the_range_hour_by_hour_or_six_hours_by_six(tenant_a, tenant_b):
-    now = datetime(2026, 3, 10, 14, 25, tzinfo=UTC)
+    # Stored rows: hours of the real clock, never a fixed date (README, "The two commands").
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    now = hour + timedelta(minutes=25)
 
-    def rollup(tenant, hour, outcome, count):
-        DecisionRollup.objects.create(tenant=tenant, hour=hour, outcome=outcome, count=count)
+    def rollup(tenant, at, outcome, count):
+        DecisionRollup.objects.create(tenant=tenant, hour=at, outcome=outcome, count=count)
 
-    rollup(tenant_a, datetime(2026, 3, 10, 14, tzinfo=UTC), "allow", 7)   # current hour
-    rollup(tenant_a, datetime(2026, 3, 10, 14, tzinfo=UTC), "deny", 2)
-    rollup(tenant_a, datetime(2026, 3, 9, 15, tzinfo=UTC), "escalate", 1)  # first hour of 24
-    rollup(tenant_a, datetime(2026, 3, 9, 14, tzinfo=UTC), "allow", 50)   # just outside 24 h
-    rollup(tenant_a, datetime(2026, 3, 3, 15, tzinfo=UTC), "deny", 4)     # first hour of 7 d
-    rollup(tenant_a, datetime(2026, 3, 3, 14, tzinfo=UTC), "deny", 99)    # outside 7 d
-    rollup(tenant_b, datetime(2026, 3, 10, 14, tzinfo=UTC), "allow", 1000)
+    rollup(tenant_a, hour, "allow", 7)                                      # current hour
+    rollup(tenant_a, hour, "deny", 2)
+    rollup(tenant_a, hour - timedelta(hours=23), "escalate", 1)             # first hour of 24
+    rollup(tenant_a, hour - timedelta(hours=24), "allow", 50)               # just outside 24 h
+    rollup(tenant_a, hour - timedelta(days=7, hours=-1), "deny", 4)         # first hour of 7 d
+    rollup(tenant_a, hour - timedelta(days=7), "deny", 99)                  # outside 7 d
+    rollup(tenant_b, hour, "allow", 1000)
 
     day = selectors.decision_buckets(tenant_a, range_key="24h", now=now)
     assert len(day) == 24
-    assert day[0].start == datetime(2026, 3, 9, 15, tzinfo=UTC)
-    assert day[-1].end == datetime(2026, 3, 10, 15, tzinfo=UTC)
+    assert day[0].start == hour - timedelta(hours=23)
+    assert day[-1].end == hour + timedelta(hours=1)
     assert day[0].counts == {"allow": 0, "deny": 0, "escalate": 1}
     assert day[-1].counts == {"allow": 7, "deny": 2, "escalate": 0}
     assert sum(b.total for b in day) == 10

@@ -11,7 +11,7 @@ import json
 import threading
 import uuid
 import zlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -25,9 +25,8 @@ from governance.bundles import services as bundle_services
 from governance.decisions import gateway_api, selectors, services, tasks
 from governance.decisions.models import DecisionLog, DecisionRollup
 from tests.bundle_support import SYSTEM, make_gateway
-from tests.decision_support import event, sha, upload
-
-HOUR = datetime(2026, 3, 1, 10, tzinfo=UTC)
+from tests.clock_support import away_from_a_minute_boundary
+from tests.decision_support import DAY, HOUR, event, sha, upload
 
 
 @pytest.fixture
@@ -56,7 +55,7 @@ def test_a_plain_upload_stores_every_field(tenant_a, gateway):
     assert response.json() == {"accepted": 2, "duplicates": 0}
     row = DecisionLog.objects.get(decision_id="d-1")
     assert row.tenant == tenant_a and row.gateway == gw
-    assert row.timestamp == datetime(2026, 3, 1, 10, 15, 30, 123456, tzinfo=UTC)
+    assert row.timestamp == HOUR.replace(minute=15, second=30, microsecond=123456)
     assert row.bundle_revision == 3
     assert (row.agent, row.server, row.tool, row.call_id) == ("bot", "payroll", "read", "call-1")
     assert row.principal == "bot (https://idp.example)"
@@ -71,20 +70,20 @@ def test_a_plain_upload_stores_every_field(tenant_a, gateway):
 
 
 def test_optional_fields_may_be_absent(tenant_a, token):
-    bare = {"decision_id": "bare", "timestamp": "2026-03-01T12:00:00+02:00",
+    bare = {"decision_id": "bare", "timestamp": f"{DAY}T12:00:00+02:00",
             "input": {"server": "payroll", "tool": "read", "arguments_sha256": sha(0),
                       "principal": "spiffe://example.org/bot", "call_id": 17},
             "result": {"outcome": "deny"}}
     assert upload(token, [bare]).json() == {"accepted": 1, "duplicates": 0}
     row = DecisionLog.objects.get(decision_id="bare")
-    assert row.timestamp == datetime(2026, 3, 1, 10, tzinfo=UTC)
+    assert row.timestamp == HOUR
     assert (row.agent, row.reason, row.bundle_revision, row.grant_id) == ("", "", None, None)
     assert (row.arguments, row.labels, row.call_id) == (None, {}, "17")
     assert row.principal == "spiffe://example.org/bot"
 
 
 def test_a_gzip_upload_with_several_members(tenant_a, token):
-    first = gzip.compress(b'[{"decision_id": "z-1", "timestamp": "2026-03-01T10:00:00Z", ')
+    first = gzip.compress(f'[{{"decision_id": "z-1", "timestamp": "{DAY}T10:00:00Z", '.encode())
     rest = b'"input": {"server": "s", "tool": "t", "arguments_sha256": "' + sha(1).encode() + \
         b'"}, "result": {"outcome": "deny"}}]'
     response = upload(token, first + gzip.compress(rest), encoding="gzip")
@@ -210,12 +209,12 @@ BAD_EVENTS = [
     (_set("decision_id", "x" * 101), "event 2 (decision_id " + "x" * 100 + "): decision_id: "
      "must be at most 100 characters"),
     (_without("timestamp"), "event 2 (decision_id d-2): timestamp: required"),
-    (_set("timestamp", "2026-03-01 10:00"), "event 2 (decision_id d-2): timestamp: must be an "
+    (_set("timestamp", f"{DAY} 10:00"), "event 2 (decision_id d-2): timestamp: must be an "
      "RFC 3339 date-time with a time zone, e.g. 2026-01-31T12:00:00.123Z"),
-    (_set("timestamp", "2026-03-01T10:00:00"), "event 2 (decision_id d-2): timestamp: must be "
+    (_set("timestamp", f"{DAY}T10:00:00"), "event 2 (decision_id d-2): timestamp: must be "
      "an RFC 3339 date-time with a time zone, e.g. 2026-01-31T12:00:00.123Z"),
-    (_set("timestamp", "2026-02-30T10:00:00Z"), "event 2 (decision_id d-2): timestamp: is not "
-     "a valid date and time"),
+    (_set("timestamp", f"{HOUR.year}-02-30T10:00:00Z"), "event 2 (decision_id d-2): timestamp: "
+     "is not a valid date and time"),
     (_set("timestamp", 1772360000), "event 2 (decision_id d-2): timestamp: must be an RFC 3339 "
      "date-time with a time zone, e.g. 2026-01-31T12:00:00.123Z"),
     (_set("labels", ["eu"]), "event 2 (decision_id d-2): labels: must be an object"),
@@ -413,6 +412,7 @@ def test_no_unknown_or_revoked_tokens_get_401(tenant_a, gateway,
 
 def test_uploads_count_against_the_gateway_rate_limit(token, settings):
     settings.GATEWAY_RATE_LIMIT_PER_MINUTE = 2
+    away_from_a_minute_boundary()  # the window is a UTC minute
     assert upload(token, [event(1)]).status_code == 200
     assert upload(token, [event(2)]).status_code == 200
     response = upload(token, [event(3)])
@@ -453,10 +453,10 @@ def test_no_audit_event_is_written_per_batch(tenant_a, token):
 
 
 def test_the_rollup_buckets_by_hour_and_outcome(tenant_a, token):
-    upload(token, [event(1, timestamp="2026-03-01T10:59:59.999Z"),
-                   event(2, timestamp="2026-03-01T11:00:00Z"),
-                   event(3, timestamp="2026-03-01T12:30:00+01:00", outcome="deny"),
-                   event(4, timestamp="2026-03-01T11:10:00Z", outcome="deny")])
+    upload(token, [event(1, timestamp=f"{DAY}T10:59:59.999Z"),
+                   event(2, timestamp=f"{DAY}T11:00:00Z"),
+                   event(3, timestamp=f"{DAY}T12:30:00+01:00", outcome="deny"),
+                   event(4, timestamp=f"{DAY}T11:10:00Z", outcome="deny")])
     eleven = HOUR + timedelta(hours=1)
     assert rollup(tenant_a) == {(HOUR, "allow"): 1, (eleven, "allow"): 1, (eleven, "deny"): 2}
     assert selectors.outcome_series(tenant_a, since=HOUR, until=eleven) == [
@@ -575,7 +575,7 @@ def test_the_purge_deletes_expired_rows_per_tenant_and_audits_once(tenant_a, ten
     settings.DECISION_LOG_PURGE_CHUNK = 3  # several chunks
     tenant_a.decision_log_retention_days = 30
     tenant_a.save()
-    now = datetime(2026, 6, 1, 12, 30, tzinfo=UTC)
+    now = HOUR + timedelta(hours=2, minutes=30)  # in the past, by the real clock
 
     def at(days):
         return (now - timedelta(days=days)).isoformat()
@@ -591,10 +591,10 @@ def test_the_purge_deletes_expired_rows_per_tenant_and_audits_once(tenant_a, ten
     assert list(DecisionLog.objects.for_tenant(tenant_b).values_list("decision_id", flat=True)) \
         == ["d-1"]
     assert [r.hour for r in DecisionRollup.objects.for_tenant(tenant_a)] == [
-        datetime(2026, 5, 3, 12, tzinfo=UTC)]
+        HOUR + timedelta(days=-29, hours=2)]
     [event_a] = audited.filter(tenant=tenant_a)
     assert event_a.actor_type == "system"
-    assert event_a.after == {"deleted": 7, "cutoff": "2026-05-02T12:30:00+00:00",
+    assert event_a.after == {"deleted": 7, "cutoff": (now - timedelta(days=30)).isoformat(),
                              "retention_days": 30, "rollup_rows_deleted": 1}
     assert audited.filter(tenant=tenant_b).count() == 1
     # Nothing left to purge: no deletion, no new audit event.
@@ -606,7 +606,7 @@ def test_the_purge_task_and_its_beat_entry(tenant_a):
     tenant_a.decision_log_retention_days = 1
     tenant_a.save()
     services.decisions_ingest(tenant_id=tenant_a.pk, gateway_id=None, events=[
-        event(1, timestamp="2020-01-01T00:00:00Z")])
+        event(1, timestamp=(HOUR - timedelta(days=2)).isoformat())])
     assert tasks.purge.apply().get() == {"alpha": 1}
     assert DecisionLog.objects.count() == 0
     entry = settings.CELERY_BEAT_SCHEDULE["decisions-purge"]
@@ -618,10 +618,10 @@ def test_the_purge_task_and_its_beat_entry(tenant_a):
 # --- Selectors -----------------------------------------------------------------------------------
 
 def test_denial_selectors(tenant_a, tenant_b):
-    since = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    since = HOUR
     events = [event(n, outcome="deny", agent="bot") for n in range(3)]
     events += [event(n, outcome="deny", agent="intern") for n in range(10, 15)]
-    events += [event(20, outcome="deny", agent="bot", timestamp="2026-03-01T09:59:59Z"),
+    events += [event(20, outcome="deny", agent="bot", timestamp=f"{DAY}T09:59:59Z"),
                event(21, outcome="allow", agent="bot"), event(22, outcome="deny", agent="")]
     services.decisions_ingest(tenant_id=tenant_a.pk, gateway_id=None, events=events)
     services.decisions_ingest(tenant_id=tenant_b.pk, gateway_id=None,

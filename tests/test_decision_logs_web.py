@@ -6,7 +6,7 @@ under-privileged 403."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -18,14 +18,14 @@ from governance.bundles.publish import bundle_publish
 from governance.decisions import services, views
 from governance.decisions.models import DecisionLog
 from tests.bundle_support import make_gateway, payroll_world
-from tests.decision_support import event
+from tests.decision_support import DAY, HOUR, event
 
 PAGE = "/t/alpha/decisions/"
 API = "/api/v1/t/alpha/decision-logs/"
 
 
 def ts(minute: int) -> str:
-    return (datetime(2026, 3, 1, 10, tzinfo=UTC) + timedelta(minutes=minute)).isoformat()
+    return (HOUR + timedelta(minutes=minute)).isoformat()
 
 
 @pytest.fixture
@@ -71,9 +71,9 @@ def test_the_page_lists_the_tenants_decisions_newest_first(logged, cast, login):
     ({"server": "ehr"}, ["d-4"]),
     ({"outcome": "deny"}, ["d-5", "d-2"]),
     ({"decision_id": "d-3"}, ["d-3"]),
-    ({"since": "2026-03-01T10:10", "until": "2026-03-01T10:30"}, ["d-3", "d-2"]),
-    ({"since": "2026-03-01T10:35"}, ["d-5"]),
-    ({"until": "2026-03-01T10:05"}, ["d-1"]),
+    ({"since": f"{DAY}T10:10", "until": f"{DAY}T10:30"}, ["d-3", "d-2"]),
+    ({"since": f"{DAY}T10:35"}, ["d-5"]),
+    ({"until": f"{DAY}T10:05"}, ["d-1"]),
     ({"agent": "bot", "tool": "read", "outcome": "allow"}, ["d-4", "d-1"]),
     ({"agent": "nobody"}, []),
 ])
@@ -100,9 +100,9 @@ def test_the_gateway_filter_offers_only_this_tenants_gateways(logged, cast, logi
 @pytest.mark.parametrize(("query", "message", "kept"), [
     ({"since": "yesterday", "agent": "bot"}, "Enter a valid date/time.",
      ['name="since" value="yesterday"', 'name="agent" value="bot"']),
-    ({"since": "2026-03-01T11:00", "until": "2026-03-01T10:00"},
+    ({"since": f"{DAY}T11:00", "until": f"{DAY}T10:00"},
      "“From” must be before “To”.",
-     ['value="2026-03-01T11:00"', 'value="2026-03-01T10:00"']),
+     [f'value="{DAY}T11:00"', f'value="{DAY}T10:00"']),
     ({"outcome": "maybe", "tool": "pay"},
      "Select a valid choice. maybe is not one of the available choices.",
      ['name="tool" value="pay"']),
@@ -225,7 +225,7 @@ def test_the_detail_shows_every_field_and_links_what_exists_here(linked, cast, l
     assert f'href="/t/alpha/gateways/{linked["gateway"].pk}/">edge-1</a>' in body
     for text in ("d-1", "Escalated", "granted", "call-1", decision.arguments_sha256,
                  "bot (https://idp.example)", "[redacted]", "5b3c6e0a-gw",
-                 "2026-03-01 10:15:30.123456"):
+                 f"{DAY} 10:15:30.123456"):
         assert text in body
 
 
@@ -255,7 +255,7 @@ def test_the_api_lists_with_filters_and_retrieves(logged, as_user, cast):
     narrowed = client.get(API, {"agent": "bot", "outcome": "allow",
                                 "gateway": logged["edge2"].pk})
     assert [d["decision_id"] for d in narrowed.json()["results"]] == ["d-4"]
-    timed = client.get(API, {"since": "2026-03-01T10:10:00Z", "until": "2026-03-01T10:30:00Z"})
+    timed = client.get(API, {"since": f"{DAY}T10:10:00Z", "until": f"{DAY}T10:30:00Z"})
     assert [d["decision_id"] for d in timed.json()["results"]] == ["d-3", "d-2"]
     one = narrowed.json()["results"][0]
     assert one["gateway_name"] == "edge-2" and one["server"] == "ehr"
@@ -280,7 +280,7 @@ def test_the_api_refuses_bad_filters(logged, admin):
     response = admin.get(API, {"outcome": "maybe", "since": "nope"})
     assert response.status_code == 400
     assert set(response.json()["errors"]) == {"outcome", "since"}
-    response = admin.get(API, {"since": "2026-03-01T11:00:00Z", "until": "2026-03-01T10:00:00Z"})
+    response = admin.get(API, {"since": f"{DAY}T11:00:00Z", "until": f"{DAY}T10:00:00Z"})
     assert response.status_code == 400 and "until" in response.json()["errors"]
 
 
@@ -319,6 +319,6 @@ def test_every_postgres_insert_method_stores_the_same_rows(tenant_a, postgres_on
     one = DecisionLog.objects.get(decision_id="d-1")
     assert (one.escalation_id, one.grant_id, one.bundle_revision) == (escalation, 5, 3)
     assert one.arguments == {"employee": "[redacted]", "amount": 1}
-    assert one.timestamp == datetime(2026, 3, 1, 10, 15, 30, 123456, tzinfo=UTC)
+    assert one.timestamp == HOUR.replace(minute=15, second=30, microsecond=123456)
     two = DecisionLog.objects.get(decision_id="d-2")
     assert (two.bundle_revision, two.labels, two.escalation_id) == (None, {}, None)

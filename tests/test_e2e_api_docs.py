@@ -43,7 +43,7 @@ def base_url(live_server, settings) -> str:
 
 def test_swagger_ui_works_under_the_csp_and_calls_the_api(browser, base_url, alice):
     context = browser.new_context()
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(30_000)
     context.add_init_script(REPORT_CSP_VIOLATIONS)
     # The sign-in page has no icon; Chromium's automatic /favicon.ico request is not a problem.
     context.route("**/favicon.ico", lambda route: route.fulfill(status=204))

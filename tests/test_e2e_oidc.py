@@ -33,7 +33,7 @@ pytestmark = pytest.mark.e2e
 
 CLIENT_ID = "tollgate-e2e"
 CLIENT_SECRET = "e2e-client-secret-not-for-production"
-BROWSER_TIMEOUT_MS = 15_000
+BROWSER_TIMEOUT_MS = 30_000
 
 
 # --- Fixtures ----------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def test_a_build_killed_mid_publish_is_redone_once_without_skipping_a_revision(
         # W1 is inside the build's transaction: r2 is compiled, signed and inserted, but not
         # committed. Kill it there (no warm shutdown, nothing acknowledged).
         w1.process.kill()
-        w1.process.wait(timeout=10)
+        w1.process.wait(timeout=60)
         killed_at = time.monotonic()
         assert "build_bundle" in w1.log()
     finally:
@@ -197,7 +197,7 @@ def _kill_mid_request(worker, receiver) -> float:
     if not receiver.first_in_flight.wait(timeout=30):
         pytest.fail(f"the receiver was never called; worker log:\n{worker.log()}")
     worker.process.kill()
-    worker.process.wait(timeout=10)
+    worker.process.wait(timeout=60)
     killed_at = time.monotonic()
     receiver.release.set()
     return killed_at
@@ -345,7 +345,7 @@ def test_an_unavailable_signing_key_fails_visibly_is_retried_and_r1_stays_served
     # Redeployed with the right key: the pending retry (handed back by the stopped worker)
     # publishes r2.
     w1.process.terminate()
-    w1.process.wait(timeout=15)
+    w1.process.wait(timeout=60)
     w2 = celery_worker_process(**VIS)
     w2.wait_until(lambda: _current(tenant_a) == 2, timeout=60)
     assert PublishState.objects.get(tenant=tenant_a).last_error == ""

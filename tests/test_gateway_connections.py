@@ -16,11 +16,22 @@ import urllib.request
 import pytest
 from django.db import connection
 
+from governance.bundles import hot
 from governance.bundles.publish import bundle_publish
 from tests.bundle_support import make_gateway, payroll_world
 
 pytestmark = pytest.mark.django_db(transaction=True)
 HELD = 8
+HOLD = 15  # seconds each poll is held: far longer than starting them takes on a loaded machine
+
+
+def _wait_until(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return bool(condition())
 
 
 def _server_connections() -> int:
@@ -35,7 +46,9 @@ def test_held_long_polls_with_cold_tokens_give_their_connections_back(
     settings.REDIS_URL = redis_url
     payroll_world(tenant_a)
     bundle = bundle_publish(tenant=tenant_a, trigger="test")
-    tokens = [make_gateway(tenant_a, name=f"edge-{i}")[1] for i in range(HELD)]
+    gateways = [make_gateway(tenant_a, name=f"edge-{i}") for i in range(HELD)]
+    tokens = [token for _, token in gateways]
+    token_ids = [gateway.tokens.get().pk for gateway, _ in gateways]
     etag = f'"{bundle.blob_id}"'
     baseline = _server_connections()
     answers: list[int] = []
@@ -44,7 +57,7 @@ def test_held_long_polls_with_cold_tokens_give_their_connections_back(
         request = urllib.request.Request(  # noqa: S310 - the live server on loopback
             f"{live_server.url}/api/v1/gateway/bundles/{tenant_a.slug}",
             headers={"Authorization": f"Bearer {token}", "If-None-Match": etag,
-                     "Prefer": "wait=4"})
+                     "Prefer": f"wait={HOLD}"})
         try:
             urllib.request.urlopen(request, timeout=30)  # noqa: S310
         except urllib.error.HTTPError as exc:
@@ -53,9 +66,12 @@ def test_held_long_polls_with_cold_tokens_give_their_connections_back(
     threads = [threading.Thread(target=poll, args=(t,)) for t in tokens]
     for thread in threads:
         thread.start()
-    time.sleep(2)  # every poll has looked its cold token up and is now held
-    during = _server_connections()
+    # Every poll has looked its cold token up (and counted the request) ...
+    assert _wait_until(lambda: len(hot.token_use_times(token_ids)) == HELD, HOLD)
+    # ... and, still held, gives its connection back.
+    assert _wait_until(lambda: _server_connections() - baseline < HELD // 2, HOLD / 2), (
+        baseline, _server_connections())
+    assert answers == []  # none had ended yet
     for thread in threads:
-        thread.join(timeout=30)
+        thread.join(timeout=HOLD + 60)
     assert answers == [304] * HELD  # held to the end, nothing changed
-    assert during - baseline < HELD // 2, (baseline, during)

@@ -19,7 +19,6 @@ import io
 import json
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from governance.tenancy.models import Tenant
 from registry import services as registry
 from registry import sync
 from registry.models import Grant, McpServer, ServerSync, Tool
+from tests.clock_support import away_from_a_minute_boundary
 from tests.gateway_support import (
     AGENT_TOKEN,
     GatewayProcess,
@@ -71,14 +71,6 @@ def _text(result: Any) -> str:
     return " ".join(getattr(c, "text", "") for c in result.content)
 
 
-def _away_from_a_minute_boundary(margin: float = 12.0) -> None:
-    """Rate windows are UTC minutes: start a burst of calls early enough in one."""
-    now = datetime.now(UTC)
-    into = now.second + now.microsecond / 1e6
-    if into > 60 - margin:
-        time.sleep(60 - into + 0.2)
-
-
 # --- 1. argument constraint and rate limit -------------------------------------------------------
 
 
@@ -106,7 +98,7 @@ def test_an_updated_grant_s_argument_constraint_and_rate_limit_are_enforced_at_t
         assert terms["argument_constraints"] == constraint
         gid = terms["id"]
 
-        _away_from_a_minute_boundary()
+        away_from_a_minute_boundary()
 
         async def work(session: ClientSession):
             inside = await session.call_tool("lookup_employee", {"employee_id": "E101"})

@@ -281,7 +281,7 @@ def fleet_row(tenant: Tenant, record: Gateway) -> str:
 
 def refused(url: str) -> bool:
     try:
-        httpx2.get(url, timeout=2)
+        httpx2.get(url, timeout=30)
     except httpx2.ConnectError:
         return True
     return False

@@ -57,10 +57,11 @@ def test_a_status_report_during_a_registry_write_does_not_deadlock(postgres_only
                               calls_per_minute=7)
         thread = threading.Thread(target=report)
         thread.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not ("value" in pid and _blocked(pid["value"])):
+        deadline = time.monotonic() + 60
+        while (time.monotonic() < deadline and thread.is_alive()
+               and not ("value" in pid and _blocked(pid["value"]))):
             time.sleep(0.05)  # until the report waits for the audit-chain lock
-    thread.join(timeout=30)
+    thread.join(timeout=60)
     assert outcome.get("report") == "ok", outcome
     gateway.refresh_from_db()
     assert gateway.active_revision == 1

@@ -726,7 +726,8 @@ def test_delete_revokes_a_grant(admin, tenant_a, scope, daves_agent):
     ({"window_tz": "Mars/Olympus"}, "window_tz", "Unknown time zone 'Mars/Olympus'."),
     ({"calls_per_minute": 0}, "calls_per_minute",
      "Must be at least 1 (leave empty for no limit)."),
-    ({"expires_at": "2001-01-01T00:00:00Z"}, "expires_at", "Choose an expiry in the future."),
+    ({"expires_at": (timezone.now() - timedelta(days=1)).isoformat()}, "expires_at",
+     "Choose an expiry in the future."),
     ({"approval_mode": "sometimes"}, "approval_mode", '"sometimes" is not a valid choice.'),
     ({"window_days": ["monday"]}, "window_days", "A valid integer is required."),
 ])

@@ -665,11 +665,14 @@ def test_hung_stdio_server_times_out_and_is_killed(tmp_path: Path) -> None:
 
     started = time.monotonic()
     with pytest.raises(DiscoveryError) as caught:
-        discover_tools(transport="stdio", command=command, timeout=1)
+        # Long enough for the child to start and write its pid on a loaded machine.
+        discover_tools(transport="stdio", command=command, timeout=5)
     elapsed = time.monotonic() - started
 
     assert caught.value.code == "timeout"
-    assert elapsed < 1 + 5  # the deadline, then close stdin, 2 s grace, SIGTERM
+    # The deadline, then close stdin, 2 s grace, SIGTERM: far from the child's 120 s sleep,
+    # with room for a loaded machine.
+    assert elapsed < 5 + 60
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)

@@ -16,7 +16,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Response
 
 from tests.e2e_support import chromium_browser
 
-BROWSER_TIMEOUT_MS = 10_000
+BROWSER_TIMEOUT_MS = 30_000
 PASSWORD = "correct horse battery staple"  # the UserFactory default
 TENANT = "alpha"  # tests/conftest.py: tenant_a
 TOPBAR_BACKGROUND = "rgb(20, 26, 39)"  # .topbar in static/css/tollgate.css

@@ -70,10 +70,10 @@ def start_worker(tmp_path: Path, **env_overrides: str) -> Worker:
 def stop_worker(worker: Worker) -> None:
     worker.process.terminate()
     try:
-        worker.process.wait(timeout=15)
+        worker.process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         worker.process.kill()
-        worker.process.wait(timeout=5)
+        worker.process.wait(timeout=60)
 
 
 @pytest.fixture
