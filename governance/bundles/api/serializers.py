@@ -10,6 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from governance.bounds import BIGINT_MAX, IntegerInput
 from governance.bundles.diff import SECTIONS
 from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
 from governance.tenancy.api.serializers import object_id, username_out
@@ -151,14 +152,14 @@ class BundlePublishOut(serializers.Serializer):
 class BundleDiffQuery(serializers.Serializer):
     """``from`` is a Python keyword: the field is added in ``get_fields``."""
 
-    to = serializers.IntegerField(min_value=1, required=False,
-                                  help_text="revision number; default: the newest")
+    to = IntegerInput(min_value=1, max_value=BIGINT_MAX, required=False,
+                      help_text="revision number; default: the newest")
 
     def get_fields(self):
         fields = super().get_fields()
-        fields["from"] = serializers.IntegerField(
-            min_value=1, required=False, help_text="revision number; default: the one before "
-            "`to`")
+        fields["from"] = IntegerInput(
+            min_value=1, max_value=BIGINT_MAX, required=False,
+            help_text="revision number; default: the one before `to`")
         return fields
 
 
