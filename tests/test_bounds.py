@@ -178,3 +178,22 @@ def test_a_window_day_beyond_the_range_is_a_400_on_its_item(admin, world):
     assert response.json()["errors"] == {"window_days": {"0": [TOO_LARGE]}}
 
 
+
+
+# --- Bodies over DATA_UPLOAD_MAX_MEMORY_SIZE ---------------------------------------------------
+
+
+@pytest.mark.parametrize("megabytes", [10, 100])
+def test_a_body_too_large_for_the_admin_api_is_a_json_413(admin, megabytes, settings):
+    body = b'{"name": "' + b"a" * (megabytes * 2**20) + b'"}'
+    response = admin.generic("POST", f"{API}/agents/", body, content_type="application/json")
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"code": "too_large", "message": "The body is over "
+                               f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."}
+
+
+def test_a_body_too_large_for_a_web_form_keeps_the_html_page(login, alice, settings):
+    response = login(alice).post("/t/alpha/agents/new/", {"name": "a" * (10 * 2**20)})
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/html")
