@@ -59,8 +59,13 @@ class GatewayOut(serializers.Serializer):
         help_text="the revision the gateway last reported running")
     newest_revision = serializers.IntegerField(source="newest", read_only=True, allow_null=True,
                                                help_text="the tenant's current revision")
-    lag = serializers.IntegerField(read_only=True, allow_null=True,
-                                   help_text="newest_revision − active_revision")
+    lag = serializers.IntegerField(
+        read_only=True, allow_null=True, min_value=0,
+        help_text="newest_revision − active_revision; null when either is unknown, or when the "
+                  "gateway reports a revision newer than the newest (unknown_revision)")
+    unknown_revision = serializers.BooleanField(
+        read_only=True, help_text="the gateway reports running a revision this control plane "
+                                  "never published (newer than the newest)")
     stale = serializers.BooleanField(
         read_only=True, help_text="active, and no contact for GATEWAY_STALE_SECONDS")
     last_error = serializers.CharField(source="gateway.last_error", read_only=True)
