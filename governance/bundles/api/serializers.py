@@ -115,8 +115,9 @@ class SigningKeyRotateIn(serializers.Serializer):
     immediate = serializers.BooleanField(
         default=False,
         help_text="false: the new key is published now and signs after "
-        "BUNDLE_KEY_PUBLISH_LEAD_SECONDS; true (a compromised key): it signs at once and the "
-        "current key is retired — revoke that one next.",
+        "BUNDLE_KEY_PUBLISH_LEAD_SECONDS; true (a compromised key): it signs at once, the "
+        "current key is revoked (it leaves the JWKS, so gateways stop accepting what it "
+        "signed) and the bundle is re-signed.",
     )
 
 
