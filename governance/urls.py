@@ -14,7 +14,7 @@ from django.views import defaults
 from drf_spectacular.views import SpectacularSwaggerSplitView
 
 from governance import outage
-from governance.tenancy import auth_views, views
+from governance.tenancy import auth_views, oidc_views, views
 from governance.tenancy.api.views import MeView, SchemaView
 
 
@@ -88,7 +88,7 @@ urlpatterns = [
     path("login/", auth_views.login_view, name="login"),
     path("logout/", auth_views.logout_view, name="logout"),
     path("oidc/authenticate/", auth_views.oidc_authenticate, name="oidc_authentication_init"),
-    path("oidc/callback/", auth_views.oidc_callback, name="oidc_authentication_callback"),
+    path("oidc/callback/", oidc_views.oidc_callback, name="oidc_authentication_callback"),
     path("t/<slug:tenant_slug>/", include(tenant_web)),
     path("api/v1/me/", MeView.as_view(), name="api-me"),
     path("api/v1/schema/", SchemaView.as_view(), name="api-schema"),

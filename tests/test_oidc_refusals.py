@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -195,3 +196,22 @@ def test_an_id_token_without_kid_is_refused_with_one_warning(crafted_idp, client
     expect_refused(response, caplog,
                    "the ID token was refused: the ID token names no signing key (no kid)")
     assert "_auth_user_id" not in client.session
+
+
+def test_an_idp_that_cannot_be_reached_is_one_error_line_and_the_sign_in_page(
+        client, db, caplog, settings):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    configure(settings, "https://idp.example", token_endpoint=f"{closed}/token")
+    state = parse_qs(urlsplit(start_sign_in(client)).query)["state"][0]
+    caplog.set_level(logging.INFO)
+    response = client.get("/oidc/callback/", {"code": "any", "state": state})
+    assert response.status_code == 502
+    assert "did not complete" in response.content.decode()
+    lines = [(r.name, r.levelname, r.getMessage().split(":")[0], r.exc_info)
+             for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == [("governance.tenancy.oidc", "ERROR", "OIDC sign-in refused", None)]
+    refused = [r.getMessage() for r in caplog.records if r.name == "governance.tenancy.oidc"]
+    assert refused[0].startswith("OIDC sign-in refused: the identity provider could not be "
+                                 "reached: ")

@@ -34,7 +34,6 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from governance.bounds import BIGINT_MAX
 from governance.bundles import hot, publish, selectors, services, store
 from governance.bundles.models import Gateway, GatewayToken
 from governance.tenancy import token_guard
@@ -407,7 +406,7 @@ def _is_revision(value: Any) -> bool:
     if value == "":
         return True
     return (isinstance(value, str) and 0 < len(value) <= 19 and value.isascii()
-            and value.isdigit() and 1 <= int(value) <= BIGINT_MAX)
+            and value.isdigit() and 1 <= int(value) <= 2**63 - 1)
 
 
 @csrf_exempt

@@ -13,37 +13,6 @@ from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
 from governance.tenancy import services
 
-log = logging.getLogger(__name__)
-
-
-class Refused(Exception):
-    """A sign-in the IdP or this client refused; ``unavailable`` when the IdP could not answer."""
-
-    def __init__(self, reason: str, *, unavailable: bool = False) -> None:
-        super().__init__(reason)
-        self.unavailable = unavailable
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    return " ".join(str(text).split())[:limit]
-
-
-def _token_error(exc: requests.HTTPError) -> Refused:
-    """The token endpoint's answer, as its OAuth error code (``invalid_grant``: a replayed,
-    expired or forged code) when it gives one."""
-    response = exc.response
-    status = response.status_code if response is not None else 0
-    try:
-        body = response.json() if response is not None else {}
-    except ValueError:
-        body = {}
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, str) and 400 <= status < 500:
-        described = body.get("error_description")
-        detail = f"{error}: {described}" if isinstance(described, str) else error
-        return Refused(_one_line(f"the token endpoint refused the code ({detail})"))
-    return Refused(f"the token endpoint answered HTTP {status}", unavailable=status >= 500)
-
 
 class TollgateOIDCBackend(OIDCAuthenticationBackend):
     """Users are matched on (issuer, sub), never on e-mail; memberships follow the groups claim."""
@@ -111,6 +80,40 @@ class TollgateOIDCBackend(OIDCAuthenticationBackend):
             )
             services.auth_record_login(user=user, method="oidc")
         return user
+
+
+# --- Refusals (raised by the backend above, logged once by oidc_views) ----------------------
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    """A sign-in the IdP or this client refused; ``unavailable`` when the IdP could not answer."""
+
+    def __init__(self, reason: str, *, unavailable: bool = False) -> None:
+        super().__init__(reason)
+        self.unavailable = unavailable
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def _token_error(exc: requests.HTTPError) -> Refused:
+    """The token endpoint's answer, as its OAuth error code (``invalid_grant``: a replayed,
+    expired or forged code) when it gives one."""
+    response = exc.response
+    status = response.status_code if response is not None else 0
+    try:
+        body = response.json() if response is not None else {}
+    except ValueError:
+        body = {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, str) and 400 <= status < 500:
+        described = body.get("error_description")
+        detail = f"{error}: {described}" if isinstance(described, str) else error
+        return Refused(_one_line(f"the token endpoint refused the code ({detail})"))
+    return Refused(f"the token endpoint answered HTTP {status}", unavailable=status >= 500)
 
 
 def log_refusal(reason: str, *, unavailable: bool = False) -> None:
