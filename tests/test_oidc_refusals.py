@@ -101,13 +101,15 @@ def expect_refused(response, caplog, reason: str) -> None:
                       f"OIDC sign-in refused: {reason}", None)]
 
 
+@pytest.mark.e2e
 def test_a_sign_in_through_the_idp_works(idp, client, db):
     response = callback(client, idp_sign_in(start_sign_in(client), idp))
     assert response.status_code == 302 and response["Location"] == "/"
     assert ExternalIdentity.objects.filter(subject="carol-sub-1").exists()
 
 
-def test_a_replayed_code_is_refused_with_one_warning(idp, client, db, caplog, django_user_model):
+@pytest.mark.e2e
+def test_a_replayed_code_is_refused_with_one_warning(idp, client, db, caplog):
     used = idp_sign_in(start_sign_in(client), idp)
     assert callback(client, used).status_code == 302
     client.logout()
@@ -123,6 +125,7 @@ def test_a_replayed_code_is_refused_with_one_warning(idp, client, db, caplog, dj
     assert "_auth_user_id" not in client.session
 
 
+@pytest.mark.e2e
 def test_a_forged_code_is_refused_with_one_warning(idp, client, db, caplog):
     state = parse_qs(urlsplit(start_sign_in(client)).query)["state"][0]
     caplog.set_level(logging.INFO)
@@ -131,6 +134,7 @@ def test_a_forged_code_is_refused_with_one_warning(idp, client, db, caplog):
                                      "(invalid_grant: grant request is invalid)")
 
 
+@pytest.mark.e2e
 def test_a_callback_whose_state_was_used_is_refused_with_one_warning(idp, client, db, caplog):
     # The browser's back button, or a callback URL leaked from someone's history.
     used = idp_sign_in(start_sign_in(client), idp)
