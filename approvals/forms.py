@@ -8,6 +8,7 @@ from django import forms
 from django.contrib.auth.models import AbstractBaseUser
 
 from approvals.models import AccessRequest, ApprovalDecision, ApprovalPolicy
+from governance import bounds
 from governance.tenancy.models import Tenant
 from governance.tenancy.roles import Role
 from registry.models import Agent, Risk, ToolScope
@@ -31,7 +32,7 @@ class RequestForm(forms.Form):
 
     agent = forms.ModelChoiceField(queryset=None)
     scope = forms.ModelChoiceField(queryset=None)
-    duration = forms.IntegerField(min_value=1, initial=8, label="For")
+    duration = bounds.IntegerField(min_value=1, initial=8, label="For")
     unit = forms.ChoiceField(choices=[(k, k) for k in UNITS], initial="hours", label="Unit")
     justification = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}),
                                     help_text="Why the agent needs this access; approvers "
@@ -206,7 +207,7 @@ class BreakGlassForm(forms.Form):
 
     agent = forms.ModelChoiceField(queryset=None, empty_label="—")
     scope = forms.ModelChoiceField(queryset=None, empty_label="—")
-    minutes = forms.IntegerField(label="For (minutes)", initial=30)
+    minutes = bounds.IntegerField(label="For (minutes)", initial=30)
     justification = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
                                     help_text="Why this cannot wait for an approval; every "
                                               "admin reads it.")

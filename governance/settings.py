@@ -274,10 +274,18 @@ BUNDLE_DEBOUNCE_MS = env_int("BUNDLE_DEBOUNCE_MS", 200, minimum=0)
 # Longest `Prefer: wait=N` honoured (DESIGN.md caps it at 300).
 BUNDLE_MAX_WAIT_SECONDS = min(300, env_int("BUNDLE_MAX_WAIT_SECONDS", 300, minimum=1))
 # A rotated-in key is published (pending) this long before it signs: gateways refresh their
-# JWKS within one maximum poll interval.
+# JWKS within one maximum poll interval, so a shorter lead breaks DESIGN §5's guarantee that no
+# gateway meets a bundle signed by a key it has not fetched yet.
 BUNDLE_KEY_PUBLISH_LEAD_SECONDS = env_int(
     "BUNDLE_KEY_PUBLISH_LEAD_SECONDS", 2 * BUNDLE_MAX_WAIT_SECONDS, minimum=0
 )
+if BUNDLE_KEY_PUBLISH_LEAD_SECONDS < BUNDLE_MAX_WAIT_SECONDS:
+    raise ImproperlyConfigured(
+        f"BUNDLE_KEY_PUBLISH_LEAD_SECONDS: must be at least BUNDLE_MAX_WAIT_SECONDS "
+        f"({BUNDLE_MAX_WAIT_SECONDS}), got {BUNDLE_KEY_PUBLISH_LEAD_SECONDS}: a rotated-in key "
+        "must be published at least one maximum poll interval before it signs, or gateways "
+        "refuse the bundles it signs until they fetch it"
+    )
 # Where each web process keeps its local copy of current bundles.
 BUNDLE_LOCAL_DIR = Path(env_str("BUNDLE_LOCAL_DIR", str(VAR_DIR / "bundles")))
 # Set to an internal nginx location (e.g. /_bundles/) to let the proxy send bundle bodies from

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import sys
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from django.views import defaults
 from drf_spectacular.views import SpectacularSwaggerSplitView
 
 from governance import outage
-from governance.tenancy import auth_views, views
+from governance.tenancy import auth_views, oidc_views, views
 from governance.tenancy.api.views import MeView, SchemaView
 
 
@@ -22,6 +24,17 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 def _api_error(request: HttpRequest, status: int, code: str, message: str):
     return JsonResponse({"code": code, "message": message}, status=status)
+
+
+def handler400(request: HttpRequest, exception=None):
+    """A body over DATA_UPLOAD_MAX_MEMORY_SIZE (or too many fields) fails before any view: on
+    the APIs it is the JSON error shape too (413 for the size), not the HTML page."""
+    if request.path.startswith("/api/"):
+        if isinstance(exception, RequestDataTooBig):
+            return _api_error(request, 413, "too_large", "The body is over "
+                              f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.")
+        return _api_error(request, 400, "bad_request", "The request could not be read.")
+    return defaults.bad_request(request, exception)
 
 
 def handler404(request: HttpRequest, exception=None):
@@ -75,7 +88,7 @@ urlpatterns = [
     path("login/", auth_views.login_view, name="login"),
     path("logout/", auth_views.logout_view, name="logout"),
     path("oidc/authenticate/", auth_views.oidc_authenticate, name="oidc_authentication_init"),
-    path("oidc/callback/", auth_views.oidc_callback, name="oidc_authentication_callback"),
+    path("oidc/callback/", oidc_views.oidc_callback, name="oidc_authentication_callback"),
     path("t/<slug:tenant_slug>/", include(tenant_web)),
     path("api/v1/me/", MeView.as_view(), name="api-me"),
     path("api/v1/schema/", SchemaView.as_view(), name="api-schema"),

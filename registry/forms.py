@@ -9,6 +9,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
+from governance import bounds
 from governance.tenancy.models import Tenant
 from registry.models import Agent, DataClass, Grant, McpServer, Risk, Tool, ToolScope
 from registry.server_json import MAX_DOCUMENT_BYTES
@@ -190,10 +191,10 @@ def _json_field(label: str, help_text: str) -> forms.CharField:
 class GrantTermsForm(forms.Form):
     """The terms of a grant (what grant_update changes); the service validates their meaning."""
 
-    calls_per_minute = forms.IntegerField(required=False, label="Calls per minute",
-                                          help_text="Empty: no limit.")
-    calls_per_day = forms.IntegerField(required=False, label="Calls per day",
-                                       help_text="Empty: no limit.")
+    calls_per_minute = bounds.IntegerField(required=False, label="Calls per minute",
+                                           help_text="Empty: no limit.")
+    calls_per_day = bounds.IntegerField(required=False, label="Calls per day",
+                                        help_text="Empty: no limit.")
     window_start = forms.TimeField(required=False, label="Window start",
                                    widget=forms.TimeInput(attrs={"type": "time"}))
     window_end = forms.TimeField(required=False, label="Window end",

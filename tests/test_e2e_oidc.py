@@ -149,7 +149,8 @@ def sso_login(browser: Browser, base_url: str, idp: TestIdp, landing: str) -> Pa
         cookies = sorted(c["name"] for c in page.context.cookies(base_url))
         query = urlsplit(page.url).query
         hint = (
-            "the OIDC callback failed (see the captured Django log)" if "error=sso" in query
+            "the OIDC callback failed (see the captured Django log)"
+            if "error=sso" in query or urlsplit(page.url).path == "/oidc/callback/"
             else "the callback logged carol in, but the next request was anonymous"
             if "next=" in query else "unexpected page"
         )

@@ -92,6 +92,12 @@ def test_oidc_configured_removes_password_login(tmp_path):
         ({"BUNDLE_KEY_ENCRYPTION_KEYS": ""}, "BUNDLE_KEY_ENCRYPTION_KEYS: must be set when DEBUG"),
         ({"BUNDLE_KEY_ENCRYPTION_KEYS": "short"}, "BUNDLE_KEY_ENCRYPTION_KEYS: entry 1 is not"),
         ({"BUNDLE_TTL_SECONDS": "60"}, "BUNDLE_TTL_SECONDS: must be at least 600"),
+        ({"BUNDLE_KEY_PUBLISH_LEAD_SECONDS": "60"},
+         "BUNDLE_KEY_PUBLISH_LEAD_SECONDS: must be at least BUNDLE_MAX_WAIT_SECONDS (300), "
+         "got 60"),
+        ({"BUNDLE_MAX_WAIT_SECONDS": "120", "BUNDLE_KEY_PUBLISH_LEAD_SECONDS": "119"},
+         "BUNDLE_KEY_PUBLISH_LEAD_SECONDS: must be at least BUNDLE_MAX_WAIT_SECONDS (120), "
+         "got 119"),
     ],
 )
 def test_a_malformed_value_stops_start_up_naming_the_variable(tmp_path, env, message):
@@ -120,3 +126,9 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path):
                   SECRET_KEY=PROD_SECRET, ALLOWED_HOSTS="tollgate.example.com")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+def test_a_key_lead_of_one_maximum_poll_interval_is_enough(tmp_path):
+    result = _run(["manage.py", "check"], tmp_path, SECRET_KEY=PROD_SECRET,
+                  BUNDLE_MAX_WAIT_SECONDS="120", BUNDLE_KEY_PUBLISH_LEAD_SECONDS="120")
+    assert result.returncode == 0, result.stderr

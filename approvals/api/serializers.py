@@ -16,6 +16,7 @@ from approvals.models import (
     ApprovalStage,
     Escalation,
 )
+from governance.bounds import IntegerInput
 from governance.tenancy.api.serializers import object_id
 from governance.tenancy.roles import Role
 from registry.api.serializers import GrantOut, TenantObjectField
@@ -41,7 +42,7 @@ class AccessRequestFilter(serializers.Serializer):
 class AccessRequestIn(serializers.Serializer):
     agent = TenantObjectField(Agent, help_text="an agent the caller owns (admins: any)")
     scope = TenantObjectField(ToolScope)
-    duration_minutes = serializers.IntegerField(
+    duration_minutes = IntegerInput(
         help_text="how long the access lasts from approval (1 minute to 90 days)")
     justification = serializers.CharField(allow_blank=True, help_text="required: why")
     ticket = serializers.CharField(required=False, allow_blank=True, max_length=200)
@@ -103,7 +104,7 @@ class DecideOut(serializers.Serializer):
 
 
 class StageIn(serializers.Serializer):
-    approvals_required = serializers.IntegerField(min_value=1, default=1)
+    approvals_required = IntegerInput(min_value=1, default=1)
     roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices),
                                   required=False, default=list)
     idp_group = serializers.CharField(required=False, allow_blank=True, default="",
@@ -119,9 +120,9 @@ class PolicyIn(serializers.Serializer):
     risk_level = serializers.ChoiceField(choices=Risk.choices, required=False, allow_blank=True,
                                          help_text="the risk level it is for; neither: the "
                                                    "tenant default")
-    decision_hours = serializers.IntegerField(required=False, default=24,
-                                              help_text="how long a request waits for its "
-                                                        "decision (1 hour to 30 days)")
+    decision_hours = IntegerInput(required=False, default=24,
+                                  help_text="how long a request waits for its decision (1 hour "
+                                            "to 30 days)")
     stages = StageIn(many=True, help_text="ordered; every stage must pass")
     alternate_roles = serializers.ListField(
         child=serializers.ChoiceField(choices=Role.choices), required=False, default=list,
@@ -132,7 +133,7 @@ class PolicyIn(serializers.Serializer):
 
 
 class PolicyUpdateIn(serializers.Serializer):
-    decision_hours = serializers.IntegerField(required=False)
+    decision_hours = IntegerInput(required=False)
     stages = StageIn(many=True, required=False)
     alternate_roles = serializers.ListField(
         child=serializers.ChoiceField(choices=Role.choices), required=False)
@@ -209,8 +210,8 @@ class EscalationDecideOut(serializers.Serializer):
 class BreakGlassIn(serializers.Serializer):
     agent = TenantObjectField(Agent)
     scope = TenantObjectField(ToolScope)
-    minutes = serializers.IntegerField(help_text="how long the grant lasts, from now (1 to "
-                                                 "BREAK_GLASS_MAX_MINUTES)")
+    minutes = IntegerInput(help_text="how long the grant lasts, from now (1 to "
+                                     "BREAK_GLASS_MAX_MINUTES)")
     justification = serializers.CharField(allow_blank=True,
                                           help_text="required: why this cannot wait for an "
                                                     "approval; every admin reads it")

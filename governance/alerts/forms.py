@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 
+from governance import bounds
 from governance.alerts.models import AlertRule, Kind, Severity
 from governance.alerts.selectors import STATUS_FILTERS
 from governance.alerts.services import MAX_NOTE
@@ -35,8 +36,8 @@ class AlertRuleForm(forms.Form):
     """One rule's settings; the fields a kind does not take are left out."""
 
     enabled = forms.BooleanField(required=False, label="Enabled")
-    threshold = forms.IntegerField(required=False, min_value=1)
-    window_minutes = forms.IntegerField(required=False, min_value=1, label="Window (minutes)")
+    threshold = bounds.IntegerField(required=False, min_value=1)
+    window_minutes = bounds.IntegerField(required=False, min_value=1, label="Window (minutes)")
     severity = forms.ChoiceField(choices=Severity.choices)
 
     def __init__(self, *args, rule: AlertRule, **kwargs) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 
+from governance import bounds
 from governance.bundles.models import Gateway
 from governance.bundles.services import MAX_LABELS
 
@@ -94,10 +95,11 @@ class CompareForm(forms.Form):
     """Two revision numbers of the tenant's bundles (``from`` is a Python keyword, hence the
     field added in ``__init__``)."""
 
-    to = forms.IntegerField(min_value=1, required=False, label="To revision")
+    to = bounds.IntegerField(min_value=1, max_value=bounds.BIGINT_MAX, required=False,
+                             label="To revision")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["from"] = forms.IntegerField(min_value=1, required=False,
-                                                 label="From revision")
+        self.fields["from"] = bounds.IntegerField(min_value=1, max_value=bounds.BIGINT_MAX,
+                                                  required=False, label="From revision")
         self.order_fields(["from", "to"])

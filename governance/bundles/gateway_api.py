@@ -395,7 +395,18 @@ def _validate_status(report: Any) -> str | None:
             return f"bundles.{name}: must be an object."
         if "errors" in entry and not isinstance(entry["errors"], list):
             return f"bundles.{name}.errors: must be a list."
+        if not _is_revision(entry.get("active_revision", "")):
+            return (f"bundles.{name}.active_revision: must be a revision number as a string of "
+                    'digits (e.g. "12"), or "" before the first bundle.')
     return None
+
+
+def _is_revision(value: Any) -> bool:
+    """OPA's ``active_revision`` is a string; ours are the numbers 1 … 2^63 − 1 (a bigint)."""
+    if value == "":
+        return True
+    return (isinstance(value, str) and 0 < len(value) <= 19 and value.isascii()
+            and value.isdigit() and 1 <= int(value) <= 2**63 - 1)
 
 
 @csrf_exempt

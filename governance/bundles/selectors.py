@@ -66,8 +66,12 @@ def fleet(tenant: Tenant, *, now: datetime | None = None,
         if gateway.pk in contacts:
             polled = datetime.fromtimestamp(contacts[gateway.pk], tz=UTC)
             last = max(last, polled) if last else polled
-        lag = (newest - gateway.active_revision) if (
-            newest is not None and gateway.active_revision is not None) else None
+        running = gateway.active_revision
+        # A revision this control plane never published (a report ahead of the newest, e.g.
+        # after a database restore) is flagged, never shown as a negative lag.
+        unknown = running is not None and (newest is None or running > newest)
+        lag = newest - running if newest is not None and running is not None and not unknown \
+            else None
         result.append({
             "gateway": gateway,
             "last_contact_at": last,
@@ -76,6 +80,7 @@ def fleet(tenant: Tenant, *, now: datetime | None = None,
                 now - (last or gateway.created_at) > stale_after),
             "never_seen": last is None,
             "lag": lag,
+            "unknown_revision": unknown,
             "newest": newest,
         })
     return result

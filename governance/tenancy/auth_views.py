@@ -17,7 +17,6 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 from mozilla_django_oidc.views import (
-    OIDCAuthenticationCallbackView,
     OIDCAuthenticationRequestView,
 )
 
@@ -93,7 +92,4 @@ def oidc_authenticate(request: HttpRequest) -> HttpResponse:
     return OIDCAuthenticationRequestView.as_view()(request)
 
 
-def oidc_callback(request: HttpRequest) -> HttpResponse:
-    if not settings.OIDC_ENABLED:
-        raise Http404("Single sign-on is not configured")
-    return OIDCAuthenticationCallbackView.as_view()(request)
+# The callback is governance.tenancy.oidc_views.oidc_callback.

@@ -12,6 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from governance.bounds import IntegerInput
 from governance.tenancy.api.serializers import OBJECT_ID, object_id, username_out
 from governance.tenancy.models import Membership
 from registry.models import (
@@ -39,6 +40,8 @@ class TenantObjectField(serializers.IntegerField):
     def __init__(self, model: type[Model], **kwargs) -> None:
         self.model = model
         super().__init__(**kwargs)
+        # Documented bounds only: out of them is "no such object" (below), not a range message.
+        self.min_value, self.max_value = OBJECT_ID["min_value"], OBJECT_ID["max_value"]
 
     def to_internal_value(self, data):
         pk = super().to_internal_value(data)
@@ -323,11 +326,11 @@ class GrantFilter(serializers.Serializer):
 class GrantTermsIn(serializers.Serializer):
     """The terms of a grant; registry.services validates them and names the path of an error."""
 
-    calls_per_minute = serializers.IntegerField(required=False, allow_null=True)
-    calls_per_day = serializers.IntegerField(required=False, allow_null=True)
+    calls_per_minute = IntegerInput(required=False, allow_null=True)
+    calls_per_day = IntegerInput(required=False, allow_null=True)
     window_start = serializers.TimeField(required=False, allow_null=True)
     window_end = serializers.TimeField(required=False, allow_null=True)
-    window_days = serializers.ListField(child=serializers.IntegerField(), required=False,
+    window_days = serializers.ListField(child=IntegerInput(), required=False,
                                         help_text="0 = Monday … 6 = Sunday; empty: every day")
     window_tz = serializers.CharField(max_length=64, required=False,
                                       help_text="IANA time zone of the window, default UTC")

@@ -7,6 +7,7 @@ from rest_framework import serializers
 from governance.alerts.models import Alert, AlertRule, Kind, Severity
 from governance.alerts.selectors import STATUS_FILTERS
 from governance.alerts.services import MAX_NOTE
+from governance.bounds import IntegerInput
 from governance.tenancy.api.serializers import username_out
 
 
@@ -35,11 +36,11 @@ class AlertActionIn(serializers.Serializer):
 
 class AlertRuleIn(serializers.Serializer):
     enabled = serializers.BooleanField(required=False)
-    threshold = serializers.IntegerField(
+    threshold = IntegerInput(
         required=False, allow_null=True,
         help_text="denial_burst: denials; export_failing: consecutive failures; null for the "
                   "kinds without one")
-    window_minutes = serializers.IntegerField(
+    window_minutes = IntegerInput(
         required=False, allow_null=True,
         help_text="gateway_stale, denial_burst: minutes; null for the kinds without one")
     severity = serializers.ChoiceField(choices=Severity.choices, required=False)

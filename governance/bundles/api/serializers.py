@@ -10,6 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from governance.bounds import BIGINT_MAX, IntegerInput
 from governance.bundles.diff import SECTIONS
 from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
 from governance.tenancy.api.serializers import object_id, username_out
@@ -58,8 +59,13 @@ class GatewayOut(serializers.Serializer):
         help_text="the revision the gateway last reported running")
     newest_revision = serializers.IntegerField(source="newest", read_only=True, allow_null=True,
                                                help_text="the tenant's current revision")
-    lag = serializers.IntegerField(read_only=True, allow_null=True,
-                                   help_text="newest_revision − active_revision")
+    lag = serializers.IntegerField(
+        read_only=True, allow_null=True, min_value=0,
+        help_text="newest_revision − active_revision; null when either is unknown, or when the "
+                  "gateway reports a revision newer than the newest (unknown_revision)")
+    unknown_revision = serializers.BooleanField(
+        read_only=True, help_text="the gateway reports running a revision this control plane "
+                                  "never published (newer than the newest)")
     stale = serializers.BooleanField(
         read_only=True, help_text="active, and no contact for GATEWAY_STALE_SECONDS")
     last_error = serializers.CharField(source="gateway.last_error", read_only=True)
@@ -109,8 +115,9 @@ class SigningKeyRotateIn(serializers.Serializer):
     immediate = serializers.BooleanField(
         default=False,
         help_text="false: the new key is published now and signs after "
-        "BUNDLE_KEY_PUBLISH_LEAD_SECONDS; true (a compromised key): it signs at once and the "
-        "current key is retired — revoke that one next.",
+        "BUNDLE_KEY_PUBLISH_LEAD_SECONDS; true (a compromised key): it signs at once, the "
+        "current key is revoked (it leaves the JWKS, so gateways stop accepting what it "
+        "signed) and the bundle is re-signed.",
     )
 
 
@@ -151,14 +158,14 @@ class BundlePublishOut(serializers.Serializer):
 class BundleDiffQuery(serializers.Serializer):
     """``from`` is a Python keyword: the field is added in ``get_fields``."""
 
-    to = serializers.IntegerField(min_value=1, required=False,
-                                  help_text="revision number; default: the newest")
+    to = IntegerInput(min_value=1, max_value=BIGINT_MAX, required=False,
+                      help_text="revision number; default: the newest")
 
     def get_fields(self):
         fields = super().get_fields()
-        fields["from"] = serializers.IntegerField(
-            min_value=1, required=False, help_text="revision number; default: the one before "
-            "`to`")
+        fields["from"] = IntegerInput(
+            min_value=1, max_value=BIGINT_MAX, required=False,
+            help_text="revision number; default: the one before `to`")
         return fields
 
 

@@ -16,6 +16,7 @@ from governance.decisions.access import access_decision
 from governance.decisions.api import serializers as s
 from governance.decisions.models import DecisionLog
 from governance.tenancy.api.base import TenantViewSet
+from governance.tenancy.api.pagination import bounded_parameters
 from governance.tenancy.api.schema import error_responses
 from governance.tenancy.roles import Cap
 
@@ -29,6 +30,10 @@ class DecisionCursor(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def get_schema_operation_parameters(self, view):
+        return bounded_parameters(super().get_schema_operation_parameters(view),
+                                  self.max_page_size)
 
 
 class DecisionLogViewSet(TenantViewSet):
