@@ -92,3 +92,44 @@ def test_the_launcher_refuses_to_run_without_a_command():
     result = subprocess.run([sys.executable, "-I", "-S", str(stdio_sandbox.LAUNCHER)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "usage: stdio_launcher.py" in result.stderr
+
+
+NON_ROOT_WORKER = """
+import ctypes, os, subprocess, sys
+import django
+django.setup()
+from registry import stdio_sandbox
+
+probe, mode = sys.argv[1], sys.argv[2]
+if os.geteuid() == 0:  # play a worker started by an unprivileged user
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # changing uid cleared it; a fresh worker has it
+assert stdio_sandbox.is_dumpable()
+if mode == "guarded":
+    stdio_sandbox.wrap([probe])  # what the worker does before it spawns an allowed command
+child = subprocess.run([probe, str(os.getpid())], capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin"})
+print(child.stderr)
+"""
+
+
+@pytest.mark.parametrize("mode", ["unguarded", "guarded"])
+def test_a_worker_that_is_not_root_hides_its_environment_from_a_same_uid_child(
+        mode, probe, tmp_path):
+    var = Path(tempfile.mkdtemp(prefix="tollgate-var-"))
+    var.chmod(0o777)
+    try:
+        result = _run(["-c", NON_ROOT_WORKER, str(probe), mode], tmp_path,
+                      DJANGO_SETTINGS_MODULE="governance.settings", DEBUG="true",
+                      TOLLGATE_VAR_DIR=str(var), STDIO_DISCOVERY_COMMANDS=str(probe),
+                      TOLLGATE_PROBE_SECRET=SECRET)
+    finally:
+        shutil.rmtree(var)
+    assert result.returncode == 0, result.stderr
+    if mode == "unguarded":  # the probe does find a dumpable same-uid parent's secrets
+        assert SECRET in result.stdout, result.stdout
+    else:
+        assert SECRET not in result.stdout, result.stdout
+        assert "DENIED /proc/" in result.stdout
