@@ -260,3 +260,12 @@ def test_an_imported_package_is_a_stdio_server_its_gateway_discovers(
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         run, _ = sync.server_sync_request(tenant=tenant_a, actor=SYSTEM, server=server)
     assert run.via == "gateway" and callbacks == []
+
+
+def test_a_reported_run_names_its_gateway_on_the_server_page(login, victor, tenant_a, hr, edge):
+    _bind(tenant_a, edge, hr)
+    gateway_discovery.discovery_record(gateway=edge, report=gateway_discovery.parse_report(
+        {"server": "acme-hr", "tools": [{"name": "lookup", "inputSchema": {"type": "object"}}]}))
+    page = _body(login(victor).get(f"/t/alpha/servers/{hr.pk}/"))
+    assert 'reported by gateway <span id="sync-gateway">edge-1</span>' in page
+    assert "Reported by a gateway" in page
