@@ -122,13 +122,16 @@ def waiting_progress(bindings: list[GatewayBinding]) -> str:
 
 def status_headers(gateway: Gateway) -> dict[str, str]:
     """The discovery header of the answer to ``gateway``'s ``POST status`` (or none)."""
-    names = list(
-        GatewayBinding.objects.filter(
+    names = [
+        name for name in GatewayBinding.objects.filter(
             gateway=gateway, requested_at__isnull=False,
             server__latest_sync__via=ServerSync.Via.GATEWAY,
             server__latest_sync__status=ServerSync.Status.QUEUED,
         ).order_by("server__name").values_list("server__name", flat=True)
-    )
+        # A name a header cannot carry unambiguously (a comma, a line break, non-ASCII) is
+        # left out: that server's gateway still reports on start and on its own schedule.
+        if name.isascii() and name.isprintable() and "," not in name
+    ]
     return {DISCOVERY_HEADER: ", ".join(names)} if names else {}
 
 

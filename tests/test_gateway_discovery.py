@@ -249,3 +249,16 @@ def test_the_worker_never_runs_a_stdio_command_that_is_not_allow_listed(
     assert (run.status, run.error_code) == ("failed", "not_allowed")
     assert not marker.exists()
     assert McpServer.objects.get(pk=server.pk).tools.count() == 0
+
+
+def test_names_a_header_cannot_carry_are_left_out_of_it(tenant_a):
+    gateway, token = make_gateway(tenant_a)
+    for name in ("acme-hr", "a,b", "line\nbreak", "café"):
+        server = _stdio_server(tenant_a, name=name)
+        gateway_discovery.gateway_server_bind(tenant=tenant_a, actor=SYSTEM, gateway=gateway,
+                                              server=server)
+        sync.server_sync_request(tenant=tenant_a, actor=SYSTEM, server=server)
+    status = Client().post(STATUS, data="{}", content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert status.status_code == 204
+    assert status[gateway_discovery.DISCOVERY_HEADER] == "acme-hr"
