@@ -114,6 +114,11 @@ def request_reports(server: McpServer) -> list[GatewayBinding]:
     return bindings
 
 
+def requests_withdraw(server: McpServer) -> None:
+    """The request ended unanswered: its gateways are no longer asked (nor shown as asked)."""
+    GatewayBinding.objects.filter(server=server).update(requested_at=None)
+
+
 def waiting_progress(bindings: list[GatewayBinding]) -> str:
     names = ", ".join(b.gateway.name for b in bindings)
     noun = "gateway" if len(bindings) == 1 else "gateways"

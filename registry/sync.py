@@ -274,6 +274,7 @@ def syncs_fail_stale(now=None) -> int:
         if run.via == ServerSync.Via.GATEWAY:
             server_sync_fail(run=run, code="no_gateway_report",
                              message=gateway_discovery.stale_message(run))
+            gateway_discovery.requests_withdraw(run.server)
             count += 1
             continue
         server_sync_fail(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from governance.audit.models import AuditEvent
@@ -269,3 +270,20 @@ def test_a_reported_run_names_its_gateway_on_the_server_page(login, victor, tena
     page = _body(login(victor).get(f"/t/alpha/servers/{hr.pk}/"))
     assert 'reported by gateway <span id="sync-gateway">edge-1</span>' in page
     assert "Reported by a gateway" in page
+
+
+def test_the_database_refuses_cross_tenant_bindings_and_runs(tenant_a, tenant_b, hr, edge):
+    """Even code that skips the services cannot bind another tenant's gateway or server."""
+    b_gateway = make_gateway(tenant_b, name="b-edge")[0]
+    for make in (
+        lambda: GatewayBinding.objects.create(tenant=tenant_a, gateway=b_gateway, server=hr),
+        lambda: GatewayBinding.objects.create(tenant=tenant_b, gateway=b_gateway, server=hr),
+        lambda: ServerSync.objects.create(tenant=tenant_a, server=hr, gateway=b_gateway,
+                                          status="succeeded"),
+    ):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            make()
+            connection.check_constraints()  # PostgreSQL defers the FK check to commit
+    with transaction.atomic():
+        GatewayBinding.objects.create(tenant=tenant_a, gateway=edge, server=hr)
+        connection.check_constraints()

@@ -235,6 +235,8 @@ def test_an_unanswered_request_is_failed_by_the_sweep_with_when_each_gateway_rep
         f"No gateway reported the tools of acme-hr within 10 minutes (edge-1 last reported "
         f"{reported:%Y-%m-%d %H:%M:%S} UTC). Check that the gateway runs with --server-name "
         "acme-hr and reaches the control plane, then sync again.")
+    assert GatewayBinding.objects.get(server=server).requested_at is None
+    assert gateway_discovery.status_headers(gateway) == {}
 
 
 def test_the_worker_never_runs_a_stdio_command_that_is_not_allow_listed(

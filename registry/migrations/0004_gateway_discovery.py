@@ -5,6 +5,8 @@ import django.utils.timezone
 from django.conf import settings
 from django.db import migrations, models
 
+from governance.tenancy.db import EnforceSameTenant, SuspendSameTenant
+
 
 class Migration(migrations.Migration):
 
@@ -16,6 +18,12 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # SQLite rebuilds registry_serversync and registry_mcpserver below: the triggers on them
+        # and those that mention them are suspended meanwhile and re-installed after (see
+        # governance/tenancy/db.py).
+        SuspendSameTenant("serversync", "server", "mcpserver"),
+        SuspendSameTenant("mcpserver", "latest_sync", "serversync"),
+        SuspendSameTenant("tool", "server", "mcpserver"),
         migrations.AddField(
             model_name='serversync',
             name='gateway',
@@ -56,4 +64,10 @@ class Migration(migrations.Migration):
             model_name='gatewaybinding',
             constraint=models.UniqueConstraint(fields=('gateway', 'server'), name='binding_unique_pair'),
         ),
+        EnforceSameTenant("tool", "server", "mcpserver", sqlite_only=True),
+        EnforceSameTenant("serversync", "server", "mcpserver", sqlite_only=True),
+        EnforceSameTenant("mcpserver", "latest_sync", "serversync", sqlite_only=True),
+        EnforceSameTenant("serversync", "gateway", "bundles.gateway"),
+        EnforceSameTenant("gatewaybinding", "gateway", "bundles.gateway"),
+        EnforceSameTenant("gatewaybinding", "server", "mcpserver"),
     ]
