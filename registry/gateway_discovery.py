@@ -142,7 +142,9 @@ def status_headers(gateway: Gateway) -> dict[str, str]:
 
 def stale_message(run: ServerSync) -> str:
     """Why a requested run failed: nobody reported in time, and when each gateway last did."""
-    minutes = settings.REGISTRY_GATEWAY_REPORT_GRACE // 60
+    grace = settings.REGISTRY_GATEWAY_REPORT_GRACE
+    within = (f"{grace} s" if grace % 60 else
+              f"{grace // 60} minute{'s' if grace != 60 else ''}")
     bindings = list(run.server.bindings.select_related("gateway").order_by("gateway__name"))
     if not bindings:
         last = "no gateway is bound to this server any more"
@@ -151,7 +153,7 @@ def stale_message(run: ServerSync) -> str:
             f"{b.gateway.name} last reported {b.last_reported_at:%Y-%m-%d %H:%M:%S} UTC"
             if b.last_reported_at else f"{b.gateway.name} has never reported"
             for b in bindings)
-    return (f"No gateway reported the tools of {run.server.name} within {minutes} minutes "
+    return (f"No gateway reported the tools of {run.server.name} within {within} "
             f"({last}). Check that the gateway runs with --server-name {run.server.name} and "
             "reaches the control plane, then sync again.")
 
