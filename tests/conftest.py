@@ -12,7 +12,12 @@ from rest_framework.test import APIClient
 
 from governance.tenancy.roles import Role
 from tests.factories import MembershipFactory, TenantFactory, UserFactory, make_token
-from tests.mcp_support import _mutable_server_process, everything_js, mcp_server  # noqa: F401
+from tests.mcp_support import (  # noqa: F401
+    _mutable_server_process,
+    everything_js,
+    everything_stdio_wrapper,
+    mcp_server,
+)
 from tests.ui_support import base_url, browser, ui, ui_settings  # noqa: F401
 from tests.worker_support import blocking_receiver, celery_worker_process  # noqa: F401
 from tests.xdist_env import worker_redis_url

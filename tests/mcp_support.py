@@ -9,9 +9,14 @@ with ``mcp_server.serve([...])``. ``everything_js`` is the reference TypeScript 
 from __future__ import annotations
 
 import json
+import os
 import select
+import shlex
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -113,6 +118,37 @@ def mcp_server(_mutable_server_process: MutableServer) -> MutableServer:
     """The mutable server, with no tools until the test serves some."""
     _mutable_server_process.serve([])
     return _mutable_server_process
+
+
+def _readable_by_anyone(path: Path) -> bool:
+    """Whether a user with no relation to the file can read it (every directory above it
+    searchable by others)."""
+    path = path.resolve()
+    return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents) and bool(
+        path.stat().st_mode & stat.S_IROTH)
+
+
+@pytest.fixture(scope="session")
+def everything_stdio_wrapper(tmp_path_factory) -> Iterator[Path]:
+    """An operator's wrapper that starts server-everything over stdio and takes nothing from its
+    arguments — the kind of program STDIO_DISCOVERY_COMMANDS should list (README) — where an
+    unprivileged user can run it: a worker running as root starts allowed commands as nobody."""
+    if not EVERYTHING_JS.is_file():
+        pytest.fail(f"{EVERYTHING_JS.relative_to(REPO)} is missing: run `npm ci --prefix "
+                    "tests/mcp` (make test does it through scripts/test-deps).")
+    directory = Path(tempfile.mkdtemp(prefix="tollgate-everything-"))
+    directory.chmod(0o755)
+    script = EVERYTHING_JS.resolve()
+    if not _readable_by_anyone(script):  # e.g. a checkout under /root: use a readable copy
+        modules = (REPO / "tests/mcp/node_modules").resolve()
+        shutil.copytree(modules, directory / "node_modules", symlinks=True)
+        script = directory / script.relative_to(modules.parent)
+    node = os.path.realpath(shutil.which("node") or "/usr/bin/node")
+    wrapper = directory / "mcp-everything"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(node)} {shlex.quote(str(script))} stdio\n")
+    wrapper.chmod(0o755)
+    yield wrapper
+    shutil.rmtree(directory)
 
 
 @pytest.fixture(scope="module")

@@ -52,8 +52,8 @@ from governance.exports import services as exports
 from governance.notifications import services as notifications
 from governance.tenancy import invitations
 from governance.tenancy import services as tenancy
+from registry import gateway_discovery, sync
 from registry import services as registry
-from registry import sync
 from tests.bundle_support import SYSTEM, make_gateway, payroll_world
 from tests.factories import make_token
 from tests.observability_support import event, ingest
@@ -90,7 +90,7 @@ def test_the_fuzzed_document_is_the_whole_admin_api():
     # Every route of governance/bundles/gateway_urls.py is described.
     from governance.bundles.gateway_urls import urlpatterns
 
-    assert len(GATEWAY_OPERATIONS) == len(urlpatterns) == 8
+    assert len(GATEWAY_OPERATIONS) == len(urlpatterns) == 9
 
 
 @contextmanager
@@ -152,6 +152,8 @@ def fuzz_world(tenant, cast) -> None:
                                     agent=bot, scope=scope, duration_minutes=60,
                                     justification="month-end run")
     gateway, _ = make_gateway(tenant)
+    gateway_discovery.gateway_server_bind(tenant=tenant, actor=SYSTEM, gateway=gateway,
+                                          server=world["server"])
     args = {"amount": 1200}
     registry.grant_update(tenant=tenant, actor=SYSTEM, grant=world["grant"],
                           approval_mode="always")

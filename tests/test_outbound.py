@@ -10,7 +10,6 @@ that off first (``strict``). DNS answers for made-up names come from a fake ``ge
 from __future__ import annotations
 
 import socket
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -487,10 +486,12 @@ def test_pinned_connections_still_speak_to_the_name(strict, dns, receiver):
     assert requests == ["/in"]
 
 
-def test_a_stdio_server_is_not_affected(strict, tenant_a, settings):
+def test_a_stdio_server_is_not_affected(strict, tenant_a, settings, everything_stdio_wrapper):
+    """An operator-allowed stdio command (STDIO_DISCOVERY_COMMANDS) makes no connection."""
     settings.REGISTRY_SYNC_TIMEOUT = 30
+    settings.STDIO_DISCOVERY_COMMANDS = [str(everything_stdio_wrapper)]
     server = registry.server_create(tenant=tenant_a, actor=SYSTEM, name="hr", transport="stdio",
-                                    command=[sys.executable, str(ROOT / "demo" / "hr_server.py")])
+                                    command=[str(everything_stdio_wrapper)])
     run, _ = sync.server_sync_request(tenant=tenant_a, actor=SYSTEM, server=server)
     run = sync.server_sync_execute(sync.server_sync_claim(run.pk))
     assert run.status == ServerSync.Status.SUCCEEDED, run.error_message

@@ -158,13 +158,15 @@ def test_ten_thousand_tools_are_refused_whole(tenant_a, mcp_server, settings):
 
 
 def test_a_stdio_server_nobody_here_wrote_is_synced_and_stays_unchanged(
-    tenant_a, everything_js, settings
+    tenant_a, everything_stdio_wrapper, settings
 ):
-    """npm @modelcontextprotocol/server-everything, spawned over stdio by the sync itself."""
+    """npm @modelcontextprotocol/server-everything, spawned over stdio by the sync itself: the
+    operator allow-listed the exact wrapper that starts it (STDIO_DISCOVERY_COMMANDS), and the
+    worker runs it sandboxed (registry/stdio_sandbox.py)."""
     settings.REGISTRY_SYNC_TIMEOUT = 30
+    settings.STDIO_DISCOVERY_COMMANDS = [str(everything_stdio_wrapper)]
     server = services.server_create(tenant=tenant_a, actor=SYSTEM, name="everything",
-                                    transport="stdio",
-                                    command=["node", str(everything_js), "stdio"])
+                                    transport="stdio", command=[str(everything_stdio_wrapper)])
     first = _run(tenant_a, server)
     assert first.status == ServerSync.Status.SUCCEEDED, first.error_message
     names = set(Tool.objects.filter(server=server).values_list("name", flat=True))
