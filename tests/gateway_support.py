@@ -5,6 +5,10 @@ the demo's real stdio MCP server (demo/hr_server.py) for the demo tenant seeded 
 ``seed_demo`` (tenant ``acme``, server ``acme-hr``, the gateway token seed_demo wrote to
 ``VAR_DIR/demo-gateway-token``), with one static agent identity, ``AGENT_TOKEN`` → the demo's
 ``hr-assistant``. The handle knows the agent URL, the log, and how to stop the process.
+
+``StubServer`` is a small local HTTP server answering from a script and recording every request:
+it stands in for the control plane in gateway-only tests, for answers the control plane never
+gives (or before it is there to give them).
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +193,45 @@ def agent_view(gw: GatewayProcess) -> tuple[list[str], Any, Any]:
         return listed, lookup, adjust
 
     return as_agent(gw.url, AGENT_TOKEN, work)
+
+
+class StubServer:
+    """A local HTTP server answering from a script: {(method, path): [responses]} where each
+    response is (status, headers, body); the last one repeats. Records every request."""
+
+    def __init__(self, script: dict[tuple[str, str], list[tuple[int, dict, bytes]]]):
+        self.script = script
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                stub.requests.append((self.command, self.path, dict(self.headers), body))
+                answers = stub.script.get((self.command, self.path)) or [(404, {}, b"{}")]
+                status, headers, content = answers.pop(0) if len(answers) > 1 else answers[0]
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
