@@ -230,6 +230,19 @@ REGISTRY_SYNC_SOFT_TIME_LIMIT = REGISTRY_SYNC_TIMEOUT + 60
 REGISTRY_SYNC_TIME_LIMIT = REGISTRY_SYNC_TIMEOUT + 90
 # A run no worker picked up within this many seconds is failed with "not started".
 REGISTRY_SYNC_QUEUE_EXPIRY = env_int("REGISTRY_SYNC_QUEUE_EXPIRY", 900, minimum=60)
+# A sync that asks a server's gateways to report (stdio servers) fails after this many seconds
+# without a report.
+REGISTRY_GATEWAY_REPORT_GRACE = env_int("REGISTRY_GATEWAY_REPORT_GRACE", 600, minimum=60)
+# Operator allow-list (never tenant data): absolute paths of stdio server commands a worker may
+# run to list their tools (registry/stdio_sandbox.py). Empty: stdio servers are discovered by
+# their gateways only, and the control plane runs no command a tenant supplied.
+STDIO_DISCOVERY_COMMANDS = env_list("STDIO_DISCOVERY_COMMANDS", [])
+for _command in STDIO_DISCOVERY_COMMANDS:
+    if not Path(_command).is_absolute():
+        raise ImproperlyConfigured(
+            f"STDIO_DISCOVERY_COMMANDS: {_command!r} is not an absolute path; list the exact "
+            "program (e.g. /usr/local/bin/my-mcp-server), never a name looked up in PATH."
+        )
 
 # --- Outbound connections (governance/outbound.py: the SSRF guard) ----------------------------
 # MCP server, webhook, HEC and syslog targets that are (or resolve to) loopback, link-local,

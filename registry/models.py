@@ -78,6 +78,11 @@ class McpServer(LifecycleMixin, TenantScopedModel):
         "ServerSync", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     last_synced_at = models.DateTimeField(null=True, blank=True)  # last successful sync
+    # The gateways that front this server and report its tools (registry/gateway_discovery.py);
+    # the M2M lives here so the core (governance.bundles) never imports the registry.
+    gateways = models.ManyToManyField(
+        "bundles.Gateway", through="GatewayBinding", blank=True, related_name="servers"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -114,8 +119,20 @@ class ServerSync(TenantScopedModel):
         MANUAL = "manual", "Started by a person"
         API = "api", "Started through the API"
         SCHEDULED = "scheduled", "Scheduled re-sync"
+        GATEWAY = "gateway", "Reported by a gateway"
+
+    class Via(models.TextChoices):
+        WORKER = "worker", "A worker lists the tools"
+        GATEWAY = "gateway", "The server's gateways report the tools"
 
     server = models.ForeignKey(McpServer, on_delete=models.CASCADE, related_name="syncs")
+    # Who lists the tools: a worker (remote servers, allow-listed stdio commands) or the
+    # server's gateways (stdio servers: the control plane never runs a tenant's command).
+    via = models.CharField(max_length=10, choices=Via.choices, default=Via.WORKER)
+    # The gateway whose report completed the run (via gateway).
+    gateway = models.ForeignKey(
+        "bundles.Gateway", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.MANUAL)
     requested_by = models.ForeignKey(
@@ -152,6 +169,31 @@ class ServerSync(TenantScopedModel):
     @property
     def is_open(self) -> bool:
         return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+
+class GatewayBinding(TenantScopedModel):
+    """A gateway fronts a server: it may report the server's tools, and is asked to."""
+
+    gateway = models.ForeignKey("bundles.Gateway", on_delete=models.CASCADE,
+                                related_name="server_bindings")
+    server = models.ForeignKey(McpServer, on_delete=models.CASCADE, related_name="bindings")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    # Set when a sync asks the gateways to report (the status answer names the server until
+    # a report arrives); cleared by the report.
+    requested_at = models.DateTimeField(null=True, blank=True)
+    last_reported_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["server__name", "gateway__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["gateway", "server"], name="binding_unique_pair"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.gateway_id} → {self.server_id}"
 
 
 class Tool(TenantScopedModel):

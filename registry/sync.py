@@ -1,10 +1,13 @@
 """Tool sync: request a ``tools/list`` run, execute it on a worker, sweep stuck and due runs.
 
-The services here are the only writers of ``ServerSync``. A run's life:
+The services here and in ``registry/gateway_discovery.py`` (runs a gateway reports) are the only
+writers of ``ServerSync``. A run's life:
 
 1. ``server_sync_request`` (web, API or the beat schedule) creates a *queued* run — or returns
    the one already open for that server, so a double click or an overlapping schedule never
-   starts two — and enqueues ``registry.tasks.sync_server`` on commit.
+   starts two — and enqueues ``registry.tasks.sync_server`` on commit. A stdio server's run
+   instead waits for its gateways to report (``via`` gateway): the worker runs no command a
+   tenant supplied, only those the operator allow-listed (``registry/stdio_sandbox.py``).
 2. The task claims the run (``queued → running`` by a conditional UPDATE, so a redelivered
    message cannot run it twice), and ``server_sync_execute`` talks to the server with the
    official MCP SDK under a deadline, then applies the result in one transaction together with
@@ -29,6 +32,7 @@ from django.utils import timezone
 from governance import outbound
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Tenant
+from registry import gateway_discovery, stdio_sandbox
 from registry.discovery import BLOCKED_ADDRESS, DiscoveryError, discover_tools
 from registry.models import McpServer, ServerSync
 from registry.services import tools_record_discovery
@@ -64,14 +68,25 @@ def server_sync_request(
     ).first()
     if open_run is not None:
         return open_run, False
+    # A stdio server's command is the tenant's: it runs where the server's gateway runs, and
+    # only the gateway lists its tools (unless the operator allow-listed the exact command).
+    via = ServerSync.Via.GATEWAY if gateway_discovery.needs_gateway(server) else (
+        ServerSync.Via.WORKER)
+    bindings = []
+    if via == ServerSync.Via.GATEWAY:
+        bindings = gateway_discovery.active_bindings(server)
+        if not bindings:
+            raise ValidationError({"gateways": gateway_discovery.no_gateway_message(server)})
     try:
         with transaction.atomic():
             run = ServerSync.objects.create(
                 tenant=tenant,
                 server=server,
                 trigger=trigger,
+                via=via,
                 requested_by=requested_by,
-                progress="Waiting for a worker",
+                progress=(gateway_discovery.waiting_progress(bindings) if bindings
+                          else "Waiting for a worker"),
             )
     except IntegrityError:  # a concurrent request created it first (unique open run)
         return server.syncs.get(
@@ -84,9 +99,13 @@ def server_sync_request(
         actor=actor,
         action="server.sync_requested",
         obj=server,
-        after={"sync": run.pk, "trigger": trigger},
+        after={"sync": run.pk, "trigger": trigger, "via": via}
+        | ({"gateways": [b.gateway.name for b in bindings]} if bindings else {}),
     )
-    transaction.on_commit(lambda: _enqueue(run.pk))
+    if via == ServerSync.Via.GATEWAY:
+        gateway_discovery.request_reports(server)  # named in their next status answers
+    else:
+        transaction.on_commit(lambda: _enqueue(run.pk))
     return run, True
 
 
@@ -99,7 +118,8 @@ def _enqueue(run_id: int) -> None:
 def server_sync_claim(run_id: int) -> ServerSync | None:
     """queued → running, exactly once per run (None when someone else already claimed it)."""
     now = timezone.now()
-    claimed = ServerSync.objects.filter(pk=run_id, status=ServerSync.Status.QUEUED).update(
+    claimed = ServerSync.objects.filter(pk=run_id, status=ServerSync.Status.QUEUED,
+                                        via=ServerSync.Via.WORKER).update(
         status=ServerSync.Status.RUNNING,
         started_at=now,
         progress="Connecting to the server and listing its tools",
@@ -129,7 +149,16 @@ class _GuardedTransport(httpx2.AsyncBaseTransport):
 def server_sync_execute(run: ServerSync) -> ServerSync:
     """Talk to the server (outside any transaction), then record the outcome atomically."""
     server = run.server
-    if server.transport != McpServer.Transport.STDIO and server.url:
+    command = server.command or None
+    if server.transport == McpServer.Transport.STDIO:
+        # Checked again here, whatever queued the run: the worker runs no command the
+        # operator did not allow-list, and runs an allowed one sandboxed (stdio_sandbox.py).
+        if not stdio_sandbox.allowed(server.command or []):
+            return server_sync_fail(run=run, code="not_allowed", message=(
+                "This worker runs no stdio server command that is not in "
+                "STDIO_DISCOVERY_COMMANDS; the server's gateways report its tools."))
+        command = stdio_sandbox.wrap(server.command)
+    elif server.url:
         # Checked again now: DNS may have changed since the URL was saved. The MCP SDK follows
         # redirects only within the same origin, so every request goes to this host.
         try:
@@ -141,14 +170,15 @@ def server_sync_execute(run: ServerSync) -> ServerSync:
         result = discover_tools(
             transport=server.transport,
             url=server.url or None,
-            command=server.command or None,
+            command=command,
             timeout=sync_timeout(),
             max_tools=settings.REGISTRY_MAX_TOOLS,
             # Connections go only to addresses checked as they are made (no second lookup).
             http_transport=_GuardedTransport,
         )
     except DiscoveryError as exc:
-        return server_sync_fail(run=run, code=exc.code, message=exc.message)
+        return server_sync_fail(run=run, code=exc.code,
+                                message=stdio_sandbox.unwrap_message(exc.message))
     except ValueError as exc:  # the registered server itself is unusable (bad command, URL)
         return server_sync_fail(run=run, code="invalid_server", message=str(exc))
     ServerSync.objects.filter(pk=run.pk, status=ServerSync.Status.RUNNING).update(
@@ -230,13 +260,22 @@ def syncs_fail_stale(now=None) -> int:
     # A running run outlives its task's hard time limit only if the worker died.
     running_cutoff = now - timedelta(seconds=settings.REGISTRY_SYNC_TIME_LIMIT + 60)
     queued_cutoff = now - timedelta(seconds=settings.REGISTRY_SYNC_QUEUE_EXPIRY)
+    report_cutoff = now - timedelta(seconds=settings.REGISTRY_GATEWAY_REPORT_GRACE)
     stale = ServerSync.objects.filter(
         Q(status=ServerSync.Status.RUNNING, started_at__lt=running_cutoff)
-        | Q(status=ServerSync.Status.QUEUED, created_at__lt=queued_cutoff)
+        | Q(status=ServerSync.Status.QUEUED, via=ServerSync.Via.WORKER,
+            created_at__lt=queued_cutoff)
+        | Q(status=ServerSync.Status.QUEUED, via=ServerSync.Via.GATEWAY,
+            created_at__lt=report_cutoff)
     )
     count = 0
     for run in stale.select_related("server", "tenant"):
         was = run.status
+        if run.via == ServerSync.Via.GATEWAY:
+            server_sync_fail(run=run, code="no_gateway_report",
+                             message=gateway_discovery.stale_message(run))
+            count += 1
+            continue
         server_sync_fail(
             run=run,
             code="worker_lost" if was == ServerSync.Status.RUNNING else "not_started",
@@ -264,5 +303,8 @@ def servers_due_for_resync(now=None) -> list[McpServer]:
             .exclude(latest_sync__status__in=[ServerSync.Status.QUEUED, ServerSync.Status.RUNNING])
             .select_related("tenant")
         )
-        due.extend(servers)
+        # A stdio server no active gateway fronts cannot be synced: skipped, not failed.
+        due.extend(s for s in servers
+                   if not gateway_discovery.needs_gateway(s)
+                   or gateway_discovery.active_bindings(s))
     return due

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from registry import views
+from registry import gateway_bindings, views
 
 app_name = "registry"
 
@@ -18,6 +18,10 @@ urlpatterns = [
          name="server_transition"),
     path("servers/<int:server_id>/sync/", views.ServerSyncView.as_view(), name="server_sync"),
     path("servers/<int:server_id>/syncs/<int:sync_id>/", views.SyncView.as_view(), name="sync"),
+    path("gateways/<int:gateway_id>/servers/", gateway_bindings.GatewayBindView.as_view(),
+         name="gateway_bind"),
+    path("gateway-bindings/<int:binding_id>/remove/",
+         gateway_bindings.GatewayUnbindView.as_view(), name="gateway_unbind"),
     path("tools/<int:tool_id>/", views.ToolDetailView.as_view(), name="tool"),
     path("tools/<int:tool_id>/approve/", views.ToolApproveView.as_view(), name="tool_approve"),
     path("tools/<int:tool_id>/block/", views.ToolBlockView.as_view(), name="tool_block"),

@@ -44,6 +44,8 @@ from registry.forms import (
     ServerForm,
     ServerImportForm,
 )
+from registry.gateway_bindings import server_bindings
+from registry.gateway_discovery import needs_gateway
 from registry.models import Agent, Grant, McpServer, ServerSync, Tool
 from registry.sync import SYNCABLE, server_sync_request
 
@@ -175,6 +177,8 @@ class ServerDetailView(TenantPageView):
                           "run": run,
                           "next_states": sorted(server.TRANSITIONS.get(server.status, ())),
                           "can_sync": server.status in SYNCABLE,
+                          "bindings": server_bindings(self.tenant, server),
+                          "via_gateway": needs_gateway(server),
                       })
 
 

@@ -48,11 +48,15 @@ def test_seed_demo_is_idempotent_and_refuses_production(db, settings, tmp_path):
     acme = Tenant.objects.get(slug="acme")
     assert Membership.objects.for_tenant(acme).count() == 5
     assert Membership.objects.get(tenant__slug="globex").user.username == "admin"
-    # The demo registry comes from a real sync of demo/hr_server.py over stdio.
+    # The demo registry: demo/hr_server.py over stdio, fronted by the demo gateway, whose
+    # report of its tools is recorded (make run's gateway reports them again as it starts).
     from registry.models import Grant, McpServer, Tool
 
     server = McpServer.objects.get(tenant=acme, name="acme-hr")
     assert server.latest_sync.status == "succeeded"
+    assert (server.latest_sync.trigger, server.latest_sync.gateway.name) == (
+        "gateway", "demo-gateway")
+    assert [g.name for g in server.gateways.all()] == ["demo-gateway"]
     assert dict(Tool.objects.filter(server=server).values_list("name", "status")) == {
         "lookup_employee": "approved", "get_salary": "approved", "adjust_salary": "pending_review"
     }

@@ -66,6 +66,9 @@ NON_TENANT_PATTERNS = {
     # The token's tenant only (the URL names none); tests/test_decision_logs.py proves 401 and
     # that a gateway's rows land in its own tenant and are never visible to another.
     "api/v1/gateway/logs": "gateway: upload OPA decision logs of the calling gateway",
+    # Servers bound to the calling gateway only; tests/test_gateway_discovery.py proves 401,
+    # and 404 for a server of another tenant or one not bound to the gateway.
+    "api/v1/gateway/discovery": "gateway: report the tools of a server it fronts",
     # non-tenant: observability
     # Prometheus exposition: Bearer METRICS_TOKEN or a client in METRICS_ALLOWED_NETWORKS, else
     # 403 (401 for a wrong token); tests/test_metrics.py proves each case.
@@ -87,6 +90,7 @@ KWARG_MODELS = {
     "grant_id": registry.Grant,
     "gateway_id": Gateway,
     "gateway_token_id": GatewayToken,
+    "binding_id": registry.GatewayBinding,
     "key_id": SigningKey,
     "bundle_id": Bundle,
     "channel_id": Channel,
@@ -224,6 +228,8 @@ def objects_a(cast, tenant_a):
         AuditEvent: AuditEvent.objects.filter(tenant=tenant_a).first(),
         Gateway: gateway,
         GatewayToken: gateway_token,
+        registry.GatewayBinding: registry.GatewayBinding.objects.create(
+            tenant=tenant_a, gateway=gateway, server=server),
         SigningKey: bundle.key,
         Bundle: bundle,
         Channel: channel,

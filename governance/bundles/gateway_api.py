@@ -34,7 +34,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from governance.bundles import hot, publish, selectors, services, store
+from governance.bundles import extensions, hot, publish, selectors, services, store
 from governance.bundles.models import Gateway, GatewayToken
 from governance.tenancy import token_guard
 from governance.tenancy.models import hash_token
@@ -413,13 +413,16 @@ async def status(request: HttpRequest, slug: str | None = None) -> HttpResponse:
     problem = _validate_status(report)
     if problem:
         return error(400, "invalid", problem)
-    await sync_to_async(_record_status)(caller.gateway, report)
-    return HttpResponse(status=204)
+    headers = await sync_to_async(_record_status)(caller.gateway, report)
+    # Still a 204 (OPA-compatible clients are unaffected); apps may add headers, e.g.
+    # X-Tollgate-Discovery-Requested naming the servers whose tools it should report now.
+    return HttpResponse(status=204, headers=headers)
 
 
-def _record_status(gateway_id: int, report: dict[str, Any]) -> None:
+def _record_status(gateway_id: int, report: dict[str, Any]) -> dict[str, str]:
     gateway = Gateway.objects.get(pk=gateway_id)
-    services.gateway_record_status(gateway=gateway, report=report)
+    gateway = services.gateway_record_status(gateway=gateway, report=report)
+    return extensions.status_headers(gateway)
 
 
 __all__ = ["bundle", "keys", "status"]

@@ -7,6 +7,7 @@ from django.urls import path
 from approvals import gateway_api as escalations
 from governance.bundles import gateway_api
 from governance.decisions import gateway_api as decision_logs
+from registry import gateway_api as discovery
 
 app_name = "gateway"
 
@@ -20,4 +21,5 @@ urlpatterns = [
     path("escalations/<uuid:escalation_id>/consume", escalations.consume,
          name="escalation_consume"),
     path("logs", decision_logs.logs, name="logs"),
+    path("discovery", discovery.discovery_report, name="discovery"),
 ]

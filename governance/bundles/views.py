@@ -14,7 +14,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 
 from gateway import agentgateway
-from governance.bundles import diff, publish, selectors, services, store
+from governance.bundles import diff, extensions, publish, selectors, services, store
 from governance.bundles.access import (
     access_bundle,
     access_gateway,
@@ -109,6 +109,8 @@ def _gateway_page(request: HttpRequest, gateway: Gateway, token_form: GatewayTok
         "gateway_api": request.build_absolute_uri("/api/v1/gateway/"),
         "report_json": json.dumps(gateway.last_report, indent=2, sort_keys=True,
                                   ensure_ascii=False) if gateway.last_report else "",
+        # Sections the apps above the core add (the registry: the servers it fronts).
+        "extra_sections": extensions.gateway_sections(request, gateway),
     }, status=status)
     response["Cache-Control"] = "no-store"  # the page may carry a token's plaintext
     return response

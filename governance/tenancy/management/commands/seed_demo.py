@@ -1,11 +1,10 @@
 """``manage.py seed_demo``: the demo tenant ``acme`` with one user per role and a small registry
-(a real stdio MCP server, demo/hr_server.py, synced, partly reviewed, scoped and granted to an
-agent). Idempotent: what exists is left alone."""
+(a real stdio MCP server, demo/hr_server.py, fronted by the demo gateway that reports its tools,
+partly reviewed, scoped and granted to an agent). Idempotent: what exists is left alone."""
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from django.conf import settings
@@ -74,16 +73,33 @@ class Command(BaseCommand):
             self.stdout.write(f"  {username:<10} {role}")
         self.stdout.write("  (admin is also admin of 'globex', to show the tenant picker)")
 
+    def _demo_gateway(self, acme, actor):
+        from governance.bundles import services as bundles
+        from governance.bundles.models import Gateway
+
+        gateway = Gateway.objects.for_tenant(acme).filter(name="demo-gateway").first()
+        return gateway or bundles.gateway_create(tenant=acme, actor=actor, name="demo-gateway",
+                                                 description="Local demo gateway",
+                                                 labels={"env": "demo"})
+
     def _seed_registry(self):
-        """A real MCP server for acme: synced in-process now, so the demo starts populated."""
+        """A real stdio MCP server for acme, fronted by the demo gateway (``make run`` starts it
+        with ``--server-name acme-hr``: it reports the server's tools); its tools are recorded
+        now, as that gateway reports them, so the demo starts populated."""
+        from registry import gateway_discovery
         from registry import services as registry
-        from registry import sync
-        from registry.models import McpServer, Tool
+        from registry.discovery import DiscoveryError, discover_tools
+        from registry.models import GatewayBinding, McpServer, Tool
 
         acme = Tenant.objects.get(slug="acme")
-        if McpServer.objects.for_tenant(acme).filter(name="acme-hr").exists():
-            return
         actor = Actor.system("seed_demo")
+        gateway = self._demo_gateway(acme, actor)
+        existing = McpServer.objects.for_tenant(acme).filter(name="acme-hr").first()
+        if existing is not None:
+            if not GatewayBinding.objects.filter(gateway=gateway, server=existing).exists():
+                gateway_discovery.gateway_server_bind(tenant=acme, actor=actor,
+                                                      gateway=gateway, server=existing)
+            return
         User = get_user_model()
         developer = User.objects.get(username="developer")
         server = registry.server_create(
@@ -94,16 +110,17 @@ class Command(BaseCommand):
         )
         server = registry.server_transition(tenant=acme, actor=actor, server=server,
                                             status="active")
-        run, _ = sync.server_sync_request(tenant=acme, actor=actor, server=server)
-        claimed = sync.server_sync_claim(run.pk)
-        run = sync.server_sync_execute(claimed) if claimed else run
-        deadline = time.monotonic() + 60
-        while run.status in (run.Status.QUEUED, run.Status.RUNNING) and (
-                time.monotonic() < deadline):  # a running worker claimed it first: wait
-            time.sleep(0.2)
-            run.refresh_from_db()
-        if run.status != run.Status.SUCCEEDED:
-            self.stderr.write(f"Demo server sync failed ({run.error_code}): {run.error_message}")
+        gateway_discovery.gateway_server_bind(tenant=acme, actor=actor, gateway=gateway,
+                                              server=server)
+        # The command is this repository's demo server, chosen by the seed (never tenant data);
+        # its tools are recorded as the demo gateway reports them (POST discovery).
+        try:
+            result = discover_tools(transport="stdio", command=server.command, timeout=60)
+            gateway_discovery.discovery_record(gateway=gateway, report=gateway_discovery.Report(
+                server=server.name, tools=result.tools, server_name=result.server_name,
+                server_version=result.server_version))
+        except (DiscoveryError, gateway_discovery.Refused) as exc:
+            self.stderr.write(f"Demo server tools not recorded: {exc}")
         tools = {t.name: t for t in Tool.objects.for_tenant(acme).filter(server=server)}
         readers = [tools[name] for name in ("lookup_employee", "get_salary") if name in tools]
         for tool in readers:
@@ -128,16 +145,11 @@ class Command(BaseCommand):
         with curl, and the first bundle published at once."""
         from governance.bundles import publish
         from governance.bundles import services as bundles
-        from governance.bundles.models import Gateway
 
         acme = Tenant.objects.get(slug="acme")
         actor = Actor.system("seed_demo")
         token_file = Path(settings.VAR_DIR) / "demo-gateway-token"
-        gateway = Gateway.objects.for_tenant(acme).filter(name="demo-gateway").first()
-        if gateway is None:
-            gateway = bundles.gateway_create(tenant=acme, actor=actor, name="demo-gateway",
-                                             description="Local demo gateway",
-                                             labels={"env": "demo"})
+        gateway = self._demo_gateway(acme, actor)
         if not token_file.exists():  # first run, or var/ was cleaned: a fresh token
             _, plaintext = bundles.gateway_token_issue(tenant=acme, actor=actor,
                                                        gateway=gateway, name="demo")
