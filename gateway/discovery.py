@@ -3,7 +3,7 @@
 The control plane never runs a command a tenant supplied, so it cannot list the tools of a
 stdio MCP server itself: the gateway that runs the server does, over the MCP session it already
 has (``gateway.proxy.Upstream``; no second child process), and reports them with
-``POST /api/v1/gateway/discovery`` (gateway token, JSON)::
+``POST /api/v1/gateway/discovery`` (gateway token, gzipped JSON)::
 
     {"server": "<--server-name>", "tools": [<every tool of every tools/list page, as sent>],
      "server_info": {"name": "…", "version": "…"}}
@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import json
 import logging
 import time
 from collections.abc import Awaitable, Mapping
@@ -119,15 +121,20 @@ class DiscoveryReporter:
         body: dict[str, Any] = {"server": self.server_name, "tools": tools}
         if self.upstream.server_info:
             body["server_info"] = dict(self.upstream.server_info)
+        try:
+            # Tool lists compress well; the control plane takes 16 times its body limit
+            # decompressed. NaN and Infinity are not JSON: the control plane could not read them.
+            content = gzip.compress(json.dumps(body, allow_nan=False).encode(), compresslevel=6)
+        except (TypeError, ValueError) as exc:
+            return self._failed(f"{what} not sent: the tools are not JSON: {exc}")
         url = f"{self.control_plane}{API}/discovery"
         try:
             response = await self._http.get().post(
-                url, json=body, timeout=self.request_timeout,
-                headers={"Authorization": f"Bearer {self.token}"})
+                url, content=content, timeout=self.request_timeout,
+                headers={"Authorization": f"Bearer {self.token}", "Content-Encoding": "gzip",
+                         "Content-Type": "application/json"})
         except httpx2.HTTPError as exc:
             return self._failed(f"{what}: POST {url} failed: {exc!r}")
-        except (TypeError, ValueError) as exc:  # a tool the JSON encoder refuses (NaN, …)
-            return self._failed(f"{what} not sent: {exc}")
         if response.status_code != 200:
             return self._failed(f"{what} refused ({response.status_code}): "
                                 f"{brief_error(response)}")

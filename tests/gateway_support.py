@@ -14,6 +14,7 @@ gives (or before it is there to give them).
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import threading
@@ -88,17 +89,19 @@ class GatewayProcess:
 def start_gateway(control_plane: str, tmp_path: Path, *, token_file: Path,
                   extra: list[str] | None = None, state_dir: Path | None = None,
                   port: int | None = None, name: str = "gateway", server_name: str = "acme-hr",
-                  upstream: str | None = None) -> GatewayProcess:
+                  upstream: str | None = None,
+                  upstream_cmd: list[str] | None = None) -> GatewayProcess:
     """Start ``python -m gateway run`` against ``control_plane`` (see the module docstring) and
     return once it listens. ``upstream``: a streamable-HTTP upstream instead of the demo's
-    stdio server. A free port can be taken by another process before the gateway binds it:
-    then it is started again on another port (unless ``port`` was asked for)."""
+    stdio server; ``upstream_cmd``: another stdio server's command. A free port can be taken by
+    another process before the gateway binds it: then it is started again on another port
+    (unless ``port`` was asked for)."""
     identities = tmp_path / "identities.json"
     identities.write_text(json.dumps({AGENT_TOKEN: AGENT_PRINCIPAL}))
     state_dir = state_dir or tmp_path / f"{name}-state"
     log = tmp_path / f"{name}.log"
     target = ["--upstream", upstream] if upstream else [
-        "--upstream-cmd", f"{sys.executable} {HR_SERVER}"]
+        "--upstream-cmd", shlex.join(upstream_cmd or [sys.executable, str(HR_SERVER)])]
     for _ in range(1 if port else 3):
         listen = port or free_port()
         argv = [sys.executable, "-m", "gateway", "run", "--control-plane", control_plane,

@@ -7,6 +7,7 @@ stands in for the control plane and records every request (tests/gateway_support
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import sys
@@ -48,7 +49,7 @@ def upstream_for(tools_file: Path, **options: Any) -> Upstream:
 
 
 def reports(stub: StubServer) -> list[dict[str, Any]]:
-    return [json.loads(body) for method, path, _, body in stub.requests
+    return [json.loads(gzip.decompress(body)) for method, path, _, body in stub.requests
             if (method, path) == DISCOVERY]
 
 
@@ -101,7 +102,8 @@ def test_the_gateway_reports_its_upstreams_tools_once_the_upstream_is_up(tools_f
     }]
     assert [(m, p) for m, p, _, _ in requests] == [DISCOVERY]
     assert requests[0][2]["Authorization"] == f"Bearer {TOKEN}"
-    assert requests[0][2]["Content-Type"] == "application/json"
+    assert (requests[0][2]["Content-Type"], requests[0][2]["Content-Encoding"]) == (
+        "application/json", "gzip")
 
 
 def test_a_list_changed_notification_is_reported(tools_file):
