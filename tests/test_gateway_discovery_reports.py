@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import json
 import logging
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -78,6 +79,16 @@ async def gateway(stub_url: str, upstream: Upstream, **options: Any
         stop.set()
         tasks[0].cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_the_reporter_loads_no_django():
+    # A gateway vendor runs it without the control plane's code.
+    code = ("import sys, gateway.discovery, gateway.__main__, gateway.escalations, gateway.proxy\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('django', 'governance', 'registry', 'approvals')))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout == "[]\n"
 
 
 @pytest.fixture
