@@ -23,7 +23,9 @@ A report that cannot be made (the upstream cannot list its tools, or still has p
 control plane refuses or cannot be reached is logged at WARNING in one line (the status code and
 the control plane's error message) and made again at the next occasion: one of the above, or a
 retry after an exponential backoff (``retry_base`` seconds doubling up to ``retry_max``). Reports
-run beside the proxy, one at a time, and never hold up an agent's call.
+run beside the proxy, one at a time and at least ``min_gap`` seconds apart (occasions meanwhile
+make one report: an upstream sending list_changed in a loop cannot flood the control plane and
+push the gateway's bundle polls into its rate limit), and never hold up an agent's call.
 
 Pure Python (httpx2), no Django: written for gateway vendors.
 """
@@ -68,7 +70,8 @@ class DiscoveryReporter:
 
     def __init__(self, control_plane: str, token: str, server_name: str, upstream: ToolSource,
                  *, interval: float = DEFAULT_INTERVAL, request_timeout: float = 10.0,
-                 retry_base: float = 5.0, retry_max: float = 300.0) -> None:
+                 retry_base: float = 5.0, retry_max: float = 300.0,
+                 min_gap: float = 5.0) -> None:
         self.control_plane = control_plane.rstrip("/")
         self.token = token
         self.server_name = server_name
@@ -76,6 +79,7 @@ class DiscoveryReporter:
         self.interval = interval
         self.request_timeout = request_timeout
         self.backoff = Backoff(retry_base, retry_max)
+        self.min_gap = min_gap
         self.reports = 0  # reports the control plane recorded
         self.failures = 0  # reports not made or refused
         self.last_error: str | None = None
@@ -159,8 +163,13 @@ class DiscoveryReporter:
         abandoned)."""
         periodic = time.monotonic() + self.interval if self.interval > 0 else None
         retry: float | None = None
+        not_before = 0.0
         try:
             while not stop_event.is_set():
+                if time.monotonic() < not_before:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop_event.wait(), not_before - time.monotonic())
+                    continue
                 deadline = min((d for d in (periodic, retry) if d is not None), default=None)
                 await self._wait(stop_event, deadline)
                 if stop_event.is_set():
@@ -172,6 +181,7 @@ class DiscoveryReporter:
                 reasons = self._reasons or (["periodic"] if retry is None else ["retry"])
                 self._due.clear()
                 self._reasons = []
+                not_before = time.monotonic() + self.min_gap
                 report = asyncio.ensure_future(self.report_once(", ".join(reasons)))
                 if not await self._finished(report, stop_event):
                     break

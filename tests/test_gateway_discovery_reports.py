@@ -69,6 +69,7 @@ async def gateway(stub_url: str, upstream: Upstream, **options: Any
                   ) -> AsyncIterator[DiscoveryReporter]:
     """The upstream session and a reporter attached to it, running until the block ends."""
     options.setdefault("interval", 0)
+    options.setdefault("min_gap", 0.1)  # tests need not wait the default 5 s between reports
     reporter = DiscoveryReporter(stub_url, TOKEN, "acme-hr", upstream, **options)
     reporter.attach(upstream)
     stop = asyncio.Event()
@@ -168,6 +169,30 @@ def test_the_tools_are_reported_again_every_interval(tools_file, caplog):
     assert len({json.dumps(r, sort_keys=True) for r in sent}) == 1  # the same tools each time
     assert "discovery report for acme-hr (periodic) recorded: 2 tools, sync 7 (added 0, " \
            "changed 0, removed 0, quarantined 0)" in caplog.messages
+
+
+def test_reports_are_never_closer_than_the_minimum_gap(tools_file):
+    async def scenario():
+        upstream = upstream_for(tools_file)
+        started: list[float] = []
+        list_tools = upstream.list_tools
+
+        async def timed() -> list[Any]:
+            started.append(time.monotonic())
+            return await list_tools()
+
+        upstream.list_tools = timed  # the real listing, with the time each report began
+        with StubServer({DISCOVERY: [RECORDED]}) as stub:
+            # Due every 0.05 s and told of a change in between: still 1 s apart.
+            async with gateway(stub.url, upstream, interval=0.05, min_gap=1.0) as reporter:
+                await until(lambda: reporter.reports >= 2, "the second report")
+                reporter.request("tools/list_changed")
+                await until(lambda: reporter.reports >= 4, "two more reports")
+        return started
+
+    started = asyncio.run(scenario())
+    assert len(started) >= 4
+    assert min(b - a for a, b in zip(started, started[1:], strict=False)) >= 1.0
 
 
 def test_a_status_answer_naming_the_server_asks_for_a_report(tools_file, tmp_path, caplog):
