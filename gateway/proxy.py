@@ -35,6 +35,9 @@ Every decision (including the fail-closed ones) is handed to ``decision_sink(fie
 
 Entry point: :func:`build_app` returns an ASGI application (run it with uvicorn). The upstream
 connection is opened by the application's lifespan and re-opened (with backoff) when it breaks.
+The upstream's ``notifications/tools/list_changed`` drops the cached tool list at once; it and
+each (re)initialised session are passed on (``Upstream.on_tools_changed`` / ``on_ready``) to the
+discovery reporter (``gateway/discovery.py``), which lists every page with ``list_tools()``.
 Pure Python on the official ``mcp`` SDK, no Django.
 """
 
