@@ -16,6 +16,7 @@ def server_list(
     servers = (
         McpServer.objects.for_tenant(tenant)
         .select_related("owner", "latest_sync")
+        .prefetch_related("bindings__gateway")
         .annotate(
             tool_count=Count("tools", filter=Q(tools__present=True), distinct=True),
             review_count=Count(
@@ -146,7 +147,8 @@ def grant_list(
 def sync_list(
     tenant: Tenant, *, server: McpServer | int | None = None, status: str = ""
 ) -> QuerySet[ServerSync]:
-    syncs = ServerSync.objects.for_tenant(tenant).select_related("server", "requested_by")
+    syncs = ServerSync.objects.for_tenant(tenant).select_related("server", "requested_by",
+                                                                 "gateway")
     if server is not None:
         syncs = syncs.filter(server=server)
     if status:

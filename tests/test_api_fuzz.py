@@ -51,8 +51,8 @@ from governance.evidence import services as evidence
 from governance.exports import services as exports
 from governance.notifications import services as notifications
 from governance.tenancy import services as tenancy
+from registry import gateway_discovery, sync
 from registry import services as registry
-from registry import sync
 from tests.bundle_support import SYSTEM, make_gateway, payroll_world
 from tests.factories import make_token
 from tests.observability_support import event, ingest
@@ -151,6 +151,8 @@ def fuzz_world(tenant, cast) -> None:
                                     agent=bot, scope=scope, duration_minutes=60,
                                     justification="month-end run")
     gateway, _ = make_gateway(tenant)
+    gateway_discovery.gateway_server_bind(tenant=tenant, actor=SYSTEM, gateway=gateway,
+                                          server=world["server"])
     args = {"amount": 1200}
     registry.grant_update(tenant=tenant, actor=SYSTEM, grant=world["grant"],
                           approval_mode="always")

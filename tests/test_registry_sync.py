@@ -7,6 +7,8 @@ worker tests at the end start a real ``celery worker`` process.
 
 from __future__ import annotations
 
+import os
+import shutil
 from datetime import timedelta
 
 import pytest
@@ -160,11 +162,15 @@ def test_ten_thousand_tools_are_refused_whole(tenant_a, mcp_server, settings):
 def test_a_stdio_server_nobody_here_wrote_is_synced_and_stays_unchanged(
     tenant_a, everything_js, settings
 ):
-    """npm @modelcontextprotocol/server-everything, spawned over stdio by the sync itself."""
+    """npm @modelcontextprotocol/server-everything, spawned over stdio by the sync itself: the
+    operator allow-listed the exact node binary (STDIO_DISCOVERY_COMMANDS), and the worker runs
+    it sandboxed (registry/stdio_sandbox.py)."""
     settings.REGISTRY_SYNC_TIMEOUT = 30
+    node = os.path.realpath(shutil.which("node"))
+    settings.STDIO_DISCOVERY_COMMANDS = [node]
     server = services.server_create(tenant=tenant_a, actor=SYSTEM, name="everything",
                                     transport="stdio",
-                                    command=["node", str(everything_js), "stdio"])
+                                    command=[node, str(everything_js), "stdio"])
     first = _run(tenant_a, server)
     assert first.status == ServerSync.Status.SUCCEEDED, first.error_message
     names = set(Tool.objects.filter(server=server).values_list("name", flat=True))

@@ -406,7 +406,8 @@ def test_sync_tools_queues_a_manual_run_and_records_it(
     assert (run.status, run.trigger, run.requested_by) == ("queued", "manual", alice)
     assert len(callbacks) == 1  # the Celery task, enqueued on commit
     event = _events(tenant_a, "server.sync_requested")[0]
-    assert (event.actor_label, event.after) == ("alice", {"sync": run.pk, "trigger": "manual"})
+    assert (event.actor_label, event.after) == ("alice", {"sync": run.pk, "trigger": "manual",
+                                                   "via": "worker"})
     page = _body(client.get(response["Location"]))
     assert f"Sync #{run.pk} of payroll started." in page
     assert 'hx-trigger="every 1s"' in page

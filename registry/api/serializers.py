@@ -18,6 +18,7 @@ from registry.models import (
     Agent,
     AgentPrincipal,
     DataClass,
+    GatewayBinding,
     Grant,
     McpServer,
     Risk,
@@ -136,8 +137,22 @@ class SyncBriefOut(serializers.ModelSerializer):
                   "created_at", "started_at", "finished_at"]
 
 
+class ServerGatewayOut(serializers.ModelSerializer):
+    id = serializers.IntegerField(source="gateway_id", read_only=True)
+    name = serializers.CharField(source="gateway.name", read_only=True)
+    binding = serializers.IntegerField(source="pk", read_only=True)
+
+    class Meta:
+        model = GatewayBinding
+        fields = ["id", "name", "binding", "requested_at", "last_reported_at"]
+
+
 class ServerOut(serializers.ModelSerializer):
     owner = username_out(source="owner.username")
+    gateways = ServerGatewayOut(
+        source="bindings", many=True, read_only=True,
+        help_text="the gateways that front the server and report its tools (stdio servers are "
+                  "discovered only this way), with when each last reported")
     tool_count = serializers.IntegerField(read_only=True, help_text="tools the server lists now")
     review_count = serializers.IntegerField(
         read_only=True, help_text="tools pending review or quarantined"
@@ -148,7 +163,8 @@ class ServerOut(serializers.ModelSerializer):
         model = McpServer
         fields = ["id", "name", "description", "transport", "url", "command", "version", "owner",
                   "data_classes", "risk_tier", "status", "registry_name", "tool_count",
-                  "review_count", "latest_sync", "last_synced_at", "created_at", "updated_at"]
+                  "review_count", "latest_sync", "gateways", "last_synced_at", "created_at",
+                  "updated_at"]
 
 
 class SyncFilter(serializers.Serializer):
@@ -160,12 +176,15 @@ class SyncOut(serializers.ModelSerializer):
     server_name = serializers.CharField(source="server.name", read_only=True)
     requested_by = username_out(source="requested_by.username")
     is_open = serializers.BooleanField(read_only=True, help_text="queued or running: poll again")
+    gateway_name = serializers.CharField(
+        source="gateway.name", read_only=True, allow_null=True, default=None,
+        help_text="the gateway whose report completed the run (via gateway)")
 
     class Meta:
         model = ServerSync
-        fields = ["id", "server", "server_name", "status", "is_open", "trigger", "requested_by",
-                  "progress", "tools_listed", "summary", "error_code", "error_message",
-                  "created_at", "started_at", "finished_at"]
+        fields = ["id", "server", "server_name", "status", "is_open", "trigger", "via",
+                  "gateway_name", "requested_by", "progress", "tools_listed", "summary",
+                  "error_code", "error_message", "created_at", "started_at", "finished_at"]
 
 
 class SyncRequestedOut(SyncOut):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework.routers import SimpleRouter
 
-from registry.api import views
+from registry.api import bindings, views
 
 router = SimpleRouter()
 router.register("servers", views.ServerViewSet, basename="servers")
@@ -12,5 +12,6 @@ router.register("scopes", views.ScopeViewSet, basename="scopes")
 router.register("agents", views.AgentViewSet, basename="agents")
 router.register("principals", views.PrincipalViewSet, basename="principals")
 router.register("grants", views.GrantViewSet, basename="grants")
+router.register("gateway-bindings", bindings.GatewayBindingViewSet, basename="gateway-bindings")
 
 urlpatterns = router.urls

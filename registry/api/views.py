@@ -110,7 +110,9 @@ class ServerViewSet(TenantViewSet):
     @extend_schema(
         request=None,
         description="Queue a tools/list run of the server on a worker. A run already queued "
-        "or running is returned instead (created false). Poll the run's URL for progress.",
+        "or running is returned instead (created false). Poll the run's URL for progress. "
+        "A stdio server's run (via gateway) instead asks the gateways bound to it to report "
+        "(the control plane never runs its command); 400 on `gateways` when none is bound.",
         responses={202: s.SyncRequestedOut, **WRITE},
     )
     @action(detail=True, methods=["post"])
