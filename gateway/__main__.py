@@ -20,6 +20,11 @@ JWT of ``--jwt-issuer`` checked against ``--jwt-jwks-url``.
 A call the bundle escalates is held while a human decides, at most ``--max-hold`` seconds
 (then the agent gets a pending result to retry; ``gateway/escalations.py``).
 
+The upstream's tools are reported to the control plane as ``--server-name``'s (the control
+plane never runs the upstream itself): when the upstream starts, when it says its tools
+changed, every ``--discovery-interval`` seconds (default 300, 0: not periodically) and when
+the control plane asks (``gateway/discovery.py``).
+
 ``python -m gateway verify …`` is the reference bundle verifier (``gateway/verify.py``).
 """
 
@@ -63,6 +68,7 @@ class Settings:
     redis_url: str | None = None
     long_poll_seconds: int = 60
     max_hold_seconds: float = 60.0
+    discovery_interval: float = 300.0
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -95,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-hold", type=float,
                      help="seconds a call needing approval is held before the agent gets a "
                           "pending result to retry (default 60)")
+    run.add_argument("--discovery-interval", type=float,
+                     help="seconds between reports of the upstream's tools to the control "
+                          "plane (default 300; 0: only on start, on change and when asked)")
     return parser
 
 
@@ -148,6 +157,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         jwt_audience=values.get("jwt_audience"), redis_url=values.get("redis_url"),
         long_poll_seconds=int(values.get("long_poll") or 60),
         max_hold_seconds=_max_hold(values.get("max_hold")),
+        discovery_interval=_discovery_interval(values.get("discovery_interval")),
         labels={str(k): str(v) for k, v in (values.get("labels") or {}).items()},
     )
 
@@ -161,6 +171,18 @@ def _max_hold(value: Any) -> float:
         raise ConfigError("--max-hold: a number of seconds.") from None
     if not 0 <= seconds <= 3600:
         raise ConfigError("--max-hold: between 0 and 3600 seconds.")
+    return seconds
+
+
+def _discovery_interval(value: Any) -> float:
+    if value is None:
+        return 300.0
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError("--discovery-interval: a number of seconds (0: off).") from None
+    if seconds != 0 and not 10 <= seconds <= 86400:
+        raise ConfigError("--discovery-interval: 0 (off) or between 10 and 86400 seconds.")
     return seconds
 
 
@@ -202,10 +224,11 @@ def decision_sink(uploader: Any, tenant: str, labels: Mapping[str, str]):
     return sink
 
 
-def build(settings: Settings) -> tuple[Any, Any, Any]:
-    """(ASGI app, bundle client, decision-log uploader), wired together."""
+def build(settings: Settings) -> tuple[Any, Any, Any, Any]:
+    """(ASGI app, bundle client, decision-log uploader, discovery reporter), wired together."""
     from gateway.client import BundleClient
     from gateway.counters import MemoryCounters, RedisCounters
+    from gateway.discovery import DiscoveryReporter
     from gateway.escalations import Escalations
     from gateway.identity import FirstOf, JwtIdentities, StaticIdentities
     from gateway.logs import DecisionLogUploader
@@ -216,7 +239,8 @@ def build(settings: Settings) -> tuple[Any, Any, Any]:
     client = BundleClient(settings.control_plane, settings.tenant, settings.token,
                           settings.state_dir / "bundle",
                           long_poll_seconds=settings.long_poll_seconds,
-                          labels=settings.labels, decision_logs=uploader)
+                          labels=settings.labels, decision_logs=uploader,
+                          status_listener=lambda headers: reporter.status_answer(headers))
     client.load()  # the last good bundle, re-verified, so a restart enforces at once
     if settings.jwt_issuer:
         jwt = JwtIdentities(issuer=settings.jwt_issuer, jwks_url=settings.jwt_jwks_url,
@@ -234,13 +258,17 @@ def build(settings: Settings) -> tuple[Any, Any, Any]:
                     identities=identities, counters=counters, host=settings.listen_host,
                     decision_sink=decision_sink(uploader, settings.tenant, settings.labels),
                     escalations=escalations)
-    return app, client, uploader
+    upstream = app.proxy.upstream
+    reporter = DiscoveryReporter(settings.control_plane, settings.token, settings.server_name,
+                                 upstream, interval=settings.discovery_interval)
+    reporter.attach(upstream)
+    return app, client, uploader, reporter
 
 
 async def serve(settings: Settings) -> None:
     import uvicorn
 
-    app, client, uploader = build(settings)
+    app, client, uploader, reporter = build(settings)
     stop = asyncio.Event()
     server = uvicorn.Server(uvicorn.Config(app, host=settings.listen_host,
                                            port=settings.listen_port, log_level="info",
@@ -251,7 +279,8 @@ async def serve(settings: Settings) -> None:
     print(f"Tollgate gateway: agents connect to http://{settings.listen_host}:"
           f"{settings.listen_port}/mcp (tenant {settings.tenant}, server "
           f"{settings.server_name})", flush=True)
-    background = [asyncio.create_task(client.run(stop)), asyncio.create_task(uploader.run(stop))]
+    background = [asyncio.create_task(client.run(stop)), asyncio.create_task(uploader.run(stop)),
+                  asyncio.create_task(reporter.run(stop))]
     try:
         await server.serve()
     finally:

@@ -38,7 +38,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,6 +120,7 @@ class BundleClient:
         backoff_max: float = 60.0,
         min_poll_interval: float = 1.0,
         decision_logs: Any = None,
+        status_listener: Callable[[Mapping[str, str]], None] | None = None,
     ) -> None:
         self.control_plane = control_plane.rstrip("/")
         self.tenant = tenant
@@ -136,6 +137,9 @@ class BundleClient:
         # Anything with ``stats() -> dict`` (gateway.logs.DecisionLogUploader): its counters
         # (queued, dropped, rejected events) go into the status report.
         self.decision_logs = decision_logs
+        # Given the headers of every accepted status report's answer (the control plane asks
+        # for a discovery report there: gateway.discovery.DiscoveryReporter.status_answer).
+        self.status_listener = status_listener
 
         self._active: VerifiedBundle | None = None
         self._jwks: dict[str, Any] | None = None
@@ -456,6 +460,8 @@ class BundleClient:
             log.warning("status report refused (%s): %s", response.status_code,
                         brief_error(response))
             return False
+        if self.status_listener is not None:
+            self.status_listener(response.headers)
         return True
 
     # --- the loop ------------------------------------------------------------------------------
@@ -544,10 +550,12 @@ def _json_bytes(value: Any) -> bytes:
 
 
 def brief_error(response: httpx2.Response) -> str:
-    """The control plane's error message of ``response`` (its ``message``), or the start of
-    the body: for logs and error states."""
+    """The control plane's error message of ``response`` (its ``message``, or its
+    ``error.message``), or the start of the body: for logs and error states."""
     try:
         body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            body = body["error"]
         if isinstance(body, dict) and "message" in body:
             return str(body["message"])[:300]
     except ValueError:

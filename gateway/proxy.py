@@ -35,6 +35,9 @@ Every decision (including the fail-closed ones) is handed to ``decision_sink(fie
 
 Entry point: :func:`build_app` returns an ASGI application (run it with uvicorn). The upstream
 connection is opened by the application's lifespan and re-opened (with backoff) when it breaks.
+The upstream's ``notifications/tools/list_changed`` drops the cached tool list at once; it and
+each (re)initialised session are passed on (``Upstream.on_tools_changed`` / ``on_ready``) to the
+discovery reporter (``gateway/discovery.py``), which lists every page with ``list_tools()``.
 Pure Python on the official ``mcp`` SDK, no Django.
 """
 
@@ -144,11 +147,17 @@ class Upstream:
         self.timeout = timeout
         self.tools_ttl = tools_ttl
         self.last_error = ""
+        # Called (no arguments, must not block) after every successful initialize, and on every
+        # notifications/tools/list_changed: the gateway's discovery reporter (gateway.discovery).
+        self.on_ready: Callable[[], None] | None = None
+        self.on_tools_changed: Callable[[], None] | None = None
+        self.server_info: dict[str, str] | None = None  # name and version from initialize
         self._session: ClientSession | None = None
         self._ready = anyio.Event()
         self._broken = anyio.Event()
         self._tools: list[dict[str, Any]] | None = None
         self._tools_at = 0.0
+        self._tools_generation = 0  # bumped by list_changed: a listing begun before is stale
 
     @asynccontextmanager
     async def _streams(self) -> AsyncIterator[tuple[Any, Any]]:
@@ -168,14 +177,17 @@ class Upstream:
         while True:
             try:
                 async with self._streams() as (read, write), ClientSession(
-                    read, write, client_info=_CLIENT_INFO
+                    read, write, client_info=_CLIENT_INFO, message_handler=self._on_message
                 ) as session:
                     with anyio.fail_after(self.timeout):
-                        await session.initialize()
+                        initialized = await session.initialize()
+                    info = initialized.server_info
+                    self.server_info = {"name": info.name, "version": info.version}
                     self._session = session
                     self.last_error = ""
                     self._ready.set()
                     backoff = 0.25
+                    _notify(self.on_ready, "upstream ready")
                     await self._broken.wait()
             except Exception as error:  # noqa: BLE001 - any failure: log it, reconnect
                 self.last_error = f"{type(error).__name__}: {error}"
@@ -217,17 +229,55 @@ class Upstream:
         now = time.monotonic()
         if self._tools is not None and now - self._tools_at < self.tools_ttl:
             return self._tools
-        tools: list[dict[str, Any]] = []
+        listed, _ = await self._list_pages(now)
+        return [t for t in listed if isinstance(t, dict)]
+
+    async def list_tools(self) -> list[Any]:
+        """A fresh ``tools/list``, every page concatenated, each tool exactly as the upstream sent
+        it (for discovery reports). Raises :class:`UpstreamUnavailable` when the upstream cannot
+        be asked, or still has pages after ``MAX_TOOL_PAGES``: an incomplete list would report
+        the missing tools as removed."""
+        listed, complete = await self._list_pages(time.monotonic())
+        if not complete:
+            raise UpstreamUnavailable(f"tools/list still had more pages after {MAX_TOOL_PAGES}")
+        return listed
+
+    async def _list_pages(self, now: float) -> tuple[list[Any], bool]:
+        """(every tool of up to ``MAX_TOOL_PAGES`` pages, whether the last page was the end);
+        refreshes the cache unless the list changed meanwhile."""
+        generation = self._tools_generation
+        listed: list[Any] = []
         cursor: str | None = None
+        complete = False
         for _ in range(MAX_TOOL_PAGES):
             params = mcp_types.PaginatedRequestParams(cursor=cursor) if cursor else None
             page = await self.request(mcp_types.ListToolsRequest(params=params))
-            tools.extend(t for t in page.get("tools") or [] if isinstance(t, dict))
+            tools = page.get("tools")
+            listed.extend(tools if isinstance(tools, list) else [])
             cursor = page.get("nextCursor")
             if not isinstance(cursor, str) or not cursor:
+                complete = True
                 break
-        self._tools, self._tools_at = tools, now
-        return tools
+        if generation == self._tools_generation:
+            self._tools = [t for t in listed if isinstance(t, dict)]
+            self._tools_at = now
+        return listed, complete
+
+    async def _on_message(self, message: Any) -> None:
+        """The session's server notifications: a changed tool list invalidates the cached one
+        (so a drifted tool is refused at once) and is passed on."""
+        if isinstance(message, mcp_types.ToolListChangedNotification):
+            self._tools, self._tools_generation = None, self._tools_generation + 1
+            _notify(self.on_tools_changed, "tools/list_changed")
+
+
+def _notify(callback: Callable[[], None] | None, what: str) -> None:
+    if callback is None:
+        return
+    try:
+        callback()
+    except Exception:  # a listener's failure must not break the upstream session
+        logger.exception("the %s listener failed", what)
 
 
 # --------------------------------------------------------------------------------------------

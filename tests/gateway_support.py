@@ -5,16 +5,23 @@ the demo's real stdio MCP server (demo/hr_server.py) for the demo tenant seeded 
 ``seed_demo`` (tenant ``acme``, server ``acme-hr``, the gateway token seed_demo wrote to
 ``VAR_DIR/demo-gateway-token``), with one static agent identity, ``AGENT_TOKEN`` → the demo's
 ``hr-assistant``. The handle knows the agent URL, the log, and how to stop the process.
+
+``StubServer`` is a small local HTTP server answering from a script and recording every request:
+it stands in for the control plane in gateway-only tests, for answers the control plane never
+gives (or before it is there to give them).
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +89,19 @@ class GatewayProcess:
 def start_gateway(control_plane: str, tmp_path: Path, *, token_file: Path,
                   extra: list[str] | None = None, state_dir: Path | None = None,
                   port: int | None = None, name: str = "gateway", server_name: str = "acme-hr",
-                  upstream: str | None = None) -> GatewayProcess:
+                  upstream: str | None = None,
+                  upstream_cmd: list[str] | None = None) -> GatewayProcess:
     """Start ``python -m gateway run`` against ``control_plane`` (see the module docstring) and
     return once it listens. ``upstream``: a streamable-HTTP upstream instead of the demo's
-    stdio server. A free port can be taken by another process before the gateway binds it:
-    then it is started again on another port (unless ``port`` was asked for)."""
+    stdio server; ``upstream_cmd``: another stdio server's command. A free port can be taken by
+    another process before the gateway binds it: then it is started again on another port
+    (unless ``port`` was asked for)."""
     identities = tmp_path / "identities.json"
     identities.write_text(json.dumps({AGENT_TOKEN: AGENT_PRINCIPAL}))
     state_dir = state_dir or tmp_path / f"{name}-state"
     log = tmp_path / f"{name}.log"
     target = ["--upstream", upstream] if upstream else [
-        "--upstream-cmd", f"{sys.executable} {HR_SERVER}"]
+        "--upstream-cmd", shlex.join(upstream_cmd or [sys.executable, str(HR_SERVER)])]
     for _ in range(1 if port else 3):
         listen = port or free_port()
         argv = [sys.executable, "-m", "gateway", "run", "--control-plane", control_plane,
@@ -187,3 +196,45 @@ def agent_view(gw: GatewayProcess) -> tuple[list[str], Any, Any]:
         return listed, lookup, adjust
 
     return as_agent(gw.url, AGENT_TOKEN, work)
+
+
+class StubServer:
+    """A local HTTP server answering from a script: {(method, path): [responses]} where each
+    response is (status, headers, body); the last one repeats. Records every request."""
+
+    def __init__(self, script: dict[tuple[str, str], list[tuple[int, dict, bytes]]]):
+        self.script = script
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                stub.requests.append((self.command, self.path, dict(self.headers), body))
+                answers = stub.script.get((self.command, self.path)) or [(404, {}, b"{}")]
+                status, headers, content = answers.pop(0) if len(answers) > 1 else answers[0]
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)

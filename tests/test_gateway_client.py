@@ -12,9 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -37,6 +35,7 @@ from tests.bundle_support import (
     with_data_json,
 )
 from tests.e2e_support import free_port
+from tests.gateway_support import StubServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -94,48 +93,6 @@ def rewrite_data(tarball: bytes, change) -> bytes:
     change(data)
     return with_data_json(tarball, json.dumps(data, sort_keys=True,
                                               separators=(",", ":")).encode())
-
-
-class StubServer:
-    """A local HTTP server answering from a script: {(method, path): [responses]} where each
-    response is (status, headers, body); the last one repeats. Records every request."""
-
-    def __init__(self, script: dict[tuple[str, str], list[tuple[int, dict, bytes]]]):
-        self.script = script
-        self.requests: list[tuple[str, str, dict, bytes]] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                stub.requests.append((self.command, self.path, dict(self.headers), body))
-                answers = stub.script.get((self.command, self.path)) or [(404, {}, b"{}")]
-                status, headers, content = answers.pop(0) if len(answers) > 1 else answers[0]
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 def test_the_client_and_uploader_load_no_django():
