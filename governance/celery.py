@@ -11,13 +11,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import (
-    before_task_publish,
-    task_postrun,
-    task_prerun,
-    worker_init,
-    worker_process_init,
-)
+from celery.signals import before_task_publish, task_postrun, task_prerun
 
 from governance import context
 
@@ -56,19 +50,3 @@ def _leave_request_context(task_id: str | None = None, **_: object) -> None:
     if token is not None:
         context.deactivate(token)
 
-
-@worker_init.connect
-@worker_process_init.connect
-def _guard_environment(**_: object) -> None:
-    """A worker allowed to start stdio servers (STDIO_DISCOVERY_COMMANDS) and not running as
-    root makes every one of its processes non-dumpable at start — the prefork parent included,
-    whose /proc/<pid>/environ a child could otherwise read (as root, children run as nobody).
-    registry/stdio_sandbox.py does the same before each spawn."""
-    from django.conf import settings
-
-    if not getattr(settings, "STDIO_DISCOVERY_COMMANDS", None) or os.geteuid() == 0:
-        return
-    import ctypes
-
-    pr_set_dumpable = 4
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)

@@ -21,6 +21,7 @@ from governance.config import (
     env_str,
     env_url,
 )
+from governance.process import hide_environment
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("TOLLGATE_VAR_DIR", str(BASE_DIR / "var")))
@@ -243,6 +244,8 @@ for _command in STDIO_DISCOVERY_COMMANDS:
             f"STDIO_DISCOVERY_COMMANDS: {_command!r} is not an absolute path; list the exact "
             "program (e.g. /usr/local/bin/my-mcp-server), never a name looked up in PATH."
         )
+if STDIO_DISCOVERY_COMMANDS:  # no same-uid child may read this process's environment
+    hide_environment()
 
 # --- Outbound connections (governance/outbound.py: the SSRF guard) ----------------------------
 # MCP server, webhook, HEC and syslog targets that are (or resolve to) loopback, link-local,

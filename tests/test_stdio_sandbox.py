@@ -94,42 +94,48 @@ def test_the_launcher_refuses_to_run_without_a_command():
     assert result.returncode != 0 and "usage: stdio_launcher.py" in result.stderr
 
 
-NON_ROOT_WORKER = """
-import ctypes, os, subprocess, sys
+NON_ROOT_PROCESS = """
+import ctypes, importlib, os, subprocess, sys
 import django
-django.setup()
-from registry import stdio_sandbox
-
-probe, mode = sys.argv[1], sys.argv[2]
-if os.geteuid() == 0:  # play a worker started by an unprivileged user
+django.setup()  # as root: every module is loaded while root can read them (/root is 0700)
+from governance import process, settings as tollgate_settings
+probe = sys.argv[1]
+if os.geteuid() == 0:  # play a Tollgate process started by an unprivileged user
     os.setgroups([])
     os.setresgid(65534, 65534, 65534)
     os.setresuid(65534, 65534, 65534)
-    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # changing uid cleared it; a fresh worker has it
-assert stdio_sandbox.is_dumpable()
-if mode == "guarded":
-    stdio_sandbox.wrap([probe])  # what the worker does before it spawns an allowed command
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # changing uid cleared it; a fresh process has it
+# What the web, the worker, beat and manage.py do first, now as that user: load the settings.
+importlib.reload(tollgate_settings)
+print("DUMPABLE", process.is_dumpable())
+# The spawned program is a same-uid process, as an allowed stdio server would be; it probes
+# this process's environment (its parent's) the way a tenant's arguments could make it.
 child = subprocess.run([probe, str(os.getpid())], capture_output=True, text=True, timeout=60,
                        env={"PATH": "/usr/bin:/bin"})
 print(child.stderr)
 """
 
 
-@pytest.mark.parametrize("mode", ["unguarded", "guarded"])
-def test_a_worker_that_is_not_root_hides_its_environment_from_a_same_uid_child(
-        mode, probe, tmp_path):
+@pytest.mark.parametrize("allow_list", [False, True])
+def test_a_tollgate_process_that_is_not_root_hides_its_environment_from_a_same_uid_child(
+        allow_list, probe, tmp_path):
+    """Web, worker and beat load the same settings: with STDIO_DISCOVERY_COMMANDS set, each is
+    non-dumpable from start, so an allowed server cannot read any of them (without the list,
+    nothing runs a tenant's command, and the same probe does read a dumpable parent)."""
     var = Path(tempfile.mkdtemp(prefix="tollgate-var-"))
     var.chmod(0o777)
+    extra = {"STDIO_DISCOVERY_COMMANDS": str(probe)} if allow_list else {}
     try:
-        result = _run(["-c", NON_ROOT_WORKER, str(probe), mode], tmp_path,
+        result = _run(["-c", NON_ROOT_PROCESS, str(probe)], tmp_path,
                       DJANGO_SETTINGS_MODULE="governance.settings", DEBUG="true",
-                      TOLLGATE_VAR_DIR=str(var), STDIO_DISCOVERY_COMMANDS=str(probe),
-                      TOLLGATE_PROBE_SECRET=SECRET)
+                      TOLLGATE_VAR_DIR=str(var), TOLLGATE_PROBE_SECRET=SECRET, **extra)
     finally:
         shutil.rmtree(var)
     assert result.returncode == 0, result.stderr
-    if mode == "unguarded":  # the probe does find a dumpable same-uid parent's secrets
+    if not allow_list:  # the probe does find a dumpable same-uid parent's secrets
+        assert "DUMPABLE True" in result.stdout
         assert SECRET in result.stdout, result.stdout
     else:
+        assert "DUMPABLE False" in result.stdout
         assert SECRET not in result.stdout, result.stdout
         assert "DENIED /proc/" in result.stdout
