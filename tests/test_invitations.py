@@ -356,9 +356,11 @@ def test_an_oidc_sign_in_takes_up_invitations_by_subject_or_verified_address(
     _invite(tenant_a, alice, email="dan@example.com", role=Role.AUDITOR)
     carol = oidc_backend(sub="sub-carol", preferred_username="carol", groups=[])
     assert Membership.objects.get(tenant=tenant_a, user=carol).role == Role.APPROVER
-    # An address the IdP has not verified takes up nothing …
+    # An address the IdP has not verified, or does not say it verified, takes up nothing …
     dan = oidc_backend(sub="sub-dan", preferred_username="dan", email="dan@example.com",
                        email_verified=False, groups=[])
+    assert not Membership.objects.filter(user=dan).exists()
+    oidc_backend(sub="sub-dan", preferred_username="dan", email="dan@example.com", groups=[])
     assert not Membership.objects.filter(user=dan).exists()
     # … a verified one does.
     oidc_backend(sub="sub-dan", preferred_username="dan", email="dan@example.com",

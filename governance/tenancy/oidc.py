@@ -78,9 +78,11 @@ class TollgateOIDCBackend(OIDCAuthenticationBackend):
                 issuer=payload["iss"], subject=payload["sub"], username=username[:150],
                 email=verified_email, full_name=claims.get("name") or "", groups=groups,
             )
-            # Invitations by this subject or this (verified) address take effect now.
+            # Invitations by this subject, or by this address if the IdP says it verified it
+            # (explicitly: an address without email_verified takes up nothing), take effect now.
+            invited_email = verified_email if claims.get("email_verified") is True else ""
             invitations.invitations_accept(
-                user=user, email=verified_email, identities=[(payload["iss"], payload["sub"])]
+                user=user, email=invited_email, identities=[(payload["iss"], payload["sub"])]
             )
             services.auth_record_login(user=user, method="oidc")
         return user
