@@ -65,7 +65,9 @@ CAPABILITY_LABELS: dict[Cap, str] = {
     Cap.MANAGE_SERVICE_TOKENS: "Create and revoke service tokens, revoke anyone's token",
     Cap.VIEW_AUDIT: "Read the audit trail, decision logs and alerts",
     Cap.MANAGE_REGISTRY: "Manage servers, tools, scopes, agents, grants",
-    Cap.MANAGE_GATEWAYS: "Manage gateways, gateway tokens and bundle signing keys",
+    Cap.MANAGE_GATEWAYS: (
+        "Manage gateways, their server bindings, gateway tokens and bundle signing keys"
+    ),
     Cap.OWN_AGENTS: "Own and manage own agents",
     Cap.REQUEST_ACCESS: "Request tool scopes for agents",
     Cap.DECIDE_APPROVALS: "Decide access requests and escalations",
