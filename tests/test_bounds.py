@@ -197,3 +197,12 @@ def test_a_body_too_large_for_a_web_form_keeps_the_html_page(login, alice, setti
     response = login(alice).post("/t/alpha/agents/new/", {"name": "a" * (10 * 2**20)})
     assert response.status_code == 400
     assert response["Content-Type"].startswith("text/html")
+
+
+def test_the_api_schema_documents_the_413_of_every_operation_with_a_body(admin):
+    schema = admin.get("/api/v1/schema/?format=json").json()
+    with_body = [(path, method, operation) for path, item in schema["paths"].items()
+                 for method, operation in item.items() if "requestBody" in operation]
+    assert with_body
+    for path, method, operation in with_body:
+        assert "413" in operation["responses"], f"{method.upper()} {path}"

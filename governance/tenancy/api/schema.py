@@ -52,6 +52,7 @@ _ERROR_TEXT = {
     403: "The caller's role (or, for an agent, ownership) does not allow this; a service "
          "token never administers members, invitations, group mappings or tokens.",
     404: "No such tenant for this caller, or no such object in the tenant.",
+    413: "The body is over DATA_UPLOAD_MAX_MEMORY_SIZE (code too_large); nothing is stored.",
     415: "The body is of a media type this endpoint does not take.",
 }
 
@@ -76,7 +77,7 @@ class TenantAutoSchema(AutoSchema):
 
     401 and 404 (the caller and the tenant are resolved first); 403 when the action's
     capability is not held by every role; 400 when it takes a body or query parameters
-    (an invalid filter, page or field)."""
+    (an invalid filter, page or field); 413 when it takes a body (over the upload limit)."""
 
     def get_operation(self, path, path_regex, path_prefix, method, registry):
         operation = super().get_operation(path, path_regex, path_prefix, method, registry)
@@ -90,6 +91,8 @@ class TenantAutoSchema(AutoSchema):
         if "requestBody" in operation or any(
                 parameter.get("in") == "query" for parameter in operation.get("parameters", [])):
             codes.add(400)
+        if "requestBody" in operation:
+            codes.add(413)
         responses = operation.setdefault("responses", {})
         for code in sorted(codes):
             if str(code) not in responses:
