@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from bench.env import LOGS, PYTHON, REPO, Config
+from governance.config import uvicorn_flags
 
 
 class BenchError(RuntimeError):
@@ -125,10 +126,8 @@ def start_uvicorn(children: Children, config: Config, *, workers: int, name: str
                   extra_env: dict[str, str] | None = None) -> Child:
     """The bench server: ``governance.asgi`` with bench.settings, flags as in scripts/run."""
     check_port_free(config.host, config.port, "the bench's uvicorn", "BENCH_PORT")
-    flags = [word for line in (REPO / "scripts" / "uvicorn-flags").read_text().splitlines()
-             if not line.startswith("#") for word in line.split()]
     argv = [PYTHON, "-m", "uvicorn", "governance.asgi:application", "--host", config.host,
-            "--port", str(config.port), *flags, "--log-level", "warning",
+            "--port", str(config.port), *uvicorn_flags(), "--log-level", "warning",
             "--workers", str(workers)]
     env = config.child_env(DJANGO_SETTINGS_MODULE="bench.settings", **(extra_env or {}))
     child = children.start(name, argv, env=env)

@@ -7,6 +7,8 @@ deployment stops start-up with a clear line instead of running with a silently w
 from __future__ import annotations
 
 import os
+import shlex
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
@@ -97,3 +99,13 @@ def database_config(name: str, default_sqlite_path: str) -> dict:
         config.setdefault("CONN_MAX_AGE", 0)
         config["CONN_HEALTH_CHECKS"] = True
     return config
+
+
+UVICORN_FLAGS_FILE = Path(__file__).resolve().parent.parent / "scripts" / "uvicorn-flags"
+
+
+def uvicorn_flags() -> list[str]:
+    """The flags every Tollgate web process runs uvicorn with (``scripts/uvicorn-flags``, which
+    scripts/run reads too): the bench and the tests that start a web process use these."""
+    return [word for line in UVICORN_FLAGS_FILE.read_text().splitlines()
+            if not line.lstrip().startswith("#") for word in shlex.split(line)]

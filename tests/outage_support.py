@@ -23,6 +23,8 @@ from pathlib import Path
 import requests
 from cryptography.fernet import Fernet
 
+from governance.config import uvicorn_flags
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -170,7 +172,7 @@ class ControlPlane:
     def start(self) -> None:
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
             [PYTHON, "-m", "uvicorn", "governance.asgi:application", "--host", "127.0.0.1",
-             "--port", str(self.port), "--lifespan", "off", "--log-level", "warning"],
+             "--port", str(self.port), *uvicorn_flags(), "--log-level", "warning"],
             cwd=REPO, env=self.env, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.monotonic() + 60

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -23,23 +22,17 @@ from django.contrib.auth.hashers import make_password
 from django.db import connection
 
 from governance.audit.models import AuditEvent
+from governance.config import uvicorn_flags
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
-FLAGS_FILE = REPO / "scripts" / "uvicorn-flags"
 PASSWORD = "correct horse battery staple"
 FAILURE_LIMIT = 3
 CONFIG_PREFIXES = ("DATABASE_URL", "DEBUG", "SECRET_KEY", "OIDC_", "SECURE_", "TOLLGATE_",
                    "CELERY_", "DJANGO_SETTINGS_MODULE", "TRUSTED_PROXY_COUNT", "LOGIN_",
                    "TOKEN_FAILURE")
-
-
-def uvicorn_flags() -> list[str]:
-    """The words of scripts/uvicorn-flags (what scripts/run passes to uvicorn)."""
-    return [word for line in FLAGS_FILE.read_text().splitlines()
-            if not line.startswith("#") for word in shlex.split(line)]
 
 
 def _free_port() -> int:

@@ -20,6 +20,7 @@ import pytest
 
 from gateway.verify import verify_bundle
 from governance.bundles import publish, services
+from governance.config import uvicorn_flags
 from registry import services as registry
 from tests.bundle_support import SYSTEM, make_gateway, small_registry
 from tests.e2e_support import free_port
@@ -48,7 +49,7 @@ def web(postgres_only, transactional_db, settings, tmp_path):
     log = (tmp_path / "web.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "governance.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--lifespan", "off", "--log-level", "warning"],
+         "--port", str(port), *uvicorn_flags(), "--log-level", "warning"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
