@@ -193,6 +193,9 @@ def test_make_run_serves_signs_in_runs_tasks_and_stops_on_ctrl_c(stack):
     assert output.wait_for(r"Tollgate gateway: agents connect to", 60), output.tail()
     anonymous = requests.post(stack.gateway, json={}, timeout=30)
     assert anonymous.status_code == 401, anonymous.text
+    # It lists the demo server's tools and reports them (the control plane runs no stdio
+    # command: seed_demo bound the demo gateway to acme-hr).
+    assert output.wait_for(r"acme-hr.* recorded: 3 tools", 120), output.tail()
 
     os.write(stack.master, b"\x03")  # Ctrl-C: SIGINT to the terminal's foreground group
     stack.assert_all_gone()
