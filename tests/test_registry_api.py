@@ -866,7 +866,7 @@ def test_the_schema_describes_the_registry_with_its_errors(login, alice):
                  "grants/{id}/", "grants/{id}/revoke/"):
         assert f"/api/v1/t/{{tenant_slug}}/{path}" in paths, path
     create = paths["/api/v1/t/{tenant_slug}/grants/"]["post"]["responses"]
-    assert set(create) == {"201", "400", "401", "403", "404"}
+    assert set(create) == {"201", "400", "401", "403", "404", "413"}
     assert create["400"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ErrorOut"}
     assert "delete" not in paths["/api/v1/t/{tenant_slug}/agents/{id}/"]
