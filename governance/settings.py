@@ -152,6 +152,8 @@ if not REDIS_URL:
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(VAR_DIR / "celery" / "processed"),
         "store_processed": False,
+        # kombu's default is ./control: exchange files in whatever directory a process started.
+        "control_folder": str(VAR_DIR / "celery" / "control"),
     }
 else:
     # A task whose worker died (killed, machine lost) is not acknowledged (acks late): Redis

@@ -104,7 +104,8 @@ class Stack:
         self.port, self.gateway_port = _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.gateway = f"http://127.0.0.1:{self.gateway_port}/mcp"
-        (tmp_path / "var").mkdir()
+        self.var = tmp_path / "var"
+        self.var.mkdir()
         # Not the configuration of the suite (nor of the `make test` that may run it).
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(CONFIG_PREFIXES) and k not in MAKE_VARIABLES}
@@ -196,6 +197,9 @@ def test_make_run_serves_signs_in_runs_tasks_and_stops_on_ctrl_c(stack):
     # It lists the demo server's tools and reports them (the control plane runs no stdio
     # command: seed_demo bound the demo gateway to acme-hr).
     assert output.wait_for(r"acme-hr.* recorded: 3 tools", 120), output.tail()
+    # The embedded broker keeps its exchange tables under the var directory, not in the
+    # directory make run was started from.
+    assert (stack.var / "celery" / "control" / "celery.exchange").exists()
 
     os.write(stack.master, b"\x03")  # Ctrl-C: SIGINT to the terminal's foreground group
     stack.assert_all_gone()
