@@ -63,6 +63,17 @@ def _missing(token: str) -> str | None:
     return None
 
 
+def _anchors(doc: Path) -> set[str]:
+    """The anchors GitHub gives a markdown file's headings (lower case, punctuation dropped,
+    spaces as hyphens)."""
+    anchors, fenced = set(), False
+    for line in doc.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        if not fenced and (heading := re.match(r"#{1,6} (.+)", line)):
+            anchors.add(re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-"))
+    return anchors
+
+
 def _layout_row_problems(text: str) -> list[str]:
     """A table row that starts with a directory (`registry/`) names files in it by their bare
     names (`services.py`): each must exist somewhere under that directory."""
@@ -100,10 +111,14 @@ def test_every_path_the_readme_and_the_docs_name_exists():
                 problems.append(f"{doc.relative_to(REPO)}: {problem}")
         problems += [f"{doc.relative_to(REPO)}: {p}" for p in _layout_row_problems(text)]
         for link in MARKDOWN_LINK.findall(text):
-            if re.match(r"[a-z]+:", link) or link.startswith("#"):
-                continue  # a URL or an anchor in the same file
-            if not (doc.parent / link.split("#")[0]).resolve().exists():
+            if re.match(r"[a-z]+:", link):
+                continue  # a URL
+            target, _, anchor = link.partition("#")
+            target = (doc.parent / target).resolve() if target else doc
+            if not target.exists():
                 problems.append(f"{doc.relative_to(REPO)}: link {link}: no such file")
+            elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+                problems.append(f"{doc.relative_to(REPO)}: link {link}: no such heading")
     assert problems == []
 
 
