@@ -143,3 +143,13 @@ def test_readme_is_a_front_door():
     assert len(README.splitlines()) <= 300
     for doc in DOCS:
         assert f"docs/{doc.name}" in README, f"the README does not link docs/{doc.name}"
+
+
+def test_every_setting_read_from_the_environment_is_in_the_configuration_table():
+    settings_py = (REPO / "governance" / "settings.py").read_text()
+    read = set(re.findall(r'\benv\w*\(\s*"([A-Z][A-Z0-9_]*)"', settings_py))
+    table = (REPO / "docs" / "operations.md").read_text()
+    documented = {name for row in table.splitlines() if row.startswith("| `")
+                  for name in BACKTICKED.findall(row.split(" | ")[0])}
+    assert read, "no env reader found in governance/settings.py"
+    assert sorted(read - documented) == []
