@@ -1,8 +1,9 @@
 """The real clock in tests: what a test may and may not assume about it.
 
-No test may depend on the date or on how fast the machine is (README, "Tests and the clock"):
-dates that reach a service or the database are derived from the real clock, and the few things
-that count per UTC minute (gateway rate windows) start their burst well inside one minute.
+No test may depend on the date or on how fast the machine is (docs/development.md, "Tests and
+the clock"): dates that reach a service or the database are derived from the real clock, and the
+few things that count per UTC minute (gateway rate windows) start their burst well inside one
+minute.
 """
 
 from __future__ import annotations

@@ -131,8 +131,9 @@ def _readable_by_anyone(path: Path) -> bool:
 @pytest.fixture(scope="session")
 def everything_stdio_wrapper(tmp_path_factory) -> Iterator[Path]:
     """An operator's wrapper that starts server-everything over stdio and takes nothing from its
-    arguments — the kind of program STDIO_DISCOVERY_COMMANDS should list (README) — where an
-    unprivileged user can run it: a worker running as root starts allowed commands as nobody."""
+    arguments — the kind of program STDIO_DISCOVERY_COMMANDS should list (docs/operations.md) —
+    where an unprivileged user can run it: a worker running as root starts allowed commands as
+    nobody."""
     if not EVERYTHING_JS.is_file():
         pytest.fail(f"{EVERYTHING_JS.relative_to(REPO)} is missing: run `npm ci --prefix "
                     "tests/mcp` (make test does it through scripts/test-deps).")

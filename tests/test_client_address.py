@@ -120,13 +120,13 @@ def _failure_ips() -> list[str | None]:
                 .values_list("ip", flat=True))
 
 
-def test_the_flags_are_the_ones_scripts_run_and_the_readme_use():
+def test_the_flags_are_the_ones_scripts_run_and_the_deployment_docs_use():
     flags = uvicorn_flags()
     assert "--no-proxy-headers" in flags
     run = (REPO / "scripts" / "run").read_text()
     assert "scripts/uvicorn-flags" in run and '"${UVICORN_FLAGS[@]}"' in run
-    readme = (REPO / "README.md").read_text()
-    [command] = [line for line in readme.splitlines()
+    operations = (REPO / "docs" / "operations.md").read_text()
+    [command] = [line for line in operations.splitlines()
                  if line.startswith("uvicorn governance.asgi:application")]
     assert " ".join(flags) in command
 

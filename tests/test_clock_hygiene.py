@@ -7,7 +7,7 @@ with "Choose an expiry in the future"). Such dates are derived from the real clo
 pure function takes the time as an argument; the files that do so are listed below, with what
 takes it. A fixed date anywhere else fails this test: derive it from the real clock, or, if it
 only feeds such a function, add the file here and say which. To check a file for real, run it
-with the clock years ahead (README, "The two commands": `faketime`).
+with the clock years ahead (docs/development.md, "Tests and the clock": `faketime`).
 """
 
 from __future__ import annotations

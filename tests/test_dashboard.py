@@ -183,7 +183,7 @@ def test_duration_text(seconds, text):
 
 
 def test_decision_buckets_cover_the_range_hour_by_hour_or_six_hours_by_six(tenant_a, tenant_b):
-    # Stored rows: hours of the real clock, never a fixed date (README, "The two commands").
+    # Stored rows: hours of the real clock, never a fixed date (docs/development.md, the clock).
     hour = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     now = hour + timedelta(minutes=25)
 

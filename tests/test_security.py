@@ -1,4 +1,4 @@
-"""The security review's checks that are not proved elsewhere (README "Security" lists where
+"""The security review's checks that are not proved elsewhere (docs/security.md lists where
 each threat is proved): CSRF on every state-changing page, session fixation, open redirects,
 stored XSS from MCP servers, secrets in logs, constant-time secret comparison and bearer-token
 brute force."""

@@ -1,5 +1,6 @@
 """Worker-side stdio discovery (registry/stdio_sandbox.py): only the operator's allow-list, and
-even then the child cannot read the worker's secrets (README threat model: tenant admin → host).
+even then the child cannot read the worker's secrets (docs/security.md, threat model: tenant admin
+→ host).
 """
 
 from __future__ import annotations
