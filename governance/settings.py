@@ -537,8 +537,8 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tollgate API",
     "DESCRIPTION": "Admin REST API (/api/v1/t/<tenant>/). The gateway API (/api/v1/gateway/) "
-                   "is described in governance/bundles/gateway_openapi.yaml and the README's "
-                   "gateway contract.",
+                   "is described in governance/bundles/gateway_openapi.yaml and "
+                   "docs/gateway-contract.md.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema and the docs are for signed-in people and token holders only (anonymous → 401).
