@@ -78,7 +78,7 @@ def decision_event(
     now: datetime | None = None,
     arguments: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The OPA decision-log event of one decision (docs/gateway-contract.md, "Decision logs", lists the fields).
+    """The OPA decision-log event of one decision (fields: docs/gateway-contract.md).
 
     ``principal`` is a string or ``{"issuer", "subject"}``; ``arguments``, when given, must
     already be redacted (they are stored as sent)."""
