@@ -178,6 +178,15 @@ def test_navigation_at_1366_px_is_a_sidebar_of_groups(ui, tenant_a, cast):
         assert box is not None and box["x"] + box["width"] <= nav_box["x"] + nav_box["width"]
         lefts.add(round(box["x"]))
     assert len(lefts) == 1, lefts
+    # The page you are on is marked, also below its list (a server is under Servers).
+    assert nav.locator('[aria-current="page"]').count() == 0  # the tenant's home
+    nav.get_by_role("link", name="My requests", exact=True).click()
+    page.wait_for_url(ui.tenant_url("approvals/requests/"))
+    page.wait_for_load_state("load")
+    assert nav.locator('[aria-current="page"]').all_inner_texts() == ["My requests"]
+    page.goto(ui.tenant_url("approvals/"))
+    page.wait_for_load_state("load")
+    assert nav.locator('[aria-current="page"]').get_attribute("id") == "nav-approvals"
     # The favicon is ours, from our own static files (the CSP allows nothing else).
     icon = page.locator('link[rel="icon"]').get_attribute("href")
     assert icon == "/static/favicon.svg"
@@ -204,3 +213,16 @@ def test_counts_are_pluralised(login, tenant_a, cast):
     bundle_publish(tenant=tenant_a, trigger="test")
     body = login(cast["alice"]).get(f"/t/{TENANT}/bundles/").content.decode()
     assert "1 agent · 1 server · 2 tools · 1 scope · 1 grant" in body
+
+
+def test_the_scope_created_message_counts_its_tools(login, tenant_a, cast):
+    from tests.bundle_support import small_registry
+
+    world = small_registry(tenant_a, owner=cast["dave"])
+    client = login(cast["alice"])
+    for name, tools, said in (("one", ["read"], "1 tool."), ("two", ["read", "pay"], "2 tools.")):
+        response = client.post(f"/t/{TENANT}/scopes/new/", {
+            "name": name, "risk_level": "low",
+            "tools": [world["tools"][t].pk for t in tools]}, follow=True)
+        assert response.status_code == 200
+        assert f"Created scope {name} with {said}" in response.content.decode()
