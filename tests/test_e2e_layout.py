@@ -18,6 +18,8 @@ from django.utils import timezone
 from approvals import services as approvals
 from approvals.models import Escalation
 from governance.alerts import services as alerts
+from governance.alerts.models import Alert
+from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from registry import services as registry
 from registry.models import Tool
@@ -68,7 +70,9 @@ def seed_long_names(tenant, *, owner, requester) -> dict:
         scope=scope, server=LONG, tool=LONG, arguments=ARGS, arguments_sha256=SHA,
         stages=approvals.BUILT_IN_STAGES, deadline=timezone.now() + timedelta(hours=2))
     alerts.alert_raise(tenant=tenant, kind="tool_drift", key=f"tool:{tool.pk}",
-                       subject=f"Tool {LONG} changed", detail={"tool": LONG},
+                       subject=f"Tool {LONG}/{LONG} drifted: quarantined until reviewed",
+                       detail={"tool": tool.pk, "server": LONG, "name": LONG,
+                               "pinned_sha256": SHA, "drifted_sha256": SHA},
                        actor=Actor.system("test"))
     decision = {**event(f"{tenant.slug}-long", outcome="deny", agent=LONG, at=timezone.now(),
                         server=LONG, tool=LONG)}
@@ -107,6 +111,21 @@ def main_pages(world) -> dict[str, str]:
         "alerts": url("alerts:list"),
         "evidence": url("evidence:packs"),
         "members": url("tenancy:members"),
+        # ...and the rest of what the navigation reaches, and the details of long names.
+        "alert": url("alerts:detail", Alert.objects.get(subject__contains=LONG).pk),
+        "alert-rules": url("alerts:rules"),
+        "audit-event": url("audit:event", AuditEvent.objects.filter(
+            action="server.created", object_repr__contains=LONG).get().pk),
+        "escalations": url("approvals:escalations"),
+        "my-requests": url("approvals:my_requests"),
+        "approval-policies": url("approvals:policies"),
+        "approvers": url("approvals:approvers"),
+        "signing-keys": url("bundles:signing_keys"),
+        "group-mappings": url("tenancy:group_mappings"),
+        "api-tokens": url("tenancy:tokens"),
+        "settings": url("tenancy:settings"),
+        "notifications": url("notifications:channels"),
+        "siem-export": url("exports:exporters"),
     }
 
 
