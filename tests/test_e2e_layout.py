@@ -245,3 +245,26 @@ def test_the_scope_created_message_counts_its_tools(login, tenant_a, cast):
             "tools": [world["tools"][t].pk for t in tools]}, follow=True)
         assert response.status_code == 200
         assert f"Created scope {name} with {said}" in response.content.decode()
+
+
+def test_audit_states_and_decision_arguments_are_pretty_json(login, tenant_a, cast):
+    from governance.decisions.models import DecisionLog
+    from tests.bundle_support import small_registry
+
+    small_registry(tenant_a, owner=cast["dave"])
+    client = login(cast["alice"])
+    created = AuditEvent.objects.get(tenant=tenant_a, action="server.created")
+    body = client.get(reverse("audit:event", args=[TENANT, created.pk])).content.decode()
+    assert '<pre class="json" id="event-before">—</pre>' in body
+    after = body.split('id="event-after">', 1)[1].split("</pre>", 1)[0]
+    assert after.startswith("{\n  &quot;command&quot;: [],\n"), after
+    assert '\n  &quot;name&quot;: &quot;payroll&quot;,\n' in after and "&#x27;" not in after
+
+    decision = event(f"{tenant_a.slug}-json", outcome="allow", agent="bot", at=timezone.now())
+    decision["input"]["arguments"] = {"b": [1, 2], "a": "<script>"}
+    assert ingest(tenant_a, [decision]) == 1
+    row = DecisionLog.objects.get(decision_id=f"{tenant_a.slug}-json")
+    body = client.get(reverse("decisions:detail", args=[TENANT, row.pk])).content.decode()
+    shown = body.split('id="decision-arguments">', 1)[1].split("</pre>", 1)[0]
+    assert shown == ('{\n  &quot;a&quot;: &quot;&lt;script&gt;&quot;,\n  &quot;b&quot;: [\n'
+                     '    1,\n    2\n  ]\n}'), shown
