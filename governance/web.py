@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.core.paginator import Page, Paginator
 from django.http import HttpRequest, HttpResponse
 from django.utils.cache import patch_vary_headers
@@ -38,3 +41,19 @@ def attachment(content: bytes, content_type: str, filename: str) -> HttpResponse
     response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "no-store"
     return response
+
+
+def pretty_json(value: Any) -> str:
+    """JSON for people to read (the ``pretty_json`` template filter): indented, keys sorted,
+    non-ASCII kept. Plain text: the template escapes it. A value JSON cannot hold (it came from
+    a JSONField, so this is rare) is shown through ``str`` rather than failing the page."""
+    try:
+        return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def pluralized(count: int, noun: str, plural: str | None = None) -> str:
+    """``"1 tool"``, ``"2 tools"``: a count with its noun, for messages built in Python (templates
+    use Django's ``pluralize``)."""
+    return f"{count} {noun if count == 1 else (plural or noun + 's')}"

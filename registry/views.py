@@ -19,7 +19,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from governance.tenancy.forms import add_service_errors
 from governance.tenancy.mixins import TenantPageView
 from governance.tenancy.roles import Cap
-from governance.web import error_text, page_of, query_without_page, vary_on_htmx
+from governance.web import error_text, page_of, pluralized, query_without_page, vary_on_htmx
 from registry import selectors, services
 from registry.access import (
     access_agent,
@@ -458,8 +458,8 @@ class ScopeCreateView(TenantPageView):
             except ValidationError as exc:
                 add_service_errors(form, exc)
             else:
-                messages.success(request, f"Created scope {scope.name} with "
-                                          f"{len(form.cleaned_data['tools'])} tools.")
+                tools = pluralized(len(form.cleaned_data["tools"]), "tool")
+                messages.success(request, f"Created scope {scope.name} with {tools}.")
                 return redirect("registry:scope", tenant_slug, scope.pk)
         return self.render_form(request, form, status=400)
 

@@ -483,7 +483,7 @@ def test_the_history_lists_revisions_newest_first(login, victor, two_revisions):
     assert body.index('id="bundle-2"') < body.index('id="bundle-1"')
     row = re.search(r'<tr id="bundle-2">(.*?)</tr>', body, re.S).group(1)
     assert "current" in row and "registry change" in row
-    assert "1 agents · 1 servers · 2 tools · 1 scopes · 1 grants" in row
+    assert "1 agent · 1 server · 2 tools · 1 scope · 1 grant" in row
     assert second.key.kid[:12] in row and f"{second.build_ms} ms" in row
     assert f"{T}/bundles/{second.pk}/download/" in row
     assert f"{T}/bundles/compare/?to=2" in row

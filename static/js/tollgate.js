@@ -48,3 +48,17 @@ document.addEventListener("keydown", (event) => {
     event.preventDefault();
   }
 });
+
+// The tenant navigation marks the page you are on (or the list it belongs to): the link whose
+// path is the longest prefix of this page's path.
+document.addEventListener("DOMContentLoaded", () => {
+  const here = window.location.pathname;
+  let best = null;
+  document.querySelectorAll("nav.tenant-nav .nav-group a[href]").forEach((link) => {
+    const path = new URL(link.href, window.location.href).pathname;
+    if (here.startsWith(path) && (!best || path.length > best.path.length)) {
+      best = { link, path };
+    }
+  });
+  if (best) best.link.setAttribute("aria-current", "page");
+});
