@@ -100,7 +100,8 @@ def ui(browser, base_url, ui_settings) -> Iterator[UI]:
     """A fresh browser context (no session) whose console errors are all recorded."""
     context = browser.new_context()
     context.set_default_timeout(BROWSER_TIMEOUT_MS)
-    # Tollgate has no favicon. Chromium's automatic request for one would reach the live server
+    # Tollgate links /static/favicon.svg, yet Chromium may still ask for /favicon.ico, which
+    # would reach the live server
     # while the test reads the database (on SQLite both share one in-memory connection).
     context.route("**/favicon.ico", lambda route: route.fulfill(status=204))
     # Chromium logs a CSP violation as a console error; the page's own violation event is
