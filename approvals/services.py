@@ -35,6 +35,7 @@ from django.db.models import Q
 from django.utils import timezone
 from guardian.shortcuts import get_users_with_perms
 
+from alerts.services import alert_raise
 from approvals.models import (
     AccessRequest,
     ApprovalDecision,
@@ -44,15 +45,14 @@ from approvals.models import (
     Escalation,
     describe_rule,
 )
-from governance.alerts.services import alert_raise
+from bundles import hot, keys
+from bundles.compiler import escalation_settings
+from bundles.models import Gateway
+from bundles.services import gateway_actor, signing_key_for_build
 from governance.audit.services import Actor, audit_record
-from governance.bundles import hot, keys
-from governance.bundles.compiler import escalation_settings
-from governance.bundles.models import Gateway
-from governance.bundles.services import gateway_actor, signing_key_for_build
-from governance.notifications.services import notify
 from governance.tenancy.models import ExternalIdentity, Membership, Tenant
 from governance.tenancy.roles import Role
+from notifications.services import notify
 from registry import services as registry
 from registry.models import Agent, Grant, McpServer, Risk, Tool, ToolScope
 from registry.services import AGENT_PERMISSION

@@ -10,7 +10,7 @@ class RegistryConfig(AppConfig):
     def ready(self) -> None:
         # The core's gateway API and pages know nothing of the registry: the registry adds the
         # discovery request header to status answers and the bound servers to gateway pages.
-        from governance.bundles import extensions
+        from bundles import extensions
         from registry import gateway_bindings, gateway_discovery
 
         extensions.add_status_headers(gateway_discovery.status_headers)

@@ -1,4 +1,4 @@
-"""The publish pipeline (governance/bundles/publish.py) and signing keys, against the reference
+"""The publish pipeline (bundles/publish.py) and signing keys, against the reference
 verifier (gateway/verify.py): what is built, when, by which key, and what survives a failure."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
+from bundles import keys, packaging, publish, services
+from bundles.compiler import canonical_json, compile_data
+from bundles.models import Bundle, BundleBlob, PublishState, SigningKey
+from bundles.tasks import build_bundle, sweep
 from gateway.verify import BundleRejected, verify_bundle
 from governance.audit.models import AuditEvent
-from governance.bundles import keys, packaging, publish, services
-from governance.bundles.compiler import canonical_json, compile_data
-from governance.bundles.models import Bundle, BundleBlob, PublishState, SigningKey
-from governance.bundles.tasks import build_bundle, sweep
 from registry import services as registry
 from registry.sync import server_sync_request
 from tests.bundle_support import SYSTEM, data_of, jwks_of, small_registry, tar_files
@@ -244,7 +244,7 @@ def test_the_sweep_task_activates_due_keys_and_enqueues_due_builds(world, tenant
 def test_the_sweep_repairs_a_lost_announcement_and_a_lost_revocation(world, tenant_a):
     """Publishing and revoking commit even when Redis is away; the next sweep restores what
     the hot path must answer."""
-    from governance.bundles import hot
+    from bundles import hot
     from tests.bundle_support import make_gateway
 
     bundle = _publish(tenant_a)  # its on-commit announcement never ran (test transaction)

@@ -16,9 +16,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from bundles import services
+from bundles.models import Bundle, Gateway, GatewayToken, SigningKey
 from governance.audit.services import Actor
-from governance.bundles import services
-from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
 from governance.tenancy.models import hash_token
 from registry import services as registry
 from tests.bundle_support import payroll_world, publish_two_revisions

@@ -12,11 +12,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from bundles import publish, services
+from bundles.models import Bundle, Gateway, GatewayToken, PublishState, SigningKey
+from bundles.publish import bundle_publish
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
-from governance.bundles import publish, services
-from governance.bundles.models import Bundle, Gateway, GatewayToken, PublishState, SigningKey
-from governance.bundles.publish import bundle_publish
 from governance.tenancy.models import hash_token
 from tests.bundle_support import payroll_world, publish_two_revisions
 

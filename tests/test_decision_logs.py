@@ -19,11 +19,11 @@ from asgiref.testing import ApplicationCommunicator
 from django.conf import settings
 from django.db import connection, transaction
 
+from bundles import services as bundle_services
+from decision_logs import gateway_api, selectors, services, tasks
+from decision_logs.models import DecisionLog, DecisionRollup
 from governance.asgi import application
 from governance.audit.models import AuditEvent
-from governance.bundles import services as bundle_services
-from governance.decisions import gateway_api, selectors, services, tasks
-from governance.decisions.models import DecisionLog, DecisionRollup
 from tests.bundle_support import SYSTEM, make_gateway
 from tests.clock_support import away_from_a_minute_boundary
 from tests.decision_support import DAY, HOUR, event, sha, upload
@@ -610,7 +610,7 @@ def test_the_purge_task_and_its_beat_entry(tenant_a):
     assert tasks.purge.apply().get() == {"alpha": 1}
     assert DecisionLog.objects.count() == 0
     entry = settings.CELERY_BEAT_SCHEDULE["decisions-purge"]
-    assert entry["task"] == "governance.decisions.tasks.purge"
+    assert entry["task"] == "decision_logs.tasks.purge"
     assert entry["schedule"] == timedelta(hours=1)
     assert tasks.purge.name == entry["task"]
 

@@ -24,15 +24,15 @@ from django.utils import timezone
 
 from approvals import services as approvals
 from approvals.models import AccessRequest, ApprovalDecision, Escalation
+from bundles import services as bundles
+from bundles.publish import bundle_publish
+from evidence import services, tasks
+from evidence.controls import CONTROLS, MAPPING
+from evidence.models import EvidencePack
+from evidence.sections import Evidence
 from gateway.receipts import arguments_sha256
 from governance.audit.models import AuditChain, AuditEvent
 from governance.audit.services import Actor
-from governance.bundles import services as bundles
-from governance.bundles.publish import bundle_publish
-from governance.evidence import services, tasks
-from governance.evidence.controls import CONTROLS, MAPPING
-from governance.evidence.models import EvidencePack
-from governance.evidence.sections import Evidence
 from registry import services as registry
 from registry.models import Grant
 from tests.bundle_support import SYSTEM, make_gateway, payroll_world

@@ -14,11 +14,11 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from bundles.keys import decrypt_text
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
-from governance.bundles.keys import decrypt_text
-from governance.notifications import services, tasks
-from governance.notifications.models import Channel, Delivery
+from notifications import services, tasks
+from notifications.models import Channel, Delivery
 
 SYSTEM = Actor.system("test")
 SECRET = "s3cret-signing-key-0123456789"

@@ -6,14 +6,14 @@ import logging
 
 from celery import shared_task
 
-from governance.alerts.services import alerts_audit_chain_checked
+from alerts.services import alerts_audit_chain_checked
 from governance.audit.models import AuditChain
 from governance.audit.services import audit_verify_chain
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task
+@shared_task(name="governance.audit.tasks.verify_audit_chains")
 def verify_audit_chains() -> list[str]:
     """Verify all chains (as ``audit_verify()`` does); a broken chain is logged as an error and
     raises its tenant's "audit chain broken" alert, which a later passing verification
