@@ -35,7 +35,6 @@ from django.db.models import Q
 from django.utils import timezone
 from guardian.shortcuts import get_users_with_perms
 
-from alerts.services import alert_raise
 from approvals.models import (
     AccessRequest,
     ApprovalDecision,
@@ -46,14 +45,15 @@ from approvals.models import (
     describe_rule,
 )
 from bundles import hot, keys
-from bundles.compiler import escalation_settings
 from bundles.models import Gateway
 from bundles.services import gateway_actor, signing_key_for_build
+from governance.alerting import alert_raise
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import ExternalIdentity, Membership, Tenant
 from governance.tenancy.roles import Role
 from notifications.services import notify
 from registry import services as registry
+from registry.compiler import escalation_settings
 from registry.models import Agent, Grant, McpServer, Risk, Tool, ToolScope
 from registry.services import AGENT_PERMISSION
 

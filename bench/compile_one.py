@@ -63,8 +63,8 @@ def _warm(slug: str | None) -> None:
     from django.utils import timezone
 
     from bundles import publish
-    from bundles.compiler import compile_data
     from governance.tenancy.models import Tenant
+    from registry.compiler import compile_data
 
     tenant = Tenant.objects.get(slug=slug)
     publish.bundle_files(compile_data(tenant, at=timezone.now()))
@@ -76,8 +76,8 @@ def stages(tenant, repeat: int) -> dict[str, Any]:
     from django.utils import timezone
 
     from bundles import cedar, keys, packaging
-    from bundles.compiler import canonical_json, compile_data
     from bundles.services import signing_key_for_build
+    from registry.compiler import canonical_json, compile_data
 
     with transaction.atomic():  # it may create the tenant's first key (audited)
         key = signing_key_for_build(tenant=tenant)

@@ -1,8 +1,9 @@
-"""Extension points of the gateway API and the gateway page, for the apps above the core.
+"""Extension points of bundles, the gateway API and the gateway page, for the apps above.
 
-The core never imports a feature app; an app that adds to a gateway's answer or page registers
-a function here from its ``AppConfig.ready()`` (the registry asks gateways to report a server's
-tools through a status header, and lists a gateway's bound servers on its page).
+Bundles sit below the registry in the layers (pyproject.toml), so they never import it; an app
+above registers a function here from its ``AppConfig.ready()``: the registry compiles a tenant's
+bundle data (registry/compiler.py), asks gateways to report a server's tools through a status
+header, and lists a gateway's bound servers on its page.
 """
 
 from __future__ import annotations
@@ -15,8 +16,25 @@ StatusHeaders = Callable[[Any], dict[str, str]]
 GatewaySection = Callable[[Any, Any], str]
 """``fn(request, gateway) -> html``: a section of the gateway's page (rendered, escaped HTML)."""
 
+Compiler = Callable[..., dict[str, Any]]
+"""``fn(tenant, *, at) -> data``: the tenant's bundle data (``mcp/data.json``) at ``at``."""
+
+_compiler: Compiler | None = None
 _status_headers: list[StatusHeaders] = []
 _gateway_sections: list[GatewaySection] = []
+
+
+def set_compiler(fn: Compiler) -> None:
+    """Register the function that compiles a tenant's bundle data."""
+    global _compiler
+    _compiler = fn
+
+
+def compile_data(tenant: Any, *, at: Any) -> dict[str, Any]:
+    """The tenant's bundle data, by the registered compiler."""
+    if _compiler is None:
+        raise RuntimeError("no bundle compiler registered (is the registry app installed?)")
+    return _compiler(tenant, at=at)
 
 
 def add_status_headers(fn: StatusHeaders) -> None:

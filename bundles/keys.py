@@ -1,8 +1,7 @@
 """Bundle signing keys: ES256 key material, encrypted at rest, and the tenant's JWKS.
 
-Private halves are PKCS#8 PEM encrypted with Fernet (AES-128-CBC + HMAC-SHA256) under
-``BUNDLE_KEY_ENCRYPTION_KEYS``; the first key encrypts and every key decrypts, so that key can be
-rotated by prepending a new one and re-encrypting (``manage.py rotate_bundle_key --reencrypt``).
+Private halves are PKCS#8 PEM encrypted as secrets at rest (governance/secrets.py, under
+``SECRET_ENCRYPTION_KEYS``), re-encrypted by ``manage.py rotate_bundle_key --reencrypt``.
 The key id is the RFC 7638 JWK thumbprint of the public key: anyone can recompute it.
 """
 
@@ -11,28 +10,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from functools import lru_cache
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from django.conf import settings
 
 from bundles import packaging
+from governance.secrets import KeyUnavailable, decrypt_bytes, encrypt_bytes
+from governance.secrets import reencrypt as _reencrypt
 
-
-class KeyUnavailable(RuntimeError):
-    """A private key cannot be decrypted (wrong or missing BUNDLE_KEY_ENCRYPTION_KEYS)."""
-
-
-@lru_cache(maxsize=4)
-def _fernet(keys: tuple[str, ...]) -> MultiFernet:
-    return MultiFernet([Fernet(k) for k in keys])
-
-
-def _cipher() -> MultiFernet:
-    return _fernet(tuple(settings.BUNDLE_KEY_ENCRYPTION_KEYS))
+__all__ = ["KeyUnavailable", "generate", "load_private", "public_jwk", "reencrypt"]
+_WHAT = "The bundle signing key"
 
 
 def public_jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
@@ -51,16 +39,11 @@ def generate() -> tuple[dict[str, Any], str]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    return public_jwk(private.public_key()), _cipher().encrypt(pem).decode()
+    return public_jwk(private.public_key()), encrypt_bytes(pem)
 
 
 def load_private(encrypted: str) -> ec.EllipticCurvePrivateKey:
-    try:
-        pem = _cipher().decrypt(encrypted.encode())
-    except InvalidToken:
-        raise KeyUnavailable(
-            "The bundle signing key cannot be decrypted with BUNDLE_KEY_ENCRYPTION_KEYS."
-        ) from None
+    pem = decrypt_bytes(encrypted, what=_WHAT)
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):  # pragma: no cover - we only store EC
         raise KeyUnavailable("The stored signing key is not an EC key.")
@@ -69,23 +52,4 @@ def load_private(encrypted: str) -> ec.EllipticCurvePrivateKey:
 
 def reencrypt(encrypted: str) -> str:
     """The same private key, encrypted under the first (newest) encryption key."""
-    try:
-        return _cipher().rotate(encrypted.encode()).decode()
-    except InvalidToken:
-        raise KeyUnavailable(
-            "The bundle signing key cannot be decrypted with BUNDLE_KEY_ENCRYPTION_KEYS."
-        ) from None
-
-
-def encrypt_text(plaintext: str) -> str:
-    """Any other secret at rest (e.g. a notification channel's webhook URL), under the same keys."""
-    return _cipher().encrypt(plaintext.encode()).decode()
-
-
-def decrypt_text(token: str) -> str:
-    """The plaintext of :func:`encrypt_text`; KeyUnavailable when no configured key opens it."""
-    try:
-        return _cipher().decrypt(token.encode()).decode()
-    except InvalidToken:
-        raise KeyUnavailable("A stored secret cannot be decrypted with "
-                             "BUNDLE_KEY_ENCRYPTION_KEYS.") from None
+    return _reencrypt(encrypted, what=_WHAT)

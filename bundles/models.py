@@ -84,7 +84,7 @@ class SigningKey(TenantScopedModel):
     kid = models.CharField(max_length=64, unique=True)
     state = models.CharField(max_length=10, choices=State.choices)
     public_jwk = models.JSONField()
-    # Fernet token of the PKCS#8 PEM, encrypted with BUNDLE_KEY_ENCRYPTION_KEYS.
+    # Fernet token of the PKCS#8 PEM, encrypted with SECRET_ENCRYPTION_KEYS.
     private_key_encrypted = models.TextField()
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,

@@ -36,8 +36,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from bundles import cedar, hot, keys, packaging
-from bundles.compiler import canonical_json, compile_data
+from bundles import cedar, extensions, hot, keys, packaging
 from bundles.models import Bundle, BundleBlob, PublishState
 from bundles.services import signing_key_for_build
 from governance.audit.models import AuditChain, AuditEvent
@@ -116,7 +115,7 @@ def connect() -> None:
 def bundle_files(data: dict[str, Any]) -> dict[str, bytes]:
     """The content files of a bundle (everything but .manifest and .signatures.json)."""
     return {
-        "mcp/data.json": canonical_json(data),
+        "mcp/data.json": packaging.canonical_json(data),
         "mcp/policy.cedar": cedar.compile_policy(data).encode("utf-8"),
         "mcp/schema.cedarschema": cedar.compile_schema(data).encode("utf-8"),
     }
@@ -158,7 +157,7 @@ def bundle_publish(*, tenant: Tenant, trigger: str, actor: Actor | None = None,
             "current").get(pk=tenant.pk)
         now = now or timezone.now()
         through_seq = _chain_seq(tenant)
-        data = compile_data(tenant, at=now)
+        data = extensions.compile_data(tenant, at=now)
         files = bundle_files(data)
         digest = content_digest(files)
         key = signing_key_for_build(tenant=tenant)

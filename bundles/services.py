@@ -418,7 +418,7 @@ def signing_key_revoke(*, tenant: Tenant, actor: Actor, key: SigningKey) -> Sign
 
 @transaction.atomic
 def signing_keys_reencrypt() -> int:
-    """Re-encrypt every private key under the first BUNDLE_KEY_ENCRYPTION_KEYS entry."""
+    """Re-encrypt every private key under the first SECRET_ENCRYPTION_KEYS entry."""
     count = 0
     for key in SigningKey.objects.select_for_update().exclude(state=SigningKey.State.REVOKED):
         key.private_key_encrypted = keys.reencrypt(key.private_key_encrypted)

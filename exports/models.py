@@ -37,7 +37,7 @@ class Exporter(TenantScopedModel):
     host = models.CharField(max_length=255, blank=True)
     port = models.PositiveIntegerField(null=True, blank=True)
     # splunk_hec: the collector URL, the optional index and the token (a Fernet token under
-    # BUNDLE_KEY_ENCRYPTION_KEYS; pages and the API show only the hint).
+    # SECRET_ENCRYPTION_KEYS; pages and the API show only the hint).
     url = models.CharField(max_length=2000, blank=True)
     index = models.CharField(max_length=80, blank=True)
     token_encrypted = models.TextField(blank=True)

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 import httpx2
 from django.conf import settings
 
-from bundles.keys import KeyUnavailable, decrypt_text
 from exports import formats
 from governance import outbound
+from governance.secrets import KeyUnavailable, decrypt_text
 
 if TYPE_CHECKING:
     from decision_logs.models import DecisionLog

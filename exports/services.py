@@ -25,11 +25,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from bundles.keys import encrypt_text, reencrypt
 from exports import selectors, senders
 from exports.models import Exporter
 from governance import outbound
 from governance.audit.services import Actor, audit_record
+from governance.secrets import encrypt_text, reencrypt
 from governance.tenancy.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ def exporter_test(*, tenant: Tenant, actor: Actor, exporter: Exporter) -> ProbeR
 
 @transaction.atomic
 def exporters_reencrypt() -> int:
-    """Re-encrypt every HEC token under the first BUNDLE_KEY_ENCRYPTION_KEYS entry."""
+    """Re-encrypt every HEC token under the first SECRET_ENCRYPTION_KEYS entry."""
     count = 0
     for exporter in Exporter.objects.select_for_update().exclude(token_encrypted=""):
         exporter.token_encrypted = reencrypt(exporter.token_encrypted)

@@ -99,5 +99,5 @@ urlpatterns = [
          login_required(SpectacularSwaggerSplitView.as_view(url_name="schema")),
          name="api-docs"),
     path("api/v1/t/<slug:tenant_slug>/", include(tenant_api)),
-    path("api/v1/gateway/", include("bundles.gateway_urls")),
+    path("api/v1/gateway/", include("governance.gateway_urls")),
 ]

@@ -40,7 +40,7 @@ class Channel(TenantScopedModel):
     addresses = models.JSONField(default=list, blank=True)
     to_recipients = models.BooleanField(default=False)
     # Slack and webhook: the URL (a Slack URL is a credential) and the webhook's HMAC secret,
-    # Fernet tokens under BUNDLE_KEY_ENCRYPTION_KEYS; the hints are what pages and the API show.
+    # Fernet tokens under SECRET_ENCRYPTION_KEYS; the hints are what pages and the API show.
     url_encrypted = models.TextField(blank=True)
     url_hint = models.CharField(max_length=300, blank=True)
     secret_encrypted = models.TextField(blank=True)

@@ -24,8 +24,8 @@ import httpx2
 from django.conf import settings
 from django.core.mail import EmailMessage
 
-from bundles.keys import KeyUnavailable, decrypt_text
 from governance import outbound
+from governance.secrets import KeyUnavailable, decrypt_text
 
 if TYPE_CHECKING:
     from notifications.models import Delivery

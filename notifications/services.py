@@ -16,9 +16,9 @@ from django.core.validators import URLValidator, validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bundles.keys import encrypt_text, reencrypt
 from governance import outbound
 from governance.audit.services import Actor, audit_record, to_json
+from governance.secrets import encrypt_text, reencrypt
 from governance.tenancy.models import Tenant
 from notifications import senders
 from notifications.models import EVENTS, Channel, Delivery
@@ -317,7 +317,7 @@ def deliveries_claim_lost(*, now: datetime | None = None, grace_seconds: int = 3
 
 @transaction.atomic
 def channels_reencrypt() -> int:
-    """Re-encrypt every channel URL and secret under the first BUNDLE_KEY_ENCRYPTION_KEYS entry
+    """Re-encrypt every channel URL and secret under the first SECRET_ENCRYPTION_KEYS entry
     (``manage.py rotate_bundle_key --reencrypt``)."""
     count = 0
     for channel in Channel.objects.select_for_update().exclude(url_encrypted=""):

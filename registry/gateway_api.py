@@ -28,8 +28,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from bundles.gateway_api import authenticate, error
+from bundles.gateway_body import BodyRefused, gunzip
 from bundles.models import Gateway
-from decision_logs.gateway_api import BodyRefused, gunzip
 from registry import gateway_discovery as discovery
 
 DECOMPRESSED_FACTOR = 16

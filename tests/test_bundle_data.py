@@ -1,4 +1,4 @@
-"""The bundle's data.json (bundles/compiler.py) and the decision function over it
+"""The bundle's data.json (registry/compiler.py) and the decision function over it
 (gateway/decision.py): built from real registry state through the services."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from bundles.compiler import canonical_json, compile_data
 from gateway.decision import ALLOW, DENY, ESCALATE, decide
 from governance.audit.services import Actor
 from registry import services
+from registry.compiler import canonical_json, compile_data
 from registry.models import Tool
 from tests.bundle_support import decision_world
 from tests.factories import Def, def_sha

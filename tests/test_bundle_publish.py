@@ -12,12 +12,12 @@ from django.db import connection
 from django.utils import timezone
 
 from bundles import keys, packaging, publish, services
-from bundles.compiler import canonical_json, compile_data
 from bundles.models import Bundle, BundleBlob, PublishState, SigningKey
 from bundles.tasks import build_bundle, sweep
 from gateway.verify import BundleRejected, verify_bundle
 from governance.audit.models import AuditEvent
 from registry import services as registry
+from registry.compiler import canonical_json, compile_data
 from registry.sync import server_sync_request
 from tests.bundle_support import SYSTEM, data_of, jwks_of, small_registry, tar_files
 
@@ -153,7 +153,7 @@ def test_private_keys_are_encrypted_at_rest(world, tenant_a, settings):
     stored = bundle.key.private_key_encrypted
     assert "PRIVATE KEY" not in stored and "BEGIN" not in stored
     assert "d" not in bundle.key.public_jwk
-    settings.BUNDLE_KEY_ENCRYPTION_KEYS = ["b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="]
+    settings.SECRET_ENCRYPTION_KEYS = ["b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="]
     with pytest.raises(keys.KeyUnavailable):
         keys.load_private(stored)
     registry.grant_revoke(tenant=tenant_a, actor=SYSTEM, grant=world["grant"], reason="x")
@@ -164,11 +164,11 @@ def test_private_keys_are_encrypted_at_rest(world, tenant_a, settings):
 
 def test_the_encryption_key_can_be_rotated(world, tenant_a, settings):
     bundle = _publish(tenant_a)
-    old = settings.BUNDLE_KEY_ENCRYPTION_KEYS[0]
+    old = settings.SECRET_ENCRYPTION_KEYS[0]
     new = "bmV3LW5ldy1uZXctbmV3LW5ldy1uZXctbmV3LW5ldy0="
-    settings.BUNDLE_KEY_ENCRYPTION_KEYS = [new, old]
+    settings.SECRET_ENCRYPTION_KEYS = [new, old]
     call_command("rotate_bundle_key", "--reencrypt")
-    settings.BUNDLE_KEY_ENCRYPTION_KEYS = [new]
+    settings.SECRET_ENCRYPTION_KEYS = [new]
     key = SigningKey.objects.get(pk=bundle.key.pk)
     assert keys.load_private(key.private_key_encrypted)
 

@@ -27,10 +27,10 @@ from bundles.cedar import (
     compile_schema,
     unexpressed_grants,
 )
-from bundles.compiler import canonical_json, compile_data
 from gateway.decision import decide, tool_key
 from governance.audit.services import Actor
 from registry import services
+from registry.compiler import canonical_json, compile_data
 from tests.bundle_support import decision_world
 
 SEED = 20261125

@@ -330,9 +330,9 @@ def test_a_database_error_mid_publish_fails_visibly_is_retried_and_r1_stays_serv
 def test_an_unavailable_signing_key_fails_visibly_is_retried_and_r1_stays_served(
         shared_broker, celery_worker_process, tenant_a, login, alice):
     token = _first_bundle(tenant_a)
-    # A worker deployed with the wrong BUNDLE_KEY_ENCRYPTION_KEYS: it cannot decrypt the key.
+    # A worker deployed with the wrong SECRET_ENCRYPTION_KEYS: it cannot decrypt the key.
     wrong = Fernet.generate_key().decode()
-    w1 = celery_worker_process(BUNDLE_KEY_ENCRYPTION_KEYS=wrong, **VIS)
+    w1 = celery_worker_process(SECRET_ENCRYPTION_KEYS=wrong, **VIS)
     _change(tenant_a)
     w1.wait_until(lambda: w1.log_file.read_text().count("retry: Retry in") >= 2, timeout=30)
     state = PublishState.objects.get(tenant=tenant_a)
@@ -340,7 +340,7 @@ def test_an_unavailable_signing_key_fails_visibly_is_retried_and_r1_stays_served
     assert state.last_revision == 1 and _revisions(tenant_a) == [1]
     assert _published(tenant_a) == [1]
     assert _served(token)[0] == 1
-    _shows_failure(login, alice, "cannot be decrypted with BUNDLE_KEY_ENCRYPTION_KEYS")
+    _shows_failure(login, alice, "cannot be decrypted with SECRET_ENCRYPTION_KEYS")
 
     # Redeployed with the right key: the pending retry (handed back by the stopped worker)
     # publishes r2.

@@ -22,12 +22,12 @@ import yaml
 from django.utils import timezone
 
 from bundles import selectors
-from bundles.compiler import compile_data
 from bundles.publish import bundle_publish
 from gateway.agentgateway import cel_string, translate, yaml_string
 from gateway.decision import ALLOW, ESCALATE, decide
 from governance.audit.services import Actor
 from registry import services as registry
+from registry.compiler import compile_data
 from registry.models import Tool, ToolScope
 from tests.bundle_support import IDP, decision_world, payroll_world, tar_files
 from tests.factories import Def, def_sha

@@ -6,10 +6,9 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from bundles import services
-from exports.services import exporters_reencrypt
+from governance import secrets
 from governance.audit.services import Actor
 from governance.tenancy.models import Tenant
-from notifications.services import channels_reencrypt
 
 
 class Command(BaseCommand):
@@ -17,8 +16,8 @@ class Command(BaseCommand):
         "Rotate a tenant's bundle signing key: the new key is published (pending) now and "
         "signs after BUNDLE_KEY_PUBLISH_LEAD_SECONDS; --immediate makes it sign at once (use "
         "for a compromised key). --reencrypt re-encrypts every private key under the first "
-        "BUNDLE_KEY_ENCRYPTION_KEYS entry (and the notification channels' URLs and "
-        "secrets) instead."
+        "SECRET_ENCRYPTION_KEYS entry (and the notification channels' URLs and "
+        "secrets, and the exporters' tokens) instead."
     )
 
     def add_arguments(self, parser) -> None:
@@ -30,13 +29,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, tenant=None, immediate=False, reencrypt=False, **options) -> None:
         if reencrypt:
-            count = services.signing_keys_reencrypt()
-            self.stdout.write(f"Re-encrypted {count} signing key(s).")
-            count = channels_reencrypt()
-            self.stdout.write(f"Re-encrypted the URLs and secrets of {count} notification "
-                              "channel(s).")
-            count = exporters_reencrypt()
-            self.stdout.write(f"Re-encrypted the HEC tokens of {count} SIEM exporter(s).")
+            # Every app's secrets at rest (governance/secrets.py): signing keys, notification
+            # channels' URLs and secrets, SIEM exporters' HEC tokens.
+            for line in secrets.reencrypt_all():
+                self.stdout.write(line)
             return
         if not tenant:
             raise CommandError("Name the tenant: rotate_bundle_key <tenant-slug>.")
