@@ -38,29 +38,22 @@ from django.utils import timezone
 
 from bundles import cedar, extensions, hot, keys, packaging
 from bundles.models import Bundle, BundleBlob, PublishState
-from bundles.services import signing_key_for_build
+from bundles.selectors import (  # noqa: F401 - publish.bundle_action_q is used elsewhere
+    BUNDLE_ACTION_PREFIXES,
+    NON_BUNDLE_ACTIONS,
+    affects_bundle,
+    bundle_action_q,
+)
+from bundles.signing import signing_key_for_build
 from governance.audit.models import AuditChain, AuditEvent
 from governance.audit.services import Actor, add_listener, audit_record
+from governance.tasking import enqueue
 from governance.tenancy.models import Tenant
 
 log = logging.getLogger(__name__)
 
-BUNDLE_ACTION_PREFIXES = ("server.", "tool.", "scope.", "agent.", "grant.", "tenant.settings")
-# Recorded but without effect on the bundle's content.
-NON_BUNDLE_ACTIONS = frozenset({"server.sync_requested", "server.sync_failed"})
 # Re-issue once this share of a bundle's lifetime has passed (DESIGN.md: before half).
 REISSUE_FRACTION = 0.4
-
-
-def affects_bundle(action: str) -> bool:
-    return action.startswith(BUNDLE_ACTION_PREFIXES) and action not in NON_BUNDLE_ACTIONS
-
-
-def bundle_action_q() -> Q:
-    q = Q()
-    for prefix in BUNDLE_ACTION_PREFIXES:
-        q |= Q(action__startswith=prefix)
-    return q & ~Q(action__in=NON_BUNDLE_ACTIONS)
 
 
 # --- Scheduling -------------------------------------------------------------------------------
@@ -78,16 +71,10 @@ def schedule_build(tenant_id: int) -> None:
             return
     except Exception:  # cache down: schedule anyway; duplicate builds find nothing changed
         log.warning("bundle build: debounce mark unavailable", exc_info=True)
-    from bundles.tasks import build_bundle
-
-    try:
-        build_bundle.apply_async(args=[tenant_id], countdown=delay)
-    except Exception:  # broker down: the beat sweep builds from the audit trail later
-        log.warning("bundle build: could not enqueue for tenant %s", tenant_id, exc_info=True)
-        try:
-            cache.delete(_scheduled_key(tenant_id))
-        except Exception:  # noqa: S110 - nothing more to do; the sweep covers it
-            pass
+    # Broker down: logged by enqueue; the beat sweep builds from the audit trail later, and the
+    # mark goes so that the next edit tries again.
+    enqueue("bundles.tasks.build_bundle", tenant_id, countdown=delay,
+            on_failure=lambda: clear_schedule(tenant_id))
 
 
 def clear_schedule(tenant_id: int) -> None:

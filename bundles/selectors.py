@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from bundles import hot
@@ -18,6 +18,21 @@ from bundles.packaging import rfc3339
 from gateway import agentgateway
 from governance.audit.models import AuditEvent
 from governance.tenancy.models import Tenant
+
+BUNDLE_ACTION_PREFIXES = ("server.", "tool.", "scope.", "agent.", "grant.", "tenant.settings")
+# Recorded but without effect on the bundle's content.
+NON_BUNDLE_ACTIONS = frozenset({"server.sync_requested", "server.sync_failed"})
+
+
+def affects_bundle(action: str) -> bool:
+    return action.startswith(BUNDLE_ACTION_PREFIXES) and action not in NON_BUNDLE_ACTIONS
+
+
+def bundle_action_q() -> Q:
+    q = Q()
+    for prefix in BUNDLE_ACTION_PREFIXES:
+        q |= Q(action__startswith=prefix)
+    return q & ~Q(action__in=NON_BUNDLE_ACTIONS)
 
 
 def jwks(tenant_id: int) -> dict[str, Any]:
@@ -104,8 +119,6 @@ def bundle_data(bundle: Bundle) -> dict[str, Any]:
 def registry_changes(tenant: Tenant, *, after_seq: int, through_seq: int,
                      limit: int = 200) -> list[AuditEvent]:
     """The bundle-affecting audit events a revision took in (who changed what), oldest first."""
-    from bundles.publish import bundle_action_q
-
     return list(AuditEvent.objects.filter(tenant=tenant, seq__gt=after_seq,
                                           seq__lte=through_seq)
                 .filter(bundle_action_q()).order_by("seq")[:limit])
@@ -115,8 +128,6 @@ def triggers(tenant: Tenant, bundles: list[Bundle]) -> dict[int, dict[str, Any]]
     """Per bundle of a page: who made the registry changes it took in, and how many."""
     if not bundles:
         return {}
-    from bundles.publish import bundle_action_q
-
     ordered = sorted(bundles, key=lambda b: b.revision_number)
     before = (Bundle.objects.for_tenant(tenant)
               .filter(revision_number__lt=ordered[0].revision_number)

@@ -16,8 +16,10 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bundles import hot, keys
+from bundles import hot, keys, publish
 from bundles.models import Gateway, GatewayToken, PublishState, SigningKey
+from bundles.signing import _jwks_changed, _key_state, _new_key
+from bundles.signing import signing_key_for_build as signing_key_for_build  # public here too
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Tenant, hash_token
@@ -256,44 +258,6 @@ def gateway_contacts_flush() -> int:
 
 # --- Signing keys -----------------------------------------------------------------------------
 
-def _key_state(key: SigningKey) -> dict[str, Any]:
-    return {"kid": key.kid, "state": key.state,
-            "activate_after": key.activate_after.isoformat() if key.activate_after else None}
-
-
-def _new_key(tenant: Tenant, state: str, created_by=None,
-             activate_after: datetime | None = None) -> SigningKey:
-    jwk, encrypted = keys.generate()
-    now = timezone.now()
-    return SigningKey.objects.create(
-        tenant=tenant, kid=jwk["kid"], state=state, public_jwk=jwk,
-        private_key_encrypted=encrypted, created_by=created_by, activate_after=activate_after,
-        activated_at=now if state == SigningKey.State.ACTIVE else None,
-    )
-
-
-def _jwks_changed(tenant: Tenant) -> None:
-    transaction.on_commit(lambda: hot.safely("jwks refresh", hot.delete,
-                                             hot.jwks_key(tenant.slug)))
-
-
-def signing_key_for_build(*, tenant: Tenant) -> SigningKey:
-    """The tenant's active key; the very first one is created active (nothing to pre-announce:
-    no gateway has a bundle of this tenant yet). Runs inside the builder's transaction."""
-    key = SigningKey.objects.for_tenant(tenant).filter(state=SigningKey.State.ACTIVE).first()
-    if key is not None:
-        return key
-    if SigningKey.objects.for_tenant(tenant).exists():
-        raise keys.KeyUnavailable(
-            "No active signing key: activate the pending key or rotate to create one."
-        )
-    key = _new_key(tenant, SigningKey.State.ACTIVE)
-    audit_record(tenant=tenant, actor=Actor.system("bundle publisher"),
-                 action="bundle_key.created", obj=key, after=_key_state(key))
-    _jwks_changed(tenant)
-    return key
-
-
 @transaction.atomic
 def signing_key_rotate(*, tenant: Tenant, actor: Actor, immediate: bool = False,
                        created_by=None) -> SigningKey:
@@ -327,8 +291,6 @@ def signing_key_rotate(*, tenant: Tenant, actor: Actor, immediate: bool = False,
         for old in previous:
             old.refresh_from_db()
             _revoke(tenant, actor, old)
-        from bundles import publish
-
         def resign() -> None:
             try:
                 publish.bundle_publish(tenant=tenant, trigger="key rotation", force=True)
@@ -354,8 +316,6 @@ def _activate(tenant: Tenant, actor: Actor, key: SigningKey) -> SigningKey:
                  after=_key_state(key))
     _jwks_changed(tenant)
     # Bundles are re-signed by the new key straight away.
-    from bundles import publish
-
     publish.schedule_build_on_commit(tenant.pk)
     return key
 

@@ -20,6 +20,7 @@ from evidence.archive import Built, PackWriter
 from evidence.models import EvidencePack
 from evidence.sections import Evidence, Period, timestamp
 from governance.audit.services import Actor, audit_record
+from governance.tasking import enqueue_on_commit
 from governance.tenancy.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,6 @@ def _state(pack: EvidencePack) -> dict[str, Any]:
             "period_end": pack.period_end.isoformat(), "status": pack.status}
 
 
-def _enqueue(pack_id: int) -> None:
-    from evidence import tasks  # tasks import this module
-
-    try:
-        tasks.build_pack.delay(pack_id)
-    except Exception:  # broker down: the sweep sends it once it is back
-        log.warning("evidence pack %s: could not enqueue", pack_id, exc_info=True)
-
-
 @transaction.atomic
 def evidence_pack_request(*, tenant: Tenant, actor: Actor, period_start: date, period_end: date,
                           requested_by: AbstractBaseUser | None = None) -> EvidencePack:
@@ -94,7 +86,7 @@ def evidence_pack_request(*, tenant: Tenant, actor: Actor, period_start: date, p
     )
     audit_record(tenant=tenant, actor=actor, action="evidence.requested", obj=pack,
                  after=_state(pack))
-    transaction.on_commit(lambda: _enqueue(pack.pk))
+    enqueue_on_commit("evidence.tasks.build_pack", pack.pk)
     return pack
 
 

@@ -30,6 +30,7 @@ from exports.models import Exporter
 from governance import outbound
 from governance.audit.services import Actor, audit_record
 from governance.secrets import encrypt_text, reencrypt
+from governance.tasking import enqueue_on_commit
 from governance.tenancy.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -169,15 +170,6 @@ def _start_cursor(tenant: Tenant, stream: str, start: str) -> int:
     raise ValidationError({"start": f"Use {' or '.join(STARTS)}."})
 
 
-def _enqueue(exporter_id: int) -> None:
-    from exports import tasks  # tasks import this module
-
-    try:
-        tasks.run_exporter.delay(exporter_id)
-    except Exception:  # broker down: the beat sweep runs it once it is back
-        log.warning("exporter %s: could not enqueue a run", exporter_id, exc_info=True)
-
-
 def _locked(tenant: Tenant, exporter: Exporter) -> Exporter:
     return (Exporter.objects.for_tenant(tenant).select_for_update(of=("self",))
             .select_related("tenant").get(pk=exporter.pk))
@@ -202,7 +194,7 @@ def exporter_create(*, tenant: Tenant, actor: Actor, name: str, kind: str, strea
     audit_record(tenant=tenant, actor=actor, action="exporter.created", obj=exporter,
                  after=_state(exporter) | {"start": start, "cursor": exporter.cursor})
     if exporter.enabled:
-        transaction.on_commit(lambda: _enqueue(exporter.pk))
+        enqueue_on_commit("exports.tasks.run_exporter", exporter.pk)
     return exporter
 
 
@@ -247,7 +239,7 @@ def exporter_update(*, tenant: Tenant, actor: Actor, exporter: Exporter, token: 
                      obj=exporter, before={"enabled": before["enabled"]},
                      after={"enabled": exporter.enabled})
         if exporter.enabled:
-            transaction.on_commit(lambda: _enqueue(exporter.pk))
+            enqueue_on_commit("exports.tasks.run_exporter", exporter.pk)
     return exporter
 
 
@@ -273,7 +265,7 @@ def exporter_reset_cursor(*, tenant: Tenant, actor: Actor, exporter: Exporter,
     audit_record(tenant=tenant, actor=actor, action="exporter.cursor_reset", obj=exporter,
                  before={"cursor": before}, after={"cursor": exporter.cursor, "start": start})
     if exporter.enabled:
-        transaction.on_commit(lambda: _enqueue(exporter.pk))
+        enqueue_on_commit("exports.tasks.run_exporter", exporter.pk)
     return exporter
 
 
@@ -288,7 +280,7 @@ def exporter_request_run(*, tenant: Tenant, actor: Actor, exporter: Exporter) ->
     exporter.save(update_fields=["next_attempt_at"])
     audit_record(tenant=tenant, actor=actor, action="exporter.run_requested", obj=exporter,
                  after={"cursor": exporter.cursor})
-    transaction.on_commit(lambda: _enqueue(exporter.pk))
+    enqueue_on_commit("exports.tasks.run_exporter", exporter.pk)
     return exporter
 
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 from governance import outbound
 from governance.audit.services import Actor, audit_record, to_json
 from governance.secrets import encrypt_text, reencrypt
+from governance.tasking import enqueue_on_commit
 from governance.tenancy.models import Tenant
 from notifications import senders
 from notifications.models import EVENTS, Channel, Delivery
@@ -224,21 +225,12 @@ def _emails(recipients: Iterable[AbstractBaseUser | str]) -> list[str]:
     return found
 
 
-def _enqueue(delivery_id: int) -> None:
-    from notifications import tasks  # tasks import this module
-
-    try:
-        tasks.deliver.delay(delivery_id)
-    except Exception:  # broker down: the beat sweep sends it once it is back
-        log.warning("notification delivery %s: could not enqueue", delivery_id, exc_info=True)
-
-
 def _delivery(channel: Channel, event: str, subject: str, payload: dict[str, Any]) -> Delivery:
     delivery = Delivery.objects.create(
         tenant=channel.tenant, channel=channel, event=event, subject=subject[:300],
         payload=payload, next_attempt_at=timezone.now(),
     )
-    transaction.on_commit(lambda: _enqueue(delivery.pk))
+    enqueue_on_commit("notifications.tasks.deliver", delivery.pk)
     return delivery
 
 

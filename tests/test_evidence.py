@@ -851,7 +851,7 @@ def test_the_pack_page_polls_in_a_browser_until_the_pack_is_done(ui, tenant_a, a
                                     approver=bob, outcome="approve")
     queued: list[int] = []
     # No broker: the test is the worker, and runs what the task would, one step at a time.
-    monkeypatch.setattr(services, "_enqueue", queued.append)
+    monkeypatch.setattr(tasks.build_pack, "delay", queued.append)
     page = ui.page
     sign_in(ui, "audrey")
     page.goto(ui.tenant_url("evidence/"))
