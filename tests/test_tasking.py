@@ -67,7 +67,7 @@ def test_a_sync_request_commits_when_the_broker_is_down_and_the_sweep_fails_it_l
     assert created is True
     run.refresh_from_db()
     assert run.status == ServerSync.Status.QUEUED  # the request stands
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "governance.tasking"] == [
         f"could not enqueue registry.tasks.sync_server({run.pk},); the periodic sweep will "
         "send it"]
     # The beat's sweep fails the run that never started (the next scheduled sync queues anew).
@@ -103,4 +103,4 @@ def test_enqueue_with_a_countdown_and_a_broker_failure_calls_on_failure(monkeypa
         assert tasking.enqueue("registry.tasks.sync_server", 4, countdown=0.5,
                                on_failure=lambda: failed.append(4)) is False
     assert failed == [4]
-    assert len(caplog.records) == 1
+    assert [r.levelname for r in caplog.records if r.name == "governance.tasking"] == ["WARNING"]
