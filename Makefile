@@ -18,11 +18,13 @@ install: $(STAMP)
 run: $(STAMP)
 	@scripts/run
 
-## make test: ruff and the whole suite on TEST_WORKERS processes (installs the IdP and Chromium
-## the end-to-end tests use); tests/xdist_env.py gives each worker its own Redis database
+## make test: ruff, the import layers (lint-imports: the contracts in pyproject.toml) and the
+## whole suite on TEST_WORKERS processes (installs the IdP and Chromium the end-to-end tests
+## use); tests/xdist_env.py gives each worker its own Redis database
 TEST_WORKERS ?= 2
 test: $(STAMP) test-deps
 	$(BIN)/ruff check .
+	PYTHONPATH=$(CURDIR) $(BIN)/lint-imports
 	PYTHONPATH=$(CURDIR) $(BIN)/pytest -p tests.xdist_env -n $(TEST_WORKERS)
 
 test-deps:
@@ -42,6 +44,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	PYTHONPATH=$(CURDIR) $(BIN)/lint-imports
 
 clean:
-	rm -rf var .pytest_cache .ruff_cache test-artifacts
+	rm -rf var .pytest_cache .ruff_cache .import_linter_cache .grimp_cache test-artifacts

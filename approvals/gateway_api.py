@@ -28,8 +28,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from approvals import services
 from approvals.models import Escalation
-from governance.bundles import hot
-from governance.bundles.gateway_api import (
+from bundles import hot
+from bundles.gateway_api import (
     _read_json,
     _still_valid,
     _unauthorized,
@@ -38,8 +38,8 @@ from governance.bundles.gateway_api import (
     error,
     released,
 )
-from governance.bundles.models import Gateway
-from governance.bundles.packaging import rfc3339
+from bundles.models import Gateway
+from bundles.packaging import rfc3339
 
 
 def _refused(exc: services.Refused) -> JsonResponse:

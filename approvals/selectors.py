@@ -29,12 +29,12 @@ from approvals.models import (
     describe_rule,
 )
 from approvals.services import ApproverProfile, approver_profile
+from bundles import diff
+from bundles.packaging import rfc3339
 from gateway.receipts import arguments_sha256
-from governance.bundles import diff
-from governance.bundles.compiler import compile_data
-from governance.bundles.packaging import rfc3339
 from governance.tenancy.models import Tenant
 from governance.tenancy.roles import Role
+from registry.compiler import compile_data
 from registry.models import Agent, Grant, Risk, Tool
 
 # --- The inbox ----------------------------------------------------------------------------------
@@ -264,7 +264,7 @@ PREVIEW_GRANT_ID = "new"
 
 def preview_grant_document(request: AccessRequest, *, at: datetime) -> dict[str, Any]:
     """The grant document approving ``request`` at ``at`` would add to ``mcp/data.json``: the
-    compiler's grant shape (governance/bundles/compiler.py) with the terms the service gives an
+    compiler's grant shape (registry/compiler.py) with the terms the service gives an
     approved request (no limits, no window, no approval, expiring after the duration)."""
     expires = at + timedelta(minutes=request.duration_minutes)
     return {

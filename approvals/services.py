@@ -44,16 +44,16 @@ from approvals.models import (
     Escalation,
     describe_rule,
 )
-from governance.alerts.services import alert_raise
+from bundles import hot, keys
+from bundles.models import Gateway
+from bundles.services import gateway_actor, signing_key_for_build
+from governance.alerting import alert_raise
 from governance.audit.services import Actor, audit_record
-from governance.bundles import hot, keys
-from governance.bundles.compiler import escalation_settings
-from governance.bundles.models import Gateway
-from governance.bundles.services import gateway_actor, signing_key_for_build
-from governance.notifications.services import notify
 from governance.tenancy.models import ExternalIdentity, Membership, Tenant
 from governance.tenancy.roles import Role
+from notifications.services import notify
 from registry import services as registry
+from registry.compiler import escalation_settings
 from registry.models import Agent, Grant, McpServer, Risk, Tool, ToolScope
 from registry.services import AGENT_PERMISSION
 

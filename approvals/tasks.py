@@ -8,7 +8,7 @@ from celery import shared_task
 from approvals import services
 
 
-@shared_task(acks_late=True)
+@shared_task(name="approvals.tasks.expire_requests", acks_late=True)
 def expire_requests() -> dict[str, int]:
     """Requests and escalations past their deadline go to alternates or expire (a denial by
     the system actor), reminders go out, and grants past their expiry are marked expired."""

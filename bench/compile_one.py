@@ -62,9 +62,9 @@ def _warm(slug: str | None) -> None:
         return
     from django.utils import timezone
 
-    from governance.bundles import publish
-    from governance.bundles.compiler import compile_data
+    from bundles import publish
     from governance.tenancy.models import Tenant
+    from registry.compiler import compile_data
 
     tenant = Tenant.objects.get(slug=slug)
     publish.bundle_files(compile_data(tenant, at=timezone.now()))
@@ -75,9 +75,9 @@ def stages(tenant, repeat: int) -> dict[str, Any]:
     from django.db import transaction
     from django.utils import timezone
 
-    from governance.bundles import cedar, keys, packaging
-    from governance.bundles.compiler import canonical_json, compile_data
-    from governance.bundles.services import signing_key_for_build
+    from bundles import cedar, keys, packaging
+    from bundles.services import signing_key_for_build
+    from registry.compiler import canonical_json, compile_data
 
     with transaction.atomic():  # it may create the tenant's first key (audited)
         key = signing_key_for_build(tenant=tenant)
@@ -123,7 +123,7 @@ def stages(tenant, repeat: int) -> dict[str, Any]:
 
 
 def publish_whole(tenant, repeat: int) -> dict[str, Any]:
-    from governance.bundles.publish import bundle_publish
+    from bundles.publish import bundle_publish
 
     baseline = _rss()
     _reset_peak()
@@ -140,7 +140,7 @@ def publish_whole(tenant, repeat: int) -> dict[str, Any]:
 def traced(tenant) -> dict[str, Any]:
     import tracemalloc
 
-    from governance.bundles.publish import bundle_publish
+    from bundles.publish import bundle_publish
 
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -155,7 +155,7 @@ def profiled(tenant, out: str) -> dict[str, Any]:
     import cProfile
     import pstats
 
-    from governance.bundles.publish import bundle_publish
+    from bundles.publish import bundle_publish
 
     profiler = cProfile.Profile()
     profiler.enable()

@@ -100,7 +100,7 @@ class Config:
             "REDIS_URL": self.redis_url,
             "DEBUG": "false",
             "SECRET_KEY": self.secret_key,
-            "BUNDLE_KEY_ENCRYPTION_KEYS": self.fernet_key,
+            "SECRET_ENCRYPTION_KEYS": self.fernet_key,
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "SECURE_SSL_REDIRECT": "false",
             "TOLLGATE_VAR_DIR": str(VAR / "var"),

@@ -19,9 +19,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from bundles import publish, services
+from bundles.models import Gateway
 from governance.audit.services import Actor
-from governance.bundles import publish, services
-from governance.bundles.models import Gateway
 from governance.tenancy.models import Tenant
 from governance.tenancy.services import tenant_create
 from registry import services as registry

@@ -166,7 +166,7 @@ def drive(config: Config, server: procs.Child, tokens: list[str], batches: list[
 def _stored(tenant) -> tuple[int, int]:
     from django.db.models import Sum
 
-    from governance.decisions.models import DecisionLog, DecisionRollup
+    from decision_logs.models import DecisionLog, DecisionRollup
 
     rows = DecisionLog.objects.for_tenant(tenant).count()
     rolled = DecisionRollup.objects.for_tenant(tenant).aggregate(n=Sum("count"))["n"] or 0
@@ -176,8 +176,8 @@ def _stored(tenant) -> tuple[int, int]:
 # --- The three insert methods, database work only ------------------------------------------------
 
 def compare_methods(batch: int, rounds: int) -> dict[str, Any]:
+    from decision_logs import services
     from governance.audit.services import Actor
-    from governance.decisions import services
     from governance.tenancy.services import tenant_create
 
     tenant = tenant_create(actor=Actor.system("bench"), slug="bench-ingest-methods",

@@ -206,8 +206,8 @@ def profile_during(config: Config, pid: int, label: str, url: str,
 
 # Where a sample's innermost frame lies, most specific first.
 BUCKETS = [
-    ("gateway view (governance/bundles)", "governance/bundles/"),
-    ("gateway view (governance/bundles)", "/bundles/"),
+    ("gateway view (bundles)", "bundles/"),
+    ("gateway view (bundles)", "/bundles/"),
     ("bench bare view", "bench/urls.py"),
     ("project middleware (governance/tenancy, context, logging)", "governance/"),
     ("project middleware (governance/tenancy, context, logging)", "/tenancy/"),

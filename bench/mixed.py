@@ -766,8 +766,8 @@ def _print_table(table: dict[str, dict[str, Any]]) -> None:
 def _check(result: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     """What the database says once the load is over."""
     from approvals.models import AccessRequest, ApprovalDecision, Escalation
-    from governance.bundles import publish
-    from governance.bundles.models import Bundle
+    from bundles import publish
+    from bundles.models import Bundle
 
     tenant_ids = [t["tenant_id"] for t in spec["tenants"]]
     created_ids = [c["id"] for c in result["created"]]
@@ -845,7 +845,7 @@ def section_mixed(config, children, workers: int) -> dict[str, Any]:
     from bench.env import LOGS, PYTHON
     from bench.procs import BenchError
     from bench.run import _server_errors
-    from governance.bundles import publish
+    from bundles import publish
 
     seconds = env_int("BENCH_MIXED_SECONDS", 30 if config.quick else 300)
     n_gateways = env_int("BENCH_MIXED_GATEWAYS", 1000)

@@ -138,7 +138,7 @@ class Fixtures:
         fixtures.publish_now(self.e2e_small.tenant)
 
     def bundle_bytes(self) -> bytes:
-        from governance.bundles import store
+        from bundles import store
 
         content = store.load(self.poll_pointer["sha256"])
         assert content is not None  # noqa: S101 - published by __init__
@@ -343,7 +343,7 @@ def _check_wrk(result: loadgen.WrkResult, answer_bytes: int) -> None:
 def section_longpoll(config: Config, children: Children, fx: Fixtures,
                      workers: int) -> dict[str, Any]:
     from bench import fixtures
-    from governance.bundles import publish
+    from bundles import publish
 
     n = config.longpoll_clients
     say(f"\n== 2. {n} concurrent long polls (Prefer: wait={config.longpoll_wait}), "
@@ -529,7 +529,7 @@ def section_write_to_etag(config: Config, children: Children, fx: Fixtures,
                           workers: int) -> dict[str, Any]:
     from django.utils import timezone
 
-    from governance.bundles.models import Bundle
+    from bundles.models import Bundle
 
     n = config.e2e_iterations
     say(f"\n== 4. Registry write → new ETag at a long-polling gateway ({n} writes) ==")

@@ -4,7 +4,7 @@ Two Django handlers share one process, one URLconf and one set of settings: ever
 through the full middleware stack (sessions, CSRF, auth, CSP, …) except ``/api/v1/gateway/``,
 which machines call and which gets ``GATEWAY_MIDDLEWARE``, a short chain of async-native
 middleware, so the bundle poll and long polls never hop to a thread (see
-``governance/bundles/middleware.py``).
+``bundles/middleware.py``).
 """
 
 from __future__ import annotations

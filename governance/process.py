@@ -3,7 +3,7 @@
 When workers may start allow-listed stdio servers (``STDIO_DISCOVERY_COMMANDS``), such a child
 runs as ``nobody`` under a root worker (``registry/stdio_launcher.py``); under an unprivileged
 user it would share the uid of every Tollgate process, whose ``/proc/<pid>/environ`` holds
-``SECRET_KEY``, ``DATABASE_URL`` and ``BUNDLE_KEY_ENCRYPTION_KEYS``. So every Tollgate process
+``SECRET_KEY``, ``DATABASE_URL`` and ``SECRET_ENCRYPTION_KEYS``. So every Tollgate process
 (web, worker and its forked pool, beat, management commands) that loads settings with that list
 set makes itself non-dumpable: its ``/proc`` files then belong to root, and a same-uid process
 can neither read them nor ptrace it. Forked children inherit this; ``execve`` resets it, so the

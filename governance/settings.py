@@ -61,15 +61,15 @@ INSTALLED_APPS = [
     "mozilla_django_oidc",
     "governance.tenancy",
     "governance.audit",
-    "governance.bundles",
+    "bundles",
     "registry",
     "approvals",
-    "governance.notifications",
-    "governance.decisions",
-    "governance.exports",
-    "governance.alerts",
-    "governance.evidence",
-    "governance.observability",
+    "notifications",
+    "decision_logs",
+    "exports",
+    "alerts",
+    "evidence",
+    "observability",
 ]
 
 MIDDLEWARE = [
@@ -94,7 +94,7 @@ MIDDLEWARE = [
 # native middleware only, so gateway polls never wait for a thread.
 GATEWAY_MIDDLEWARE = [
     "governance.tenancy.middleware.RequestContextMiddleware",
-    "governance.bundles.middleware.GatewayTransportSecurityMiddleware",
+    "bundles.middleware.GatewayTransportSecurityMiddleware",
 ]
 
 ROOT_URLCONF = "governance.urls"
@@ -328,7 +328,7 @@ ESCALATION_RECEIPT_SECONDS = env_int("ESCALATION_RECEIPT_SECONDS", 120, minimum=
 # Longest an admin's break-glass self-grant may last.
 BREAK_GLASS_MAX_MINUTES = env_int("BREAK_GLASS_MAX_MINUTES", 60, minimum=1)
 
-# --- Notifications (governance/notifications) ------------------------------------------------
+# --- Notifications (notifications) ------------------------------------------------
 # E-mail channels send through Django's e-mail backend (SMTP unless EMAIL_BACKEND says otherwise).
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
@@ -343,7 +343,7 @@ NOTIFICATION_HTTP_TIMEOUT = env_int("NOTIFICATION_HTTP_TIMEOUT", 5, minimum=1)
 # A delivery is tried this often (backoff 30 s, 1, 2, 4, 8 min …) before it is marked failed.
 NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 6, minimum=1)
 
-# --- Decision logs (governance/decisions; DESIGN.md §5 POST logs) ---------------------------
+# --- Decision logs (decision_logs; DESIGN.md §5 POST logs) ---------------------------
 # Largest request body POST /api/v1/gateway/logs accepts, as sent (gzip or not; 413 beyond).
 DECISION_LOG_MAX_BODY_BYTES = env_int("DECISION_LOG_MAX_BODY_BYTES", 8 * 1024 * 1024,
                                       minimum=1024)
@@ -358,7 +358,7 @@ DECISION_LOG_INSERT_ROWS = env_int("DECISION_LOG_INSERT_ROWS", 5000, minimum=1)
 DECISION_LOG_PURGE_CHUNK = env_int("DECISION_LOG_PURGE_CHUNK", 10_000, minimum=1)
 
 # --- SIEM export -----------------------------------------------------------------------------
-# Exporters (governance/exports). JSON lines exporters write only to a file name inside
+# Exporters (exports). JSON lines exporters write only to a file name inside
 # EXPORT_FILE_DIR/<tenant slug>/.
 EXPORT_FILE_DIR = Path(env_str("EXPORT_FILE_DIR", str(VAR_DIR / "exports")))
 # Rows per batch (one file append, one TCP connection, one HEC request); one run sends at most
@@ -378,12 +378,12 @@ EXPORT_RETRY_MAX_SECONDS = env_int("EXPORT_RETRY_MAX_SECONDS", 900, minimum=1)
 EXPORT_SYSLOG_UDP_MAX_BYTES = min(65507, env_int("EXPORT_SYSLOG_UDP_MAX_BYTES", 2048,
                                                  minimum=480))
 
-# --- Alerts (governance/alerts) --------------------------------------------------------------
+# --- Alerts (alerts) --------------------------------------------------------------
 # Decision logs reach Tollgate minutes late (OPA uploads them in batches): the burst-of-denials
 # rule also looks at denials stamped this much before its window, so a late batch still counts.
 ALERTS_DECISION_LOG_DELAY_MINUTES = env_int("ALERTS_DECISION_LOG_DELAY_MINUTES", 15, minimum=0)
 
-# --- Evidence packs (governance/evidence) ----------------------------------------------------
+# --- Evidence packs (evidence) ----------------------------------------------------
 # Longest period one pack covers, in days (both ends included).
 EVIDENCE_MAX_PERIOD_DAYS = env_int("EVIDENCE_MAX_PERIOD_DAYS", 366, minimum=1)
 # Attempts of one build (each starts from nothing) before the pack is marked failed.
@@ -494,7 +494,7 @@ CSP_FORM_ACTION_EXTRA = [
     if origin
 ]
 
-# --- Metrics and dashboard (governance/observability) -----------------------------------------
+# --- Metrics and dashboard (observability) -----------------------------------------
 # /metrics answers a request bearing `Authorization: Bearer <METRICS_TOKEN>` from anywhere, and a
 # request without Authorization from these networks (CIDR list; empty: token only). A request
 # forwarded by a proxy (X-Forwarded-For) gets network access only with TRUSTED_PROXY_COUNT set.
@@ -537,7 +537,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tollgate API",
     "DESCRIPTION": "Admin REST API (/api/v1/t/<tenant>/). The gateway API (/api/v1/gateway/) "
-                   "is described in governance/bundles/gateway_openapi.yaml and "
+                   "is described in bundles/gateway_openapi.yaml and "
                    "docs/gateway-contract.md.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -555,24 +555,24 @@ SPECTACULAR_SETTINGS = {
         "AgentStatusEnum": "registry.models.Agent.Status",
         "GrantStatusEnum": "registry.models.Grant.Status",
         "RiskEnum": "registry.models.Risk",
-        "GatewayStatusEnum": "governance.bundles.models.Gateway.Status",
-        "SigningKeyStateEnum": "governance.bundles.models.SigningKey.State",
-        "GatewayTokenStateEnum": "governance.bundles.api.serializers.TOKEN_STATES",
+        "GatewayStatusEnum": "bundles.models.Gateway.Status",
+        "SigningKeyStateEnum": "bundles.models.SigningKey.State",
+        "GatewayTokenStateEnum": "bundles.api.serializers.TOKEN_STATES",
         # The API token kinds keep their name now that channels have kinds too.
         "KindEnum": "governance.tenancy.models.ApiToken.Kind",
-        "ChannelKindEnum": "governance.notifications.models.Channel.Kind",
-        "ExporterKindEnum": "governance.exports.models.Exporter.Kind",
-        "DeliveryStatusEnum": "governance.notifications.models.Delivery.Status",
+        "ChannelKindEnum": "notifications.models.Channel.Kind",
+        "ExporterKindEnum": "exports.models.Exporter.Kind",
+        "DeliveryStatusEnum": "notifications.models.Delivery.Status",
         # A member's role and an approval stage's roles are the same choice set.
         "RoleEnum": "governance.tenancy.roles.Role",
         # Access requests and escalations share their states.
         "ApprovalStatusEnum": "approvals.models.Decidable.Status",
-        # Alerts: the rule kinds, severities and alert states (governance/alerts).
-        "AlertKindEnum": "governance.alerts.models.Kind",
-        "AlertSeverityEnum": "governance.alerts.models.Severity",
-        "AlertStatusEnum": "governance.alerts.models.Alert.Status",
+        # Alerts: the rule kinds, severities and alert states (alerts).
+        "AlertKindEnum": "alerts.models.Kind",
+        "AlertSeverityEnum": "alerts.models.Severity",
+        "AlertStatusEnum": "alerts.models.Alert.Status",
         # A gateway's decision (allow / deny / escalate), not an approver's.
-        "DecisionOutcomeEnum": "governance.decisions.models.Outcome",
+        "DecisionOutcomeEnum": "decision_logs.models.Outcome",
         "ApprovalOutcomeEnum": "approvals.models.ApprovalDecision.Outcome",
     },
 }

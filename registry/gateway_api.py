@@ -9,7 +9,7 @@ Errors (JSON ``{"code", "message"}`` as every gateway call; nothing is recorded)
 
 * 400 ``invalid_report``: not the shape above (tools not a list, a tool without a string name,
   duplicate names, NUL characters, a malformed schema…), bad JSON or gzip;
-* 401 / 429 as for every gateway call (``governance.bundles.gateway_api.authenticate``);
+* 401 / 429 as for every gateway call (``bundles.gateway_api.authenticate``);
 * 404 ``not_found``: no server of that name in the gateway's tenant, or not bound to this
   gateway (the two are not told apart);
 * 409 ``not_synced``: the server is retired;
@@ -27,9 +27,9 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from governance.bundles.gateway_api import authenticate, error
-from governance.bundles.models import Gateway
-from governance.decisions.gateway_api import BodyRefused, gunzip
+from bundles.gateway_api import authenticate, error
+from bundles.gateway_body import BodyRefused, gunzip
+from bundles.models import Gateway
 from registry import gateway_discovery as discovery
 
 DECOMPRESSED_FACTOR = 16

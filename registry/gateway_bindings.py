@@ -16,8 +16,8 @@ from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from governance.bundles.access import access_gateway
-from governance.bundles.models import Gateway
+from bundles.access import access_gateway
+from bundles.models import Gateway
 from governance.tenancy.access import TenantContext, access_object
 from governance.tenancy.mixins import TenantPageView
 from governance.tenancy.roles import Cap

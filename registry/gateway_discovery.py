@@ -26,9 +26,9 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from bundles.models import Gateway
+from bundles.services import gateway_actor
 from governance.audit.services import Actor, audit_record
-from governance.bundles.models import Gateway
-from governance.bundles.services import gateway_actor
 from governance.tenancy.models import Tenant
 from registry import stdio_sandbox
 from registry.discovery import ToolDefinition, canonical_definition

@@ -79,7 +79,7 @@ class McpServer(LifecycleMixin, TenantScopedModel):
     )
     last_synced_at = models.DateTimeField(null=True, blank=True)  # last successful sync
     # The gateways that front this server and report its tools (registry/gateway_discovery.py);
-    # the M2M lives here so the core (governance.bundles) never imports the registry.
+    # the M2M lives here so the core (bundles) never imports the registry.
     gateways = models.ManyToManyField(
         "bundles.Gateway", through="GatewayBinding", blank=True, related_name="servers"
     )

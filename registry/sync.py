@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from governance import outbound
 from governance.audit.services import Actor, audit_record
+from governance.tasking import enqueue_on_commit
 from governance.tenancy.models import Tenant
 from registry import gateway_discovery, stdio_sandbox
 from registry.discovery import BLOCKED_ADDRESS, DiscoveryError, discover_tools
@@ -105,14 +106,8 @@ def server_sync_request(
     if via == ServerSync.Via.GATEWAY:
         gateway_discovery.request_reports(server)  # named in their next status answers
     else:
-        transaction.on_commit(lambda: _enqueue(run.pk))
+        enqueue_on_commit("registry.tasks.sync_server", run.pk)
     return run, True
-
-
-def _enqueue(run_id: int) -> None:
-    from registry.tasks import sync_server  # tasks import this module
-
-    sync_server.delay(run_id)
 
 
 def server_sync_claim(run_id: int) -> ServerSync | None:

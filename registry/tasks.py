@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(
+    name="registry.tasks.sync_server",
     acks_late=True,
     soft_time_limit=settings.REGISTRY_SYNC_SOFT_TIME_LIMIT,
     time_limit=settings.REGISTRY_SYNC_TIME_LIMIT,
@@ -37,7 +38,7 @@ def sync_server(run_id: int) -> str:
     return run.status
 
 
-@shared_task
+@shared_task(name="registry.tasks.resync_servers")
 def resync_servers() -> int:
     """Beat: fail stuck runs, then queue a sync for every active server that is due (fan-out)."""
     stale = sync.syncs_fail_stale()

@@ -7,8 +7,8 @@ import io
 import json
 import tarfile
 
+from bundles import selectors, services
 from governance.audit.services import Actor
-from governance.bundles import selectors, services
 from registry import services as registry
 from registry.models import Tool
 from tests.factories import Def, def_sha
@@ -90,7 +90,7 @@ def payroll_world(tenant, owner=None) -> dict:
 
 def publish_two_revisions(tenant, world) -> tuple:
     """r1 of ``payroll_world``; r2 after approving refund and raising the grant's limit."""
-    from governance.bundles.publish import bundle_publish
+    from bundles.publish import bundle_publish
 
     first = bundle_publish(tenant=tenant, trigger="test")
     registry.tool_approve(tenant=tenant, actor=SYSTEM, tool=world["tools"]["refund"])

@@ -166,7 +166,7 @@ def await_bundle(gw: GatewayProcess, tenant: Any,
     tenant's current one, and the gateway has reported it to the control plane (the fleet's
     ``Gateway.active_revision``). Returns the data."""
 
-    from governance.bundles.models import Gateway, PublishState
+    from bundles.models import Gateway, PublishState
 
     def ready() -> dict[str, Any] | None:
         bundle = gateway_bundle(gw)

@@ -12,9 +12,9 @@ from django.utils import timezone
 
 from approvals import services as approvals
 from approvals.models import Escalation
-from governance.bundles.models import Gateway
-from governance.bundles.publish import bundle_publish
-from governance.decisions.services import decisions_ingest
+from bundles.models import Gateway
+from bundles.publish import bundle_publish
+from decision_logs.services import decisions_ingest
 from registry import services as registry
 from tests.bundle_support import SYSTEM, decision_world, make_gateway
 

@@ -150,7 +150,7 @@ class ControlPlane:
         self.env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ} | {
             "DATABASE_URL": database_url, "REDIS_URL": redis_url, "DEBUG": "false",
             "SECRET_KEY": Fernet.generate_key().decode() * 2,
-            "BUNDLE_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "SECRET_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
             "ALLOWED_HOSTS": "127.0.0.1", "TOLLGATE_VAR_DIR": str(self.var),
             "TOLLGATE_BASE_URL": self.url, "SECURE_COOKIES": "false",
             "SECURE_SSL_REDIRECT": "false", "PYTHONUNBUFFERED": "1",

@@ -17,17 +17,17 @@ from django.core.exceptions import ValidationError
 from django.db import connection, connections, transaction
 from django.utils import timezone
 
+from alerts import selectors, services, tasks
+from alerts.models import Alert, AlertRule
 from approvals import services as approvals
-from governance.alerts import selectors, services, tasks
-from governance.alerts.models import Alert, AlertRule
+from bundles.models import Bundle, Gateway
+from decision_logs.models import DecisionLog
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor, audit_record
 from governance.audit.tasks import verify_audit_chains
-from governance.bundles.models import Bundle, Gateway
-from governance.decisions.models import DecisionLog
-from governance.notifications import services as notifications
-from governance.notifications import tasks as notification_tasks
-from governance.notifications.models import Delivery
+from notifications import services as notifications
+from notifications import tasks as notification_tasks
+from notifications.models import Delivery
 from registry import services as registry
 from registry.models import Tool
 from tests.bundle_support import (
@@ -326,7 +326,7 @@ def test_each_burst_counts_once_and_acknowledging_stops_the_repeats(tenant_a, al
 
 
 def _exporter(tenant, name, failures):
-    from governance.exports.models import Exporter
+    from exports.models import Exporter
 
     return Exporter.objects.create(tenant=tenant, name=name, kind="jsonl", stream="audit",
                                    path=f"{name}.jsonl", consecutive_failures=failures,
@@ -484,7 +484,7 @@ def test_an_alert_reaches_a_signed_webhook(tenant_a, receiver,
 
 
 def test_channels_offer_the_alert_event(admin):
-    from governance.notifications.forms import ChannelForm
+    from notifications.forms import ChannelForm
 
     assert ("alert.raised", "Alert raised (gateway stale, tool drift, denial burst, "
             "break-glass, audit chain, export failing)") in ChannelForm().fields["events"].choices
@@ -577,7 +577,7 @@ def test_the_dashboard_counts_and_lists_unresolved_alerts(tenant_a, tenant_b, al
 
 def test_the_beat_task_evaluates_every_tenant(tenant_a, tenant_b, settings):
     assert settings.CELERY_BEAT_SCHEDULE["alerts-evaluate"]["task"] == \
-        "governance.alerts.tasks.evaluate"
+        "governance.alerts.tasks.evaluate"  # frozen task name
     assert settings.CELERY_BEAT_SCHEDULE["alerts-evaluate"]["schedule"] == timedelta(minutes=1)
     gateway, _ = make_gateway(tenant_b)
     Gateway.objects.filter(pk=gateway.pk).update(
@@ -692,7 +692,7 @@ def test_the_detail_page_links_to_the_gateway_and_admins_acknowledge(login, cast
 
 
 def test_a_failing_bundle_build_raises_a_critical_alert_until_a_build_succeeds(tenant_a):
-    from governance.bundles import publish
+    from bundles import publish
 
     first = publish.bundle_publish(tenant=tenant_a, trigger="test")
     publish.bundle_publish_failed(tenant=tenant_a, error="KeyUnavailable: cannot decrypt the "

@@ -14,9 +14,9 @@ from guardian.shortcuts import get_user_perms
 from approvals import services
 from approvals.models import ApprovalPolicy
 from governance.audit.models import AuditEvent
-from governance.notifications import services as notifications
-from governance.notifications.models import Delivery
 from governance.tenancy.models import Membership
+from notifications import services as notifications
+from notifications.models import Delivery
 from registry.models import Grant, McpServer, ToolScope
 from tests.bundle_support import SYSTEM, payroll_world
 

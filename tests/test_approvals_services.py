@@ -15,10 +15,10 @@ from guardian.shortcuts import assign_perm
 from approvals import selectors, services
 from approvals.models import AccessRequest, ApprovalDecision
 from governance.audit.models import AuditEvent
-from governance.notifications import services as notifications
-from governance.notifications.models import Delivery
 from governance.tenancy.models import ExternalIdentity, Membership
 from governance.tenancy.roles import Role
+from notifications import services as notifications
+from notifications.models import Delivery
 from registry.models import Grant
 from tests.bundle_support import SYSTEM, payroll_world
 from tests.factories import MembershipFactory, UserFactory

@@ -205,7 +205,7 @@ def test_the_request_page_previews_the_grant_approval_would_add(tenant_a, world,
 def test_the_preview_grant_has_the_shape_the_compiler_gives_the_real_one(tenant_a, world, cast):
     from django.utils import timezone
 
-    from governance.bundles.compiler import compile_data
+    from registry.compiler import compile_data
 
     request = _request(tenant_a, world, cast["dave"])
     preview = selectors.preview_grant_document(request, at=timezone.now())

@@ -18,10 +18,10 @@ import pytest
 
 from approvals import services as approvals
 from approvals.models import AccessRequest, ApprovalDecision
+from bundles import selectors
 from governance.audit.models import AuditEvent
-from governance.bundles import selectors
-from governance.notifications import services as notifications
-from governance.notifications.models import Delivery
+from notifications import services as notifications
+from notifications.models import Delivery
 from registry.models import Grant
 from tests.bundle_support import SYSTEM, payroll_world
 

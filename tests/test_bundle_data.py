@@ -1,4 +1,4 @@
-"""The bundle's data.json (governance/bundles/compiler.py) and the decision function over it
+"""The bundle's data.json (registry/compiler.py) and the decision function over it
 (gateway/decision.py): built from real registry state through the services."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from django.test.utils import CaptureQueriesContext
 
 from gateway.decision import ALLOW, DENY, ESCALATE, decide
 from governance.audit.services import Actor
-from governance.bundles.compiler import canonical_json, compile_data
 from registry import services
+from registry.compiler import canonical_json, compile_data
 from registry.models import Tool
 from tests.bundle_support import decision_world
 from tests.factories import Def, def_sha

@@ -1,4 +1,4 @@
-"""The publish pipeline (governance/bundles/publish.py) and signing keys, against the reference
+"""The publish pipeline (bundles/publish.py) and signing keys, against the reference
 verifier (gateway/verify.py): what is built, when, by which key, and what survives a failure."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
+from bundles import keys, packaging, publish, services
+from bundles.models import Bundle, BundleBlob, PublishState, SigningKey
+from bundles.tasks import build_bundle, sweep
 from gateway.verify import BundleRejected, verify_bundle
 from governance.audit.models import AuditEvent
-from governance.bundles import keys, packaging, publish, services
-from governance.bundles.compiler import canonical_json, compile_data
-from governance.bundles.models import Bundle, BundleBlob, PublishState, SigningKey
-from governance.bundles.tasks import build_bundle, sweep
 from registry import services as registry
+from registry.compiler import canonical_json, compile_data
 from registry.sync import server_sync_request
 from tests.bundle_support import SYSTEM, data_of, jwks_of, small_registry, tar_files
 
@@ -153,7 +153,7 @@ def test_private_keys_are_encrypted_at_rest(world, tenant_a, settings):
     stored = bundle.key.private_key_encrypted
     assert "PRIVATE KEY" not in stored and "BEGIN" not in stored
     assert "d" not in bundle.key.public_jwk
-    settings.BUNDLE_KEY_ENCRYPTION_KEYS = ["b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="]
+    settings.SECRET_ENCRYPTION_KEYS = ["b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="]
     with pytest.raises(keys.KeyUnavailable):
         keys.load_private(stored)
     registry.grant_revoke(tenant=tenant_a, actor=SYSTEM, grant=world["grant"], reason="x")
@@ -164,11 +164,11 @@ def test_private_keys_are_encrypted_at_rest(world, tenant_a, settings):
 
 def test_the_encryption_key_can_be_rotated(world, tenant_a, settings):
     bundle = _publish(tenant_a)
-    old = settings.BUNDLE_KEY_ENCRYPTION_KEYS[0]
+    old = settings.SECRET_ENCRYPTION_KEYS[0]
     new = "bmV3LW5ldy1uZXctbmV3LW5ldy1uZXctbmV3LW5ldy0="
-    settings.BUNDLE_KEY_ENCRYPTION_KEYS = [new, old]
+    settings.SECRET_ENCRYPTION_KEYS = [new, old]
     call_command("rotate_bundle_key", "--reencrypt")
-    settings.BUNDLE_KEY_ENCRYPTION_KEYS = [new]
+    settings.SECRET_ENCRYPTION_KEYS = [new]
     key = SigningKey.objects.get(pk=bundle.key.pk)
     assert keys.load_private(key.private_key_encrypted)
 
@@ -244,7 +244,7 @@ def test_the_sweep_task_activates_due_keys_and_enqueues_due_builds(world, tenant
 def test_the_sweep_repairs_a_lost_announcement_and_a_lost_revocation(world, tenant_a):
     """Publishing and revoking commit even when Redis is away; the next sweep restores what
     the hot path must answer."""
-    from governance.bundles import hot
+    from bundles import hot
     from tests.bundle_support import make_gateway
 
     bundle = _publish(tenant_a)  # its on-commit announcement never ran (test transaction)

@@ -1,4 +1,4 @@
-"""Signed bundles (governance/bundles/packaging.py) and the reference verifier every gateway
+"""Signed bundles (bundles/packaging.py) and the reference verifier every gateway
 runs (gateway/verify.py): DESIGN.md §5 "Bundle format" and "Verification rules". Pure: no
 database, no Django in either module."""
 
@@ -24,6 +24,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from bundles import packaging
+from bundles.packaging import canonical_json, generate_key, package, public_jwk
 from gateway.verify import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
     BundleRejected,
@@ -31,8 +33,6 @@ from gateway.verify import (
     VerifiedBundle,
     verify_bundle,
 )
-from governance.bundles import packaging
-from governance.bundles.packaging import canonical_json, generate_key, package, public_jwk
 
 REPO = Path(__file__).resolve().parent.parent
 ISSUER = "https://tollgate.example"
@@ -643,7 +643,7 @@ def test_cli_usage_errors_exit_2(tmp_path, cli_files):
 # --- purity ------------------------------------------------------------------------------------
 
 
-PURE_FILES = ["gateway/verify.py", "governance/bundles/packaging.py"]
+PURE_FILES = ["gateway/verify.py", "bundles/packaging.py"]
 
 
 @pytest.mark.parametrize("path", PURE_FILES)
@@ -667,7 +667,7 @@ def test_loading_the_bundle_modules_loads_no_django():
         "import importlib.util, sys\n"
         "import gateway.verify\n"
         "spec = importlib.util.spec_from_file_location('packaging', "
-        "'governance/bundles/packaging.py')\n"
+        "'bundles/packaging.py')\n"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'governance')))\n"
     )

@@ -16,9 +16,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from bundles import services
+from bundles.models import Bundle, Gateway, GatewayToken, SigningKey
 from governance.audit.services import Actor
-from governance.bundles import services
-from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
 from governance.tenancy.models import hash_token
 from registry import services as registry
 from tests.bundle_support import payroll_world, publish_two_revisions
@@ -368,9 +368,9 @@ def test_publish_makes_a_revision_then_reports_nothing_changed(admin, tenant_a, 
 
 def test_publish_without_a_usable_key_is_a_409(admin, tenant_a, settings):
     services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM)  # the first key: active at once
-    settings.BUNDLE_KEY_ENCRYPTION_KEYS = ["b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="]
+    settings.SECRET_ENCRYPTION_KEYS = ["b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="]
     response = admin.post(f"{API}/bundles/publish/")
     assert response.status_code == 409
     assert response.json() == {"code": "key_unavailable", "message": "The bundle signing key "
-                               "cannot be decrypted with BUNDLE_KEY_ENCRYPTION_KEYS."}
+                               "cannot be decrypted with SECRET_ENCRYPTION_KEYS."}
     assert not Bundle.objects.exists()

@@ -1,4 +1,4 @@
-"""The diff of two bundles' data.json (governance/bundles/diff.py), and reading data.json out of
+"""The diff of two bundles' data.json (bundles/diff.py), and reading data.json out of
 a tarball safely."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from governance.bundles.diff import BundleReadError, diff_data, display, read_data
+from bundles.diff import BundleReadError, diff_data, display, read_data
 
 BASE = {
     "schema_version": 1,

@@ -12,11 +12,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from bundles import publish, services
+from bundles.models import Bundle, Gateway, GatewayToken, PublishState, SigningKey
+from bundles.publish import bundle_publish
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
-from governance.bundles import publish, services
-from governance.bundles.models import Bundle, Gateway, GatewayToken, PublishState, SigningKey
-from governance.bundles.publish import bundle_publish
 from governance.tenancy.models import hash_token
 from tests.bundle_support import payroll_world, publish_two_revisions
 
@@ -517,11 +517,11 @@ def test_publish_now_without_changes_says_so(login, alice, tenant_a, two_revisio
 def test_a_failed_publish_is_shown_and_recorded(login, alice, tenant_a, settings):
     services.signing_key_rotate(tenant=tenant_a, actor=SYSTEM)  # the first key: active at once
     # The private key cannot be decrypted (the encryption key in the environment is wrong).
-    settings.BUNDLE_KEY_ENCRYPTION_KEYS = ["b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="]
+    settings.SECRET_ENCRYPTION_KEYS = ["b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="]
     client = login(alice)
     response = client.post(f"{T}/bundles/publish/", follow=True)
     assert _messages(response) == ["Nothing was published: The bundle signing key cannot be "
-                                   "decrypted with BUNDLE_KEY_ENCRYPTION_KEYS."]
+                                   "decrypted with SECRET_ENCRYPTION_KEYS."]
     assert 'id="publish-error"' in _body(response)
     assert PublishState.objects.get(tenant=tenant_a).last_error.startswith("The bundle signing")
     assert not Bundle.objects.exists()

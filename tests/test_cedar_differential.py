@@ -1,4 +1,4 @@
-"""The bundle's Cedar policy (governance/bundles/cedar.py) decides as decide() does.
+"""The bundle's Cedar policy (bundles/cedar.py) decides as decide() does.
 
 Thousands of random, reproducible data.json documents and calls are decided twice, by
 gateway/decision.py and by cedarpy over compile_policy/compile_schema, and must agree. Left out
@@ -18,9 +18,7 @@ from zoneinfo import ZoneInfo
 import cedarpy
 import pytest
 
-from gateway.decision import decide, tool_key
-from governance.audit.services import Actor
-from governance.bundles.cedar import (
+from bundles.cedar import (
     cedar_outcome,
     cedar_request,
     cedar_string,
@@ -29,8 +27,10 @@ from governance.bundles.cedar import (
     compile_schema,
     unexpressed_grants,
 )
-from governance.bundles.compiler import canonical_json, compile_data
+from gateway.decision import decide, tool_key
+from governance.audit.services import Actor
 from registry import services
+from registry.compiler import canonical_json, compile_data
 from tests.bundle_support import decision_world
 
 SEED = 20261125

@@ -66,9 +66,9 @@ def test_seed_demo_is_idempotent_and_refuses_production(db, settings, tmp_path):
     # …and a gateway whose token (kept private in var/) pulls the published, signed bundle.
     from django.test import Client
 
+    from bundles.models import Gateway
+    from bundles.selectors import jwks
     from gateway.verify import verify_bundle
-    from governance.bundles.models import Gateway
-    from governance.bundles.selectors import jwks
 
     token_file = tmp_path / "demo-gateway-token"
     assert token_file.stat().st_mode & 0o777 == 0o600
@@ -79,7 +79,7 @@ def test_seed_demo_is_idempotent_and_refuses_production(db, settings, tmp_path):
     assert verified.revision_number == 1  # the second seed found nothing new to publish
     assert sorted(verified.data["agents"]) == ["hr-assistant"]
     # A day of decisions, made by the real decision function over that bundle, seeded once.
-    from governance.decisions.models import DecisionLog, DecisionRollup
+    from decision_logs.models import DecisionLog, DecisionRollup
 
     log = DecisionLog.objects.for_tenant(acme)
     assert log.count() == 600

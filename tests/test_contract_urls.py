@@ -19,23 +19,23 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
+from alerts.models import Alert, AlertRule
+from alerts.services import alert_rules_for
 from approvals import services as approval_services
 from approvals.models import AccessRequest, ApprovalPolicy, Escalation
-from governance.alerts.models import Alert, AlertRule
-from governance.alerts.services import alert_rules_for
+from bundles import services as bundle_services
+from bundles.models import Bundle, Gateway, GatewayToken, SigningKey
+from bundles.publish import bundle_publish
+from decision_logs.models import DecisionLog, DecisionRollup
+from evidence.models import EvidencePack
+from exports.models import Exporter
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
-from governance.bundles import services as bundle_services
-from governance.bundles.models import Bundle, Gateway, GatewayToken, SigningKey
-from governance.bundles.publish import bundle_publish
-from governance.decisions.models import DecisionLog, DecisionRollup
-from governance.evidence.models import EvidencePack
-from governance.exports.models import Exporter
-from governance.notifications.models import Channel, Delivery
 from governance.tenancy.access import TenantContext
 from governance.tenancy.invitations import invitation_create
 from governance.tenancy.models import ApiToken, IdpGroupMapping, Invitation, Membership
 from governance.tenancy.roles import IDENTITY_CAPABILITIES, Role
+from notifications.models import Channel, Delivery
 from registry import models as registry
 from tests.factories import GroupMappingFactory, make_token
 

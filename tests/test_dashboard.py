@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from governance.decisions.models import DecisionRollup
-from governance.observability import charts, selectors
+from decision_logs.models import DecisionRollup
+from observability import charts, selectors
 from tests.observability_support import (
     DENIED_BY_AGENT,
     EVIL_AGENT,

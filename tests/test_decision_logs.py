@@ -19,11 +19,12 @@ from asgiref.testing import ApplicationCommunicator
 from django.conf import settings
 from django.db import connection, transaction
 
+from bundles import gateway_body
+from bundles import services as bundle_services
+from decision_logs import selectors, services, tasks
+from decision_logs.models import DecisionLog, DecisionRollup
 from governance.asgi import application
 from governance.audit.models import AuditEvent
-from governance.bundles import services as bundle_services
-from governance.decisions import gateway_api, selectors, services, tasks
-from governance.decisions.models import DecisionLog, DecisionRollup
 from tests.bundle_support import SYSTEM, make_gateway
 from tests.clock_support import away_from_a_minute_boundary
 from tests.decision_support import DAY, HOUR, event, sha, upload
@@ -359,7 +360,7 @@ def test_a_gzip_bomb_is_stopped_without_being_inflated(token, monkeypatch):
     bomb = _bomb(1024 ** 3)  # 1 GiB of zeros
     assert len(bomb) < settings.DECISION_LOG_MAX_BODY_BYTES
     spy = _CountingZlib()
-    monkeypatch.setattr(gateway_api, "zlib", spy)
+    monkeypatch.setattr(gateway_body, "zlib", spy)
     response = upload(token, bomb, encoding="gzip")
     assert response.status_code == 413
     assert response.json() == {"code": "too_large", "message": "The decompressed body is over "
@@ -610,7 +611,7 @@ def test_the_purge_task_and_its_beat_entry(tenant_a):
     assert tasks.purge.apply().get() == {"alpha": 1}
     assert DecisionLog.objects.count() == 0
     entry = settings.CELERY_BEAT_SCHEDULE["decisions-purge"]
-    assert entry["task"] == "governance.decisions.tasks.purge"
+    assert entry["task"] == "governance.decisions.tasks.purge"  # frozen task name
     assert entry["schedule"] == timedelta(hours=1)
     assert tasks.purge.name == entry["task"]
 

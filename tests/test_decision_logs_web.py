@@ -14,9 +14,9 @@ from django.utils import timezone
 
 from approvals.models import Escalation
 from approvals.services import BUILT_IN_STAGES
-from governance.bundles.publish import bundle_publish
-from governance.decisions import services, views
-from governance.decisions.models import DecisionLog
+from bundles.publish import bundle_publish
+from decision_logs import services, views
+from decision_logs.models import DecisionLog
 from tests.bundle_support import make_gateway, payroll_world
 from tests.decision_support import DAY, HOUR, event
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from bundles import publish, services
 from gateway.verify import verify_bundle
-from governance.bundles import publish, services
 from governance.config import uvicorn_flags
 from registry import services as registry
 from tests.bundle_support import SYSTEM, make_gateway, small_registry

@@ -15,10 +15,10 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from alerts import services as alerts
+from alerts.models import Alert
 from approvals import services as approvals
 from approvals.models import Escalation
-from governance.alerts import services as alerts
-from governance.alerts.models import Alert
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from registry import services as registry
@@ -87,7 +87,7 @@ def main_pages(world) -> dict[str, str]:
     def url(name, *args):
         return reverse(name, args=[TENANT, *args])
 
-    from governance.decisions.models import DecisionLog
+    from decision_logs.models import DecisionLog
 
     decision = DecisionLog.objects.filter(agent=LONG).get()
     return {
@@ -225,7 +225,7 @@ def test_each_role_sees_only_its_navigation_groups(login, tenant_a, cast):
 
 
 def test_counts_are_pluralised(login, tenant_a, cast):
-    from governance.bundles.publish import bundle_publish
+    from bundles.publish import bundle_publish
     from tests.bundle_support import small_registry
 
     small_registry(tenant_a, owner=cast["dave"])
@@ -248,7 +248,7 @@ def test_the_scope_created_message_counts_its_tools(login, tenant_a, cast):
 
 
 def test_audit_states_and_decision_arguments_are_pretty_json(login, tenant_a, cast):
-    from governance.decisions.models import DecisionLog
+    from decision_logs.models import DecisionLog
     from tests.bundle_support import small_registry
 
     small_registry(tenant_a, owner=cast["dave"])

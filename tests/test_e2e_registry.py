@@ -20,6 +20,7 @@ from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from registry import services, sync
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, ServerSync, Tool, ToolScope
+from registry.tasks import sync_server
 from tests.e2e_support import ARTIFACTS_DIR
 from tests.mcp_support import tool
 from tests.ui_support import (
@@ -240,7 +241,7 @@ def test_sync_progress_polls_until_the_run_finishes(
     services.server_transition(tenant=tenant_a, actor=SYSTEM, server=server, status="active")
     queued: list[int] = []
     # No broker: the test is the worker, and runs what the task would, one step at a time.
-    monkeypatch.setattr(sync, "_enqueue", queued.append)
+    monkeypatch.setattr(sync_server, "delay", queued.append)
     page = ui.page
     sign_in(ui)
     page.goto(ui.tenant_url(f"servers/{server.pk}/"))

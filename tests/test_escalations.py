@@ -19,13 +19,13 @@ from guardian.shortcuts import assign_perm
 
 from approvals import services
 from approvals.models import Escalation
+from bundles import publish
+from bundles.publish import bundle_publish
 from gateway.receipts import ReceiptRejected, arguments_sha256, verify_receipt
 from governance.audit.models import AuditEvent
-from governance.bundles import publish
-from governance.bundles.publish import bundle_publish
-from governance.notifications import services as notifications
-from governance.notifications.models import Delivery
 from governance.tenancy.models import Membership
+from notifications import services as notifications
+from notifications.models import Delivery
 from registry import services as registry
 from registry.models import Grant
 from tests.bundle_support import (

@@ -24,15 +24,15 @@ from django.utils import timezone
 
 from approvals import services as approvals
 from approvals.models import AccessRequest, ApprovalDecision, Escalation
+from bundles import services as bundles
+from bundles.publish import bundle_publish
+from evidence import services, tasks
+from evidence.controls import CONTROLS, MAPPING
+from evidence.models import EvidencePack
+from evidence.sections import Evidence
 from gateway.receipts import arguments_sha256
 from governance.audit.models import AuditChain, AuditEvent
 from governance.audit.services import Actor
-from governance.bundles import services as bundles
-from governance.bundles.publish import bundle_publish
-from governance.evidence import services, tasks
-from governance.evidence.controls import CONTROLS, MAPPING
-from governance.evidence.models import EvidencePack
-from governance.evidence.sections import Evidence
 from registry import services as registry
 from registry.models import Grant
 from tests.bundle_support import SYSTEM, make_gateway, payroll_world
@@ -851,7 +851,7 @@ def test_the_pack_page_polls_in_a_browser_until_the_pack_is_done(ui, tenant_a, a
                                     approver=bob, outcome="approve")
     queued: list[int] = []
     # No broker: the test is the worker, and runs what the task would, one step at a time.
-    monkeypatch.setattr(services, "_enqueue", queued.append)
+    monkeypatch.setattr(tasks.build_pack, "delay", queued.append)
     page = ui.page
     sign_in(ui, "audrey")
     page.goto(ui.tenant_url("evidence/"))

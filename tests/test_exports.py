@@ -23,13 +23,13 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from decision_logs.models import DecisionLog
+from exports import formats, selectors, services, tasks
+from exports.models import Exporter
 from governance.audit.api.serializers import AuditEventOut
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor, audit_record
-from governance.bundles.keys import decrypt_text, encrypt_text
-from governance.decisions.models import DecisionLog
-from governance.exports import formats, selectors, services, tasks
-from governance.exports.models import Exporter
+from governance.secrets import decrypt_text, encrypt_text
 
 SYSTEM = Actor.system("test")
 TOKEN = "3f1c9a2e-0b7d-4c55-9e61-7a8b9c0d1e2f"

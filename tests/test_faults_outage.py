@@ -58,7 +58,7 @@ from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 from governance.audit.services import Actor
-from governance.bundles.publish import bundle_publish
+from bundles.publish import bundle_publish
 from governance.tenancy import services
 from governance.tenancy.models import Tenant
 from registry import services as registry
@@ -77,7 +77,7 @@ print(json.dumps({"approver_token": token}))
 
 PUBLISH = """
 import json
-from governance.bundles.publish import bundle_publish
+from bundles.publish import bundle_publish
 from governance.tenancy.models import Tenant
 bundle = bundle_publish(tenant=Tenant.objects.get(slug="acme"), trigger="outage test",
                         force=True)

@@ -21,14 +21,14 @@ from cryptography.fernet import Fernet
 from django.db import connection
 from django.test import Client
 
+from bundles import publish
+from bundles.models import Bundle, PublishState
+from exports import services as exports
+from exports.models import Exporter
 from governance.audit.models import AuditEvent
 from governance.audit.services import audit_verify
-from governance.bundles import publish
-from governance.bundles.models import Bundle, PublishState
-from governance.exports import services as exports
-from governance.exports.models import Exporter
-from governance.notifications import services as notifications
-from governance.notifications.models import Delivery
+from notifications import services as notifications
+from notifications.models import Delivery
 from registry import services as registry
 from tests.bundle_support import SYSTEM, data_of, make_gateway, small_registry
 
@@ -205,7 +205,7 @@ def _kill_mid_request(worker, receiver) -> float:
 
 def test_a_delivery_killed_mid_send_is_sent_again_with_the_same_id_and_signature(
         shared_broker, celery_worker_process, receiver, tenant_a):
-    from governance.notifications.senders import signature
+    from notifications.senders import signature
 
     channel = notifications.channel_create(
         tenant=tenant_a, actor=SYSTEM, name="soc", kind="webhook", url=receiver.base + "/hook",
@@ -330,9 +330,9 @@ def test_a_database_error_mid_publish_fails_visibly_is_retried_and_r1_stays_serv
 def test_an_unavailable_signing_key_fails_visibly_is_retried_and_r1_stays_served(
         shared_broker, celery_worker_process, tenant_a, login, alice):
     token = _first_bundle(tenant_a)
-    # A worker deployed with the wrong BUNDLE_KEY_ENCRYPTION_KEYS: it cannot decrypt the key.
+    # A worker deployed with the wrong SECRET_ENCRYPTION_KEYS: it cannot decrypt the key.
     wrong = Fernet.generate_key().decode()
-    w1 = celery_worker_process(BUNDLE_KEY_ENCRYPTION_KEYS=wrong, **VIS)
+    w1 = celery_worker_process(SECRET_ENCRYPTION_KEYS=wrong, **VIS)
     _change(tenant_a)
     w1.wait_until(lambda: w1.log_file.read_text().count("retry: Retry in") >= 2, timeout=30)
     state = PublishState.objects.get(tenant=tenant_a)
@@ -340,7 +340,7 @@ def test_an_unavailable_signing_key_fails_visibly_is_retried_and_r1_stays_served
     assert state.last_revision == 1 and _revisions(tenant_a) == [1]
     assert _published(tenant_a) == [1]
     assert _served(token)[0] == 1
-    _shows_failure(login, alice, "cannot be decrypted with BUNDLE_KEY_ENCRYPTION_KEYS")
+    _shows_failure(login, alice, "cannot be decrypted with SECRET_ENCRYPTION_KEYS")
 
     # Redeployed with the right key: the pending retry (handed back by the stopped worker)
     # publishes r2.
@@ -367,7 +367,7 @@ def test_an_unwritable_local_bundle_copy_costs_no_publish_and_no_poll(
     unwritable = blocker / "bundles"
     settings.BUNDLE_LOCAL_DIR = unwritable
     settings.BUNDLE_ACCEL_REDIRECT = accel
-    from governance.bundles import store
+    from bundles import store
 
     store._memory.clear()
     small_registry(tenant_a)

@@ -14,10 +14,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from bundles import publish, services
+from bundles.models import Gateway
 from gateway.verify import verify_bundle
 from governance.audit.models import AuditEvent
-from governance.bundles import publish, services
-from governance.bundles.models import Gateway
 from registry import services as registry
 from tests.bundle_support import SYSTEM, data_of, jwks_of, make_gateway, small_registry
 from tests.clock_support import away_from_a_minute_boundary
@@ -113,7 +113,7 @@ def test_announcements_stay_within_their_redis_database(settings, redis_url):
     with its own database) must not wake each other's long polls."""
     import redis
 
-    from governance.bundles import hot
+    from bundles import hot
 
     base = redis_url.rsplit("/", 1)[0]
     listener = redis.Redis.from_url(f"{base}/9").pubsub()
@@ -295,7 +295,7 @@ def test_a_token_revoked_mid_poll_ends_the_poll_with_401(tenant_a):
 
 
 def test_prefer_wait_is_capped(gateway, settings):
-    from governance.bundles.gateway_api import _wait_seconds
+    from bundles.gateway_api import _wait_seconds
 
     class R:
         headers = {"Prefer": "respond-async, wait=100000"}
@@ -313,13 +313,13 @@ def test_accel_redirect_offload(gateway, settings):
     assert response.status_code == 200 and response.content == b""
     sha = response["ETag"].strip('"')
     assert response["X-Accel-Redirect"] == f"/_bundles/{sha}.tar.gz"
-    from governance.bundles import store
+    from bundles import store
 
     assert store.local_path(sha).exists()
 
 
 def test_the_local_copy_is_refetched_when_damaged(gateway):
-    from governance.bundles import store
+    from bundles import store
 
     _, token = gateway
     first = _get(token)

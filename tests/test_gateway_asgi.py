@@ -10,8 +10,8 @@ from django.conf import settings
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
+from bundles import publish
 from governance.asgi import application
-from governance.bundles import publish
 from tests.bundle_support import make_gateway, small_registry
 
 

@@ -12,9 +12,9 @@ import anyio
 import pytest
 from django.core.management import call_command
 
+from bundles.models import Gateway
+from decision_logs.models import DecisionLog
 from gateway.__main__ import ConfigError, _parser, settings_from
-from governance.bundles.models import Gateway
-from governance.decisions.models import DecisionLog
 from tests.gateway_support import agent_view, start_gateway
 
 

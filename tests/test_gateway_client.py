@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from bundles.models import Gateway
+from bundles.publish import bundle_publish
+from decision_logs.models import DecisionLog
 from gateway import client as bundle_client
 from gateway.client import BundleClient
 from gateway.decision import ALLOW, DENY, Decision
 from gateway.logs import DecisionLogUploader, decision_event
 from gateway.verify import verify_bundle
-from governance.bundles.models import Gateway
-from governance.bundles.publish import bundle_publish
-from governance.decisions.models import DecisionLog
 from registry import services as registry
 from tests.bundle_support import (
     SYSTEM,

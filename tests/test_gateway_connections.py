@@ -16,8 +16,8 @@ import urllib.request
 import pytest
 from django.db import connection
 
-from governance.bundles import hot
-from governance.bundles.publish import bundle_publish
+from bundles import hot
+from bundles.publish import bundle_publish
 from tests.bundle_support import make_gateway, payroll_world
 
 pytestmark = pytest.mark.django_db(transaction=True)

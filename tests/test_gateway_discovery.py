@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 from django.test import Client
 
-from governance.alerts.models import Alert
-from governance.alerts.services import alerts_evaluate_tenant
+from alerts.models import Alert
+from alerts.services import alerts_evaluate_tenant
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from registry import gateway_discovery, services, sync

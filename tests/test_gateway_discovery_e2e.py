@@ -15,10 +15,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
+from bundles.models import Gateway
 from gateway.canonical import definition_sha256
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
-from governance.bundles.models import Gateway
 from governance.tenancy.models import Tenant
 from registry import gateway_discovery
 from registry import services as registry

@@ -28,8 +28,8 @@ from django.core.management import call_command
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
+from decision_logs.models import DecisionLog
 from governance.audit.services import Actor
-from governance.decisions.models import DecisionLog
 from governance.tenancy.models import Tenant
 from registry import services as registry
 from registry import sync

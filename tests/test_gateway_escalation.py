@@ -22,12 +22,12 @@ from django.utils import timezone
 
 from approvals import services as approvals
 from approvals.models import Escalation
+from bundles import selectors
+from bundles.publish import bundle_publish
 from gateway.client import BundleClient
 from gateway.escalations import Escalations, HeldCall
 from gateway.verify import VerifiedBundle, verify_bundle
 from governance.audit.models import AuditEvent
-from governance.bundles import selectors
-from governance.bundles.publish import bundle_publish
 from registry import services as registry
 from registry.models import Grant
 from tests.bundle_support import make_gateway
@@ -282,7 +282,7 @@ def test_a_receipt_that_does_not_verify_is_not_spent(bundle, serve_gateway, upst
                                                      escalating, tenant_a, bob, postgres_only):
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from governance.bundles.packaging import public_jwk
+    from bundles.packaging import public_jwk
 
     stranger = public_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(),
                           selectors.jwks(tenant_a.pk)["keys"][0]["kid"])

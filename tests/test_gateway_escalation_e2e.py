@@ -19,8 +19,8 @@ import pytest
 from django.core.management import call_command
 
 from approvals.models import Escalation
+from decision_logs.models import DecisionLog
 from governance.audit.services import Actor
-from governance.decisions.models import DecisionLog
 from governance.tenancy.models import Tenant
 from registry import services as registry
 from registry.models import Agent, McpServer, Tool

@@ -29,10 +29,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from bundles.models import Bundle, Gateway
+from bundles.publish import bundle_publish
+from decision_logs.models import DecisionLog
 from governance.audit.services import Actor
-from governance.bundles.models import Bundle, Gateway
-from governance.bundles.publish import bundle_publish
-from governance.decisions.models import DecisionLog
 from governance.tenancy.models import Tenant
 from registry import services as registry
 from registry.models import Grant

@@ -29,6 +29,9 @@ from mcp.client.session import ClientSession
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 
+from bundles import selectors
+from bundles.packaging import public_jwk
+from bundles.publish import bundle_publish
 from gateway.canonical import definition_sha256 as gateway_sha256
 from gateway.counters import MemoryCounters, RedisCounters
 from gateway.identity import JwtIdentities, Principal, StaticIdentities
@@ -36,9 +39,6 @@ from gateway.proxy import NO_BUNDLE_REASON, build_app, listable
 from gateway.receipts import arguments_sha256
 from gateway.verify import VerifiedBundle, verify_bundle
 from governance.audit.services import Actor
-from governance.bundles import selectors
-from governance.bundles.packaging import public_jwk
-from governance.bundles.publish import bundle_publish
 from registry import services as registry
 from registry.discovery import ToolDefinition, discover_tools
 from registry.discovery import definition_sha256 as control_plane_sha256

@@ -12,9 +12,9 @@ import re
 import pytest
 from django.test import Client
 
+from bundles.models import Gateway
+from bundles.publish import bundle_publish
 from governance.audit.models import AuditEvent
-from governance.bundles.models import Gateway
-from governance.bundles.publish import bundle_publish
 from tests.bundle_support import make_gateway, payroll_world
 
 API = "/api/v1/t/alpha"

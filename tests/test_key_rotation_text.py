@@ -8,8 +8,8 @@ import json
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 
-from governance.bundles.models import SigningKey
-from governance.bundles.publish import bundle_publish
+from bundles.models import SigningKey
+from bundles.publish import bundle_publish
 from tests.bundle_support import payroll_world
 
 API = "/api/v1/t/alpha"

@@ -16,7 +16,7 @@ import pytest
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
-from governance.bundles import services as bundle_services
+from bundles import services as bundle_services
 from registry import services as registry
 from tests.bundle_support import SYSTEM, make_gateway, payroll_world
 

@@ -21,12 +21,12 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from governance.alerts import services as alerts
+from alerts import services as alerts
+from bundles.models import Bundle
+from decision_logs.models import DecisionLog
+from exports import services as exports
 from governance.audit.models import AuditEvent
-from governance.bundles.models import Bundle
-from governance.decisions.models import DecisionLog
-from governance.exports import services as exports
-from governance.observability import metrics, selectors
+from observability import metrics, selectors
 from tests.bundle_support import SYSTEM, make_gateway
 from tests.factories import TenantFactory
 from tests.observability_support import OLDER, RECENT, event, ingest, seeded_world
@@ -197,8 +197,8 @@ def test_a_scrape_is_a_bounded_number_of_queries(world, tenant_a, django_assert_
 
 
 def test_export_lags_agree_with_the_exports_app_in_one_query(world, tenant_a):
-    from governance.exports.models import Exporter
-    from governance.exports.selectors import all_exporter_lags, exporter_lag
+    from exports.models import Exporter
+    from exports.selectors import all_exporter_lags, exporter_lag
 
     now = timezone.now()
     ingest(tenant_a, [event("lag-1", outcome="allow", agent="bot", at=now)])
@@ -336,7 +336,7 @@ def test_the_celery_queue_length_is_read_from_a_redis_broker(db, redis_url, sett
     settings.CELERY_BROKER_URL = redis_url
     settings.CELERY_BROKER_TRANSPORT_OPTIONS = {}
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
-    settings.CELERY_TASK_ROUTES = {"governance.observability.tasks.x": {"queue": f"{queue}-b"}}
+    settings.CELERY_TASK_ROUTES = {"observability.tasks.x": {"queue": f"{queue}-b"}}
     with Connection(redis_url) as conn:
         simple = conn.SimpleQueue(queue)
         for n in range(3):

@@ -16,9 +16,9 @@ from django.utils import timezone
 
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
-from governance.bundles.keys import decrypt_text
-from governance.notifications import services, tasks
-from governance.notifications.models import Channel, Delivery
+from governance.secrets import decrypt_text
+from notifications import services, tasks
+from notifications.models import Channel, Delivery
 
 SYSTEM = Actor.system("test")
 SECRET = "s3cret-signing-key-0123456789"
@@ -187,13 +187,13 @@ def test_rotating_the_encryption_key_reencrypts_channel_secrets(tenant_a, settin
     hook = webhook(tenant_a, "https://siem.example.com/in")
     services.channel_create(tenant=tenant_a, actor=SYSTEM, name="mail", kind="email",
                             addresses=["a@example.com"])
-    old = settings.BUNDLE_KEY_ENCRYPTION_KEYS[0]
+    old = settings.SECRET_ENCRYPTION_KEYS[0]
     new = "bmV3LW5ldy1uZXctbmV3LW5ldy1uZXctbmV3LW5ldy0="
-    settings.BUNDLE_KEY_ENCRYPTION_KEYS = [new, old]
+    settings.SECRET_ENCRYPTION_KEYS = [new, old]
     call_command("rotate_bundle_key", "--reencrypt")
     assert "Re-encrypted the URLs and secrets of 1 notification channel(s)." in (
         capsys.readouterr().out)
-    settings.BUNDLE_KEY_ENCRYPTION_KEYS = [new]
+    settings.SECRET_ENCRYPTION_KEYS = [new]
     hook.refresh_from_db()
     assert decrypt_text(hook.url_encrypted) == "https://siem.example.com/in"
     assert decrypt_text(hook.secret_encrypted) == SECRET

@@ -18,12 +18,12 @@ import httpx2
 import pytest
 from django.core.exceptions import ValidationError
 
+from exports import services as exports
+from exports.models import Exporter
 from governance import outbound
 from governance.audit.services import Actor
-from governance.exports import services as exports
-from governance.exports.models import Exporter
-from governance.notifications import services as notifications
-from governance.notifications.models import Channel, Delivery
+from notifications import services as notifications
+from notifications.models import Channel, Delivery
 from registry import services as registry
 from registry import sync
 from registry.models import McpServer, ServerSync, Tool

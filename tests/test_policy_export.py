@@ -21,13 +21,13 @@ import pytest
 import yaml
 from django.utils import timezone
 
+from bundles import selectors
+from bundles.publish import bundle_publish
 from gateway.agentgateway import cel_string, translate, yaml_string
 from gateway.decision import ALLOW, ESCALATE, decide
 from governance.audit.services import Actor
-from governance.bundles import selectors
-from governance.bundles.compiler import compile_data
-from governance.bundles.publish import bundle_publish
 from registry import services as registry
+from registry.compiler import compile_data
 from registry.models import Tool, ToolScope
 from tests.bundle_support import IDP, decision_world, payroll_world, tar_files
 from tests.factories import Def, def_sha
@@ -470,7 +470,7 @@ def test_admins_and_auditors_download_both_exports_on_the_web(name, login, cast,
 
 
 def published_content(bundle) -> bytes:
-    from governance.bundles import store
+    from bundles import store
 
     return store.load(bundle.blob_id)
 

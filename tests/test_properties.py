@@ -32,6 +32,8 @@ from django.db import transaction
 from hypothesis import assume, event, example, given, note
 from hypothesis import strategies as st
 
+from bundles import selectors
+from bundles.publish import bundle_publish
 from gateway.canonical import definition_sha256 as gateway_sha256
 from gateway.constraints import (
     KEYWORDS,
@@ -45,10 +47,8 @@ from gateway.constraints import (
 from gateway.decision import ALLOW, DENY, ESCALATE, decide
 from gateway.receipts import arguments_sha256
 from gateway.verify import SIGNATURES, BundleRejected, verify_bundle
-from governance.bundles import selectors
-from governance.bundles.compiler import canonical_json, compile_data
-from governance.bundles.publish import bundle_publish
 from registry import services as registry
+from registry.compiler import canonical_json, compile_data
 from registry.discovery import ToolDefinition
 from registry.discovery import definition_sha256 as control_plane_sha256
 from registry.models import Agent, Grant, McpServer

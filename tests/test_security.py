@@ -14,9 +14,9 @@ from django.contrib.sessions.models import Session
 from django.test import Client
 from django.utils import timezone
 
+from bundles.models import Gateway
+from decision_logs.models import DecisionLog
 from governance.audit.services import Actor
-from governance.bundles.models import Gateway
-from governance.decisions.models import DecisionLog
 from registry import services as registry
 from registry.discovery import ToolDefinition
 from registry.models import Agent, McpServer, Tool
@@ -161,7 +161,7 @@ def test_tokens_and_passwords_never_reach_the_logs(client, api, token_for, cast,
 def test_the_metrics_token_is_compared_in_constant_time(client, settings, monkeypatch):
     import hmac
 
-    from governance.observability import metrics
+    from observability import metrics
 
     calls = []
     original = hmac.compare_digest

@@ -13,15 +13,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PROD_SECRET = "x8#kQ2!vN7@pL4$zR1^wT6&yH3*bM9(cF5)dJ0_gS2+eA8=uK7-iO4~nE1"
 CONFIG_PREFIXES = ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "OIDC_", "SECURE_",
-                   "ALLOWED_HOSTS", "TOLLGATE_", "LOG_LEVEL", "CELERY_", "BUNDLE_", "GATEWAY_")
+                   "ALLOWED_HOSTS", "TOLLGATE_", "LOG_LEVEL", "CELERY_", "BUNDLE_", "GATEWAY_",
+                   "SECRET_ENCRYPTION_KEYS")
 PROD_BUNDLE_KEY = "cHJvZHVjdGlvbi1idW5kbGUta2V5LWZvci10ZXN0cyE="
+OTHER_BUNDLE_KEY = "b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="
 
 
 def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(CONFIG_PREFIXES)}
     clean["TOLLGATE_VAR_DIR"] = str(tmp_path / "var")
     if "SECRET_KEY" in env:  # a production configuration has both secrets
-        clean["BUNDLE_KEY_ENCRYPTION_KEYS"] = PROD_BUNDLE_KEY
+        clean["SECRET_ENCRYPTION_KEYS"] = PROD_BUNDLE_KEY
     clean.update(env)
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=clean, capture_output=True,
                           text=True, timeout=60)
@@ -89,8 +91,13 @@ def test_oidc_configured_removes_password_login(tmp_path):
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL: unknown level"),
         ({"OIDC_RP_CLIENT_ID": "x"}, "OIDC_RP_CLIENT_SECRET: required"),
         ({"OIDC_RP_CLIENT_ID": "x", "OIDC_RP_CLIENT_SECRET": "y"}, "OIDC_OP_ISSUER: required"),
-        ({"BUNDLE_KEY_ENCRYPTION_KEYS": ""}, "BUNDLE_KEY_ENCRYPTION_KEYS: must be set when DEBUG"),
-        ({"BUNDLE_KEY_ENCRYPTION_KEYS": "short"}, "BUNDLE_KEY_ENCRYPTION_KEYS: entry 1 is not"),
+        ({"SECRET_ENCRYPTION_KEYS": ""}, "SECRET_ENCRYPTION_KEYS: must be set when DEBUG"),
+        ({"SECRET_ENCRYPTION_KEYS": "short"}, "SECRET_ENCRYPTION_KEYS: entry 1 is not"),
+        ({"SECRET_ENCRYPTION_KEYS": "", "BUNDLE_KEY_ENCRYPTION_KEYS": "short"},
+         "BUNDLE_KEY_ENCRYPTION_KEYS: entry 1 is not"),
+        ({"BUNDLE_KEY_ENCRYPTION_KEYS": OTHER_BUNDLE_KEY},
+         "SECRET_ENCRYPTION_KEYS and BUNDLE_KEY_ENCRYPTION_KEYS (its old name) are both set and "
+         "differ: set only SECRET_ENCRYPTION_KEYS."),
         ({"BUNDLE_TTL_SECONDS": "60"}, "BUNDLE_TTL_SECONDS: must be at least 600"),
         ({"BUNDLE_KEY_PUBLISH_LEAD_SECONDS": "60"},
          "BUNDLE_KEY_PUBLISH_LEAD_SECONDS: must be at least BUNDLE_MAX_WAIT_SECONDS (300), "
@@ -106,6 +113,20 @@ def test_a_malformed_value_stops_start_up_naming_the_variable(tmp_path, env, mes
     assert result.stderr.startswith("Configuration error: ")
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("env", [
+    {"SECRET_ENCRYPTION_KEYS": "", "BUNDLE_KEY_ENCRYPTION_KEYS": OTHER_BUNDLE_KEY},
+    {"SECRET_ENCRYPTION_KEYS": OTHER_BUNDLE_KEY, "BUNDLE_KEY_ENCRYPTION_KEYS": OTHER_BUNDLE_KEY},
+    {"SECRET_ENCRYPTION_KEYS": OTHER_BUNDLE_KEY},
+])
+def test_the_secret_encryption_keys_old_name_is_still_read(tmp_path, env):
+    code = ("import django; django.setup(); from django.conf import settings as s; "
+            "print(','.join(s.SECRET_ENCRYPTION_KEYS))")
+    result = _run(["-c", code], tmp_path, DJANGO_SETTINGS_MODULE="governance.settings",
+                  SECRET_KEY=PROD_SECRET, **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == OTHER_BUNDLE_KEY
 
 
 def test_production_needs_a_secret_key(tmp_path):

@@ -25,7 +25,7 @@ class Tenant(models.Model):
     settings = models.JSONField(default=dict, blank=True)
     # Every active MCP server of the tenant is re-synced this often (0 = never, manual only).
     registry_resync_minutes = models.PositiveIntegerField(default=60)
-    # Decision logs older than this are purged by Celery beat (governance.decisions.tasks).
+    # Decision logs older than this are purged by Celery beat (decision_logs.tasks).
     decision_log_retention_days = models.PositiveIntegerField(default=90)
     created_at = models.DateTimeField(default=timezone.now)
 

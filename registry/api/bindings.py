@@ -9,7 +9,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from governance.bundles.models import Gateway
+from bundles.models import Gateway
 from governance.tenancy.api.base import TenantViewSet
 from governance.tenancy.api.schema import NO_CONTENT, READ, WRITE
 from governance.tenancy.api.serializers import object_id, username_out

@@ -1,0 +1,195 @@
+"""Gateways and their tokens, signing keys, and the signed bundles the gateways pull."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from governance.tenancy.models import Tenant, TenantScopedModel
+
+
+class Gateway(TenantScopedModel):
+    """One enforcement point of the tenant's fleet; it authenticates with its tokens."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DISABLED = "disabled", "Disabled"
+
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    # Free-form key → value strings, as OPA status reports carry them (env, region, …).
+    labels = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    # Telemetry from the gateway's own reports (POST status) and polls; not registry state.
+    last_contact_at = models.DateTimeField(null=True, blank=True)
+    last_status_at = models.DateTimeField(null=True, blank=True)
+    active_revision = models.BigIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_report = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="gateway_unique_name"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=["active", "disabled"]), name="gateway_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class GatewayToken(TenantScopedModel):
+    """A bearer credential of one gateway: 256 random bits, stored as SHA-256, shown once."""
+
+    gateway = models.ForeignKey(Gateway, on_delete=models.CASCADE, related_name="tokens")
+    name = models.CharField(max_length=100)
+    token_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=16)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def state(self) -> str:
+        return "revoked" if self.revoked_at is not None else "active"
+
+
+class SigningKey(TenantScopedModel):
+    """An ES256 key pair that signs the tenant's bundles; the private half is encrypted."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending (published, not signing yet)"
+        ACTIVE = "active", "Active (signs new bundles)"
+        RETIRED = "retired", "Retired (still published, signs nothing)"
+        REVOKED = "revoked", "Revoked (withdrawn)"
+
+    kid = models.CharField(max_length=64, unique=True)
+    state = models.CharField(max_length=10, choices=State.choices)
+    public_jwk = models.JSONField()
+    # Fernet token of the PKCS#8 PEM, encrypted with SECRET_ENCRYPTION_KEYS.
+    private_key_encrypted = models.TextField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    # A pending key starts signing at this time (published at least one poll interval before).
+    activate_after = models.DateTimeField(null=True, blank=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant"], condition=models.Q(state="active"),
+                name="signingkey_one_active_per_tenant",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(state__in=["pending", "active", "retired", "revoked"]),
+                name="signingkey_state_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kid} ({self.state})"
+
+    @property
+    def published(self) -> bool:
+        return self.state != self.State.REVOKED
+
+
+class BundleBlob(models.Model):
+    """A bundle tarball, content-addressed: the durable store every web process reads."""
+
+    sha256 = models.CharField(max_length=64, primary_key=True)
+    content = models.BinaryField()
+    size = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.sha256
+
+
+class Bundle(TenantScopedModel):
+    """One published revision of a tenant's policy."""
+
+    revision_number = models.PositiveBigIntegerField()
+    blob = models.ForeignKey(
+        BundleBlob, on_delete=models.PROTECT, db_column="sha256", related_name="bundles"
+    )
+    size = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    key = models.ForeignKey(SigningKey, on_delete=models.PROTECT, related_name="bundles")
+    # SHA-256 over the content files (not the manifest/signature): "did anything change?".
+    content_sha256 = models.CharField(max_length=64)
+    # The tenant's audit chain up to this sequence number is reflected in the bundle.
+    through_seq = models.BigIntegerField(default=0)
+    # The earliest moment the content goes stale by itself (a grant expiring), if any.
+    next_change_at = models.DateTimeField(null=True, blank=True)
+    trigger = models.CharField(max_length=40)
+    summary = models.JSONField(default=dict)
+    build_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-revision_number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "revision_number"], name="bundle_unique_revision"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} r{self.revision_number}"
+
+    @property
+    def sha256(self) -> str:
+        return self.blob_id
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.blob_id}"'
+
+    SUMMARY_ORDER = ("agents", "servers", "tools", "scopes", "grants")
+
+    @property
+    def summary_items(self) -> list[tuple[str, int]]:
+        """The counts in a fixed order (PostgreSQL's jsonb does not keep key order)."""
+        return [(k, self.summary[k]) for k in self.SUMMARY_ORDER if k in self.summary]
+
+
+class PublishState(models.Model):
+    """Per tenant: the row builders lock (one build at a time) and the last revision number."""
+
+    tenant = models.OneToOneField(
+        Tenant, primary_key=True, on_delete=models.PROTECT, related_name="publish_state"
+    )
+    last_revision = models.BigIntegerField(default=0)
+    current = models.ForeignKey(
+        Bundle, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} @ r{self.last_revision}"

@@ -1,9 +1,0 @@
-from __future__ import annotations
-
-from django.apps import AppConfig
-
-
-class AlertsConfig(AppConfig):
-    name = "governance.alerts"
-    label = "alerts"
-    verbose_name = "Alerts"

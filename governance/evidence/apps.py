@@ -1,9 +1,0 @@
-from __future__ import annotations
-
-from django.apps import AppConfig
-
-
-class EvidenceConfig(AppConfig):
-    name = "governance.evidence"
-    label = "evidence"
-    verbose_name = "Evidence"

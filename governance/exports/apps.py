@@ -1,9 +1,0 @@
-from __future__ import annotations
-
-from django.apps import AppConfig
-
-
-class ExportsConfig(AppConfig):
-    name = "governance.exports"
-    label = "exports"
-    verbose_name = "Exports"

@@ -1,9 +1,0 @@
-from __future__ import annotations
-
-from django.apps import AppConfig
-
-
-class NotificationsConfig(AppConfig):
-    name = "governance.notifications"
-    label = "notifications"
-    verbose_name = "Notifications"

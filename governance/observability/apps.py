@@ -1,9 +1,0 @@
-from __future__ import annotations
-
-from django.apps import AppConfig
-
-
-class ObservabilityConfig(AppConfig):
-    name = "governance.observability"
-    label = "observability"
-    verbose_name = "Observability"
