@@ -13,7 +13,7 @@ from django.db import connection
 from django.utils import timezone
 
 from approvals.models import Escalation
-from approvals.services import BUILT_IN_STAGES
+from approvals.selectors import BUILT_IN_STAGES
 from governance.bundles.publish import bundle_publish
 from governance.decisions import services, views
 from governance.decisions.models import DecisionLog
