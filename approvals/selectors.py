@@ -37,11 +37,13 @@ from governance.bundles import diff
 from governance.bundles.compiler import compile_data
 from governance.bundles.packaging import rfc3339
 from governance.tenancy.models import ExternalIdentity, Membership, Tenant
-from governance.tenancy.roles import Role
+from governance.tenancy.roles import Cap, roles_with
 from registry.models import Agent, Grant, McpServer, Risk, Tool, ToolScope
 
-# Without any policy of the tenant: one approver or admin, within a day.
-BUILT_IN_STAGES = [{"approvals_required": 1, "roles": [Role.APPROVER.value, Role.ADMIN.value],
+# Without any policy of the tenant: one member of a role that may decide approvals (approver or
+# admin; weakest first, the order items have carried from the start), within a day.
+BUILT_IN_STAGES = [{"approvals_required": 1,
+                    "roles": [str(r) for r in reversed(roles_with(Cap.DECIDE_APPROVALS))],
                     "idp_group": "", "object_permission": False}]
 BUILT_IN_DECISION_HOURS = 24
 # The guardian object permission (on a scope, or on a server) that a stage can name.
