@@ -161,8 +161,8 @@ class BulkApproveView(TenantPageView):
                 continue
             try:
                 outcome = access_request_decide(
-           tenant=self.tenant, actor=self.actor, request=access,
-           approver=request.user, outcome="approve")
+                    tenant=self.tenant, actor=self.actor, request=access,
+                    approver=request.user, outcome="approve")
             except ValidationError as exc:
                 refused.append(f"{label}: {error_text(exc)}")
             else:
@@ -249,8 +249,8 @@ class RequestCreateView(TenantPageView):
         if form.is_valid():
             try:
                 access = access_request_create(
-           tenant=self.tenant, actor=self.actor, requester=request.user,
-           **form.service_values())
+                    tenant=self.tenant, actor=self.actor, requester=request.user,
+                    **form.service_values())
             except ValidationError as exc:
                 add_service_errors(form, exc)
             else:
@@ -524,9 +524,9 @@ class BreakGlassView(TenantPageView):
             data = form.cleaned_data
             try:
                 grant = break_glass_grant(
-           tenant=self.tenant, actor=self.actor, admin=request.user,
-           agent=data["agent"], scope=data["scope"], minutes=data["minutes"],
-           justification=data["justification"])
+                    tenant=self.tenant, actor=self.actor, admin=request.user,
+                    agent=data["agent"], scope=data["scope"], minutes=data["minutes"],
+                    justification=data["justification"])
             except ValidationError as exc:
                 add_service_errors(form, exc)
             else:

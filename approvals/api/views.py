@@ -206,11 +206,11 @@ class ApprovalPolicyViewSet(TenantViewSet):
                     "idp_group": st.idp_group, "object_permission": st.object_permission}
                    for st in policy.stages.order_by("position")]
         policy = approval_policy_save(
-   **self.service_kwargs(), scope=policy.scope, risk_level=policy.risk_level,
-   decision_hours=values.get("decision_hours", policy.decision_hours),
-   stages=values.get("stages", current),
-   alternate_roles=values.get("alternate_roles", policy.alternate_roles),
-   alternate_idp_group=values.get("alternate_idp_group", policy.alternate_idp_group))
+            **self.service_kwargs(), scope=policy.scope, risk_level=policy.risk_level,
+            decision_hours=values.get("decision_hours", policy.decision_hours),
+            stages=values.get("stages", current),
+            alternate_roles=values.get("alternate_roles", policy.alternate_roles),
+            alternate_idp_group=values.get("alternate_idp_group", policy.alternate_idp_group))
         return Response(self.out(policy))
 
     @extend_schema(description="Delete the policy: new requests follow the next less specific "
