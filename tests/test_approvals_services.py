@@ -1,4 +1,4 @@
-"""Access requests and their decisions (approvals/services.py): the separation-of-duties rules
+"""Access requests and their decisions (approvals/services/): the separation-of-duties rules
 hold in the service layer, whatever calls it."""
 
 from __future__ import annotations
