@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib.auth.models import AbstractBaseUser
 
 from approvals.models import AccessRequest, ApprovalDecision, ApprovalPolicy
 from governance import bounds
+from governance.tenancy.access import TenantContext
 from governance.tenancy.models import Tenant
 from governance.tenancy.roles import Role
+from registry.access import manageable_agents
 from registry.models import Agent, Risk, ToolScope
-from registry.services import AGENT_PERMISSION
 
 UNITS = {"minutes": 1, "hours": 60, "days": 24 * 60}
 POLICY_STAGE_ROWS = 3
@@ -40,11 +40,12 @@ class RequestForm(forms.Form):
     ticket = forms.CharField(required=False, max_length=200, label="Ticket",
                              help_text="Optional, e.g. CHG-1234.")
 
-    def __init__(self, *args, tenant: Tenant, user: AbstractBaseUser, role: str,
-                 **kwargs) -> None:
+    def __init__(self, *args, ctx: TenantContext, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["agent"].queryset = requestable_agents(tenant, user, role)
-        self.fields["scope"].queryset = ToolScope.objects.for_tenant(tenant).order_by("name")
+        # The agents the person may act for (the rule the service checks again).
+        self.fields["agent"].queryset = manageable_agents(ctx, Agent.objects.for_tenant(
+            ctx.tenant).filter(status=Agent.Status.ACTIVE).order_by("name"))
+        self.fields["scope"].queryset = ToolScope.objects.for_tenant(ctx.tenant).order_by("name")
         # The service checks "Say why"; the form keeps the text the person typed.
         self.fields["justification"].required = False
 
@@ -53,19 +54,6 @@ class RequestForm(forms.Form):
         return {"agent": data["agent"], "scope": data["scope"],
                 "duration_minutes": data["duration"] * UNITS[data["unit"]],
                 "justification": data["justification"], "ticket": data["ticket"]}
-
-
-def requestable_agents(tenant: Tenant, user: AbstractBaseUser, role: str):
-    """Active agents ``user`` may request for: all for admins, owned ones for developers (the
-    rule of approvals.services._may_request)."""
-    from guardian.shortcuts import get_objects_for_user
-
-    agents = Agent.objects.for_tenant(tenant).filter(status=Agent.Status.ACTIVE).order_by("name")
-    if role == Role.ADMIN:
-        return agents
-    if role != Role.DEVELOPER:
-        return agents.none()
-    return get_objects_for_user(user, AGENT_PERMISSION, klass=agents, accept_global_perms=False)
 
 
 class RequestFilterForm(forms.Form):

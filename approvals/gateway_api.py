@@ -26,8 +26,15 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from approvals import services
 from approvals.models import Escalation
+from approvals.services.decisions import escalation_topic
+from approvals.services.escalations import (
+    Refused,
+    escalation_consume,
+    escalation_create,
+    escalation_receipt,
+    escalation_refresh,
+)
 from bundles import hot
 from bundles.gateway_api import (
     _read_json,
@@ -42,7 +49,7 @@ from bundles.models import Gateway
 from bundles.packaging import rfc3339
 
 
-def _refused(exc: services.Refused) -> JsonResponse:
+def _refused(exc: Refused) -> JsonResponse:
     headers = {"Retry_After": str(exc.retry_after)} if exc.retry_after else {}
     return error(exc.status, exc.code, exc.message, **headers)
 
@@ -56,7 +63,7 @@ def _document(escalation: Escalation) -> dict[str, Any]:
         "consumed": escalation.consumed_at is not None,
     }
     if escalation.status == Escalation.Status.APPROVED and escalation.consumed_at is None:
-        doc["receipt"], expires = services.escalation_receipt(escalation=escalation)
+        doc["receipt"], expires = escalation_receipt(escalation=escalation)
         doc["receipt_expires_at"] = rfc3339(expires)
     return doc
 
@@ -69,9 +76,9 @@ def _json(doc: dict[str, Any], status: int = 200) -> JsonResponse:
 
 def _create(tenant_id: int, gateway_id: int, body: Any) -> tuple[dict[str, Any], bool]:
     gateway = Gateway.objects.select_related("tenant").get(pk=gateway_id, tenant_id=tenant_id)
-    escalation, created = services.escalation_create(tenant=gateway.tenant, gateway=gateway,
-                                                     body=body)
-    escalation = services.escalation_refresh(tenant=gateway.tenant, escalation=escalation)
+    escalation, created = escalation_create(tenant=gateway.tenant, gateway=gateway,
+                                            body=body)
+    escalation = escalation_refresh(tenant=gateway.tenant, escalation=escalation)
     return _document(escalation), created
 
 
@@ -88,7 +95,7 @@ async def escalations(request: HttpRequest) -> HttpResponse:
         return failure
     try:
         doc, created = await sync_to_async(_create)(caller.tenant_id, caller.gateway, body)
-    except services.Refused as exc:
+    except Refused as exc:
         return _refused(exc)
     return _json(doc, 201 if created else 200)
 
@@ -98,7 +105,7 @@ def _read(tenant_id: int, escalation_id: uuid.UUID) -> tuple[dict[str, Any], Esc
                   .filter(pk=escalation_id, tenant_id=tenant_id).first())
     if escalation is None:
         return None
-    escalation = services.escalation_refresh(tenant=escalation.tenant, escalation=escalation)
+    escalation = escalation_refresh(tenant=escalation.tenant, escalation=escalation)
     return _document(escalation), escalation
 
 
@@ -118,7 +125,7 @@ async def escalation(request: HttpRequest, escalation_id: uuid.UUID) -> HttpResp
         return _not_found()
     doc, held = found
     deadline = time.monotonic() + (_wait_seconds(request) or 0)
-    topic = services.escalation_topic(escalation_id)
+    topic = escalation_topic(escalation_id)
     while held.status == Escalation.Status.PENDING:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -140,8 +147,8 @@ def _consume(tenant_id: int, gateway_id: int, escalation_id: uuid.UUID) -> dict[
     escalation = Escalation.objects.filter(pk=escalation_id, tenant_id=tenant_id).first()
     if escalation is None:
         return None
-    escalation = services.escalation_consume(tenant=gateway.tenant, gateway=gateway,
-                                             escalation=escalation)
+    escalation = escalation_consume(tenant=gateway.tenant, gateway=gateway,
+                                    escalation=escalation)
     return {"id": str(escalation.pk), "status": escalation.status, "consumed": True,
             "consumed_at": rfc3339(escalation.consumed_at)}
 
@@ -156,7 +163,7 @@ async def consume(request: HttpRequest, escalation_id: uuid.UUID) -> HttpRespons
         return failure
     try:
         doc = await sync_to_async(_consume)(caller.tenant_id, caller.gateway, escalation_id)
-    except services.Refused as exc:
+    except Refused as exc:
         return _refused(exc)
     if doc is None:
         return _not_found()

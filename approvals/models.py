@@ -61,6 +61,13 @@ class ApprovalPolicy(TenantScopedModel):
             return f"policy for scope {self.scope}"
         return f"policy for {self.risk_level} risk" if self.risk_level else "tenant default policy"
 
+    def alternates_rule(self) -> dict[str, Any] | None:
+        """The alternate approvers as the rule frozen into items (None when it names none)."""
+        if not (self.alternate_roles or self.alternate_idp_group):
+            return None
+        return {"approvals_required": 1, "roles": list(self.alternate_roles),
+                "idp_group": self.alternate_idp_group, "object_permission": False}
+
     def describe_alternates(self) -> str:
         """Who the alternate approvers are ("" when the policy names none)."""
         if not (self.alternate_roles or self.alternate_idp_group):
@@ -93,6 +100,11 @@ class ApprovalStage(TenantScopedModel):
     def __str__(self) -> str:
         return f"stage {self.position + 1}: {self.approvals_required} of {self.describe()}"
 
+    def rule(self) -> dict[str, Any]:
+        """The stage as the rule frozen into items."""
+        return {"approvals_required": self.approvals_required, "roles": list(self.roles),
+                "idp_group": self.idp_group, "object_permission": self.object_permission}
+
     def describe(self) -> str:
         return describe_rule({"roles": self.roles, "idp_group": self.idp_group,
                               "object_permission": self.object_permission})
@@ -101,7 +113,7 @@ class ApprovalStage(TenantScopedModel):
 class Decidable(TenantScopedModel):
     """What access requests and escalations share: the policy frozen at creation, the stage
     being decided, the deadline and the outcome. The decision rules live in one place
-    (``approvals.services``) for both."""
+    (``approvals.services.decisions``) for both."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"

@@ -1,5 +1,6 @@
-"""Reads of the approvals app, tenant first: the approver's inbox (and its counter), a
-requester's requests, the policies, and what a request would change in the published bundle.
+"""Reads of the approvals app, tenant first: which policy applies and who may decide, the
+approver's inbox (and its counter), a requester's requests, the policies, and what a request
+would change in the published bundle.
 
 The inbox is a list of ``InboxItem``s of several kinds merged by deadline. Access requests are
 the first kind; runtime escalations (DESIGN.md §5) plug in as a second: a selector returning
@@ -12,12 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import CharField, Exists, OuterRef, Prefetch, QuerySet
+from django.db.models import CharField, Exists, OuterRef, Prefetch, Q, QuerySet
 from django.db.models.functions import Cast
 from django.utils import timezone
 from guardian.models import GroupObjectPermission, UserObjectPermission
+from guardian.shortcuts import get_users_with_perms
 
 from approvals.models import (
     AccessRequest,
@@ -28,14 +32,169 @@ from approvals.models import (
     Escalation,
     describe_rule,
 )
-from approvals.services import ApproverProfile, approver_profile
 from bundles import diff
 from bundles.packaging import rfc3339
 from gateway.receipts import arguments_sha256
-from governance.tenancy.models import Tenant
-from governance.tenancy.roles import Role
+from governance.tenancy.models import ExternalIdentity, Membership, Tenant
+from governance.tenancy.roles import Cap, roles_with
 from registry.compiler import compile_data
-from registry.models import Agent, Grant, Risk, Tool
+from registry.models import Agent, Grant, McpServer, Risk, Tool, ToolScope
+
+# Without any policy of the tenant: one member of a role that may decide approvals (approver or
+# admin; weakest first, the order items have carried from the start), within a day.
+BUILT_IN_STAGES = [{"approvals_required": 1,
+                    "roles": [str(r) for r in reversed(roles_with(Cap.DECIDE_APPROVALS))],
+                    "idp_group": "", "object_permission": False}]
+BUILT_IN_DECISION_HOURS = 24
+# The guardian object permission (on a scope, or on a server) that a stage can name.
+APPROVE_PERMISSION = "approve_access"
+
+
+# --- Which policy applies, who may decide ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rules:
+    """The applicable policy, as frozen into a new item."""
+
+    stages: list[dict[str, Any]]
+    decision_hours: int
+    alternates: dict[str, Any] | None
+
+
+def policy_rules(tenant: Tenant, scope: ToolScope) -> Rules:
+    """The most specific policy for ``scope``: its own, else its risk level's, else the tenant
+    default, else the built-in one (one approver or admin within a day)."""
+    candidates = list(ApprovalPolicy.objects.for_tenant(tenant).filter(
+        Q(scope__isnull=True) | Q(scope=scope)).prefetch_related("stages"))
+    for match in (lambda p: p.scope_id == scope.pk,
+                  lambda p: p.scope_id is None and p.risk_level == scope.risk_level,
+                  lambda p: p.scope_id is None and p.risk_level == ""):
+        found = next((p for p in candidates if match(p)), None)
+        if found is not None:
+            stages = [s.rule() for s in sorted(found.stages.all(), key=lambda s: s.position)]
+            return Rules(stages, found.decision_hours, found.alternates_rule())
+    return Rules([dict(s) for s in BUILT_IN_STAGES], BUILT_IN_DECISION_HOURS, None)
+
+
+def policy_for(tenant: Tenant, scope: ToolScope) -> tuple[list[dict[str, Any]], int]:
+    """(stages, decision hours) of the most specific policy for ``scope``."""
+    rules = policy_rules(tenant, scope)
+    return rules.stages, rules.decision_hours
+
+
+def _members(tenant: Tenant) -> set[int]:
+    return set(Membership.objects.for_tenant(tenant).values_list("user_id", flat=True))
+
+
+def member_users(tenant: Tenant, **filters) -> list[AbstractBaseUser]:
+    """The tenant's members (as users) matching ``filters`` on the user, e.g. ``pk__in``."""
+    return list(get_user_model().objects.filter(memberships__tenant=tenant, **filters))
+
+
+def _permission_holders(objects) -> set[int]:
+    users: set[int] = set()
+    for obj in objects:
+        users.update(u.pk for u in get_users_with_perms(
+            obj, with_group_users=True, only_with_perms_in=[APPROVE_PERMISSION]))
+    return users
+
+
+def object_approvers(tenant: Tenant, scope_id: int | None) -> set[int]:
+    """Members holding ``registry.approve_access`` on the scope or on a server whose tools it
+    contains; without a scope (a default policy), on any scope or server of the tenant."""
+    if scope_id is None:
+        objects = [*ToolScope.objects.for_tenant(tenant), *McpServer.objects.for_tenant(tenant)]
+    else:
+        objects = [*ToolScope.objects.for_tenant(tenant).filter(pk=scope_id),
+                   *McpServer.objects.for_tenant(tenant).filter(tools__scopes=scope_id)
+                   .distinct()]
+    return _permission_holders(objects) & _members(tenant)
+
+
+def eligible_user_ids(tenant: Tenant, stage: dict[str, Any], *,
+                      scope_id: int | None = None) -> set[int]:
+    """Who may decide ``stage`` now: members with one of its roles, members in its IdP group,
+    and (when the stage says so) holders of the approve permission on the scope or server."""
+    users = set(Membership.objects.for_tenant(tenant).filter(role__in=stage["roles"])
+                .values_list("user_id", flat=True)) if stage["roles"] else set()
+    if stage["idp_group"]:
+        for user_id, groups in ExternalIdentity.objects.filter(
+                user_id__in=_members(tenant)).values_list("user_id", "last_groups"):
+            if stage["idp_group"] in (groups or []):
+                users.add(user_id)
+    if stage.get("object_permission"):
+        users |= object_approvers(tenant, scope_id)
+    return users
+
+
+def current_stage_rule(item: Decidable) -> dict[str, Any] | None:
+    """The rule the next decision is checked against: the current stage, or the alternates
+    once the first deadline has passed (``on_alternates``)."""
+    return _deciding(item.stages, item.current_stage, item.alternates, item.on_alternates)
+
+
+def _deciding(stages, current: int, alternates, on_alternates: bool) -> dict[str, Any] | None:
+    if on_alternates and alternates:
+        return alternates
+    stages = stages or []
+    return stages[current] if current < len(stages) else None
+
+
+def eligible_for(tenant: Tenant, item: Decidable) -> set[int]:
+    """Who may decide ``item`` now (before the self-approval rules)."""
+    rule = current_stage_rule(item)
+    return eligible_user_ids(tenant, rule, scope_id=item.scope_id) if rule else set()
+
+
+def excluded_approvers(item: Decidable) -> set[int]:
+    """The people who may not decide this item now: its requester, the agent's owner and
+    whoever already decided one of its stages (one approver counts once)."""
+    people = {item.agent.owner_id, *item.decisions.values_list("approver_id", flat=True)}
+    if isinstance(item, AccessRequest):
+        people.add(item.requester_id)
+    return {p for p in people if p is not None}
+
+
+def item_link(tenant: Tenant, item: Decidable) -> str:
+    """The absolute URL of a request's or escalation's page."""
+    from django.urls import NoReverseMatch, reverse
+
+    name = "approvals:request" if isinstance(item, AccessRequest) else "approvals:escalation"
+    try:
+        path = reverse(name, args=[tenant.slug, item.pk])
+    except NoReverseMatch:
+        path = f"/t/{tenant.slug}/"
+    return settings.TOLLGATE_BASE_URL.rstrip("/") + path
+
+
+@dataclass(frozen=True)
+class ApproverProfile:
+    """What makes one person eligible for a stage in one tenant: their role and IdP groups."""
+
+    user_id: int
+    role: str | None
+    groups: frozenset[str]
+
+    def admits(self, stage: dict[str, Any]) -> bool:
+        """The rule of ``eligible_user_ids``, for one person: a member whose role the stage names,
+        or (when it names one) a member in the stage's IdP group."""
+        if self.role is None:
+            return False
+        if self.role in (stage.get("roles") or []):
+            return True
+        group = stage.get("idp_group") or ""
+        return bool(group) and group in self.groups
+
+
+def approver_profile(tenant: Tenant, user: AbstractBaseUser) -> ApproverProfile:
+    """``user``'s role and IdP groups in ``tenant``, in one query (no membership: no role)."""
+    role, groups = None, set()
+    for member_role, last_groups in Membership.objects.for_tenant(tenant).filter(
+            user=user).values_list("role", "user__external_identities__last_groups"):
+        role = member_role
+        groups.update(last_groups or [])
+    return ApproverProfile(user.pk, role, frozenset(groups))
+
 
 # --- The inbox ----------------------------------------------------------------------------------
 
@@ -97,19 +256,6 @@ def _decidable(tenant: Tenant, user: AbstractBaseUser, model: type[Decidable] = 
     return rows.order_by("deadline", "pk")
 
 
-def _current_stage(item: Decidable) -> dict[str, Any] | None:
-    """Who decides the item now: its current stage, or its alternate approvers once the
-    first deadline passed (``on_alternates``), as services.current_stage_rule says."""
-    return _deciding(item.stages, item.current_stage, item.alternates, item.on_alternates)
-
-
-def _deciding(stages, current: int, alternates, on_alternates: bool) -> dict[str, Any] | None:
-    if on_alternates and alternates:
-        return alternates
-    stages = stages or []
-    return stages[current] if current < len(stages) else None
-
-
 def _admits(tenant: Tenant, profile: ApproverProfile, stage: dict[str, Any] | None,
             scope_id: int) -> bool:
     """``profile.admits`` (no query); a stage that also admits holders of the approve
@@ -120,8 +266,6 @@ def _admits(tenant: Tenant, profile: ApproverProfile, stage: dict[str, Any] | No
     if profile.admits(stage):
         return True
     if stage.get("object_permission") and profile.role is not None:
-        from approvals.services import eligible_user_ids
-
         return profile.user_id in eligible_user_ids(tenant, stage, scope_id=scope_id)
     return False
 
@@ -137,7 +281,7 @@ def inbox_requests(tenant: Tenant, user: AbstractBaseUser, *,
         Prefetch("scope__tools", queryset=Tool.objects.select_related("server")))
     eligible = []
     for request in rows:
-        if _admits(tenant, profile, _current_stage(request), request.scope_id):
+        if _admits(tenant, profile, current_stage_rule(request), request.scope_id):
             request.all_data_classes = data_classes(request)
             eligible.append(request)
     return eligible
@@ -231,10 +375,10 @@ def stage_rows(item: Decidable) -> list[dict[str, Any]]:
     return rows
 
 
-def may_see_request(tenant: Tenant, user: AbstractBaseUser, request: AccessRequest,
-                    role: str) -> bool:
-    """The requester, admins and auditors, and whoever may decide one of its stages."""
-    if role in (Role.ADMIN, Role.AUDITOR) or request.requester_id == user.pk:
+def may_see_request(tenant: Tenant, user: AbstractBaseUser, request: AccessRequest) -> bool:
+    """The requester, and whoever may decide one of its stages (admins and auditors see every
+    request: ``approvals.access.sees_every_request``)."""
+    if request.requester_id == user.pk:
         return True
     profile = approver_profile(tenant, user)
     rules = [*(request.stages or []), *([request.alternates] if request.alternates else [])]
@@ -247,7 +391,7 @@ def may_decide_now(tenant: Tenant, user: AbstractBaseUser, item: Decidable) -> b
     if item.status != Decidable.Status.PENDING:
         return False
     return _decidable(tenant, user, type(item)).filter(pk=item.pk).exists() and _admits(
-        tenant, approver_profile(tenant, user), _current_stage(item), item.scope_id)
+        tenant, approver_profile(tenant, user), current_stage_rule(item), item.scope_id)
 
 
 def agent_grants(tenant: Tenant, agent: Agent) -> QuerySet[Grant]:
@@ -329,7 +473,7 @@ def inbox_escalations(tenant: Tenant, user: AbstractBaseUser, *,
         "agent", "agent__owner", "scope", "gateway")
     eligible = []
     for escalation in rows:
-        if _admits(tenant, profile, _current_stage(escalation), escalation.scope_id):
+        if _admits(tenant, profile, current_stage_rule(escalation), escalation.scope_id):
             escalation.arguments_complete = arguments_complete(escalation)
             eligible.append(escalation)
     return eligible
@@ -378,16 +522,13 @@ class ApproverHolder:
 def approver_holders(tenant: Tenant) -> list[ApproverHolder]:
     """Direct holders of the approve permission on the tenant's scopes and servers, by object
     then username (group-held permissions are managed in the IdP, not here)."""
-    from governance.tenancy.models import Membership
-    from registry.models import McpServer, ToolScope
-
     members = {m.user_id: m for m in Membership.objects.for_tenant(tenant)}
     rows = []
     for kind, model in (("scope", ToolScope), ("server", McpServer)):
         objects = {str(o.pk): o for o in model.objects.for_tenant(tenant)}
         perms = UserObjectPermission.objects.filter(
             content_type=ContentType.objects.get_for_model(model),
-            permission__codename="approve_access", object_pk__in=list(objects),
+            permission__codename=APPROVE_PERMISSION, object_pk__in=list(objects),
         ).select_related("user")
         rows += [ApproverHolder(kind, objects[p.object_pk], p.user, members.get(p.user_id))
                  for p in perms]

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from approvals import services
+from approvals.services.break_glass import grants_expire_due
+from approvals.services.decisions import deadlines_due, reminders_due
 
 
 @shared_task(name="approvals.tasks.expire_requests", acks_late=True)
 def expire_requests() -> dict[str, int]:
     """Requests and escalations past their deadline go to alternates or expire (a denial by
     the system actor), reminders go out, and grants past their expiry are marked expired."""
-    return {"deadlines": services.deadlines_due(), "reminders": services.reminders_due(),
-            "grants_expired": services.grants_expire_due()}
+    return {"deadlines": deadlines_due(), "reminders": reminders_due(),
+            "grants_expired": grants_expire_due()}

@@ -14,7 +14,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from approvals import selectors, services
+from approvals import selectors
 from approvals.access import (
     access_escalation,
     access_escalations,
@@ -31,6 +31,16 @@ from approvals.forms import (
     RequestForm,
 )
 from approvals.models import AccessRequest, Decidable, Escalation, describe_rule
+from approvals.services.approvers import approver_permission_grant, approver_permission_revoke
+from approvals.services.break_glass import break_glass_grant
+from approvals.services.decisions import Outcome
+from approvals.services.escalations import escalation_decide, escalation_refresh
+from approvals.services.policies import approval_policy_delete, approval_policy_save
+from approvals.services.requests import (
+    access_request_cancel,
+    access_request_create,
+    access_request_decide,
+)
 from governance.tenancy.access import access_object
 from governance.tenancy.forms import add_service_errors
 from governance.tenancy.mixins import TenantPageView
@@ -92,7 +102,7 @@ class DecideView(TenantPageView):
     def load(self, pk) -> Decidable:
         raise NotImplementedError
 
-    def decide(self, item: Decidable, **values) -> services.Outcome:
+    def decide(self, item: Decidable, **values) -> Outcome:
         raise NotImplementedError
 
     def post(self, request: HttpRequest, tenant_slug: str, **kwargs) -> HttpResponse:
@@ -125,10 +135,10 @@ class RequestDecideView(DecideView):
     def load(self, pk) -> AccessRequest:
         return access_object(self.tenant, AccessRequest, pk)
 
-    def decide(self, item: AccessRequest, **values) -> services.Outcome:
-        return services.access_request_decide(tenant=self.tenant, actor=self.actor,
-                                              request=item, approver=self.request.user,
-                                              **values)
+    def decide(self, item: AccessRequest, **values) -> Outcome:
+        return access_request_decide(tenant=self.tenant, actor=self.actor,
+                                     request=item, approver=self.request.user,
+                                     **values)
 
 
 class BulkApproveView(TenantPageView):
@@ -150,7 +160,7 @@ class BulkApproveView(TenantPageView):
                 skipped.append(f"{label} (not low risk: decide it on its own)")
                 continue
             try:
-                outcome = services.access_request_decide(
+                outcome = access_request_decide(
                     tenant=self.tenant, actor=self.actor, request=access,
                     approver=request.user, outcome="approve")
             except ValidationError as exc:
@@ -210,8 +220,8 @@ class RequestCancelView(TenantPageView):
     def post(self, request: HttpRequest, tenant_slug: str, request_id: int) -> HttpResponse:
         access = access_request(self.tenancy, request_id)
         try:
-            outcome = services.access_request_cancel(tenant=self.tenant, actor=self.actor,
-                                                     request=access, by=request.user)
+            outcome = access_request_cancel(tenant=self.tenant, actor=self.actor,
+                                            request=access, by=request.user)
         except ValidationError as exc:
             messages.error(request, error_text(exc))
         else:
@@ -225,8 +235,7 @@ class RequestCreateView(TenantPageView):
     capability = Cap.REQUEST_ACCESS
 
     def form(self, data=None, initial=None) -> RequestForm:
-        return RequestForm(data, initial=initial, tenant=self.tenant, user=self.request.user,
-                           role=self.tenancy.role)
+        return RequestForm(data, initial=initial, ctx=self.tenancy)
 
     def render_form(self, request, form, status=200):
         return render(request, "approvals/request_form.html", {"form": form}, status=status)
@@ -239,7 +248,7 @@ class RequestCreateView(TenantPageView):
         form = self.form(request.POST)
         if form.is_valid():
             try:
-                access = services.access_request_create(
+                access = access_request_create(
                     tenant=self.tenant, actor=self.actor, requester=request.user,
                     **form.service_values())
             except ValidationError as exc:
@@ -278,8 +287,8 @@ class PolicyListView(TenantPageView):
         return render(request, "approvals/policies.html", {
             "policies": selectors.policy_list(self.tenant),
             "built_in": [{"who": describe_rule(s), **s}
-                         for s in services.BUILT_IN_STAGES],
-            "built_in_hours": services.BUILT_IN_DECISION_HOURS,
+                         for s in selectors.BUILT_IN_STAGES],
+            "built_in_hours": selectors.BUILT_IN_DECISION_HOURS,
         })
 
 
@@ -292,8 +301,8 @@ class PolicyFormMixin:
         if not form.is_valid():
             return None
         try:
-            saved = services.approval_policy_save(tenant=self.tenant, actor=self.actor,
-                                                  **form.service_values())
+            saved = approval_policy_save(tenant=self.tenant, actor=self.actor,
+                                         **form.service_values())
         except ValidationError as exc:
             add_service_errors(form, exc)
             return None
@@ -359,7 +368,7 @@ class PolicyDeleteView(TenantPageView):
     def post(self, request: HttpRequest, tenant_slug: str, policy_id: int) -> HttpResponse:
         policy = access_policy(self.tenancy, policy_id, write=True)
         label = str(policy)
-        services.approval_policy_delete(tenant=self.tenant, actor=self.actor, policy=policy)
+        approval_policy_delete(tenant=self.tenant, actor=self.actor, policy=policy)
         messages.success(request, f"Deleted the {label}.")
         return redirect("approvals:policies", tenant_slug)
 
@@ -388,7 +397,7 @@ class EscalationDetailView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant_slug: str, escalation_id) -> HttpResponse:
         escalation = access_escalation(self.tenancy, escalation_id)
-        escalation = services.escalation_refresh(tenant=self.tenant, escalation=escalation)
+        escalation = escalation_refresh(tenant=self.tenant, escalation=escalation)
         return render(request, "approvals/escalation.html", {
             "esc": escalation,
             "arguments_json": json.dumps(escalation.arguments, indent=2, sort_keys=True,
@@ -408,9 +417,9 @@ class EscalationDecideView(DecideView):
     def load(self, pk) -> Escalation:
         return access_escalation(self.tenancy, pk)
 
-    def decide(self, item: Escalation, **values) -> services.Outcome:
-        return services.escalation_decide(tenant=self.tenant, actor=self.actor, escalation=item,
-                                          approver=self.request.user, **values)
+    def decide(self, item: Escalation, **values) -> Outcome:
+        return escalation_decide(tenant=self.tenant, actor=self.actor, escalation=item,
+                                 approver=self.request.user, **values)
 
 
 # --- Approver permissions and break-glass (admins) ---------------------------------------------
@@ -441,8 +450,8 @@ class ApproversView(TenantPageView):
         if form.is_valid():
             user, obj = form.cleaned_data["member"].user, form.cleaned_data["obj"]
             try:
-                services.approver_permission_grant(tenant=self.tenant, actor=self.actor,
-                                                   user=user, obj=obj)
+                approver_permission_grant(tenant=self.tenant, actor=self.actor,
+                                          user=user, obj=obj)
             except ValidationError as exc:
                 add_service_errors(form, exc)
             else:
@@ -478,8 +487,8 @@ class ApproverRemoveView(TenantPageView):
     def post(self, request: HttpRequest, tenant_slug: str, **kwargs) -> HttpResponse:
         membership, obj = self.target(kwargs)
         try:
-            services.approver_permission_revoke(tenant=self.tenant, actor=self.actor,
-                                                user=membership.user, obj=obj)
+            approver_permission_revoke(tenant=self.tenant, actor=self.actor,
+                                       user=membership.user, obj=obj)
         except ValidationError as exc:
             messages.error(request, error_text(exc))
         else:
@@ -492,7 +501,7 @@ class BreakGlassView(TenantPageView):
     """An admin's emergency self-grant (alerted to every admin, flagged in the audit trail),
     and the recent break-glass grants."""
 
-    capability = Cap.MANAGE_REGISTRY
+    capability = Cap.BREAK_GLASS
 
     def form(self, data=None, initial=None) -> BreakGlassForm:
         return BreakGlassForm(data, initial=initial, tenant=self.tenant,
@@ -514,7 +523,7 @@ class BreakGlassView(TenantPageView):
         if form.is_valid():
             data = form.cleaned_data
             try:
-                grant = services.break_glass_grant(
+                grant = break_glass_grant(
                     tenant=self.tenant, actor=self.actor, admin=request.user,
                     agent=data["agent"], scope=data["scope"], minutes=data["minutes"],
                     justification=data["justification"])

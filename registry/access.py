@@ -8,6 +8,7 @@ changed by their owners: a developer holding the django-guardian object permissi
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from governance.tenancy.access import TenantContext, access_object
@@ -43,16 +44,34 @@ def access_grant(ctx: TenantContext, pk, *, write: bool = False) -> Grant:
     return _registry_object(ctx, Grant, pk, write=write)
 
 
-def can_manage_agent(ctx: TenantContext, agent: Agent) -> bool:
-    """Admins manage every agent; an owner (developer) manages the agents they hold the
-    object permission on — also through their personal token, never through a service token."""
+def _agent_reach(ctx: TenantContext) -> str:
+    """Who may act for an agent (manage it, request access for it), the one rule: registry
+    managers (admins) for every agent ("all"); owners (developers) for the agents they hold the
+    object permission on ("owned"), also through their personal token, never through a
+    service token; nobody else ("none")."""
     if ctx.can(Cap.MANAGE_REGISTRY):
-        return True
-    return (
-        ctx.can(Cap.OWN_AGENTS)
-        and ctx.user is not None
-        and ctx.user.has_perm(AGENT_PERMISSION, agent)
-    )
+        return "all"
+    if ctx.can(Cap.OWN_AGENTS) and ctx.user is not None:
+        return "owned"
+    return "none"
+
+
+def can_manage_agent(ctx: TenantContext, agent: Agent) -> bool:
+    """Whether the caller may act for ``agent`` (see ``_agent_reach``)."""
+    reach = _agent_reach(ctx)
+    return reach == "all" or (reach == "owned" and ctx.user.has_perm(AGENT_PERMISSION, agent))
+
+
+def manageable_agents(ctx: TenantContext, agents: QuerySet[Agent]) -> QuerySet[Agent]:
+    """The agents among ``agents`` the caller may act for (the rule of ``can_manage_agent``,
+    one query)."""
+    reach = _agent_reach(ctx)
+    if reach == "all":
+        return agents
+    if reach == "none":
+        return agents.none()
+    return get_objects_for_user(ctx.user, AGENT_PERMISSION, klass=agents,
+                                accept_global_perms=False)
 
 
 def access_agent(ctx: TenantContext, pk, *, write: bool = False) -> Agent:
@@ -71,12 +90,7 @@ def access_principal(ctx: TenantContext, pk, *, write: bool = False) -> AgentPri
 
 def manageable_agent_ids(ctx: TenantContext, agents) -> set[int] | None:
     """Ids among ``agents`` the caller may change (one query); None means all (a manager)."""
-    if ctx.can(Cap.MANAGE_REGISTRY):
+    if _agent_reach(ctx) == "all":
         return None
-    if not ctx.can(Cap.OWN_AGENTS) or ctx.user is None:
-        return set()
-    owned = get_objects_for_user(
-        ctx.user, AGENT_PERMISSION, klass=Agent.objects.filter(pk__in=[a.pk for a in agents]),
-        accept_global_perms=False,
-    )
-    return set(owned.values_list("pk", flat=True))
+    among = Agent.objects.filter(pk__in=[a.pk for a in agents])
+    return set(manageable_agents(ctx, among).values_list("pk", flat=True))

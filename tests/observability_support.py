@@ -10,6 +10,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from approvals import selectors as approval_selectors
 from approvals import services as approvals
 from approvals.models import Escalation
 from bundles.models import Gateway
@@ -86,12 +87,12 @@ def seeded_world(tenant, *, owner, requester) -> dict:
     overdue = Escalation.objects.create(
         tenant=tenant, gateway=gateways["gw-current"], call_id="call-late", agent=world["bot"],
         scope=world["scope"], server="payroll", tool="pay", arguments_sha256=SHA,
-        stages=approvals.BUILT_IN_STAGES, created_at=now - timedelta(minutes=40),
+        stages=approval_selectors.BUILT_IN_STAGES, created_at=now - timedelta(minutes=40),
         deadline=now - timedelta(minutes=10))
     soon = Escalation.objects.create(
         tenant=tenant, gateway=gateways["gw-current"], call_id="call-soon", agent=world["bot"],
         scope=world["scope"], server="payroll", tool="read", arguments_sha256=SHA,
-        stages=approvals.BUILT_IN_STAGES, deadline=now + timedelta(minutes=15))
+        stages=approval_selectors.BUILT_IN_STAGES, deadline=now + timedelta(minutes=15))
 
     recent = now - timedelta(minutes=5)
     older = now - timedelta(days=3)

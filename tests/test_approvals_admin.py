@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from guardian.shortcuts import get_user_perms
 
-from approvals import services
+from approvals import selectors, services
 from approvals.models import ApprovalPolicy
 from governance.audit.models import AuditEvent
 from governance.tenancy.models import Membership
@@ -66,7 +66,7 @@ def test_a_policy_with_permission_holders_and_alternates_is_saved_from_the_form(
     assert 'name="stage0_object_permission" id="id_stage0_object_permission" checked' in edit
     assert 'name="alternate_roles" value="admin" id="id_alternate_roles_0" checked' in edit
     # Requests made under it carry both, frozen.
-    rules = services.policy_rules(tenant_a, world["scope"])
+    rules = selectors.policy_rules(tenant_a, world["scope"])
     assert rules.stages[0]["object_permission"] is True
     assert rules.alternates["roles"] == ["admin"]
 
@@ -125,7 +125,7 @@ def test_approver_permission_is_granted_and_revoked_with_an_audit_event(tenant_a
     victor, scope, server = cast["victor"], world["scope"], world["server"]
     services.approver_permission_grant(tenant=tenant_a, actor=SYSTEM, user=victor, obj=scope)
     assert get_user_perms(victor, scope).filter(codename="approve_access").exists()
-    assert victor.pk in services.object_approvers(tenant_a, scope.pk)
+    assert victor.pk in selectors.object_approvers(tenant_a, scope.pk)
     with pytest.raises(ValidationError, match="victor already approves for scope payroll:write"):
         services.approver_permission_grant(tenant=tenant_a, actor=SYSTEM, user=victor, obj=scope)
     services.approver_permission_grant(tenant=tenant_a, actor=SYSTEM, user=victor, obj=server)
@@ -228,11 +228,11 @@ def test_a_permission_holder_becomes_eligible_and_stops_being_when_removed(tenan
     request = services.access_request_create(
         tenant=tenant_a, actor=SYSTEM, requester=cast["dave"], agent=world["bot"],
         scope=world["scope"], duration_minutes=60, justification="month end")
-    assert cast["bob"].pk in services.eligible_for(tenant_a, request)
+    assert cast["bob"].pk in selectors.eligible_for(tenant_a, request)
     client = login(cast["alice"])
     client.post(_url("approvers", "scopes", world["scope"].pk, "members",
                      _member(tenant_a, cast["bob"]).pk, "remove"))
-    assert cast["bob"].pk not in services.eligible_for(tenant_a, request)
+    assert cast["bob"].pk not in selectors.eligible_for(tenant_a, request)
     with pytest.raises(ValidationError):
         services.access_request_decide(tenant=tenant_a, actor=SYSTEM, request=request,
                                        approver=cast["bob"], outcome="approve")

@@ -1,4 +1,4 @@
-"""Access requests and their decisions (approvals/services.py): the separation-of-duties rules
+"""Access requests and their decisions (approvals/services/): the separation-of-duties rules
 hold in the service layer, whatever calls it."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _decide(tenant, request, approver, outcome="approve", **kwargs):
 
 def test_an_owner_requests_and_an_approver_grants_for_the_duration(tenant_a, world, dave, bob):
     request = _request(tenant_a, world, dave, ticket="CHG-42")
-    assert request.status == "pending" and request.stages == services.BUILT_IN_STAGES
+    assert request.status == "pending" and request.stages == selectors.BUILT_IN_STAGES
     assert request.deadline > timezone.now() + timedelta(hours=23)
     before = timezone.now()
     outcome = _decide(tenant_a, request, bob)
@@ -226,15 +226,15 @@ def test_a_policy_nobody_could_pass_is_refused(tenant_a, world, bob):
 def test_the_most_specific_policy_applies(tenant_a, world, bob, alice):
     services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, decision_hours=48,
                                   stages=[{"roles": ["admin"]}])
-    assert services.policy_for(tenant_a, world["scope"]) == (
+    assert selectors.policy_for(tenant_a, world["scope"]) == (
         [{"approvals_required": 1, "roles": ["admin"], "idp_group": "",
           "object_permission": False}], 48)
     services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, risk_level=world[
         "scope"].risk_level, decision_hours=12, stages=[{"roles": ["approver"]}])
-    assert services.policy_for(tenant_a, world["scope"])[1] == 12
+    assert selectors.policy_for(tenant_a, world["scope"])[1] == 12
     services.approval_policy_save(tenant=tenant_a, actor=SYSTEM, scope=world["scope"],
                                   decision_hours=2, stages=[{"roles": ["approver", "admin"]}])
-    assert services.policy_for(tenant_a, world["scope"])[1] == 2
+    assert selectors.policy_for(tenant_a, world["scope"])[1] == 2
 
 
 @pytest.mark.django_db(transaction=True)

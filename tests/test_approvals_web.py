@@ -77,7 +77,7 @@ def test_inbox_follows_the_stage_eligibility_of_the_services(tenant_a, world, ca
                                   stages=[{"approvals_required": 1, "roles": [],
                                            "idp_group": "security-leads"}])
     request = _request(tenant_a, world, cast["dave"])
-    eligible = services.eligible_user_ids(tenant_a, request.stages[0])
+    eligible = selectors.eligible_user_ids(tenant_a, request.stages[0])
     for user in (cast["alice"], cast["bob"], cast["audrey"], cast["victor"]):
         shown = request.pk in [r.pk for r in selectors.inbox_requests(tenant_a, user)]
         assert shown == (user.pk in eligible), user

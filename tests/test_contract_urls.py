@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from alerts.models import Alert, AlertRule
 from alerts.services import alert_rules_for
+from approvals import selectors as approval_selectors
 from approvals import services as approval_services
 from approvals.models import AccessRequest, ApprovalPolicy, Escalation
 from bundles import services as bundle_services
@@ -249,7 +250,7 @@ def objects_a(cast, tenant_a):
         Escalation: Escalation.objects.create(
             tenant=tenant_a, gateway=gateway, call_id="c-1", agent=agent, scope=scope,
             server="payroll", tool="read_salary", arguments_sha256="0" * 64,
-            stages=approval_services.BUILT_IN_STAGES,
+            stages=approval_selectors.BUILT_IN_STAGES,
             deadline=timezone.now() + timedelta(minutes=15)),
     }
     # objects: decisions

@@ -13,7 +13,7 @@ from django.db import connection
 from django.utils import timezone
 
 from approvals.models import Escalation
-from approvals.services import BUILT_IN_STAGES
+from approvals.selectors import BUILT_IN_STAGES
 from bundles.publish import bundle_publish
 from decision_logs import services, views
 from decision_logs.models import DecisionLog

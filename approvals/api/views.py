@@ -18,15 +18,24 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from approvals import selectors, services
+from approvals import selectors
 from approvals.access import (
     access_escalation,
     access_escalations,
     access_policy,
     access_request,
+    sees_every_request,
 )
 from approvals.api import serializers as s
 from approvals.models import AccessRequest, ApprovalDecision, ApprovalPolicy, Escalation
+from approvals.services.break_glass import break_glass_grant
+from approvals.services.escalations import escalation_decide
+from approvals.services.policies import approval_policy_delete, approval_policy_save
+from approvals.services.requests import (
+    access_request_cancel,
+    access_request_create,
+    access_request_decide,
+)
 from governance.tenancy.access import access_object
 from governance.tenancy.api.base import TenantViewSet
 from governance.tenancy.api.schema import NO_CONTENT, READ, WRITE, error_responses
@@ -69,7 +78,7 @@ class AccessRequestViewSet(TenantViewSet):
 
     def visible(self, rows: QuerySet[AccessRequest]) -> QuerySet[AccessRequest]:
         ctx = self.tenancy
-        if ctx.can(Cap.MANAGE_REGISTRY) or ctx.can(Cap.VIEW_AUDIT) or ctx.user is None:
+        if sees_every_request(ctx) or ctx.user is None:
             return rows
         waiting = [r.pk for r in selectors.inbox_requests(ctx.tenant, ctx.user)]
         return rows.filter(Q(requester=ctx.user) | Q(pk__in=waiting))
@@ -104,8 +113,8 @@ class AccessRequestViewSet(TenantViewSet):
     def create(self, request: Request, tenant_slug: str) -> Response:
         requester = _person(self, "Requesting access")
         values = self.parse(s.AccessRequestIn)
-        created = services.access_request_create(**self.service_kwargs(), requester=requester,
-                                                 **values)
+        created = access_request_create(**self.service_kwargs(), requester=requester,
+                                        **values)
         return Response(self.out(created), status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -123,8 +132,8 @@ class AccessRequestViewSet(TenantViewSet):
         approver = _person(self, "Deciding")
         target = access_object(self.tenancy.tenant, AccessRequest, pk)
         values = self.parse(s.DecideIn)
-        outcome = services.access_request_decide(**self.service_kwargs(), request=target,
-                                                 approver=approver, **values)
+        outcome = access_request_decide(**self.service_kwargs(), request=target,
+                                        approver=approver, **values)
         return Response({"request": self.out(outcome.request), "message": outcome.message,
                          "changed": outcome.changed})
 
@@ -138,7 +147,7 @@ class AccessRequestViewSet(TenantViewSet):
     def cancel(self, request: Request, tenant_slug: str, pk: str) -> Response:
         by = _person(self, "Cancelling")
         target = access_request(self.tenancy, pk)
-        outcome = services.access_request_cancel(**self.service_kwargs(), request=target, by=by)
+        outcome = access_request_cancel(**self.service_kwargs(), request=target, by=by)
         return Response({"request": self.out(outcome.request), "message": outcome.message,
                          "changed": outcome.changed})
 
@@ -180,7 +189,7 @@ class ApprovalPolicyViewSet(TenantViewSet):
     def create(self, request: Request, tenant_slug: str) -> Response:
         values = self.parse(s.PolicyIn)
         values["risk_level"] = values.get("risk_level") or ""
-        policy = services.approval_policy_save(**self.service_kwargs(), **values)
+        policy = approval_policy_save(**self.service_kwargs(), **values)
         return Response(self.out(policy), status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -196,7 +205,7 @@ class ApprovalPolicyViewSet(TenantViewSet):
         current = [{"approvals_required": st.approvals_required, "roles": st.roles,
                     "idp_group": st.idp_group, "object_permission": st.object_permission}
                    for st in policy.stages.order_by("position")]
-        policy = services.approval_policy_save(
+        policy = approval_policy_save(
             **self.service_kwargs(), scope=policy.scope, risk_level=policy.risk_level,
             decision_hours=values.get("decision_hours", policy.decision_hours),
             stages=values.get("stages", current),
@@ -208,7 +217,7 @@ class ApprovalPolicyViewSet(TenantViewSet):
                                "one.", responses=NO_CONTENT)
     def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
         policy = access_policy(self.tenancy, pk, write=True)
-        services.approval_policy_delete(**self.service_kwargs(), policy=policy)
+        approval_policy_delete(**self.service_kwargs(), policy=policy)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -261,8 +270,8 @@ class EscalationViewSet(TenantViewSet):
         approver = _person(self, "Deciding")
         target = access_escalation(self.tenancy, pk)
         values = self.parse(s.DecideIn)
-        outcome = services.escalation_decide(**self.service_kwargs(), escalation=target,
-                                             approver=approver, **values)
+        outcome = escalation_decide(**self.service_kwargs(), escalation=target,
+                                    approver=approver, **values)
         return Response({"escalation": self.out(outcome.item), "message": outcome.message,
                          "changed": outcome.changed})
 
@@ -273,7 +282,7 @@ class BreakGlassViewSet(TenantViewSet):
     and the grant is flagged in the audit trail (``grant.break_glass``) and the bundle."""
 
     model = Grant
-    capabilities = {"*": Cap.MANAGE_REGISTRY}
+    capabilities = {"*": Cap.BREAK_GLASS}
 
     @extend_schema(responses={200: s.BreakGlassOut(many=True), **READ, **error_responses(403)})
     def list(self, request: Request, tenant_slug: str) -> Response:
@@ -288,6 +297,6 @@ class BreakGlassViewSet(TenantViewSet):
     def create(self, request: Request, tenant_slug: str) -> Response:
         admin = _person(self, "Breaking the glass")
         values = self.parse(s.BreakGlassIn)
-        grant = services.break_glass_grant(**self.service_kwargs(), admin=admin, **values)
+        grant = break_glass_grant(**self.service_kwargs(), admin=admin, **values)
         grant = selectors.break_glass_grants(self.tenancy.tenant).get(pk=grant.pk)
         return Response(s.BreakGlassOut(grant).data, status=status.HTTP_201_CREATED)

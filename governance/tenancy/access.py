@@ -112,6 +112,21 @@ def resolve_for_token(token: ApiToken, slug: str) -> TenantContext:
     )
 
 
+def member_context(tenant: Tenant, user: AbstractBaseUser) -> TenantContext | None:
+    """``user`` acting in person in ``tenant`` with their current role, whatever token or
+    session they came with (services re-check the person this way); None for a non-member."""
+    membership = Membership.objects.for_tenant(tenant).filter(user=user).first()
+    if membership is None:
+        return None
+    return TenantContext(tenant=tenant, role=membership.role, user=user, membership=membership)
+
+
+def member_can(tenant: Tenant, user: AbstractBaseUser, cap: Cap) -> bool:
+    """Whether ``user``, in person with their current role in ``tenant``, holds ``cap``."""
+    ctx = member_context(tenant, user)
+    return ctx is not None and ctx.can(cap)
+
+
 def access_object(tenant: Tenant, model: type[M], pk: object) -> M:
     """One row of a tenant-owned model, or 404 (also for another tenant's row)."""
     try:

@@ -41,6 +41,7 @@ class Cap(StrEnum):
     OWN_AGENTS = "agents.own"
     REQUEST_ACCESS = "access.request"
     DECIDE_APPROVALS = "approvals.decide"
+    BREAK_GLASS = "grants.break_glass"
     MANAGE_NOTIFICATIONS = "notifications.manage"
     MANAGE_EXPORTS = "exports.manage"
     MANAGE_ALERTS = "alerts.manage"
@@ -71,6 +72,7 @@ CAPABILITY_LABELS: dict[Cap, str] = {
     Cap.OWN_AGENTS: "Own and manage own agents",
     Cap.REQUEST_ACCESS: "Request tool scopes for agents",
     Cap.DECIDE_APPROVALS: "Decide access requests and escalations",
+    Cap.BREAK_GLASS: "Break the glass: grant a scope at once, without approval (alerted)",
     Cap.MANAGE_NOTIFICATIONS: "Manage notification channels and see deliveries",
     Cap.MANAGE_EXPORTS: "Manage SIEM exporters (audit events and decision logs)",
     Cap.MANAGE_ALERTS: "Configure alert rules and acknowledge alerts",
@@ -93,6 +95,11 @@ IDENTITY_CAPABILITIES: frozenset[Cap] = frozenset({
 
 def capabilities(role: str) -> frozenset[Cap]:
     return ROLE_CAPABILITIES.get(role, frozenset())
+
+
+def roles_with(cap: Cap) -> list[str]:
+    """The roles that carry ``cap``, strongest first (e.g. who to alert about its use)."""
+    return [role for role in ROLE_PRECEDENCE if cap in capabilities(role)]
 
 
 def principal_capabilities(role: str, *, service_token: bool) -> frozenset[Cap]:
