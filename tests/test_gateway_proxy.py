@@ -40,9 +40,10 @@ from governance.bundles import selectors
 from governance.bundles.packaging import public_jwk
 from governance.bundles.publish import bundle_publish
 from registry import services as registry
-from registry.discovery import ToolDefinition, discover_tools
-from registry.discovery import definition_sha256 as control_plane_sha256
+from registry.discovery import discover_tools
 from registry.models import Tool
+from registry.tool_definition import ToolDefinition
+from registry.tool_definition import definition_sha256 as control_plane_sha256
 from tests.mcp_support import as_agent
 
 SYSTEM = Actor.system("test")

@@ -21,8 +21,8 @@ from django.utils import timezone
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from registry import services
-from registry.discovery import ToolDefinition, definition_sha256
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, ServerSync, Tool, ToolScope
+from registry.tool_definition import ToolDefinition, definition_sha256
 from tests.factories import MembershipFactory, UserFactory, actions
 
 SYSTEM = Actor.system("test")
