@@ -97,6 +97,15 @@ def scope_list(tenant: Tenant, *, search: str = "", risk_level: str = "") -> Que
     return scopes.order_by("name")
 
 
+def scope_tools(tenant: Tenant, scope: ToolScope) -> QuerySet[Tool]:
+    return (Tool.objects.for_tenant(tenant).filter(scopes=scope).select_related("server")
+            .order_by("server__name", "name"))
+
+
+def tool_scopes(tenant: Tenant, tool: Tool) -> QuerySet[ToolScope]:
+    return ToolScope.objects.for_tenant(tenant).filter(tools=tool).order_by("name")
+
+
 def agent_list(
     tenant: Tenant, *, search: str = "", status: str = "", owner=None
 ) -> QuerySet[Agent]:

@@ -14,7 +14,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, UnsupportedMediaType, ValidationError
+from rest_framework.exceptions import PermissionDenied, UnsupportedMediaType
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -152,22 +152,18 @@ class ServerViewSet(TenantViewSet):
             parser_classes=[JSONParser, MultiPartParser])
     def import_server(self, request: Request, tenant_slug: str) -> Response:
         server = server_import(
-            **self.service_kwargs(), document=self._document(request), owner=self.tenancy.user
+            **self.service_kwargs(), document=self._document(), owner=self.tenancy.user
         )
         return Response(self.out(server), status=status.HTTP_201_CREATED)
 
-    @staticmethod
-    def _document(request: Request) -> bytes:
-        """The raw document: the services parse it, so a broken one is reported like the rest."""
-        media_type = (request.content_type or "").split(";")[0].strip().lower()
+    def _document(self) -> bytes:
+        """The raw document: the services parse it, so a broken one is reported like the rest
+        (the JSON body is the document itself, any keys; an upload takes the field file only)."""
+        media_type = (self.request.content_type or "").split(";")[0].strip().lower()
         if media_type == "multipart/form-data":
-            upload = request.data.get("file")
-            if upload is None or isinstance(upload, str):
-                raise ValidationError({"file": ["Upload the server.json document as the field "
-                                                "'file', or send it as the JSON body."]})
-            return upload.read(MAX_DOCUMENT_BYTES + 1)
+            return self.parse(s.ServerImportUploadIn)["file"].read(MAX_DOCUMENT_BYTES + 1)
         if media_type == "application/json" or media_type.endswith("+json"):
-            return request.body
+            return self.request.body
         raise UnsupportedMediaType(media_type or "(none)")
 
 

@@ -84,7 +84,7 @@ def _agent_page(request: HttpRequest, agent: Agent, principal_form: PrincipalFor
     can_manage = can_manage_agent(ctx, agent)
     return render(request, "registry/agent.html", {
         "agent": agent,
-        "principals": agent.principals.order_by("issuer", "subject"),
+        "principals": selectors.principal_list(ctx.tenant, agent=agent),
         "grants": selectors.grant_list(ctx.tenant, agent=agent),
         "can_manage": can_manage,
         "principal_form": (principal_form or PrincipalForm()) if can_manage else None,

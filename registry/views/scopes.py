@@ -66,7 +66,7 @@ class ScopeDetailView(TenantPageView):
         scope = access_scope(self.tenancy, scope_id)
         return render(request, "registry/scope.html", {
             "scope": scope,
-            "tools": scope.tools.select_related("server").order_by("server__name", "name"),
+            "tools": selectors.scope_tools(self.tenant, scope),
             "grants": selectors.grant_list(self.tenant, scope=scope),
         })
 

@@ -72,7 +72,7 @@ class ToolDetailView(TenantPageView):
             "annotations": pretty_json(tool.annotations) if tool.annotations else "",
             "diff": diff,
             "unchanged": [part["label"] for part in diff or () if not part["changed"]],
-            "scopes": tool.scopes.order_by("name"),
+            "scopes": selectors.tool_scopes(self.tenant, tool),
         })
 
 
