@@ -25,8 +25,8 @@ from governance.audit.services import Actor
 from governance.tenancy.models import Tenant
 from governance.tenancy.services import tenant_create
 from registry import services as registry
-from registry.discovery import ToolDefinition, definition_sha256
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, Tool, ToolScope
+from registry.tool_definition import ToolDefinition, definition_sha256
 
 SYSTEM = Actor.system("bench")
 IDP = "https://idp.bench.example"

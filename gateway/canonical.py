@@ -1,11 +1,11 @@
 """The tool definition hash, as the gateway recomputes it from a live ``tools/list`` entry.
 
-The control plane pins this hash when a tool is approved (``registry/discovery.py``,
+The control plane pins this hash when a tool is approved (``registry/tool_definition.py``,
 ``definition_sha256``) and ships it in ``mcp/data.json`` as ``tools[<server>/<tool>]
 ["definition_sha256"]``. A gateway hashes the upstream's CURRENT definition the same way and
 refuses the call when the two differ: drift is caught at the edge. This module is the ONE
 implementation of the rules (a cross-component contract): the control plane's
-``registry/discovery.py`` calls it too, so the two sides cannot drift apart.
+``registry/tool_definition.py`` calls it too, so the two sides cannot drift apart.
 
 1. Take exactly the Tool keys ``name``, ``title``, ``description``, ``inputSchema``,
    ``outputSchema``, ``annotations`` (``icons``, ``_meta``, ``execution``… are ignored). A missing
@@ -16,7 +16,8 @@ implementation of the rules (a cross-component contract): the control plane's
    allow_nan=False)`` and encode as UTF-8.
 3. SHA-256, lower-case hex.
 
-Pure Python, no Django.
+Pure Python, no Django. :func:`canonical_json` (rule 2 for any JSON value) is also THE
+canonical JSON of the control plane: the audit chain hashes its events with it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ import json
 import math
 from collections.abc import Mapping
 from typing import Any
+
+
+def canonical_json(value: Any) -> bytes:
+    """Rule 2 for any JSON value: sorted keys (by code point), no insignificant whitespace,
+    UTF-8, and ValueError for NaN or an infinity (JSON cannot carry them)."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def normalised_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,12 +78,10 @@ def canonical_bytes(tool: Mapping[str, Any]) -> bytes:
     payload = normalised_tool(tool)
     try:
         _reject_non_finite(payload, payload["name"])
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
+        return canonical_json(payload)
     except RecursionError:  # a malformed Tool like any other, not a crash of the caller
         raise ValueError(f"tool {payload['name']!r}: its definition is nested too deeply") \
             from None
-    return text.encode("utf-8")
 
 
 def definition_sha256(tool: Mapping[str, Any]) -> str:

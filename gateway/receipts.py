@@ -30,6 +30,7 @@ from typing import Any
 
 import jwt
 
+from gateway.canonical import canonical_json
 from gateway.verify import ALGORITHM, BundleRejected, _find_jwk, _public_key
 
 RECEIPT_TYPE = "tollgate-receipt+jwt"
@@ -50,11 +51,10 @@ def arguments_sha256(arguments: Mapping[str, Any] | None) -> str:
     """Hex SHA-256 of the call's arguments as canonical JSON (``{}`` when there are none);
     ValueError when they are not JSON (NaN, a lone surrogate, nesting too deep to serialise)."""
     try:
-        canonical = json.dumps(dict(arguments or {}), sort_keys=True, separators=(",", ":"),
-                               ensure_ascii=False, allow_nan=False)
+        canonical = canonical_json(dict(arguments or {}))
     except RecursionError:
         raise ValueError("the arguments are nested too deeply to hash") from None
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def verify_receipt(token: str, jwks: Mapping[str, Any], *, tenant: str, escalation_id: str,

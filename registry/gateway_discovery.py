@@ -33,7 +33,7 @@ from governance.tenancy.models import Tenant
 from registry import stdio_sandbox
 from registry.discovery import ToolDefinition, canonical_definition
 from registry.models import GatewayBinding, McpServer, ServerSync, Tool
-from registry.services import tools_record_discovery
+from registry.services.tools import tools_record_discovery
 
 DISCOVERY_HEADER = "X-Tollgate-Discovery-Requested"
 # Servers in these states take reports (as registry.sync.SYNCABLE: a retired server does not).

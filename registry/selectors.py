@@ -9,6 +9,9 @@ from django.utils import timezone
 from governance.tenancy.models import Tenant
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, ServerSync, Tool, ToolScope
 
+REVIEW_STATES = (Tool.Status.PENDING_REVIEW, Tool.Status.QUARANTINED)
+"""The tool states a person has to look at (new or changed definitions)."""
+
 
 def server_list(
     tenant: Tenant, *, search: str = "", status: str = "", transport: str = ""
@@ -21,7 +24,7 @@ def server_list(
             tool_count=Count("tools", filter=Q(tools__present=True), distinct=True),
             review_count=Count(
                 "tools",
-                filter=Q(tools__status__in=[Tool.Status.PENDING_REVIEW, Tool.Status.QUARANTINED]),
+                filter=Q(tools__status__in=REVIEW_STATES),
                 distinct=True,
             ),
         )
@@ -60,10 +63,14 @@ def tool_list(
     return tools.order_by("server__name", "name")
 
 
-def tools_needing_review(tenant: Tenant) -> QuerySet[Tool]:
-    return tool_list(tenant).filter(
-        status__in=[Tool.Status.PENDING_REVIEW, Tool.Status.QUARANTINED]
-    )
+def tools_needing_review(tenant: Tenant, *, server: McpServer | int | None = None
+                         ) -> QuerySet[Tool]:
+    return tool_list(tenant, server=server).filter(status__in=REVIEW_STATES)
+
+
+def server_any(tenant: Tenant) -> bool:
+    """Whether the tenant registered any server at all (the empty list's first-step hint)."""
+    return McpServer.objects.for_tenant(tenant).exists()
 
 
 def server_syncs(tenant: Tenant, server: McpServer) -> QuerySet[ServerSync]:
@@ -88,6 +95,15 @@ def scope_list(tenant: Tenant, *, search: str = "", risk_level: str = "") -> Que
     if risk_level:
         scopes = scopes.filter(risk_level=risk_level)
     return scopes.order_by("name")
+
+
+def scope_tools(tenant: Tenant, scope: ToolScope) -> QuerySet[Tool]:
+    return (Tool.objects.for_tenant(tenant).filter(scopes=scope).select_related("server")
+            .order_by("server__name", "name"))
+
+
+def tool_scopes(tenant: Tenant, tool: Tool) -> QuerySet[ToolScope]:
+    return ToolScope.objects.for_tenant(tenant).filter(tools=tool).order_by("name")
 
 
 def agent_list(

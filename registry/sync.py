@@ -34,9 +34,10 @@ from governance.audit.services import Actor, audit_record
 from governance.tasking import enqueue_on_commit
 from governance.tenancy.models import Tenant
 from registry import gateway_discovery, stdio_sandbox
-from registry.discovery import BLOCKED_ADDRESS, DiscoveryError, discover_tools
+from registry.discovery import discover_tools
+from registry.discovery_errors import BLOCKED_ADDRESS, DiscoveryError
 from registry.models import McpServer, ServerSync
-from registry.services import tools_record_discovery
+from registry.services.tools import tools_record_discovery
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from governance.audit.services import Actor
 from governance.tenancy import services
 from governance.tenancy.models import IdpGroupMapping, Membership, Tenant
 from governance.tenancy.roles import Role
-from registry.discovery import ToolDefinition, definition_sha256
+from registry.tool_definition import ToolDefinition, definition_sha256
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -88,7 +88,7 @@ class Def:
 
 
 def def_sha(d: Def) -> str:
-    """The real contract hash (registry.discovery), the one gateways recompute."""
+    """The real contract hash (registry.tool_definition), the one gateways recompute."""
     return definition_sha256(ToolDefinition(
         name=d.name, title=d.title, description=d.description, input_schema=d.input_schema,
         output_schema=d.output_schema, annotations=d.annotations))

@@ -225,3 +225,54 @@ def test_the_openapi_schema_validates_without_warnings(tmp_path):
     call_command("spectacular", "--validate", "--fail-on-warn", "--file",
                  str(tmp_path / "schema.yml"))
     assert "/api/v1/t/{tenant_slug}/audit-events/" in (tmp_path / "schema.yml").read_text()
+
+
+# --- Unknown fields ----------------------------------------------------------------------------
+
+
+def _unknown(field: str, takes: str) -> dict:
+    """The error every API endpoint answers a body field it does not take with (TenantViewSet
+    .parse(), as the registry endpoints: tests/test_registry_api.py)."""
+    message = f"Unknown field; this takes {takes}."
+    return {"code": "invalid", "message": message, "errors": {field: [message]}}
+
+
+def test_changing_a_role_refuses_a_field_it_does_not_take(api, token_for, alice, tenant_a):
+    client = api(token_for(alice, tenant_a))
+    pk = services.membership_create(tenant=tenant_a, actor=Actor.system("test"),
+                                    user=UserFactory(username="zed"), role="developer").pk
+    response = client.patch(f"/api/v1/t/alpha/members/{pk}/",
+                            {"role": "auditor", "user": "alice"}, format="json")
+    assert response.status_code == 400
+    assert response.json() == _unknown("user", "role")
+    assert Membership.objects.get(pk=pk).role == "developer"
+    assert not AuditEvent.objects.filter(action="membership.role_changed").exists()
+
+
+def test_group_mappings_refuse_fields_they_do_not_take(api, token_for, alice, tenant_a):
+    client = api(token_for(alice, tenant_a))
+    response = client.post("/api/v1/t/alpha/group-mappings/",
+                           {"group": "ops", "role": "viewer", "tenant": "bravo"}, format="json")
+    assert response.status_code == 400
+    assert response.json() == _unknown("tenant", "group, role")
+    assert not IdpGroupMapping.objects.exists()
+    mapping = services.group_mapping_create(tenant=tenant_a, actor=Actor.system("test"),
+                                            group="ops", role="viewer")
+    response = client.patch(f"/api/v1/t/alpha/group-mappings/{mapping.pk}/",
+                            {"role": "admin", "group": "everyone"}, format="json")
+    assert response.status_code == 400
+    assert response.json() == _unknown("group", "role")
+    mapping.refresh_from_db()
+    assert (mapping.group, mapping.role) == ("ops", "viewer")
+
+
+def test_creating_a_token_refuses_a_field_it_does_not_take(api, token_for, victor, tenant_a):
+    client = api(token_for(victor, tenant_a))
+    before = ApiToken.objects.count()
+    expires = (timezone.now() + timedelta(days=10)).isoformat()
+    response = client.post("/api/v1/t/alpha/tokens/", {
+        "name": "ci", "role": "viewer", "expires_at": expires, "owner": "alice",
+    }, format="json")
+    assert response.status_code == 400
+    assert response.json() == _unknown("owner", "name, kind, role, expires_at")
+    assert ApiToken.objects.count() == before

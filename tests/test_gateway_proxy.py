@@ -40,9 +40,10 @@ from gateway.receipts import arguments_sha256
 from gateway.verify import VerifiedBundle, verify_bundle
 from governance.audit.services import Actor
 from registry import services as registry
-from registry.discovery import ToolDefinition, discover_tools
-from registry.discovery import definition_sha256 as control_plane_sha256
+from registry.discovery import discover_tools
 from registry.models import Tool
+from registry.tool_definition import ToolDefinition
+from registry.tool_definition import definition_sha256 as control_plane_sha256
 from tests.mcp_support import as_agent
 
 SYSTEM = Actor.system("test")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import copy
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -34,6 +35,7 @@ from hypothesis import strategies as st
 
 from bundles import selectors
 from bundles.publish import bundle_publish
+from gateway import canonical
 from gateway.canonical import definition_sha256 as gateway_sha256
 from gateway.constraints import (
     KEYWORDS,
@@ -47,11 +49,12 @@ from gateway.constraints import (
 from gateway.decision import ALLOW, DENY, ESCALATE, decide
 from gateway.receipts import arguments_sha256
 from gateway.verify import SIGNATURES, BundleRejected, verify_bundle
+from governance.audit import services as audit_services
 from registry import services as registry
 from registry.compiler import canonical_json, compile_data
-from registry.discovery import ToolDefinition
-from registry.discovery import definition_sha256 as control_plane_sha256
 from registry.models import Agent, Grant, McpServer
+from registry.tool_definition import ToolDefinition
+from registry.tool_definition import definition_sha256 as control_plane_sha256
 from tests.bundle_support import IDP, SYSTEM, decision_world
 from tests.hypothesis_support import PROFILE
 
@@ -164,6 +167,53 @@ def test_arguments_hash_is_a_digest_or_a_value_error(arguments, depth):
     except ValueError:
         return
     assert HEX64.fullmatch(digest)
+
+
+def _canonical_before_issue_18(value: Any) -> bytes:
+    """What the audit chain (governance/audit/services.canonical_bytes), the arguments hash
+    (gateway/receipts.py) and the definition hash (gateway/canonical.py) each wrote by hand
+    before they shared gateway.canonical.canonical_json."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def _outcome(function, value: Any) -> tuple[str, Any]:
+    try:
+        return "bytes", function(value)
+    except (ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        return "refused", type(exc)
+
+
+@PROFILE
+@given(JSONISH)
+@example(float("nan"))
+@example({"b": [1e16, -0.0, 2**70], "a": "\u00e9\U0001f600", "\ud800": None})
+@example({"deep": deeply_nested(5000)})
+def test_the_shared_canonical_json_writes_the_bytes_each_copy_wrote(value):
+    # Stored audit chains and pinned definition hashes are verified by recomputing these bytes:
+    # the one canonical JSON must write exactly what the copies did, and refuse what they
+    # refused (NaN, infinities, lone surrogates), for any value json.loads can return.
+    old = _outcome(_canonical_before_issue_18, value)
+    assert _outcome(canonical.canonical_json, value) == old
+    if old[0] == "bytes":
+        assert canonical.canonical_json(reorder(value)) == old[1]
+        arguments = {"value": value}
+        assert arguments_sha256(arguments) == hashlib.sha256(
+            _canonical_before_issue_18(arguments)).hexdigest()
+        assert audit_services.canonical_json is canonical.canonical_json
+
+
+@PROFILE
+@given(ANY_TOOLS)
+def test_the_definition_hash_did_not_change(tool):
+    try:
+        payload = canonical.normalised_tool(tool)
+        before = hashlib.sha256(_canonical_before_issue_18(payload)).hexdigest()
+    except (ValueError, RecursionError):
+        with pytest.raises(ValueError):
+            gateway_sha256(tool)
+        return
+    assert gateway_sha256(tool) == control_plane_sha256(tool) == before
 
 
 @dataclass(frozen=True)
@@ -425,7 +475,7 @@ def constraint_scope(tenant_a):
 @example(spec={"pay": {"amount": {"maximum": 2**53 - 1, "minimum": -(2**53 - 1)}}})
 def test_the_control_plane_accepts_exactly_the_specs_the_gateway_validator_accepts(
         constraint_scope, spec):
-    """grant_create (registry/services.py) stores a spec if and only if the gateway's
+    """grant_create (registry/services/grants.py) stores a spec if and only if the gateway's
     validator accepts it, the tenant's bundle can still be written, and the compiled bundle
     carries the same spec.
 

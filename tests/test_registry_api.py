@@ -21,8 +21,8 @@ from django.utils import timezone
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from registry import services
-from registry.discovery import ToolDefinition, definition_sha256
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, ServerSync, Tool, ToolScope
+from registry.tool_definition import ToolDefinition, definition_sha256
 from tests.factories import MembershipFactory, UserFactory, actions
 
 SYSTEM = Actor.system("test")
@@ -339,6 +339,13 @@ def test_import_of_something_that_is_not_json(admin):
             "document": ["Not valid JSON: Expecting value at line 1, column 1."]}
     missing = admin.post(f"{API}/servers/import/", {"other": "x"}, format="multipart")
     assert missing.status_code == 400 and list(missing.json()["errors"]) == ["file"]
+    extra = admin.post(f"{API}/servers/import/", {
+        "file": SimpleUploadedFile("server.json", json.dumps(REMOTE_DOC).encode()),
+        "owner": "victor",
+    }, format="multipart")
+    assert extra.status_code == 400
+    assert extra.json() == {"code": "invalid", "message": "Unknown field; this takes file.",
+                            "errors": {"owner": ["Unknown field; this takes file."]}}
     wrong = admin.post(f"{API}/servers/import/", "x", content_type="text/plain")
     assert wrong.status_code == 415 and wrong.json()["code"] == "unsupported_media_type"
     assert not McpServer.objects.exists()

@@ -21,14 +21,13 @@ from typing import Any
 
 import pytest
 
-from registry.discovery import (
+from registry.discovery import DiscoveryResult, discover_tools
+from registry.discovery_errors import DiscoveryError
+from registry.tool_definition import (
     CANONICAL_KEYS,
-    DiscoveryError,
-    DiscoveryResult,
     ToolDefinition,
     canonical_definition,
     definition_sha256,
-    discover_tools,
 )
 from tests.mcp_servers.not_mcp import CannedHttpServer, HandRolledMcpServer, SilentServer
 from tests.mcp_support import STARTUP_SECONDS, MutableServer, tool

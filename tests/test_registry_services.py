@@ -13,8 +13,8 @@ from gateway.constraints import ConstraintError, matches, validate_constraints, 
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from registry import services
-from registry.discovery import ToolDefinition, definition_sha256
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, Tool, ToolScope
+from registry.tool_definition import ToolDefinition, definition_sha256
 from tests.factories import Def, def_sha
 
 SYSTEM = Actor.system("test")

@@ -18,8 +18,8 @@ from bundles.models import Gateway
 from decision_logs.models import DecisionLog
 from governance.audit.services import Actor
 from registry import services as registry
-from registry.discovery import ToolDefinition
 from registry.models import Agent, McpServer, Tool
+from registry.tool_definition import ToolDefinition
 from tests.bundle_support import make_gateway
 from tests.test_contract_urls import TENANT_ROUTES, _values, all_routes, objects_a  # noqa: F401
 from tests.ui_support import PASSWORD

@@ -17,6 +17,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from gateway.canonical import canonical_json
 from governance import context
 from governance.audit.models import GENESIS_HASH, AuditChain, AuditEvent
 from governance.tenancy.models import Tenant
@@ -50,13 +51,6 @@ def to_json(value: Any) -> Any:
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 
-def canonical_bytes(value: Any) -> bytes:
-    """Canonical JSON: sorted keys, no insignificant whitespace, UTF-8."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
-
-
 def _timestamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -80,7 +74,7 @@ def event_document(event: AuditEvent, chain_key: str) -> dict[str, Any]:
 def compute_hash(prev_hash: str, event: AuditEvent, chain_key: str) -> str:
     """hash = sha256(prev_hash || canonical event)."""
     digest = hashlib.sha256(prev_hash.encode("ascii"))
-    digest.update(canonical_bytes(event_document(event, chain_key)))
+    digest.update(canonical_json(event_document(event, chain_key)))
     return digest.hexdigest()
 
 

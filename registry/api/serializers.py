@@ -130,7 +130,8 @@ class ServerTransitionIn(serializers.Serializer):
 
 
 class ServerImportUploadIn(serializers.Serializer):
-    file = serializers.FileField(help_text="the server.json document (at most 256 KiB)")
+    file = serializers.FileField(help_text="the server.json document (at most 256 KiB)",
+                                 allow_empty_file=True)  # an empty one is "Not valid JSON"
 
 
 class SyncBriefOut(serializers.ModelSerializer):

@@ -14,7 +14,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, UnsupportedMediaType, ValidationError
+from rest_framework.exceptions import PermissionDenied, UnsupportedMediaType
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -23,7 +23,7 @@ from governance.tenancy.api.base import TenantViewSet
 from governance.tenancy.api.schema import NO_CONTENT, READ, WRITE, error_responses
 from governance.tenancy.models import Membership
 from governance.tenancy.roles import Cap
-from registry import selectors, services
+from registry import selectors
 from registry.access import (
     access_agent,
     access_grant,
@@ -37,6 +37,17 @@ from registry.access import (
 from registry.api import serializers as s
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, ServerSync, Tool, ToolScope
 from registry.server_json import MAX_DOCUMENT_BYTES
+from registry.services.agents import (
+    agent_create,
+    agent_principal_add,
+    agent_principal_remove,
+    agent_transition,
+    agent_update,
+)
+from registry.services.grants import grant_create, grant_revoke, grant_update
+from registry.services.scopes import scope_create, scope_delete, scope_set_tools, scope_update
+from registry.services.servers import server_create, server_import, server_transition, server_update
+from registry.services.tools import tool_approve, tool_block
 from registry.sync import server_sync_request
 
 # --- Servers -----------------------------------------------------------------------------------
@@ -74,14 +85,14 @@ class ServerViewSet(TenantViewSet):
     def create(self, request: Request, tenant_slug: str) -> Response:
         values = self.parse(s.ServerIn)
         values.setdefault("owner", self.tenancy.user)
-        server = services.server_create(**self.service_kwargs(), **values)
+        server = server_create(**self.service_kwargs(), **values)
         return Response(self.out(server), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.ServerIn(partial=True), responses={200: s.ServerOut, **WRITE})
     def partial_update(self, request: Request, tenant_slug: str, pk: str) -> Response:
         server = access_server(self.tenancy, pk, write=True)
         values = self.parse(s.ServerIn, partial=True)
-        server = services.server_update(**self.service_kwargs(), server=server, **values)
+        server = server_update(**self.service_kwargs(), server=server, **values)
         return Response(self.out(server))
 
     @extend_schema(
@@ -90,7 +101,7 @@ class ServerViewSet(TenantViewSet):
     )
     def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
         server = access_server(self.tenancy, pk, write=True)
-        services.server_transition(**self.service_kwargs(), server=server,
+        server_transition(**self.service_kwargs(), server=server,
                                    status=McpServer.Status.RETIRED)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -104,7 +115,7 @@ class ServerViewSet(TenantViewSet):
     def transition(self, request: Request, tenant_slug: str, pk: str) -> Response:
         server = access_server(self.tenancy, pk, write=True)
         values = self.parse(s.ServerTransitionIn)
-        server = services.server_transition(**self.service_kwargs(), server=server, **values)
+        server = server_transition(**self.service_kwargs(), server=server, **values)
         return Response(self.out(server))
 
     @extend_schema(
@@ -140,23 +151,19 @@ class ServerViewSet(TenantViewSet):
     @action(detail=False, methods=["post"], url_path="import", url_name="import",
             parser_classes=[JSONParser, MultiPartParser])
     def import_server(self, request: Request, tenant_slug: str) -> Response:
-        server = services.server_import(
-            **self.service_kwargs(), document=self._document(request), owner=self.tenancy.user
+        server = server_import(
+            **self.service_kwargs(), document=self._document(), owner=self.tenancy.user
         )
         return Response(self.out(server), status=status.HTTP_201_CREATED)
 
-    @staticmethod
-    def _document(request: Request) -> bytes:
-        """The raw document: the services parse it, so a broken one is reported like the rest."""
-        media_type = (request.content_type or "").split(";")[0].strip().lower()
+    def _document(self) -> bytes:
+        """The raw document: the services parse it, so a broken one is reported like the rest
+        (the JSON body is the document itself, any keys; an upload takes the field file only)."""
+        media_type = (self.request.content_type or "").split(";")[0].strip().lower()
         if media_type == "multipart/form-data":
-            upload = request.data.get("file")
-            if upload is None or isinstance(upload, str):
-                raise ValidationError({"file": ["Upload the server.json document as the field "
-                                                "'file', or send it as the JSON body."]})
-            return upload.read(MAX_DOCUMENT_BYTES + 1)
+            return self.parse(s.ServerImportUploadIn)["file"].read(MAX_DOCUMENT_BYTES + 1)
         if media_type == "application/json" or media_type.endswith("+json"):
-            return request.body
+            return self.request.body
         raise UnsupportedMediaType(media_type or "(none)")
 
 
@@ -213,14 +220,14 @@ class ToolViewSet(TenantViewSet):
     @action(detail=True, methods=["post"])
     def approve(self, request: Request, tenant_slug: str, pk: str) -> Response:
         tool = access_tool(self.tenancy, pk, write=True)
-        return Response(self.out(services.tool_approve(**self.service_kwargs(), tool=tool)))
+        return Response(self.out(tool_approve(**self.service_kwargs(), tool=tool)))
 
     @extend_schema(request=None, description="Block the tool: it leaves every bundle.",
                    responses={200: s.ToolDetailOut, **WRITE})
     @action(detail=True, methods=["post"])
     def block(self, request: Request, tenant_slug: str, pk: str) -> Response:
         tool = access_tool(self.tenancy, pk, write=True)
-        return Response(self.out(services.tool_block(**self.service_kwargs(), tool=tool)))
+        return Response(self.out(tool_block(**self.service_kwargs(), tool=tool)))
 
 
 # --- Scopes ------------------------------------------------------------------------------------
@@ -252,7 +259,7 @@ class ScopeViewSet(TenantViewSet):
 
     @extend_schema(request=s.ScopeIn, responses={201: s.ScopeOut, **WRITE})
     def create(self, request: Request, tenant_slug: str) -> Response:
-        scope = services.scope_create(**self.service_kwargs(), **self.parse(s.ScopeIn))
+        scope = scope_create(**self.service_kwargs(), **self.parse(s.ScopeIn))
         return Response(self.out(scope), status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -266,15 +273,15 @@ class ScopeViewSet(TenantViewSet):
         tools = values.pop("tools", None)
         with transaction.atomic():  # one PATCH, one outcome
             if values:
-                scope = services.scope_update(**self.service_kwargs(), scope=scope, **values)
+                scope = scope_update(**self.service_kwargs(), scope=scope, **values)
             if tools is not None:
-                scope = services.scope_set_tools(**self.service_kwargs(), scope=scope, tools=tools)
+                scope = scope_set_tools(**self.service_kwargs(), scope=scope, tools=tools)
         return Response(self.out(scope))
 
     @extend_schema(description="Delete a scope that was never granted.", responses=NO_CONTENT)
     def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
         scope = access_scope(self.tenancy, pk, write=True)
-        services.scope_delete(**self.service_kwargs(), scope=scope)
+        scope_delete(**self.service_kwargs(), scope=scope)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -328,7 +335,7 @@ class AgentViewSet(TenantViewSet):
                                        "the person registering it; use a personal token.")
             if owner != self.tenancy.user:
                 raise PermissionDenied("Only an admin may register an agent for someone else.")
-        agent = services.agent_create(**self.service_kwargs(), owner=owner, **values)
+        agent = agent_create(**self.service_kwargs(), owner=owner, **values)
         return Response(self.out(agent), status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -345,7 +352,7 @@ class AgentViewSet(TenantViewSet):
             and not self.tenancy.can(Cap.MANAGE_REGISTRY)
         ):
             raise PermissionDenied("Only an admin may change an agent's owner.")
-        agent = services.agent_update(**self.service_kwargs(), agent=agent, **values)
+        agent = agent_update(**self.service_kwargs(), agent=agent, **values)
         return Response(self.out(agent))
 
     @extend_schema(request=s.AgentTransitionIn, description="Suspend or reactivate (owner or "
@@ -354,7 +361,7 @@ class AgentViewSet(TenantViewSet):
     def transition(self, request: Request, tenant_slug: str, pk: str) -> Response:
         agent = access_agent(self.tenancy, pk, write=True)
         values = self.parse(s.AgentTransitionIn)
-        agent = services.agent_transition(**self.service_kwargs(), agent=agent, **values)
+        agent = agent_transition(**self.service_kwargs(), agent=agent, **values)
         return Response(self.out(agent))
 
 
@@ -382,13 +389,13 @@ class PrincipalViewSet(TenantViewSet):
         values = self.parse(s.PrincipalIn)
         if not can_manage_agent(self.tenancy, values["agent"]):
             raise PermissionDenied("Only the agent's owner or an admin may change this agent.")
-        principal = services.agent_principal_add(**self.service_kwargs(), **values)
+        principal = agent_principal_add(**self.service_kwargs(), **values)
         return Response(s.PrincipalOut(principal).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=NO_CONTENT)
     def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
         principal = access_principal(self.tenancy, pk, write=True)
-        services.agent_principal_remove(**self.service_kwargs(), principal=principal)
+        agent_principal_remove(**self.service_kwargs(), principal=principal)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -428,7 +435,7 @@ class GrantViewSet(TenantViewSet):
     )
     def create(self, request: Request, tenant_slug: str) -> Response:
         values = self.parse(s.GrantIn)
-        grant = services.grant_create(**self.service_kwargs(), created_by=self.tenancy.user,
+        grant = grant_create(**self.service_kwargs(), created_by=self.tenancy.user,
                                       **values)
         return Response(self.out(grant), status=status.HTTP_201_CREATED)
 
@@ -436,13 +443,13 @@ class GrantViewSet(TenantViewSet):
     def partial_update(self, request: Request, tenant_slug: str, pk: str) -> Response:
         grant = access_grant(self.tenancy, pk, write=True)
         values = self.parse(s.GrantTermsIn, partial=True)
-        grant = services.grant_update(**self.service_kwargs(), grant=grant, **values)
+        grant = grant_update(**self.service_kwargs(), grant=grant, **values)
         return Response(self.out(grant))
 
     @extend_schema(description="Revoke at once (the record stays).", responses=NO_CONTENT)
     def destroy(self, request: Request, tenant_slug: str, pk: str) -> Response:
         grant = access_grant(self.tenancy, pk, write=True)
-        services.grant_revoke(**self.service_kwargs(), grant=grant,
+        grant_revoke(**self.service_kwargs(), grant=grant,
                               reason="revoked through the API")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -452,5 +459,5 @@ class GrantViewSet(TenantViewSet):
     def revoke(self, request: Request, tenant_slug: str, pk: str) -> Response:
         grant = access_grant(self.tenancy, pk, write=True)
         values = self.parse(s.GrantRevokeIn)
-        grant = services.grant_revoke(**self.service_kwargs(), grant=grant, **values)
+        grant = grant_revoke(**self.service_kwargs(), grant=grant, **values)
         return Response(self.out(grant))

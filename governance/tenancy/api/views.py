@@ -62,11 +62,10 @@ class MembershipViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
     @extend_schema(request=s.MembershipRoleIn, responses={200: s.MembershipOut})
     def partial_update(self, request: Request, tenant_slug: str, pk: str) -> Response:
         membership = self.get_object()
-        data = s.MembershipRoleIn(data=request.data)
-        data.is_valid(raise_exception=True)
+        values = self.parse(s.MembershipRoleIn)
         membership = services.membership_change_role(
             tenant=self.tenancy.tenant, actor=self.tenancy.actor, membership=membership,
-            role=data.validated_data["role"],
+            role=values["role"],
         )
         return Response(s.MembershipOut(membership).data)
 
@@ -125,21 +124,19 @@ class GroupMappingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
 
     @extend_schema(request=s.GroupMappingIn, responses={201: s.GroupMappingOut})
     def create(self, request: Request, tenant_slug: str) -> Response:
-        data = s.GroupMappingIn(data=request.data)
-        data.is_valid(raise_exception=True)
+        values = self.parse(s.GroupMappingIn)
         mapping = services.group_mapping_create(
-            tenant=self.tenancy.tenant, actor=self.tenancy.actor, **data.validated_data
+            tenant=self.tenancy.tenant, actor=self.tenancy.actor, **values
         )
         return Response(s.GroupMappingOut(mapping).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.MembershipRoleIn, responses={200: s.GroupMappingOut})
     def partial_update(self, request: Request, tenant_slug: str, pk: str) -> Response:
         mapping = self.get_object()
-        data = s.MembershipRoleIn(data=request.data)
-        data.is_valid(raise_exception=True)
+        values = self.parse(s.MembershipRoleIn)
         mapping = services.group_mapping_update(
             tenant=self.tenancy.tenant, actor=self.tenancy.actor, mapping=mapping,
-            role=data.validated_data["role"],
+            role=values["role"],
         )
         return Response(s.GroupMappingOut(mapping).data)
 
@@ -165,9 +162,7 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantVi
     # tokens are identity administration, see roles.IDENTITY_CAPABILITIES).
     @extend_schema(request=s.ApiTokenIn, responses={201: s.ApiTokenCreatedOut, **WRITE})
     def create(self, request: Request, tenant_slug: str) -> Response:
-        data = s.ApiTokenIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = data.validated_data
+        values = self.parse(s.ApiTokenIn)
         if values["kind"] == ApiToken.Kind.SERVICE:
             self.tenancy.require(Cap.MANAGE_SERVICE_TOKENS)
         creator = self.tenancy.user

@@ -1,0 +1,185 @@
+"""Writes to tools: record what discovery found, approve (pin) and block."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from governance.audit.services import Actor, audit_record
+from governance.tenancy.models import Tenant
+from registry.models import McpServer, Tool
+
+
+class Definition(Protocol):
+    name: str
+    title: str
+    description: str
+    input_schema: dict
+    output_schema: dict | None
+    annotations: dict
+
+
+NAME_LIMIT = Tool._meta.get_field("name").max_length
+TOOL_DEFINITION_FIELDS = ("title", "description", "input_schema", "output_schema", "annotations")
+
+
+def definition_dict(definition: Definition) -> dict[str, Any]:
+    return {"name": definition.name} | {f: getattr(definition, f) for f in TOOL_DEFINITION_FIELDS}
+
+
+@dataclass
+class SyncSummary:
+    """What a discovery changed."""
+
+    new: int = 0
+    unchanged: int = 0
+    drifted: int = 0
+    updated: int = 0
+    disappeared: int = 0
+    reappeared: int = 0
+
+
+@transaction.atomic
+def tools_record_discovery(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    server: McpServer,
+    definitions: Sequence[tuple[Definition, str]],
+) -> SyncSummary:
+    """Apply one complete ``tools/list`` result (definition, sha256 pairs) — all or nothing.
+
+    New tools arrive pending review. A changed definition of an approved tool is drift: the
+    tool is quarantined with the new definition kept beside the pinned one. Tools the server
+    no longer lists are marked absent.
+    """
+    now = timezone.now()
+    summary = SyncSummary()
+    existing = {
+        t.name: t for t in Tool.objects.for_tenant(tenant).filter(server=server).select_for_update()
+    }
+    seen: set[str] = set()
+    too_long = [d.name for d, _ in definitions if len(d.name) > NAME_LIMIT]
+    if too_long:
+        raise ValidationError(f"The server lists a tool whose name is longer than {NAME_LIMIT} "
+                              f"characters ({too_long[0][:60]}…); nothing was recorded.")
+    for definition, sha in definitions:
+        seen.add(definition.name)
+        tool = existing.get(definition.name)
+        values = definition_dict(definition)
+        if tool is None:
+            tool = Tool.objects.create(
+                tenant=tenant,
+                server=server,
+                definition_sha256=sha,
+                first_seen_at=now,
+                last_seen_at=now,
+                **{k: v for k, v in values.items()},
+            )
+            summary.new += 1
+            audit_record(
+                tenant=tenant,
+                actor=actor,
+                action="tool.discovered",
+                obj=tool,
+                after={"definition": values, "sha256": sha},
+            )
+            continue
+        tool.last_seen_at = now
+        if not tool.present:
+            tool.present = True
+            summary.reappeared += 1
+            audit_record(tenant=tenant, actor=actor, action="tool.reappeared", obj=tool)
+        if sha == tool.definition_sha256 or sha == tool.drifted_sha256:
+            summary.unchanged += 1
+        elif tool.status == Tool.Status.PENDING_REVIEW:
+            before = {"definition": _pinned(tool), "sha256": tool.definition_sha256}
+            for field in TOOL_DEFINITION_FIELDS:
+                setattr(tool, field, values[field])
+            tool.definition_sha256 = sha
+            summary.updated += 1
+            audit_record(
+                tenant=tenant,
+                actor=actor,
+                action="tool.definition_updated",
+                obj=tool,
+                before=before,
+                after={"definition": values, "sha256": sha},
+            )
+        else:
+            previous_status = tool.status
+            tool.drifted_definition = values
+            tool.drifted_sha256 = sha
+            if tool.status == Tool.Status.APPROVED:
+                tool.status = Tool.Status.QUARANTINED
+            summary.drifted += 1
+            audit_record(
+                tenant=tenant,
+                actor=actor,
+                action="tool.drift_detected",
+                obj=tool,
+                before={"status": previous_status, "sha256": tool.definition_sha256},
+                after={"status": tool.status, "sha256": sha, "definition": values},
+            )
+        tool.save()
+    for name, tool in existing.items():
+        if name not in seen and tool.present:
+            tool.present = False
+            tool.save(update_fields=["present"])
+            summary.disappeared += 1
+            audit_record(tenant=tenant, actor=actor, action="tool.disappeared", obj=tool)
+    return summary
+
+
+def _pinned(tool: Tool) -> dict[str, Any]:
+    return {"name": tool.name} | {f: getattr(tool, f) for f in TOOL_DEFINITION_FIELDS}
+
+
+@transaction.atomic
+def tool_approve(*, tenant: Tenant, actor: Actor, tool: Tool) -> Tool:
+    """Approve a tool; for a quarantined one, pin the new (drifted) definition."""
+    tool = Tool.objects.for_tenant(tenant).select_for_update().get(pk=tool.pk)
+    if tool.status == Tool.Status.APPROVED:
+        raise ValidationError({"status": "This tool is already approved."})
+    before = {"status": tool.status, "sha256": tool.definition_sha256}
+    if tool.drifted_definition is not None:
+        for field in TOOL_DEFINITION_FIELDS:
+            setattr(tool, field, tool.drifted_definition[field])
+        tool.definition_sha256 = tool.drifted_sha256
+        tool.drifted_definition, tool.drifted_sha256 = None, ""
+    tool.status = Tool.Status.APPROVED
+    tool.save()
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="tool.approved",
+        obj=tool,
+        before=before,
+        after={"status": tool.status, "sha256": tool.definition_sha256},
+    )
+    return tool
+
+
+@transaction.atomic
+def tool_block(*, tenant: Tenant, actor: Actor, tool: Tool) -> Tool:
+    """Block a tool: it is out of every bundle until approved again."""
+    tool = Tool.objects.for_tenant(tenant).select_for_update().get(pk=tool.pk)
+    if tool.status == Tool.Status.BLOCKED:
+        raise ValidationError({"status": "This tool is already blocked."})
+    before = tool.status
+    tool.status = Tool.Status.BLOCKED
+    tool.save(update_fields=["status"])
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="tool.blocked",
+        obj=tool,
+        before={"status": before},
+        after={"status": tool.status},
+    )
+    return tool
