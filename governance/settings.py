@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "alerts",
     "evidence",
     "observability",
+    "demo",
 ]
 
 MIDDLEWARE = [
@@ -262,26 +263,38 @@ for _network in OUTBOUND_ALLOWED_NETWORKS:
             "127.0.0.0/8, comma-separated)") from None
 
 # --- Bundles and gateways (DESIGN.md §5) ------------------------------------------------------
-# Fernet keys (comma-separated; the first encrypts, all decrypt, so this key can be rotated too)
-# that encrypt the private halves of the tenants' bundle signing keys at rest.
-BUNDLE_KEY_ENCRYPTION_KEYS = env_list("BUNDLE_KEY_ENCRYPTION_KEYS", [])
-if not BUNDLE_KEY_ENCRYPTION_KEYS:
+# Secrets at rest (governance/secrets.py): Fernet keys, comma-separated; the first encrypts, all
+# decrypt, so the key can be rotated (`manage.py rotate_bundle_key --reencrypt`). They encrypt the
+# private halves of the tenants' bundle signing keys, notification channel URLs and secrets, and
+# exporter tokens. BUNDLE_KEY_ENCRYPTION_KEYS is the old name of the same setting, still accepted;
+# both set to different values is a start-up error.
+_SECRET_KEYS_NAMES = ("SECRET_ENCRYPTION_KEYS", "BUNDLE_KEY_ENCRYPTION_KEYS")
+_secret_keys = {name: env_list(name, []) for name in _SECRET_KEYS_NAMES}
+if all(_secret_keys.values()) and _secret_keys["SECRET_ENCRYPTION_KEYS"] != \
+        _secret_keys["BUNDLE_KEY_ENCRYPTION_KEYS"]:
+    raise ImproperlyConfigured(
+        "SECRET_ENCRYPTION_KEYS and BUNDLE_KEY_ENCRYPTION_KEYS (its old name) are both set and "
+        "differ: set only SECRET_ENCRYPTION_KEYS.")
+_secret_keys_name = next((n for n in _SECRET_KEYS_NAMES if _secret_keys[n]),
+                         "SECRET_ENCRYPTION_KEYS")
+SECRET_ENCRYPTION_KEYS = _secret_keys[_secret_keys_name]
+if not SECRET_ENCRYPTION_KEYS:
     if not DEBUG:
         raise ImproperlyConfigured(
-            "BUNDLE_KEY_ENCRYPTION_KEYS: must be set when DEBUG is off (generate one with "
+            "SECRET_ENCRYPTION_KEYS: must be set when DEBUG is off (generate one with "
             "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key()"
             ".decode())')."
         )
     # Demo only (DEBUG=true, what `make run` sets): a fixed key, so restarts can still sign.
-    BUNDLE_KEY_ENCRYPTION_KEYS = ["ZGVtby1vbmx5LXRvbGxnYXRlLWJ1bmRsZS1rZXlzLTA="]
-for _i, _k in enumerate(BUNDLE_KEY_ENCRYPTION_KEYS):
+    SECRET_ENCRYPTION_KEYS = ["ZGVtby1vbmx5LXRvbGxnYXRlLWJ1bmRsZS1rZXlzLTA="]
+for _i, _k in enumerate(SECRET_ENCRYPTION_KEYS):
     try:
         from cryptography.fernet import Fernet as _Fernet
 
         _Fernet(_k)
     except ValueError:
         raise ImproperlyConfigured(
-            f"BUNDLE_KEY_ENCRYPTION_KEYS: entry {_i + 1} is not a Fernet key (32 url-safe "
+            f"{_secret_keys_name}: entry {_i + 1} is not a Fernet key (32 url-safe "
             "base64-encoded bytes)."
         ) from None
 # A bundle expires this long after it is issued; it is re-issued after 40 % of that.
