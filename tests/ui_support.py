@@ -128,13 +128,21 @@ def ui(browser, base_url, ui_settings) -> Iterator[UI]:
     page.on("response", on_response)
     page.on(
         "requestfailed",
-        lambda request: problems.failed_requests.append(f"{request.url}: {request.failure}"),
+        lambda request: None if navigation_aborted_icon(request) else
+        problems.failed_requests.append(f"{request.url}: {request.failure}"),
     )
     try:
         yield UI(page=page, base_url=base_url, problems=problems,
                  static_responses=static_responses)
     finally:
         context.close()
+
+
+def navigation_aborted_icon(request) -> bool:
+    """The favicon's request, cancelled because the page navigated on before it finished: the
+    browser's own bookkeeping, not a failure of the page."""
+    return (urlsplit(request.url).path == "/static/favicon.svg"
+            and request.failure == "net::ERR_ABORTED")
 
 
 def sign_in(ui: UI, username: str = "alice", password: str = PASSWORD,
