@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from alerts import services as alerts
 from alerts.models import Alert
-from approvals import services as approvals
+from approvals import selectors as approval_selectors
 from approvals.models import Escalation
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
@@ -68,7 +68,7 @@ def seed_long_names(tenant, *, owner, requester) -> dict:
     held = Escalation.objects.create(
         tenant=tenant, gateway=world["gateways"]["gw-current"], call_id="c" * 100, agent=agent,
         scope=scope, server=LONG, tool=LONG, arguments=ARGS, arguments_sha256=SHA,
-        stages=approvals.BUILT_IN_STAGES, deadline=timezone.now() + timedelta(hours=2))
+        stages=approval_selectors.BUILT_IN_STAGES, deadline=timezone.now() + timedelta(hours=2))
     alerts.alert_raise(tenant=tenant, kind="tool_drift", key=f"tool:{tool.pk}",
                        subject=f"Tool {LONG}/{LONG} drifted: quarantined until reviewed",
                        detail={"tool": tool.pk, "server": LONG, "name": LONG,

@@ -133,7 +133,7 @@ def test_the_path_check_sees_a_path_that_does_not_exist():
 
 def test_the_layout_check_sees_a_file_that_is_not_in_its_folder():
     # The old README's Layout named registry/constraints.py; the constraints live in the gateway.
-    text = ("| `registry/` | `services.py`, `constraints.py` |\n"
+    text = ("| `registry/` | `sync.py`, `constraints.py` |\n"
             "| `gateway/` | `constraints.py` |\n| `/t/<tenant>/` | `views.py` |")
     assert _layout_row_problems(text) == [
         "registry/constraints.py: no such file under registry/"]
