@@ -1,9 +1,15 @@
-"""Reading a gateway's gzip-encoded request body without inflating a bomb (decision-log uploads,
-discovery reports): ``gunzip`` stops at the limit; ``BodyRefused`` carries the JSON error."""
+"""Reading a gateway's request body, possibly gzip-encoded, without inflating a bomb
+(decision-log uploads, discovery reports): ``body_encoding`` and ``read_body`` check the
+headers and the size, ``gunzip`` stops at the limit; ``BodyRefused`` carries the JSON error."""
 
 from __future__ import annotations
 
 import zlib
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest
+
+GZIP = ("gzip", "x-gzip")
 
 # Inflate in steps of this many output bytes at most, checking the limit between steps.
 _STEP = 1024 * 1024
@@ -13,6 +19,32 @@ class BodyRefused(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+def body_encoding(request: HttpRequest) -> bool:
+    """Whether the body is gzipped; ``BodyRefused`` 415 for an encoding the gateway API does
+    not take."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity", *GZIP):
+        raise BodyRefused(415, "unsupported_encoding", "Send the body as is or with "
+                          "'Content-Encoding: gzip'.")
+    return encoding in GZIP
+
+
+async def read_body(request: HttpRequest, limit: int, *, invalid_code: str,
+                    too_large: str) -> bytes:
+    """The raw body, read off the event loop; ``BodyRefused`` 413 (``too_large``) past
+    ``limit`` bytes, declared or sent, and 400 (``invalid_code``) for a bad Content-Length."""
+    try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        raise BodyRefused(400, invalid_code, "Malformed Content-Length header.") from None
+    if declared > limit:
+        raise BodyRefused(413, "too_large", too_large)
+    raw = await sync_to_async(request.read, thread_sensitive=False)(limit + 1)
+    if len(raw) > limit:
+        raise BodyRefused(413, "too_large", too_large)
+    return raw
 
 
 def gunzip(raw: bytes, limit: int) -> bytes:

@@ -35,7 +35,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from bundles.gateway_api import authenticate, error
-from bundles.gateway_body import BodyRefused, gunzip
+from bundles.gateway_body import BodyRefused, body_encoding, gunzip, read_body
 from decision_logs import services
 
 logger = logging.getLogger(__name__)
@@ -94,21 +94,6 @@ def _decode(raw: bytes, gzipped: bool) -> list[services.DecisionEvent]:
     return services.validate_events(events)
 
 
-async def _read_body(request: HttpRequest) -> tuple[bytes | None, HttpResponse | None]:
-    limit = settings.DECISION_LOG_MAX_BODY_BYTES
-    try:
-        declared = int(request.headers.get("Content-Length") or 0)
-    except ValueError:
-        return None, error(400, "invalid", "Malformed Content-Length header.")
-    too_large = f"The body is over {limit} bytes (DECISION_LOG_MAX_BODY_BYTES)."
-    if declared > limit:
-        return None, error(413, "too_large", too_large)
-    raw = await sync_to_async(request.read, thread_sensitive=False)(limit + 1)
-    if len(raw) > limit:
-        return None, error(413, "too_large", too_large)
-    return raw, None
-
-
 @csrf_exempt
 async def logs(request: HttpRequest) -> HttpResponse:
     """``POST logs``: store a batch of decision-log events of the calling gateway's tenant."""
@@ -117,17 +102,13 @@ async def logs(request: HttpRequest) -> HttpResponse:
     caller, failure, _ = await authenticate(request, None)
     if failure is not None:
         return failure
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ("", "identity", "gzip", "x-gzip"):
-        return error(415, "unsupported_encoding", "Send the body as is or with "
-                     "'Content-Encoding: gzip'.")
-    raw, failure = await _read_body(request)
-    if failure is not None:
-        return failure
+    limit = settings.DECISION_LOG_MAX_BODY_BYTES
     try:
+        gzipped = body_encoding(request)
+        raw = await read_body(request, limit, invalid_code="invalid", too_large=(
+            f"The body is over {limit} bytes (DECISION_LOG_MAX_BODY_BYTES)."))
         # CPU only (inflate, parse, validate): off the event loop and off the database thread.
-        events = await sync_to_async(decode_batch, thread_sensitive=False)(
-            raw, gzipped=encoding in ("gzip", "x-gzip"))
+        events = await sync_to_async(decode_batch, thread_sensitive=False)(raw, gzipped=gzipped)
     except BodyRefused as refused:
         return error(refused.status, refused.code, refused.message)
     except services.BatchInvalid as invalid:

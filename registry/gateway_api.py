@@ -28,7 +28,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from bundles.gateway_api import authenticate, error
-from bundles.gateway_body import BodyRefused, gunzip
+from bundles.gateway_body import BodyRefused, body_encoding, gunzip, read_body
 from bundles.models import Gateway
 from registry import gateway_discovery as discovery
 
@@ -62,20 +62,6 @@ def _report(tenant_id: int, gateway_id: int, raw: bytes, gzipped: bool) -> dict[
     return discovery.report_answer(run, quarantined)
 
 
-async def _read_body(request: HttpRequest) -> tuple[bytes | None, HttpResponse | None]:
-    limit = settings.GATEWAY_MAX_BODY_BYTES
-    try:
-        declared = int(request.headers.get("Content-Length") or 0)
-    except ValueError:
-        return None, error(400, "invalid_report", "Malformed Content-Length header.")
-    if declared > limit:
-        return None, error(413, "too_large", f"The body is over {limit} bytes.")
-    raw = await sync_to_async(request.read, thread_sensitive=False)(limit + 1)
-    if len(raw) > limit:
-        return None, error(413, "too_large", f"The body is over {limit} bytes.")
-    return raw, None
-
-
 @csrf_exempt
 async def discovery_report(request: HttpRequest) -> HttpResponse:
     """``POST discovery``: record the calling gateway's report of a bound server's tools."""
@@ -84,17 +70,13 @@ async def discovery_report(request: HttpRequest) -> HttpResponse:
     caller, failure, _ = await authenticate(request, None)
     if failure is not None:
         return failure
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ("", "identity", "gzip", "x-gzip"):
-        return error(415, "unsupported_encoding", "Send the body as is or with "
-                     "'Content-Encoding: gzip'.")
-    raw, failure = await _read_body(request)
-    if failure is not None:
-        return failure
+    limit = settings.GATEWAY_MAX_BODY_BYTES
     try:
-        doc = await sync_to_async(_report)(caller.tenant_id, caller.gateway, raw,
-                                           encoding in ("gzip", "x-gzip"))
-    except discovery.Refused as refused:
+        gzipped = body_encoding(request)
+        raw = await read_body(request, limit, invalid_code="invalid_report",
+                              too_large=f"The body is over {limit} bytes.")
+        doc = await sync_to_async(_report)(caller.tenant_id, caller.gateway, raw, gzipped)
+    except (BodyRefused, discovery.Refused) as refused:
         return error(refused.status, refused.code, refused.message)
     response = JsonResponse(doc)
     response["Cache-Control"] = "no-store"
