@@ -23,7 +23,8 @@ A report that cannot be made (the upstream cannot list its tools, or still has p
 control plane refuses or cannot be reached is logged at WARNING in one line (the status code and
 the control plane's error message) and made again at the next occasion: one of the above, or a
 retry after an exponential backoff (``retry_base`` seconds doubling up to ``retry_max``). Reports
-run beside the proxy, one at a time and at least ``min_gap`` seconds apart (occasions meanwhile
+run beside the proxy, one at a time, each starting at least ``min_gap`` seconds after the previous
+one ended (occasions meanwhile
 make one report: an upstream sending list_changed in a loop cannot flood the control plane and
 push the gateway's bundle polls into its rate limit), and never hold up an agent's call.
 
@@ -181,10 +182,12 @@ class DiscoveryReporter:
                 reasons = self._reasons or (["periodic"] if retry is None else ["retry"])
                 self._due.clear()
                 self._reasons = []
-                not_before = time.monotonic() + self.min_gap
                 report = asyncio.ensure_future(self.report_once(", ".join(reasons)))
                 if not await self._finished(report, stop_event):
                     break
+                # From the end of this report: the next one starts min_gap after it, whatever
+                # the two took to get under way.
+                not_before = time.monotonic() + self.min_gap
                 if self.interval > 0:
                     periodic = time.monotonic() + self.interval
                 if report.result():

@@ -81,7 +81,7 @@ class Output:
 
 def session(sid: int) -> list[str]:
     """Every process of session ``sid``, as "pid args"."""
-    result = subprocess.run(["ps", "-o", "pid=,args=", "-s", str(sid)], capture_output=True,
+    result = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "-s", str(sid)], capture_output=True,
                             text=True, check=False)
     return [line.strip() for line in result.stdout.splitlines() if line.strip()]
 
@@ -141,8 +141,11 @@ class Stack:
 
     def wait_running(self) -> None:
         assert self.output.wait_for(r"Tollgate is running", START), self.output.tail()
-        assert wait_until(lambda: running(self.proc.pid) == set(PROCESSES), 60), (
-            session(self.proc.pid), self.output.tail())
+        if not wait_until(lambda: running(self.proc.pid) == set(PROCESSES), 60):
+            missing = set(PROCESSES) - running(self.proc.pid)
+            pytest.fail(f"not running: {sorted(missing)}\nsession:\n"
+                        + "\n".join(session(self.proc.pid)) + "\noutput:\n" + self.output.tail(),
+                        pytrace=False)
 
     def assert_all_gone(self) -> None:
         self.proc.wait(timeout=STOP)
