@@ -94,8 +94,14 @@ def kill_session(sid: int) -> None:
             pass
 
 
+def started(sid: int) -> list[str]:
+    """The processes of session ``sid`` that scripts/supervise.py started: not the supervisor,
+    whose own argument list names every one of them."""
+    return [line for line in session(sid) if "scripts/supervise.py" not in line]
+
+
 def running(sid: int) -> set[str]:
-    commands = session(sid)
+    commands = started(sid)
     return {name for name, args in PROCESSES.items() if any(args in line for line in commands)}
 
 
@@ -232,7 +238,7 @@ def test_sigint_during_the_set_up_stops_it_too(stack):
 def test_one_process_dying_stops_all_of_them(stack):
     stack.in_background_of_a_shell()
     stack.wait_running()
-    beat = next(line for line in session(stack.proc.pid) if PROCESSES["beat"] in line)
+    beat = next(line for line in started(stack.proc.pid) if PROCESSES["beat"] in line)
     os.kill(int(beat.split()[0]), signal.SIGKILL)
     stack.assert_all_gone()
     assert stack.proc.returncode == 137
