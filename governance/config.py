@@ -112,7 +112,7 @@ def env_absolute_paths(name: str) -> list[str]:
 
 
 # Demo only (DEBUG=true, what `make run` sets): a fixed key, so restarts can still sign.
-DEMO_FERNET_KEY = "ZGVtby1vbmx5LXRvbGxnYXRlLWJ1bmRsZS1rZXlzLTA="  # noqa: S105
+DEMO_FERNET_KEY = "ZGVtby1vbmx5LXRvbGxnYXRlLWJ1bmRsZS1rZXlzLTA="
 
 
 def env_fernet_keys(name: str, old_name: str, *, debug: bool) -> list[str]:
