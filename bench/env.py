@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 VAR = REPO / "var" / "bench"
 LOGS = VAR / "logs"
 PYDEPS = VAR / "pydeps"  # py-spy: kept out of the shared .venv (scripts/bench-deps)
+MB = 1024 * 1024
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else "python3"
 
 

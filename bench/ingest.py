@@ -264,7 +264,7 @@ def section_ingest(config: Config, children: Children, workers: int) -> dict[str
     say(f"  re-send of {sent:,} stored events ({count} clients): "
         f"{resend['events_per_second']:,.0f} events/s answered, accepted {resend['accepted']}, "
         f"duplicates {resend['duplicates']:,}, rows added {resend['rows_added']}")
-    server_errors = _server_errors(server)
+    server_errors = procs.server_errors(server)
     children.stop(server)
     best = max(runs, key=lambda c: runs[c]["events_per_second"])
     return {
@@ -276,12 +276,6 @@ def section_ingest(config: Config, children: Children, workers: int) -> dict[str
         "server_errors_logged": server_errors,
         "conn_max_age": os.environ.get("CONN_MAX_AGE", "0 (default: a connection per request)"),
     }
-
-
-def _server_errors(child: procs.Child) -> dict[str, int]:
-    from bench.run import _server_errors as errors
-
-    return errors(child)
 
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

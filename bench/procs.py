@@ -5,6 +5,7 @@ workers, Celery pool processes, nginx workers) and nothing that the bench did no
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -237,3 +238,22 @@ def rss_bytes(pid: int) -> int:
 
 def tree_rss(pid: int) -> dict[int, int]:
     return {p: rss_bytes(p) for p in tree_pids(pid)}
+
+
+def server_errors(child: Child) -> dict[str, int]:
+    """Exceptions in the server's log (JSON lines), by their last line."""
+    found: dict[str, int] = {}
+    if child.log is None or not child.log.exists():
+        return found
+    for line in child.log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") not in ("ERROR", "CRITICAL"):
+            continue
+        trace = [t for t in str(entry.get("exc") or entry.get("message", "")).splitlines()
+                 if t.strip()]
+        key = trace[-1][:160] if trace else "error"
+        found[key] = found.get(key, 0) + 1
+    return found

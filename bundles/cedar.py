@@ -3,9 +3,10 @@
 Pure Python, no Django: it reads only the parsed data.json document, so the bundle builder, a
 gateway and the tests share it. ``compile_policy`` and ``compile_schema`` express the decisions
 of ``gateway.decision.decide`` as a Cedar policy set; ``cedar_request`` and ``cedar_outcome``
-are what a gateway needs to evaluate that policy set for one call. Both texts are
-deterministic (everything is sorted, nothing depends on the clock) and pure ASCII: every string
-from the registry (tool names come from third-party servers) is written by ``cedar_string``,
+(bundles/cedar_request.py) are what a gateway needs to evaluate that policy set for one call.
+Both texts are deterministic (everything is sorted, nothing depends on the clock) and pure
+ASCII: every string from the registry (tool names come from third-party servers) is written by
+``cedar_string`` (bundles/cedar_values.py, with the other literals and the argument ``Value``),
 which escapes everything outside printable ASCII, so a name can neither break out of a literal
 nor hide a bidirectional-text trick from the auditor reading the file.
 
@@ -56,171 +57,32 @@ comparison by rounding); JSON ``true`` is not the number 1 (``decide()`` compare
 
 from __future__ import annotations
 
-import json
 import math
-import struct
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, time
-from functools import lru_cache
-from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo
+from collections.abc import Iterable, Mapping
+from datetime import time
+from typing import Any
 
-import orjson
-
-from gateway.decision import tool_key
-
-NAMESPACE = "Mcp"
-ACTION = "call_tool"
-GRANT_PREFIX = "grant-"
-APPROVAL_PREFIX = "approval-grant-"
-EXPRESSED_KEYWORDS = ("const", "enum", "maxLength", "maximum", "minimum")
-LONG_MAX = 2**63 - 1
-
-Usage = Callable[[str], tuple[int, int]]
-
-
-# --- Literals ---------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1 << 16)
-def cedar_string(value: str) -> str:
-    """``value`` as a Cedar string literal: quoted, ASCII only, every other character escaped.
-    (Cached: a policy repeats the same agent, scope and tool names many times.)"""
-    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
-        return f'"{value}"'  # the common case: nothing to escape
-    out = ['"']
-    for char in value:
-        code = ord(char)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif 0x20 <= code < 0x7F:
-            out.append(char)
-        elif 0xD800 <= code <= 0xDFFF:
-            raise ValueError(f"{value!r} contains a lone surrogate, which Cedar cannot represent")
-        else:
-            out.append(f"\\u{{{code:x}}}")
-    out.append('"')
-    return "".join(out)
-
-
-def _uid(kind: str, name: str) -> str:
-    return f"{NAMESPACE}::{kind}::{cedar_string(name)}"
-
-
-def _comment_json(value: Any) -> str:
-    """A JSON rendering for comments: ASCII, one line, so a comment cannot end early."""
-    try:
-        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        text = ""
-    if text and text.isascii():
-        return text  # no newline possible: orjson escapes control characters
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def _utf8(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _normalise(value: Any) -> Any:
-    """Integral floats as integers, recursively: ``1 == 1.0`` in JSON, so in ``json`` too."""
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        return int(value)
-    if isinstance(value, list | tuple):
-        return [_normalise(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _normalise(v) for k, v in value.items()}
-    return value
-
-
-def canonical_value(value: Any) -> str:
-    """The ``json`` view of an argument: equal JSON values give equal strings."""
-    return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def order_key(number: float) -> int:
-    """A Long in the same order as ``number`` read as a double (−0.0 and 0.0 are equal)."""
-    try:
-        as_double = float(number)
-    except OverflowError:
-        as_double = math.inf if number > 0 else -math.inf
-    (bits,) = struct.unpack("<q", struct.pack("<d", as_double))
-    return bits if bits >= 0 else -(bits & LONG_MAX)
-
-
-def _saturate(number: int) -> int:
-    return max(-LONG_MAX, min(LONG_MAX, number))
-
-
-def cedar_value(value: Any) -> dict[str, Any]:
-    """The ``Mcp::Value`` record describing one argument value."""
-    record: dict[str, Any] = {"json": canonical_value(value)}
-    if isinstance(value, str):
-        record["length"] = len(value)
-        if _utf8(value):
-            record["string"] = value
-    elif _is_number(value) and not math.isnan(value):
-        if math.isinf(value):
-            record["floor"] = record["ceil"] = LONG_MAX if value > 0 else -LONG_MAX
-        else:
-            record["floor"] = _saturate(math.floor(value))
-            record["ceil"] = _saturate(math.ceil(value))
-        record["order"] = order_key(value)
-    return record
-
-
-# --- Reading data.json ------------------------------------------------------------------------
-
-
-def _instant(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"expiry {value!r} has no time zone")
-    return parsed
-
-
-def _unix_seconds(at: datetime) -> int:
-    """Whole seconds since the epoch, rounded down (exact, no float)."""
-    delta = at - datetime(1970, 1, 1, tzinfo=UTC)
-    return delta.days * 86400 + delta.seconds
-
-
-def _minutes(value: time) -> float:
-    return value.hour * 60 + value.minute + (value.second + value.microsecond / 1e6) / 60
-
-
-def _grant_key(grant: Mapping[str, Any]) -> tuple[int, str]:
-    return (len(grant["id"]), grant["id"])  # numeric ids in numeric order
-
-
-def _time_zones(data: Mapping[str, Any]) -> list[str]:
-    return sorted({g["window"]["tz"] for g in data.get("grants", []) if g.get("window")})
-
-
-def _argument_names(data: Mapping[str, Any]) -> list[str]:
-    names: set[str] = set()
-    for grant in data.get("grants", []):
-        for doc in (grant.get("argument_constraints") or {}, grant.get("approval_condition") or {}):
-            for args in doc.values():
-                names.update(args)
-    return sorted(names)
-
-
-def _limited_grants(data: Mapping[str, Any]) -> list[str]:
-    return sorted(
-        {g["id"] for g in data.get("grants", [])
-         if g.get("calls_per_minute") is not None or g.get("calls_per_day") is not None},
-        key=lambda gid: (len(gid), gid),
-    )
-
+from bundles.cedar_values import (
+    ACTION,
+    APPROVAL_PREFIX,
+    EXPRESSED_KEYWORDS,
+    GRANT_PREFIX,
+    LONG_MAX,
+    NAMESPACE,
+    argument_names,
+    canonical_value,
+    cedar_string,
+    comment_json,
+    entity_uid,
+    grant_key,
+    is_utf8,
+    limited_grants,
+    minute_of_day,
+    order_key,
+    parse_expiry,
+    time_zones,
+    unix_seconds,
+)
 
 # --- Schema -----------------------------------------------------------------------------------
 
@@ -239,15 +101,15 @@ def compile_schema(data: Mapping[str, Any]) -> str:
         ('"floor"?', "Long"), ('"ceil"?', "Long"), ('"order"?', "Long"),
     ], "  ")
     clock = _record(
-        [(cedar_string(tz), '{ "day": Long, "minute": Long }') for tz in _time_zones(data)],
+        [(cedar_string(tz), '{ "day": Long, "minute": Long }') for tz in time_zones(data)],
         "      ",
     )
     arguments = _record(
-        [(cedar_string(name) + "?", "Value") for name in _argument_names(data)], "      "
+        [(cedar_string(name) + "?", "Value") for name in argument_names(data)], "      "
     )
     usage = _record(
         [(cedar_string(gid) + "?", '{ "minute": Long, "day": Long }')
-         for gid in _limited_grants(data)],
+         for gid in limited_grants(data)],
         "      ",
     )
     return (
@@ -284,8 +146,8 @@ def _arg(name: str) -> str:
 
 def _equals_any(name: str, values: list[Any]) -> str:
     """The argument equals one of ``values`` (JSON equality)."""
-    strings = sorted({v for v in values if isinstance(v, str) and _utf8(v)})
-    others = sorted({canonical_value(v) for v in values if not (isinstance(v, str) and _utf8(v))})
+    strings = sorted({v for v in values if isinstance(v, str) and is_utf8(v)})
+    others = sorted({canonical_value(v) for v in values if not (isinstance(v, str) and is_utf8(v))})
     arg, tests = _arg(name), []
     if len(strings) == 1:
         tests.append(f"({arg} has string && {arg}.string == {cedar_string(strings[0])})")
@@ -373,7 +235,7 @@ def _window(window: Mapping[str, Any]) -> str:
     clock = f"context.clock[{cedar_string(window['tz'])}]"
     start, end = time.fromisoformat(window["start"]), time.fromisoformat(window["end"])
     # Whole minutes are exact; a bound with seconds is rounded towards a smaller window.
-    first, stop = math.ceil(_minutes(start)), math.floor(_minutes(end))
+    first, stop = math.ceil(minute_of_day(start)), math.floor(minute_of_day(end))
     days = sorted(set(window.get("days") or []))
 
     def on(day_list: list[int]) -> list[str]:
@@ -409,9 +271,9 @@ def _permit(grant: Mapping[str, Any], ident: str, head: list[str], clauses: list
         lines.append('@approval("required")')
     lines += [
         "permit (",
-        f"  principal == {_uid('Agent', grant['agent'])},",
-        f"  action == {_uid('Action', ACTION)},",
-        f"  resource in {_uid('Scope', grant['scope'])}",
+        f"  principal == {entity_uid('Agent', grant['agent'])},",
+        f"  action == {entity_uid('Action', ACTION)},",
+        f"  resource in {entity_uid('Scope', grant['scope'])}",
         ")",
         *clauses,
     ]
@@ -446,7 +308,7 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any],
     for key, value in (("argument constraints", constraints), ("approval condition", condition),
                        ("window", grant.get("window")), ("expires at", grant.get("expires_at"))):
         if value:
-            header.append(f"// {key}: {_comment_json(value)}")
+            header.append(f"// {key}: {comment_json(value)}")
     orders = _order_bounds([constraints, condition], names) if constraints or condition else []
     if orders:
         header.append("// as order: " + ", ".join(orders))
@@ -456,7 +318,8 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any],
                       "argument constraints on " + ", ".join(loose))
     clauses = []
     if grant.get("expires_at") is not None:
-        clauses.append(f"when {{ context.now < {_unix_seconds(_instant(grant['expires_at']))} }}")
+        expiry = unix_seconds(parse_expiry(grant["expires_at"]))
+        clauses.append(f"when {{ context.now < {expiry} }}")
     if grant.get("window"):
         clauses.append(f"when {{ {_window(grant['window'])} }}")
     usage = _usage(grant)
@@ -515,7 +378,7 @@ def compile_policy(data: Mapping[str, Any]) -> str:
             blocks.append(
                 f"// Agent {cedar_string(name)} is {cedar_string(str(status))}.\n"
                 f"@id({cedar_string('agent-' + name)})\n"
-                f"forbid (principal == {_uid('Agent', name)}, action, resource);"
+                f"forbid (principal == {entity_uid('Agent', name)}, action, resource);"
             )
     for name in sorted(data.get("servers", {})):
         status = data["servers"][name].get("status")
@@ -523,14 +386,14 @@ def compile_policy(data: Mapping[str, Any]) -> str:
             blocks.append(
                 f"// Server {cedar_string(name)} is {cedar_string(str(status))}.\n"
                 f"@id({cedar_string('server-' + name)})\n"
-                f"forbid (principal, action, resource in {_uid('Server', name)});"
+                f"forbid (principal, action, resource in {entity_uid('Server', name)});"
             )
     withheld = data.get("withheld_tools", {})
     for key in sorted(withheld):
         blocks.append(
             f"// Tool {cedar_string(key)} is {cedar_string(str(withheld[key]))}.\n"
             f"@id({cedar_string('tool-' + key)})\n"
-            f"forbid (principal, action, resource == {_uid('Tool', key)});"
+            f"forbid (principal, action, resource == {entity_uid('Tool', key)});"
         )
     blocks.append(
         "// A tool whose live definition is not the pinned one (drift) is never called.\n"
@@ -540,98 +403,6 @@ def compile_policy(data: Mapping[str, Any]) -> str:
         "       context.live_sha256 != resource.definition_sha256 };"
     )
     names_by_scope: dict[str, list[str]] = {}
-    for grant in sorted(data.get("grants", []), key=_grant_key):
+    for grant in sorted(data.get("grants", []), key=grant_key):
         blocks.extend(_grant_policies(data, grant, names_by_scope))
     return "\n\n".join(blocks) + "\n"
-
-
-# --- Evaluating one call ----------------------------------------------------------------------
-
-
-class CedarRequest(NamedTuple):
-    """What ``cedarpy.is_authorized(request, policies, entities, schema=...)`` takes."""
-
-    request: dict[str, Any]
-    entities: list[dict[str, Any]]
-
-
-def _ref(kind: str, name: str) -> dict[str, str]:
-    return {"type": f"{NAMESPACE}::{kind}", "id": name}
-
-
-def cedar_request(
-    data: Mapping[str, Any],
-    *,
-    issuer: str,
-    subject: str,
-    server: str,
-    tool: str,
-    arguments: Mapping[str, Any] | None,
-    at: datetime,
-    live_sha256: str | None = None,
-    usage: Usage | None = None,
-) -> CedarRequest | None:
-    """The Cedar request and entities for one call; None when it is denied before Cedar."""
-    if at.tzinfo is None:
-        raise ValueError("the call's time must be timezone-aware")
-    agent = data.get("principals", {}).get(issuer, {}).get(subject)
-    if agent is None or agent not in data.get("agents", {}):
-        return None
-    if not all(_utf8(s) for s in (server, tool)):
-        return None  # not a name data.json can hold; Cedar cannot carry it either
-    key = tool_key(server, tool)
-    pinned = data.get("tools", {}).get(key)
-    servers = data.get("servers", {})
-    attrs: dict[str, Any] = {"name": tool, "server": server}
-    parents = [_ref("Server", server)] if server in servers else []
-    if pinned is not None and server in servers:
-        if pinned.get("server") != server or pinned.get("name") != tool:
-            return None  # "<server>/<tool>" names another tool: refuse rather than guess
-        attrs["definition_sha256"] = pinned["definition_sha256"]
-        scopes = data.get("scopes", {})
-        parents += [_ref("Scope", s) for s in sorted(scopes) if key in scopes[s]["tools"]]
-    entities = [
-        {"uid": _ref("Agent", agent), "attrs": {}, "parents": []},
-        {"uid": _ref("Tool", key), "attrs": attrs, "parents": parents},
-        *({"uid": p, "attrs": {}, "parents": []} for p in parents),
-    ]
-
-    arguments = arguments or {}
-    context: dict[str, Any] = {
-        "now": _unix_seconds(at),
-        "clock": {},
-        "arguments": {
-            name: cedar_value(arguments[name])
-            for name in _argument_names(data) if name in arguments
-        },
-    }
-    for tz in _time_zones(data):
-        local = at.astimezone(ZoneInfo(tz))
-        context["clock"][tz] = {"day": local.weekday(), "minute": local.hour * 60 + local.minute}
-    if live_sha256 is not None:
-        context["live_sha256"] = live_sha256
-    if usage is not None:
-        limited = set(_limited_grants(data))
-        context["usage"] = {}
-        for grant in data.get("grants", []):
-            if grant["agent"] == agent and grant["id"] in limited:
-                minute, day = usage(grant["id"])
-                context["usage"][grant["id"]] = {"minute": int(minute), "day": int(day)}
-    request = {
-        "principal": _ref("Agent", agent),
-        "action": _ref("Action", ACTION),
-        "resource": _ref("Tool", key),
-        "context": context,
-    }
-    return CedarRequest(request, entities)
-
-
-def cedar_outcome(response: Any) -> str:
-    """``"allow"``, ``"escalate"`` or ``"deny"`` from a cedarpy ``AuthzResult`` (or None)."""
-    if response is None or not response.allowed or response.diagnostics.errors:
-        return "deny"  # fail closed: a request the policy cannot evaluate cleanly is refused
-    names = response.diagnostics.id_annotations_by_reason
-    determining = [names.get(reason, "") for reason in response.diagnostics.reasons]
-    if any(not ident.startswith(APPROVAL_PREFIX) for ident in determining):
-        return "allow"
-    return "escalate"

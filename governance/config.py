@@ -6,6 +6,7 @@ deployment stops start-up with a clear line instead of running with a silently w
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 from pathlib import Path
@@ -76,6 +77,73 @@ def env_url(name: str, *, schemes: tuple[str, ...], default: str = "") -> str:
     if not parts.hostname and parts.scheme not in ("sqlite",):
         raise ImproperlyConfigured(f"{name}: URL has no host: {value!r}")
     return value
+
+
+def env_required_url(name: str, *, schemes: tuple[str, ...], required_by: str) -> str:
+    """A URL (as ``env_url``) that must be set, because ``required_by`` is."""
+    value = env_url(name, schemes=schemes)
+    if not value:
+        raise ImproperlyConfigured(f"{name}: required when {required_by} is set")
+    return value
+
+
+def env_networks(name: str, default: list[str], *, problem: str) -> list[str]:
+    """A comma-separated list of CIDRs, each checked (``problem`` ends the error message)."""
+    items = env_list(name, default)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} {problem}") from None
+    return items
+
+
+def env_absolute_paths(name: str) -> list[str]:
+    """An operator's allow-list of programs: absolute paths only, never a name looked up in
+    PATH."""
+    paths = env_list(name, [])
+    for path in paths:
+        if not Path(path).is_absolute():
+            raise ImproperlyConfigured(
+                f"{name}: {path!r} is not an absolute path; list the exact "
+                "program (e.g. /usr/local/bin/my-mcp-server), never a name looked up in PATH."
+            )
+    return paths
+
+
+# Demo only (DEBUG=true, what `make run` sets): a fixed key, so restarts can still sign.
+DEMO_FERNET_KEY = "ZGVtby1vbmx5LXRvbGxnYXRlLWJ1bmRsZS1rZXlzLTA="
+
+
+def env_fernet_keys(name: str, old_name: str, *, debug: bool) -> list[str]:
+    """Fernet keys, comma-separated, from ``name`` or its old name ``old_name`` (both set to
+    different values is an error); required unless ``debug`` (then a fixed demo key)."""
+    keys = {n: env_list(n, []) for n in (name, old_name)}
+    if all(keys.values()) and keys[name] != keys[old_name]:
+        raise ImproperlyConfigured(
+            f"{name} and {old_name} (its old name) are both set and "
+            f"differ: set only {name}.")
+    source = next((n for n in (name, old_name) if keys[n]), name)
+    values = keys[source]
+    if not values:
+        if not debug:
+            raise ImproperlyConfigured(
+                f"{name}: must be set when DEBUG is off (generate one with "
+                "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key()"
+                ".decode())')."
+            )
+        values = [DEMO_FERNET_KEY]
+    from cryptography.fernet import Fernet
+
+    for index, key in enumerate(values):
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{source}: entry {index + 1} is not a Fernet key (32 url-safe "
+                "base64-encoded bytes)."
+            ) from None
+    return values
 
 
 def database_config(name: str, default_sqlite_path: str) -> dict:

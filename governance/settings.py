@@ -1,8 +1,10 @@
-"""Tollgate settings: one module, every value from the environment.
+"""Tollgate settings: every value from the environment.
 
 Nothing set → the embedded default (SQLite, Celery on kombu's filesystem transport, database
 cache). DATABASE_URL / REDIS_URL switch to PostgreSQL and Redis. A malformed value stops start-up
-with a message naming the variable (see governance.config).
+with a message naming the variable. This module names every variable; the strict readers (and
+the checks of lists, networks and keys) are in governance.config, the Celery beat schedule in
+governance.settings_beat.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ from django.core.exceptions import ImproperlyConfigured
 
 from governance.config import (
     database_config,
+    env_absolute_paths,
     env_bool,
+    env_fernet_keys,
     env_int,
     env_list,
+    env_networks,
+    env_required_url,
     env_str,
     env_url,
 )
 from governance.process import hide_environment
+from governance.settings_beat import beat_schedule
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("TOLLGATE_VAR_DIR", str(BASE_DIR / "var")))
@@ -174,55 +181,8 @@ CELERY_TASK_IGNORE_RESULT = True
 # Workers log through Django's LOGGING (JSON lines with request ids), not Celery's own setup.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-CELERY_BEAT_SCHEDULE = {
-    "verify-audit-chains": {
-        "task": "governance.audit.tasks.verify_audit_chains",
-        "schedule": timedelta(minutes=env_int("AUDIT_VERIFY_MINUTES", 60, minimum=1)),
-    },
-    # Looks every minute for servers whose tenant re-sync interval has passed.
-    "resync-servers": {
-        "task": "registry.tasks.resync_servers",
-        "schedule": timedelta(minutes=1),
-    },
-    # Builds bundles whose content is due (missed edits, expiring grants, re-issue before half
-    # the lifetime), activates rotated-in keys that are due, records gateway contact times.
-    "bundles-sweep": {
-        "task": "governance.bundles.tasks.sweep",
-        "schedule": timedelta(seconds=30),
-    },
-    # Requests and escalations past their deadline go to alternates or expire (system actor);
-    # reminders go out; expired grants are marked so (and published away).
-    "expire-access-requests": {
-        "task": "approvals.tasks.expire_requests",
-        "schedule": timedelta(minutes=1),
-    },
-    # Re-sends notification deliveries whose Celery message was lost (broker down, worker gone).
-    "notifications-sweep": {
-        "task": "governance.notifications.tasks.sweep",
-        "schedule": timedelta(minutes=1),
-    },
-    # Queues a run of every enabled SIEM exporter that is due (not backing off after a failure).
-    "exports-sweep": {
-        "task": "governance.exports.tasks.sweep",
-        "schedule": timedelta(seconds=30),
-    },
-    # Deletes decision logs (and their hourly roll-up) older than each tenant's retention.
-    "decisions-purge": {
-        "task": "governance.decisions.tasks.purge",
-        "schedule": timedelta(hours=1),
-    },
-    # Evaluates every tenant's alert rules (stale gateways, tool drift, denial bursts, failing
-    # exporters): raises, bumps and auto-resolves alerts.
-    "alerts-evaluate": {
-        "task": "governance.alerts.tasks.evaluate",
-        "schedule": timedelta(minutes=1),
-    },
-    # Evidence packs: fails attempts whose worker died, re-sends packs whose message was lost.
-    "evidence-sweep": {
-        "task": "governance.evidence.tasks.sweep",
-        "schedule": timedelta(minutes=5),
-    },
-}
+CELERY_BEAT_SCHEDULE = beat_schedule(
+    audit_verify=timedelta(minutes=env_int("AUDIT_VERIFY_MINUTES", 60, minimum=1)))
 
 # --- Registry: tool sync ----------------------------------------------------------------------
 # One deadline for talking to a server (connect, initialize, every tools/list page).
@@ -240,27 +200,16 @@ REGISTRY_GATEWAY_REPORT_GRACE = env_int("REGISTRY_GATEWAY_REPORT_GRACE", 600, mi
 # Operator allow-list (never tenant data): absolute paths of stdio server commands a worker may
 # run to list their tools (registry/stdio_sandbox.py). Empty: stdio servers are discovered by
 # their gateways only, and the control plane runs no command a tenant supplied.
-STDIO_DISCOVERY_COMMANDS = env_list("STDIO_DISCOVERY_COMMANDS", [])
-for _command in STDIO_DISCOVERY_COMMANDS:
-    if not Path(_command).is_absolute():
-        raise ImproperlyConfigured(
-            f"STDIO_DISCOVERY_COMMANDS: {_command!r} is not an absolute path; list the exact "
-            "program (e.g. /usr/local/bin/my-mcp-server), never a name looked up in PATH."
-        )
+STDIO_DISCOVERY_COMMANDS = env_absolute_paths("STDIO_DISCOVERY_COMMANDS")
 if STDIO_DISCOVERY_COMMANDS:  # no same-uid child may read this process's environment
     hide_environment()
 
 # --- Outbound connections (governance/outbound.py: the SSRF guard) ----------------------------
 # MCP server, webhook, HEC and syslog targets that are (or resolve to) loopback, link-local,
 # metadata, unspecified or multicast addresses are refused unless inside one of these CIDRs.
-OUTBOUND_ALLOWED_NETWORKS = env_list("OUTBOUND_ALLOWED_NETWORKS", [])
-for _network in OUTBOUND_ALLOWED_NETWORKS:
-    try:
-        ipaddress.ip_network(_network, strict=False)
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"OUTBOUND_ALLOWED_NETWORKS: {_network!r} is not a network (use CIDRs such as "
-            "127.0.0.0/8, comma-separated)") from None
+OUTBOUND_ALLOWED_NETWORKS = env_networks(
+    "OUTBOUND_ALLOWED_NETWORKS", [],
+    problem="is not a network (use CIDRs such as 127.0.0.0/8, comma-separated)")
 
 # --- Bundles and gateways (DESIGN.md §5) ------------------------------------------------------
 # Secrets at rest (governance/secrets.py): Fernet keys, comma-separated; the first encrypts, all
@@ -268,35 +217,8 @@ for _network in OUTBOUND_ALLOWED_NETWORKS:
 # private halves of the tenants' bundle signing keys, notification channel URLs and secrets, and
 # exporter tokens. BUNDLE_KEY_ENCRYPTION_KEYS is the old name of the same setting, still accepted;
 # both set to different values is a start-up error.
-_SECRET_KEYS_NAMES = ("SECRET_ENCRYPTION_KEYS", "BUNDLE_KEY_ENCRYPTION_KEYS")
-_secret_keys = {name: env_list(name, []) for name in _SECRET_KEYS_NAMES}
-if all(_secret_keys.values()) and _secret_keys["SECRET_ENCRYPTION_KEYS"] != \
-        _secret_keys["BUNDLE_KEY_ENCRYPTION_KEYS"]:
-    raise ImproperlyConfigured(
-        "SECRET_ENCRYPTION_KEYS and BUNDLE_KEY_ENCRYPTION_KEYS (its old name) are both set and "
-        "differ: set only SECRET_ENCRYPTION_KEYS.")
-_secret_keys_name = next((n for n in _SECRET_KEYS_NAMES if _secret_keys[n]),
-                         "SECRET_ENCRYPTION_KEYS")
-SECRET_ENCRYPTION_KEYS = _secret_keys[_secret_keys_name]
-if not SECRET_ENCRYPTION_KEYS:
-    if not DEBUG:
-        raise ImproperlyConfigured(
-            "SECRET_ENCRYPTION_KEYS: must be set when DEBUG is off (generate one with "
-            "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key()"
-            ".decode())')."
-        )
-    # Demo only (DEBUG=true, what `make run` sets): a fixed key, so restarts can still sign.
-    SECRET_ENCRYPTION_KEYS = ["ZGVtby1vbmx5LXRvbGxnYXRlLWJ1bmRsZS1rZXlzLTA="]
-for _i, _k in enumerate(SECRET_ENCRYPTION_KEYS):
-    try:
-        from cryptography.fernet import Fernet as _Fernet
-
-        _Fernet(_k)
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"{_secret_keys_name}: entry {_i + 1} is not a Fernet key (32 url-safe "
-            "base64-encoded bytes)."
-        ) from None
+SECRET_ENCRYPTION_KEYS = env_fernet_keys(
+    "SECRET_ENCRYPTION_KEYS", "BUNDLE_KEY_ENCRYPTION_KEYS", debug=DEBUG)
 # A bundle expires this long after it is issued; it is re-issued after 40 % of that.
 BUNDLE_TTL_SECONDS = env_int("BUNDLE_TTL_SECONDS", 24 * 3600, minimum=600)
 # A burst of registry edits within this many milliseconds becomes one build (the first edit of a
@@ -411,22 +333,22 @@ EVIDENCE_REPORT_MAX_ROWS = env_int("EVIDENCE_REPORT_MAX_ROWS", 500, minimum=10)
 # --- Authentication -------------------------------------------------------------------------
 OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")
 OIDC_ENABLED = bool(OIDC_RP_CLIENT_ID)
+_OIDC_SCHEMES = ("https", "http")
 if OIDC_ENABLED:
-    def _required_url(name: str) -> str:
-        value = env_url(name, schemes=("https", "http"))
-        if not value:
-            raise ImproperlyConfigured(f"{name}: required when OIDC_RP_CLIENT_ID is set")
-        return value
-
     OIDC_RP_CLIENT_SECRET = env_str("OIDC_RP_CLIENT_SECRET")
     if not OIDC_RP_CLIENT_SECRET:
         raise ImproperlyConfigured("OIDC_RP_CLIENT_SECRET: required when OIDC_RP_CLIENT_ID is set")
-    OIDC_OP_ISSUER = _required_url("OIDC_OP_ISSUER")
-    OIDC_OP_AUTHORIZATION_ENDPOINT = _required_url("OIDC_OP_AUTHORIZATION_ENDPOINT")
-    OIDC_OP_TOKEN_ENDPOINT = _required_url("OIDC_OP_TOKEN_ENDPOINT")
-    OIDC_OP_USER_ENDPOINT = _required_url("OIDC_OP_USER_ENDPOINT")
-    OIDC_OP_JWKS_ENDPOINT = _required_url("OIDC_OP_JWKS_ENDPOINT")
-    OIDC_OP_LOGOUT_ENDPOINT = env_url("OIDC_OP_LOGOUT_ENDPOINT", schemes=("https", "http"))
+    OIDC_OP_ISSUER = env_required_url(
+        "OIDC_OP_ISSUER", schemes=_OIDC_SCHEMES, required_by="OIDC_RP_CLIENT_ID")
+    OIDC_OP_AUTHORIZATION_ENDPOINT = env_required_url(
+        "OIDC_OP_AUTHORIZATION_ENDPOINT", schemes=_OIDC_SCHEMES, required_by="OIDC_RP_CLIENT_ID")
+    OIDC_OP_TOKEN_ENDPOINT = env_required_url(
+        "OIDC_OP_TOKEN_ENDPOINT", schemes=_OIDC_SCHEMES, required_by="OIDC_RP_CLIENT_ID")
+    OIDC_OP_USER_ENDPOINT = env_required_url(
+        "OIDC_OP_USER_ENDPOINT", schemes=_OIDC_SCHEMES, required_by="OIDC_RP_CLIENT_ID")
+    OIDC_OP_JWKS_ENDPOINT = env_required_url(
+        "OIDC_OP_JWKS_ENDPOINT", schemes=_OIDC_SCHEMES, required_by="OIDC_RP_CLIENT_ID")
+    OIDC_OP_LOGOUT_ENDPOINT = env_url("OIDC_OP_LOGOUT_ENDPOINT", schemes=_OIDC_SCHEMES)
 OIDC_RP_SIGN_ALGO = "RS256"
 OIDC_USE_PKCE = True
 OIDC_USE_NONCE = True
@@ -514,21 +436,11 @@ CSP_FORM_ACTION_EXTRA = [
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 
 
-def _metrics_networks(name: str, default: list[str]) -> list:
-    import ipaddress
-
-    networks = []
-    for item in env_list(name, default):
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ImproperlyConfigured(
-                f"{name}: {item!r} is not an IP network (e.g. 10.0.0.0/8 or ::1/128)") from None
-    return networks
-
-
-METRICS_ALLOWED_NETWORKS = _metrics_networks("METRICS_ALLOWED_NETWORKS",
-                                             ["127.0.0.1/32", "::1/128"])
+METRICS_ALLOWED_NETWORKS = [
+    ipaddress.ip_network(item, strict=False)
+    for item in env_networks("METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"],
+                             problem="is not an IP network (e.g. 10.0.0.0/8 or ::1/128)")
+]
 # A local scraper speaks plain HTTP, like the liveness probe: no redirect to HTTPS.
 SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, r"^metrics$"]
 

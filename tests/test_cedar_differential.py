@@ -18,15 +18,9 @@ from zoneinfo import ZoneInfo
 import cedarpy
 import pytest
 
-from bundles.cedar import (
-    cedar_outcome,
-    cedar_request,
-    cedar_string,
-    cedar_value,
-    compile_policy,
-    compile_schema,
-    unexpressed_grants,
-)
+from bundles.cedar import compile_policy, compile_schema, unexpressed_grants
+from bundles.cedar_request import cedar_outcome, cedar_request
+from bundles.cedar_values import cedar_string, cedar_value
 from gateway.decision import decide, tool_key
 from governance.audit.services import Actor
 from registry import services
