@@ -33,14 +33,6 @@ User = get_user_model()
 MAPPING_PERMISSION = "tenancy.manage_group_mappings"
 
 
-def _membership_state(membership: Membership) -> dict:
-    return {
-        "user": membership.user.get_username(),
-        "role": membership.role,
-        "source": membership.source,
-    }
-
-
 # --- Tenants -----------------------------------------------------------------------------------
 
 
@@ -53,7 +45,7 @@ def tenant_create(*, actor: Actor, slug: str, name: str) -> Tenant:
     AuditChain.objects.create(key=AuditChain.key_for(tenant), tenant=tenant)
     audit_record(
         tenant=tenant, actor=actor, action="tenant.created", obj=tenant,
-        after={"slug": slug, "name": name},
+        after=tenant.audit_snapshot(("slug", "name")),
     )
     return tenant
 
@@ -75,7 +67,7 @@ def tenant_update_settings(*, tenant: Tenant, actor: Actor, **changes: int) -> T
     unknown = set(changes) - set(TENANT_SETTING_LIMITS)
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
-    before = {field: getattr(tenant, field) for field in changes}
+    before = tenant.audit_snapshot(changes)
     for field, value in changes.items():
         low, high = TENANT_SETTING_LIMITS[field]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -114,7 +106,7 @@ def membership_create(
     membership.save()
     audit_record(
         tenant=tenant, actor=actor, action="membership.created", obj=membership,
-        after=_membership_state(membership),
+        after=membership.audit_snapshot(),
     )
     return membership
 
@@ -143,13 +135,13 @@ def membership_delete(*, tenant: Tenant, actor: Actor, membership: Membership) -
 
 
 def _set_role(*, tenant: Tenant, actor: Actor, membership: Membership, role: str) -> None:
-    before = _membership_state(membership)
+    before = membership.audit_snapshot()
     membership.role = role
     membership.updated_at = timezone.now()
     membership.save(update_fields=["role", "updated_at"])
     audit_record(
         tenant=tenant, actor=actor, action="membership.role_changed", obj=membership,
-        before=before, after=_membership_state(membership),
+        before=before, after=membership.audit_snapshot(),
     )
     _revoke_tokens_exceeding(tenant=tenant, actor=actor, membership=membership)
 
@@ -159,7 +151,7 @@ def _remove(*, tenant: Tenant, actor: Actor, membership: Membership) -> None:
     user = membership.user
     audit_record(
         tenant=tenant, actor=actor, action="membership.deleted", obj=membership,
-        before=_membership_state(membership),
+        before=membership.audit_snapshot(),
     )
     membership.delete()
     if user.has_perm(MAPPING_PERMISSION, tenant):
