@@ -52,6 +52,8 @@ class Gateway(TenantScopedModel):
 class GatewayToken(TenantScopedModel):
     """A bearer credential of one gateway: 256 random bits, stored as SHA-256, shown once."""
 
+    audit_fields = ("gateway", "name", "prefix")  # never the hash
+
     gateway = models.ForeignKey(Gateway, on_delete=models.CASCADE, related_name="tokens")
     name = models.CharField(max_length=100)
     token_hash = models.CharField(max_length=64, unique=True)

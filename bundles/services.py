@@ -153,7 +153,7 @@ def gateway_token_issue(*, tenant: Tenant, actor: Actor, gateway: Gateway, name:
         prefix=plaintext[:12], created_by=created_by,
     )
     audit_record(tenant=tenant, actor=actor, action="gateway.token_issued", obj=token,
-                 after={"gateway": gateway.name, "name": token.name, "prefix": token.prefix})
+                 after=token.audit_snapshot())
     return token, plaintext
 
 
@@ -166,8 +166,7 @@ def gateway_token_revoke(*, tenant: Tenant, actor: Actor, token: GatewayToken) -
     token.revoked_at = timezone.now()
     token.save(update_fields=["revoked_at"])
     audit_record(tenant=tenant, actor=actor, action="gateway.token_revoked", obj=token,
-                 after={"gateway": token.gateway.name, "name": token.name,
-                        "prefix": token.prefix})
+                 after=token.audit_snapshot())
     _forget_tokens([token.token_hash], tenant.slug)
     return token
 

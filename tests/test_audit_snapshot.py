@@ -17,7 +17,7 @@ from django.db import models
 from alerts.models import Alert, AlertRule, Kind, Severity
 from approvals.models import AccessRequest, Escalation
 from bundles import services as bundle_services
-from bundles.models import Gateway, SigningKey
+from bundles.models import Gateway, GatewayToken, SigningKey
 from evidence.models import EvidencePack
 from exports import services as export_services
 from exports.models import Exporter
@@ -31,7 +31,7 @@ from governance.audit.snapshot import (
     render,
 )
 from governance.tenancy import services as tenancy_services
-from governance.tenancy.models import Invitation, Membership, Tenant
+from governance.tenancy.models import ApiToken, IdpGroupMapping, Invitation, Membership, Tenant
 from governance.tenancy.roles import Role
 from notifications import services as notification_services
 from notifications.models import Channel
@@ -71,6 +71,19 @@ CASES = {
                         last_report={"bundle": 1}),
         {"name": "edge-1", "description": "Frankfurt", "labels": {"env": "prod"},
          "status": "disabled"}),
+    "gateway_token": (
+        lambda: GatewayToken(gateway=Gateway(name="edge-1"), name="ci", token_hash=SECRET,
+                             prefix="tgw_abcdefgh"),
+        {"gateway": "edge-1", "name": "ci", "prefix": "tgw_abcdefgh"}),
+    "group_mapping": (
+        lambda: IdpGroupMapping(group="payroll-admins", role=Role.ADMIN),
+        {"group": "payroll-admins", "role": "admin"}),
+    "api_token": (
+        lambda: ApiToken(name="deploy", kind=ApiToken.Kind.PERSONAL, user=User(username="dave"),
+                         role=Role.DEVELOPER, token_hash=SECRET, prefix="tgp_abcdefgh",
+                         expires_at=AT),
+        {"name": "deploy", "kind": "personal", "role": "developer", "prefix": "tgp_abcdefgh",
+         "owner": "dave", "expires_at": AT_JSON}),
     "signing_key": (
         lambda: SigningKey(kid="k-1", state=SigningKey.State.PENDING, public_jwk={"kid": "k-1"},
                            private_key_encrypted=SECRET, activate_after=AT),
@@ -175,6 +188,11 @@ LEGACY = {
         "slug", "name", "registry_resync_minutes", "decision_log_retention_days")},
     "gateway": lambda g: {"name": g.name, "description": g.description, "labels": g.labels,
                           "status": g.status},
+    "gateway_token": lambda t: {"gateway": t.gateway.name, "name": t.name, "prefix": t.prefix},
+    "group_mapping": lambda m: {"group": m.group, "role": m.role},
+    "api_token": lambda t: {"name": t.name, "kind": t.kind, "role": t.role, "prefix": t.prefix,
+                            "owner": t.user.get_username() if t.user else None,
+                            "expires_at": t.expires_at},
     "signing_key": lambda k: {
         "kid": k.kid, "state": k.state,
         "activate_after": k.activate_after.isoformat() if k.activate_after else None},
@@ -228,6 +246,7 @@ VARIANTS = {
     "grant": {"window_start": None, "window_end": None, "expires_at": None,
               "argument_constraints": {}, "approval_condition": {}},
     "gateway": {"labels": {}},
+    "api_token": {"kind": ApiToken.Kind.SERVICE, "user": None},
 }
 
 
@@ -288,6 +307,8 @@ def test_every_audited_model_is_covered_here_and_declares_real_attributes():
 # --- Secrets ----------------------------------------------------------------------------------
 
 SECRET_FIELDS = {
+    GatewayToken: ["token_hash"],
+    ApiToken: ["token_hash"],
     SigningKey: ["private_key_encrypted"],
     Exporter: ["token_encrypted"],
     Channel: ["url_encrypted", "secret_encrypted"],
@@ -406,6 +427,21 @@ def test_the_stored_events_carry_the_snapshots(tenant_a, alice):
     assert event.before == {"decision_log_retention_days": 90}
     assert event.after == {"decision_log_retention_days": 30}
     assert _last("tenant.created").after == {"slug": "alpha", "name": "Alpha Corp"}
+
+    token, plaintext = bundle_services.gateway_token_issue(tenant=tenant_a, actor=SYSTEM,
+                                                           gateway=gateway, name="ci")
+    bundle_services.gateway_token_revoke(tenant=tenant_a, actor=SYSTEM, token=token)
+    expected = {"gateway": "edge-1", "name": "ci", "prefix": plaintext[:12]}
+    assert _last("gateway.token_issued").after == _last("gateway.token_revoked").after == expected
+
+    mapping = tenancy_services.group_mapping_create(tenant=tenant_a, actor=SYSTEM,
+                                                    group=" payroll ", role=Role.VIEWER)
+    tenancy_services.group_mapping_update(tenant=tenant_a, actor=SYSTEM, mapping=mapping,
+                                          role=Role.APPROVER)
+    event = _last("group_mapping.updated")
+    assert (event.before, event.after) == ({"group": "payroll", "role": "viewer"},
+                                           {"group": "payroll", "role": "approver"})
+    assert _last("group_mapping.created").after == {"group": "payroll", "role": "viewer"}
 
     membership = Membership.objects.get(tenant=tenant_a, user=alice)
     assert _last("membership.created").after == {"user": "alice", "role": "admin",

@@ -13,7 +13,9 @@ Rendering (``render``): ``None``, booleans, numbers and strings as they are; cho
 their value; a related object by name (a user by ``get_username()``, anything else by ``str()``,
 as ``object_repr`` names objects); JSON lists and dicts element by element; datetimes, dates,
 times, decimals and UUIDs exactly as ``DjangoJSONEncoder`` writes them — the encoder
-``audit_record`` stores ``before``/``after`` with, so a snapshot is stored unchanged.
+``audit_record`` stores ``before``/``after`` with, so a snapshot is stored unchanged. The signing
+keys' and the approval items' snapshots have always recorded their datetime at full precision
+instead; they declare ``render=isoformat`` (one form for all would change what the trail records).
 
 Secrets never enter a snapshot: a field holding one (an ``*_encrypted`` value, a token hash, key
 material) may only be declared with ``render=presence``, which records "set" or "" — a model

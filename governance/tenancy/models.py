@@ -9,7 +9,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from governance.audit.snapshot import AuditSnapshotModel
+from governance.audit.snapshot import AuditField, AuditSnapshotModel
 from governance.tenancy.roles import Role
 
 SLUG_VALIDATOR = RegexValidator(
@@ -100,6 +100,8 @@ class Membership(TenantScopedModel):
 class IdpGroupMapping(TenantScopedModel):
     """Members of IdP group ``group`` get ``role`` in the tenant at their next login."""
 
+    audit_fields = ("group", "role")
+
     group = models.CharField(max_length=200)
     role = models.CharField(max_length=20, choices=Role.choices)
     created_at = models.DateTimeField(default=timezone.now)
@@ -144,6 +146,9 @@ def hash_token(plaintext: str) -> str:
 
 class ApiToken(TenantScopedModel):
     """A bearer token for the admin REST API, bound to one tenant and one role."""
+
+    # Never the hash: the prefix identifies a token in the trail.
+    audit_fields = ("name", "kind", "role", "prefix", AuditField("owner", "user"), "expires_at")
 
     class Kind(models.TextChoices):
         PERSONAL = "personal", "Personal"

@@ -222,7 +222,7 @@ def group_mapping_create(*, tenant: Tenant, actor: Actor, group: str, role: str)
     mapping.save()
     audit_record(
         tenant=tenant, actor=actor, action="group_mapping.created", obj=mapping,
-        after={"group": group, "role": role},
+        after=mapping.audit_snapshot(),
     )
     return mapping
 
@@ -233,13 +233,13 @@ def group_mapping_update(
 ) -> IdpGroupMapping:
     """Change the role a group maps to."""
     mapping = IdpGroupMapping.objects.for_tenant(tenant).select_for_update().get(pk=mapping.pk)
-    before = {"group": mapping.group, "role": mapping.role}
+    before = mapping.audit_snapshot()
     mapping.role = role
     mapping.full_clean(exclude=["tenant"])
     mapping.save(update_fields=["role"])
     audit_record(
         tenant=tenant, actor=actor, action="group_mapping.updated", obj=mapping,
-        before=before, after={"group": mapping.group, "role": role},
+        before=before, after=mapping.audit_snapshot(),
     )
     return mapping
 
@@ -250,7 +250,7 @@ def group_mapping_delete(*, tenant: Tenant, actor: Actor, mapping: IdpGroupMappi
     mapping = IdpGroupMapping.objects.for_tenant(tenant).select_for_update().get(pk=mapping.pk)
     audit_record(
         tenant=tenant, actor=actor, action="group_mapping.deleted", obj=mapping,
-        before={"group": mapping.group, "role": mapping.role},
+        before=mapping.audit_snapshot(),
     )
     mapping.delete()
 
@@ -416,9 +416,7 @@ def api_token_create(
     token.save()
     audit_record(
         tenant=tenant, actor=actor, action="api_token.created", obj=token,
-        after={"name": token.name, "kind": kind, "role": role, "prefix": token.prefix,
-               "owner": owner.get_username() if owner else None,
-               "expires_at": expires_at},
+        after=token.audit_snapshot(),
     )
     return token, plaintext
 
