@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from governance.audit.snapshot import AuditField
 from governance.tenancy.models import TenantScopedModel
 
 
@@ -78,6 +79,8 @@ KIND_SPECS: dict[str, KindSpec] = {
 class AlertRule(TenantScopedModel):
     """One kind of alert for one tenant: on or off, its threshold/window and severity."""
 
+    audit_fields = ("kind", "enabled", "threshold", "window_minutes", "severity")
+
     kind = models.CharField(max_length=30, choices=Kind.choices)
     enabled = models.BooleanField(default=True)
     threshold = models.PositiveIntegerField(null=True, blank=True)
@@ -113,6 +116,9 @@ class AlertRule(TenantScopedModel):
 
 class Alert(TenantScopedModel):
     """Something that needs a person's attention, de-duplicated on ``(rule_kind, key)``."""
+
+    audit_fields = (AuditField("kind", "rule_kind"), "key", "subject", "severity", "status",
+                    "occurrences")
 
     class Status(models.TextChoices):
         OPEN = "open", "Open"

@@ -78,11 +78,6 @@ def alert_rules_for(tenant: Tenant) -> dict[str, AlertRule]:
     return {kind: rows[kind] for kind in Kind.values}
 
 
-def _rule_state(rule: AlertRule) -> dict[str, Any]:
-    return {"kind": rule.kind, "enabled": rule.enabled, "threshold": rule.threshold,
-            "window_minutes": rule.window_minutes, "severity": rule.severity}
-
-
 def _bounded(value: Any, field: str, label: str, maximum: int) -> int:
     try:
         number = int(value)
@@ -106,7 +101,7 @@ def alert_rule_update(*, tenant: Tenant, actor: Actor, rule: AlertRule,
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} of a rule.")
     spec = rule.spec
-    before = _rule_state(rule)
+    before = rule.audit_snapshot()
     if "enabled" in changes:
         rule.enabled = bool(changes["enabled"])
     if "severity" in changes:
@@ -127,7 +122,7 @@ def alert_rule_update(*, tenant: Tenant, actor: Actor, rule: AlertRule,
         if value in (None, ""):
             raise ValidationError({field: f"Give the {label} (default {default})."})
         setattr(rule, field, _bounded(value, field, label, maximum))
-    after = _rule_state(rule)
+    after = rule.audit_snapshot()
     if after == before:
         return rule
     rule.updated_by = user
@@ -139,12 +134,6 @@ def alert_rule_update(*, tenant: Tenant, actor: Actor, rule: AlertRule,
 
 
 # --- Alerts -----------------------------------------------------------------------------------
-
-
-def _alert_state(alert: Alert) -> dict[str, Any]:
-    return {"kind": alert.rule_kind, "key": alert.key, "subject": alert.subject,
-            "severity": alert.severity, "status": alert.status,
-            "occurrences": alert.occurrences}
 
 
 def _notify(alert: Alert, *, again: bool) -> None:
@@ -193,7 +182,7 @@ def alert_raise(*, tenant: Tenant, kind: str, key: str, subject: str,
                 raise
         else:
             audit_record(tenant=tenant, actor=actor, action="alert.raised", obj=alert,
-                         after=_alert_state(alert) | {"detail": detail})
+                         after=alert.audit_snapshot() | {"detail": detail})
             _notify(alert, again=False)
             return alert
     alert.occurrences += 1

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from governance.audit.snapshot import AuditField, isoformat
 from governance.tenancy.models import TenantScopedModel
 from governance.tenancy.roles import Role
 from registry.models import Agent, Grant, Risk, ToolScope
@@ -144,6 +145,9 @@ class Decidable(TenantScopedModel):
 class AccessRequest(Decidable):
     """A request for a scope for an agent, decided stage by stage by eligible approvers."""
 
+    audit_fields = ("status", "agent", "scope", "duration_minutes", "current_stage",
+                    AuditField("deadline", render=isoformat))
+
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="access_requests")
     scope = models.ForeignKey(ToolScope, on_delete=models.CASCADE,
                               related_name="access_requests")
@@ -176,6 +180,9 @@ class Escalation(Decidable):
     """One held tool call waiting for a human (DESIGN.md §5 escalations): created by a gateway,
     idempotent on (gateway, call_id), decided like an access request, then answered with a
     short-lived signed receipt that the gateway consumes exactly once."""
+
+    audit_fields = ("status", "agent", "server", "tool", "arguments_sha256", "current_stage",
+                    AuditField("deadline", render=isoformat))
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     gateway = models.ForeignKey("bundles.Gateway", on_delete=models.CASCADE,

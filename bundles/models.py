@@ -6,11 +6,14 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from governance.audit.snapshot import AuditField, isoformat
 from governance.tenancy.models import Tenant, TenantScopedModel
 
 
 class Gateway(TenantScopedModel):
     """One enforcement point of the tenant's fleet; it authenticates with its tokens."""
+
+    audit_fields = ("name", "description", "labels", "status")
 
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -49,6 +52,8 @@ class Gateway(TenantScopedModel):
 class GatewayToken(TenantScopedModel):
     """A bearer credential of one gateway: 256 random bits, stored as SHA-256, shown once."""
 
+    audit_fields = ("gateway", "name", "prefix")  # never the hash
+
     gateway = models.ForeignKey(Gateway, on_delete=models.CASCADE, related_name="tokens")
     name = models.CharField(max_length=100)
     token_hash = models.CharField(max_length=64, unique=True)
@@ -74,6 +79,9 @@ class GatewayToken(TenantScopedModel):
 
 class SigningKey(TenantScopedModel):
     """An ES256 key pair that signs the tenant's bundles; the private half is encrypted."""
+
+    # Never the private key (not even whether it is set: every key has one).
+    audit_fields = ("kid", "state", AuditField("activate_after", render=isoformat))
 
     class State(models.TextChoices):
         PENDING = "pending", "Pending (published, not signing yet)"

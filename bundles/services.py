@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from bundles import hot, keys, publish
 from bundles.models import Gateway, GatewayToken, PublishState, SigningKey
-from bundles.signing import _jwks_changed, _key_state, _new_key
+from bundles.signing import _jwks_changed, _new_key
 from bundles.signing import signing_key_for_build as signing_key_for_build  # public here too
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor, audit_record
@@ -62,11 +62,6 @@ def _clean_name(name: str) -> str:
     return name
 
 
-def _gateway_state(gateway: Gateway) -> dict[str, Any]:
-    return {"name": gateway.name, "description": gateway.description, "labels": gateway.labels,
-            "status": gateway.status}
-
-
 # --- Gateways ---------------------------------------------------------------------------------
 
 @transaction.atomic
@@ -82,7 +77,7 @@ def gateway_create(*, tenant: Tenant, actor: Actor, name: str, description: str 
     except IntegrityError:
         raise ValidationError({"name": f"A gateway named {gateway.name} already exists."}) from None
     audit_record(tenant=tenant, actor=actor, action="gateway.created", obj=gateway,
-                 after=_gateway_state(gateway))
+                 after=gateway.audit_snapshot())
     return gateway
 
 
@@ -90,7 +85,7 @@ def gateway_create(*, tenant: Tenant, actor: Actor, name: str, description: str 
 def gateway_update(*, tenant: Tenant, actor: Actor, gateway: Gateway, name: str | None = None,
                    description: str | None = None, labels: dict[str, str] | None = None) -> Gateway:
     gateway = Gateway.objects.for_tenant(tenant).select_for_update().get(pk=gateway.pk)
-    before = _gateway_state(gateway)
+    before = gateway.audit_snapshot()
     if name is not None:
         gateway.name = _clean_name(name)
         if Gateway.objects.for_tenant(tenant).filter(name=gateway.name).exclude(
@@ -105,7 +100,7 @@ def gateway_update(*, tenant: Tenant, actor: Actor, gateway: Gateway, name: str 
             gateway.save(update_fields=["name", "description", "labels"])
     except IntegrityError:
         raise ValidationError({"name": f"A gateway named {gateway.name} already exists."}) from None
-    after = _gateway_state(gateway)
+    after = gateway.audit_snapshot()
     if after != before:
         audit_record(tenant=tenant, actor=actor, action="gateway.updated", obj=gateway,
                      before=before, after=after)
@@ -158,7 +153,7 @@ def gateway_token_issue(*, tenant: Tenant, actor: Actor, gateway: Gateway, name:
         prefix=plaintext[:12], created_by=created_by,
     )
     audit_record(tenant=tenant, actor=actor, action="gateway.token_issued", obj=token,
-                 after={"gateway": gateway.name, "name": token.name, "prefix": token.prefix})
+                 after=token.audit_snapshot())
     return token, plaintext
 
 
@@ -171,8 +166,7 @@ def gateway_token_revoke(*, tenant: Tenant, actor: Actor, token: GatewayToken) -
     token.revoked_at = timezone.now()
     token.save(update_fields=["revoked_at"])
     audit_record(tenant=tenant, actor=actor, action="gateway.token_revoked", obj=token,
-                 after={"gateway": token.gateway.name, "name": token.name,
-                        "prefix": token.prefix})
+                 after=token.audit_snapshot())
     _forget_tokens([token.token_hash], tenant.slug)
     return token
 
@@ -282,7 +276,7 @@ def signing_key_rotate(*, tenant: Tenant, actor: Actor, immediate: bool = False,
     key = _new_key(tenant, SigningKey.State.PENDING, created_by=created_by,
                    activate_after=timezone.now() + lead)
     audit_record(tenant=tenant, actor=actor, action="bundle_key.rotated", obj=key,
-                 after={**_key_state(key), "immediate": immediate})
+                 after={**key.audit_snapshot(), "immediate": immediate})
     _jwks_changed(tenant)
     if immediate:
         for other in pending:
@@ -308,12 +302,12 @@ def _activate(tenant: Tenant, actor: Actor, key: SigningKey) -> SigningKey:
         current.retired_at = now
         current.save(update_fields=["state", "retired_at"])
         audit_record(tenant=tenant, actor=actor, action="bundle_key.retired", obj=current,
-                     after=_key_state(current))
+                     after=current.audit_snapshot())
     key.state = SigningKey.State.ACTIVE
     key.activated_at = now
     key.save(update_fields=["state", "activated_at"])
     audit_record(tenant=tenant, actor=actor, action="bundle_key.activated", obj=key,
-                 after=_key_state(key))
+                 after=key.audit_snapshot())
     _jwks_changed(tenant)
     # Bundles are re-signed by the new key straight away.
     publish.schedule_build_on_commit(tenant.pk)
@@ -342,12 +336,12 @@ def signing_keys_activate_due(*, now: datetime | None = None) -> list[SigningKey
 
 
 def _revoke(tenant: Tenant, actor: Actor, key: SigningKey) -> SigningKey:
-    before = _key_state(key)
+    before = key.audit_snapshot()
     key.state = SigningKey.State.REVOKED
     key.revoked_at = timezone.now()
     key.save(update_fields=["state", "revoked_at"])
     audit_record(tenant=tenant, actor=actor, action="bundle_key.revoked", obj=key, before=before,
-                 after=_key_state(key))
+                 after=key.audit_snapshot())
     _jwks_changed(tenant)
     return key
 

@@ -5,7 +5,6 @@ activating and revoking keys are services in ``services.py``)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -16,11 +15,6 @@ from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Tenant
 
 __all__ = ["signing_key_for_build"]
-
-
-def _key_state(key: SigningKey) -> dict[str, Any]:
-    return {"kid": key.kid, "state": key.state,
-            "activate_after": key.activate_after.isoformat() if key.activate_after else None}
 
 
 def _new_key(tenant: Tenant, state: str, created_by=None,
@@ -51,6 +45,6 @@ def signing_key_for_build(*, tenant: Tenant) -> SigningKey:
         )
     key = _new_key(tenant, SigningKey.State.ACTIVE)
     audit_record(tenant=tenant, actor=Actor.system("bundle publisher"),
-                 action="bundle_key.created", obj=key, after=_key_state(key))
+                 action="bundle_key.created", obj=key, after=key.audit_snapshot())
     _jwks_changed(tenant)
     return key

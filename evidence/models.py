@@ -13,6 +13,8 @@ from governance.tenancy.models import TenantScopedModel
 class EvidencePack(TenantScopedModel):
     """One requested evidence pack and, once built, its zip and the zip's SHA-256."""
 
+    audit_fields = ("period_start", "period_end", "status")
+
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"

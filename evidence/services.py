@@ -63,11 +63,6 @@ def validate_period(period_start: Any, period_end: Any) -> tuple[date, date]:
     return period_start, period_end
 
 
-def _state(pack: EvidencePack) -> dict[str, Any]:
-    return {"period_start": pack.period_start.isoformat(),
-            "period_end": pack.period_end.isoformat(), "status": pack.status}
-
-
 @transaction.atomic
 def evidence_pack_request(*, tenant: Tenant, actor: Actor, period_start: date, period_end: date,
                           requested_by: AbstractBaseUser | None = None) -> EvidencePack:
@@ -85,7 +80,7 @@ def evidence_pack_request(*, tenant: Tenant, actor: Actor, period_start: date, p
         step="Waiting for a worker", created_at=now, queued_at=now,
     )
     audit_record(tenant=tenant, actor=actor, action="evidence.requested", obj=pack,
-                 after=_state(pack))
+                 after=pack.audit_snapshot())
     enqueue_on_commit("evidence.tasks.build_pack", pack.pk)
     return pack
 
@@ -185,7 +180,7 @@ def _done(*, pack_id: int, attempt: int, built: Built) -> EvidencePack:
     summary = built.summary
     audit_record(tenant=pack.tenant, actor=Actor.system(f"evidence pack #{pack.pk}"),
                  action="evidence.generated", obj=pack,
-                 after=_state(pack) | {
+                 after=pack.audit_snapshot() | {
                      "sha256": pack.sha256, "size": pack.size, "files": len(pack.files),
                      "requested_by": pack.requested_by_label, "attempts": pack.attempts,
                      "audit_chain": summary.get("audit_chain"),
@@ -214,7 +209,7 @@ def _attempt_failed(*, pack_id: int, attempt: int, error: str, final: bool = Fal
         pack.save(update_fields=["status", "step", "error", "progress", "finished_at"])
         audit_record(tenant=pack.tenant, actor=Actor.system(f"evidence pack #{pack.pk}"),
                      action="evidence.failed", obj=pack,
-                     after=_state(pack) | {"attempts": pack.attempts, "error": pack.error})
+                     after=pack.audit_snapshot() | {"attempts": pack.attempts, "error": pack.error})
         return pack
     pack.status = EvidencePack.Status.QUEUED
     pack.step = (f"Attempt {pack.attempts} of {limit} failed; retrying in "
@@ -275,5 +270,5 @@ def evidence_pack_download(*, tenant: Tenant, actor: Actor, pack: EvidencePack) 
         raise ValidationError(f"This evidence pack is {status}: there is nothing to download "
                               "yet.")
     audit_record(tenant=tenant, actor=actor, action="evidence.downloaded", obj=pack,
-                 after=_state(pack) | {"sha256": row["sha256"], "size": row["size"]})
+                 after=pack.audit_snapshot() | {"sha256": row["sha256"], "size": row["size"]})
     return bytes(row["content"])

@@ -12,11 +12,16 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from governance.audit.snapshot import AuditField, presence
 from governance.tenancy.models import TenantScopedModel
 
 
 class Exporter(TenantScopedModel):
     """Where one stream of a tenant's events goes; the HEC token is encrypted at rest."""
+
+    # Never the token itself: only whether one is set.
+    audit_fields = ("name", "kind", "stream", "enabled", "path", "host", "port", "url", "index",
+                    AuditField("token", "token_encrypted", render=presence))
 
     class Kind(models.TextChoices):
         JSONL = "jsonl", "JSON lines file"

@@ -47,16 +47,6 @@ TOKEN = re.compile(r"[\x21-\x7e]{8,500}")
 EXPORTER_FIELDS = ("name", "kind", "stream", "enabled", "path", "host", "port", "url", "index")
 
 
-def _state(exporter: Exporter) -> dict[str, Any]:
-    """What the audit trail records of an exporter: never the token itself."""
-    return {
-        "name": exporter.name, "kind": exporter.kind, "stream": exporter.stream,
-        "enabled": exporter.enabled, "path": exporter.path, "host": exporter.host,
-        "port": exporter.port, "url": exporter.url, "index": exporter.index,
-        "token": "set" if exporter.token_encrypted else "",
-    }
-
-
 # --- Validation --------------------------------------------------------------------------------
 
 
@@ -192,7 +182,7 @@ def exporter_create(*, tenant: Tenant, actor: Actor, name: str, kind: str, strea
     exporter.cursor = _start_cursor(tenant, stream, start)
     _save(exporter)
     audit_record(tenant=tenant, actor=actor, action="exporter.created", obj=exporter,
-                 after=_state(exporter) | {"start": start, "cursor": exporter.cursor})
+                 after=exporter.audit_snapshot() | {"start": start, "cursor": exporter.cursor})
     if exporter.enabled:
         enqueue_on_commit("exports.tasks.run_exporter", exporter.pk)
     return exporter
@@ -211,11 +201,11 @@ def exporter_update(*, tenant: Tenant, actor: Actor, exporter: Exporter, token: 
     if "stream" in changes and changes["stream"] != exporter.stream:
         raise ValidationError({"stream": "The stream cannot change (the cursor counts rows of "
                                          "one stream); add another exporter instead."})
-    before, old_token = _state(exporter), exporter.token_encrypted
+    before, old_token = exporter.audit_snapshot(), exporter.token_encrypted
     for field, value in changes.items():
         setattr(exporter, field, value)
     _validate(exporter, token)
-    after = _state(exporter)
+    after = exporter.audit_snapshot()
     config_changed = ({k: v for k, v in after.items() if k != "enabled"}
                       != {k: v for k, v in before.items() if k != "enabled"}
                       or old_token != exporter.token_encrypted)
@@ -248,7 +238,7 @@ def exporter_delete(*, tenant: Tenant, actor: Actor, exporter: Exporter) -> None
     """Delete an exporter (what it sent stays at the receiver)."""
     exporter = _locked(tenant, exporter)
     audit_record(tenant=tenant, actor=actor, action="exporter.deleted", obj=exporter,
-                 before=_state(exporter) | {"cursor": exporter.cursor,
+                 before=exporter.audit_snapshot() | {"cursor": exporter.cursor,
                                             "exported_total": exporter.exported_total})
     exporter.delete()
 

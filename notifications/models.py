@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from governance.audit.snapshot import AuditField, presence
 from governance.tenancy.models import TenantScopedModel
 
 # Every event Tollgate notifies about, with the label the channel form shows.
@@ -25,6 +26,11 @@ EVENTS: dict[str, str] = {
 
 class Channel(TenantScopedModel):
     """Where a tenant's notifications go; URLs and secrets are encrypted at rest."""
+
+    # Never the URL or the secret themselves: the URL's hint, and whether a secret is set.
+    audit_fields = ("name", "kind", "enabled", "events", "addresses", "to_recipients",
+                    AuditField("url", "url_hint"),
+                    AuditField("secret", "secret_encrypted", render=presence))
 
     class Kind(models.TextChoices):
         EMAIL = "email", "E-mail"

@@ -39,16 +39,6 @@ def _hint(url: str) -> str:
     return f"{host} …{url[-4:]}"
 
 
-def _channel_state(channel: Channel) -> dict[str, Any]:
-    """What the audit trail records of a channel: never the URL or the secret themselves."""
-    return {
-        "name": channel.name, "kind": channel.kind, "enabled": channel.enabled,
-        "events": channel.events, "addresses": channel.addresses,
-        "to_recipients": channel.to_recipients, "url": channel.url_hint,
-        "secret": "set" if channel.secret_encrypted else "",
-    }
-
-
 def _clean_events(events: Iterable[str]) -> list[str]:
     events = list(events or [])
     unknown = sorted(set(events) - set(EVENTS))
@@ -150,7 +140,7 @@ def channel_create(*, tenant: Tenant, actor: Actor, name: str, kind: str, enable
     _validate(channel, url, secret)
     _save(channel)
     audit_record(tenant=tenant, actor=actor, action="notification_channel.created", obj=channel,
-                 after=_channel_state(channel))
+                 after=channel.audit_snapshot())
     return channel
 
 
@@ -165,12 +155,12 @@ def channel_update(*, tenant: Tenant, actor: Actor, channel: Channel, url: str |
     unknown = set(changes) - set(CHANNEL_FIELDS)
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
-    before = _channel_state(channel)
+    before = channel.audit_snapshot()
     old_secrets = (channel.url_encrypted, channel.secret_encrypted)
     for field, value in changes.items():
         setattr(channel, field, value)
     _validate(channel, url, secret)
-    after = _channel_state(channel)
+    after = channel.audit_snapshot()
     if after == before and old_secrets == (channel.url_encrypted, channel.secret_encrypted):
         return channel
     channel.updated_at = timezone.now()
@@ -189,7 +179,7 @@ def channel_delete(*, tenant: Tenant, actor: Actor, channel: Channel) -> None:
     """Delete a channel and its delivery log (pending deliveries are not sent)."""
     channel = Channel.objects.for_tenant(tenant).select_for_update().get(pk=channel.pk)
     audit_record(tenant=tenant, actor=actor, action="notification_channel.deleted", obj=channel,
-                 before=_channel_state(channel) | {"deliveries": channel.deliveries.count()})
+                 before=channel.audit_snapshot() | {"deliveries": channel.deliveries.count()})
     channel.delete()
 
 

@@ -37,6 +37,9 @@ class LifecycleMixin:
 class McpServer(LifecycleMixin, TenantScopedModel):
     """An MCP server agents reach through gateways."""
 
+    audit_fields = ("name", "description", "transport", "url", "command", "version",
+                    "data_classes", "risk_tier", "status")
+
     class Transport(models.TextChoices):
         STREAMABLE_HTTP = "streamable-http", "Streamable HTTP"
         SSE = "sse", "SSE"
@@ -199,6 +202,10 @@ class GatewayBinding(TenantScopedModel):
 class Tool(TenantScopedModel):
     """A tool of a server, pinned to the definition someone approved."""
 
+    # The pinned definition (the drifted one is recorded with the drift).
+    audit_fields = ("name", "title", "description", "input_schema", "output_schema",
+                    "annotations")
+
     class Status(models.TextChoices):
         PENDING_REVIEW = "pending_review", "Pending review"
         APPROVED = "approved", "Approved"
@@ -240,6 +247,8 @@ class Tool(TenantScopedModel):
 class ToolScope(TenantScopedModel):
     """A named set of tools (``payroll:read``) that grants are made of."""
 
+    audit_fields = ("name", "description", "risk_level", "data_classes")
+
     name = models.CharField(max_length=100)
     description = models.TextField(blank=True)
     risk_level = models.CharField(max_length=10, choices=Risk.choices, default=Risk.MEDIUM)
@@ -261,6 +270,8 @@ class ToolScope(TenantScopedModel):
 
 class Agent(LifecycleMixin, TenantScopedModel):
     """An AI agent, recognised by gateways through its principals."""
+
+    audit_fields = ("name", "purpose", "environment", "owner")
 
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -319,6 +330,10 @@ class AgentPrincipal(TenantScopedModel):
 
 class Grant(TenantScopedModel):
     """Agent × scope, with limits, argument constraints, an approval mode and an expiry."""
+
+    audit_fields = ("agent", "scope", "calls_per_minute", "calls_per_day", "window_start",
+                    "window_end", "window_days", "window_tz", "argument_constraints",
+                    "approval_mode", "approval_condition", "expires_at", "status")
 
     class ApprovalMode(models.TextChoices):
         NEVER = "never", "Never"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -63,25 +62,7 @@ class Outcome:
         return self.request
 
 
-# --- Audit snapshots and names ----------------------------------------------------------------
-
-def request_state(request: AccessRequest) -> dict[str, Any]:
-    return {"status": request.status, "agent": request.agent.name, "scope": request.scope.name,
-            "duration_minutes": request.duration_minutes, "current_stage": request.current_stage,
-            "deadline": request.deadline.isoformat()}
-
-
-def escalation_state(escalation: Escalation) -> dict[str, Any]:
-    return {"status": escalation.status, "agent": escalation.agent.name,
-            "server": escalation.server, "tool": escalation.tool,
-            "arguments_sha256": escalation.arguments_sha256,
-            "current_stage": escalation.current_stage,
-            "deadline": escalation.deadline.isoformat()}
-
-
-def _state(item: Decidable) -> dict[str, Any]:
-    return request_state(item) if isinstance(item, AccessRequest) else escalation_state(item)
-
+# --- Names ------------------------------------------------------------------------------------
 
 def _kind(item: Decidable) -> str:
     return "access_request" if isinstance(item, AccessRequest) else "escalation"
@@ -116,7 +97,7 @@ def _finish(tenant: Tenant, actor: Actor, item: Decidable, status: str, now: dat
     item.save(update_fields=["status", "decided_at", "deny_reason"])
     if isinstance(item, Escalation):
         audit_record(tenant=tenant, actor=actor, action="escalation.resolved", obj=item,
-                     after={**escalation_state(item), "reason": reason})
+                     after={**item.audit_snapshot(), "reason": reason})
         wake_escalation(item)
     announce(tenant, item, "escalation.decided" if isinstance(item, Escalation)
              else "approval.decided")
@@ -130,7 +111,7 @@ def _expire(tenant: Tenant, item: Decidable, now: datetime) -> None:
     item.deny_reason = "No decision by the deadline: denied automatically."
     item.save(update_fields=["status", "decided_at", "deny_reason"])
     audit_record(tenant=tenant, actor=system, action=f"{_kind(item)}.expired", obj=item,
-                 after=_state(item))
+                 after=item.audit_snapshot())
     if isinstance(item, Escalation):
         wake_escalation(item)
     announce(tenant, item, "escalation.decided" if isinstance(item, Escalation)
@@ -147,7 +128,7 @@ def deadline_passed(tenant: Tenant, item: Decidable, now: datetime) -> bool:
         item.save(update_fields=["on_alternates", "deadline", "reminded_at"])
         audit_record(tenant=tenant, actor=Actor.system("approvals"),
                      action=f"{_kind(item)}.to_alternates", obj=item,
-                     after={**_state(item), "alternates": item.alternates})
+                     after={**item.audit_snapshot(), "alternates": item.alternates})
         announce(tenant, item, "approval.reminder")
         if now < item.deadline:
             return True
@@ -230,7 +211,7 @@ def decide_item(*, tenant: Tenant, actor: Actor, item: Decidable, approver: Abst
     item.grant = grant
     item.save(update_fields=["status", "decided_at", "grant"])
     audit_record(tenant=tenant, actor=actor, action="access_request.granted", obj=item,
-                 after={**request_state(item), "grant": grant.pk,
+                 after={**item.audit_snapshot(), "grant": grant.pk,
                         "expires_at": grant.expires_at.isoformat()})
     announce(tenant, item, "approval.decided")
     return Outcome(item, f"Approved: {item.scope.name} granted to {item.agent.name} "
@@ -271,7 +252,8 @@ def reminders_due(*, now: datetime | None = None) -> int:
                 item.reminded_at = now
                 item.save(update_fields=["reminded_at"])
                 audit_record(tenant=item.tenant, actor=Actor.system("approvals"),
-                             action=f"{_kind(item)}.reminded", obj=item, after=_state(item))
+                             action=f"{_kind(item)}.reminded", obj=item,
+                             after=item.audit_snapshot())
                 announce(item.tenant, item, "approval.reminder")
                 count += 1
     return count

@@ -23,7 +23,6 @@ from approvals.services.decisions import (
     announce,
     deadline_passed,
     decide_item,
-    escalation_state,
     locked,
 )
 from bundles import keys
@@ -174,7 +173,7 @@ def _create_escalation(tenant: Tenant, gateway: Gateway, agent: Agent, call: dic
         alternates=rules.alternates, created_at=now, deadline=now + timedelta(seconds=timeout),
     )
     audit_record(tenant=tenant, actor=gateway_actor(gateway), action="escalation.created",
-                 obj=escalation, after={**escalation_state(escalation),
+                 obj=escalation, after={**escalation.audit_snapshot(),
                                         "call_id": escalation.call_id, "grant": grant.pk,
                                         "gateway": gateway.name,
                                         "arguments_sent": call["arguments"] is not None})
@@ -240,7 +239,7 @@ def escalation_consume(*, tenant: Tenant, gateway: Gateway, escalation: Escalati
     escalation.consumed_at = now or timezone.now()
     escalation.save(update_fields=["consumed_at"])
     audit_record(tenant=tenant, actor=gateway_actor(gateway), action="escalation.consumed",
-                 obj=escalation, after={**escalation_state(escalation),
+                 obj=escalation, after={**escalation.audit_snapshot(),
                                         "gateway": gateway.name,
                                         "consumed_at": escalation.consumed_at.isoformat()})
     return escalation

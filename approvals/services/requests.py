@@ -18,7 +18,6 @@ from approvals.services.decisions import (
     announce,
     decide_item,
     locked,
-    request_state,
 )
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.access import member_can, member_context
@@ -65,7 +64,7 @@ def access_request_create(*, tenant: Tenant, actor: Actor, requester: AbstractBa
             hours=rules.decision_hours),
     )
     audit_record(tenant=tenant, actor=actor, action="access_request.created", obj=request,
-                 after={**request_state(request), "justification": justification,
+                 after={**request.audit_snapshot(), "justification": justification,
                         "ticket": request.ticket, "stages": rules.stages,
                         "alternates": rules.alternates})
     announce(tenant, request, "approval.requested")
@@ -95,6 +94,6 @@ def access_request_cancel(*, tenant: Tenant, actor: Actor, request: AccessReques
     request.decided_at = timezone.now()
     request.save(update_fields=["status", "decided_at"])
     audit_record(tenant=tenant, actor=actor, action="access_request.cancelled", obj=request,
-                 after=request_state(request))
+                 after=request.audit_snapshot())
     return Outcome(request, "Cancelled.", True)
 

@@ -26,11 +26,6 @@ from governance.tenancy.selectors import pending_invitations
 from governance.tenancy.services import membership_create
 
 
-def _state(invitation: Invitation) -> dict:
-    return {"invitee": invitation.invitee, "role": invitation.role,
-            "expires_at": invitation.expires_at}
-
-
 def _clean_invitee(email: str, issuer: str, subject: str) -> tuple[str, str, str]:
     email, issuer, subject = email.strip().lower(), issuer.strip(), subject.strip()
     if email and (issuer or subject):
@@ -106,7 +101,7 @@ def invitation_create(
     invitation.full_clean(exclude=["tenant", "invited_by"])
     invitation.save()
     audit_record(tenant=tenant, actor=actor, action="invitation.created", obj=invitation,
-                 after=_state(invitation))
+                 after=invitation.audit_snapshot())
     return invitation
 
 
@@ -122,7 +117,7 @@ def invitation_revoke(*, tenant: Tenant, actor: Actor, invitation: Invitation) -
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["revoked_at"])
     audit_record(tenant=tenant, actor=actor, action="invitation.revoked", obj=invitation,
-                 before=_state(invitation))
+                 before=invitation.audit_snapshot())
 
 
 @transaction.atomic
@@ -169,7 +164,7 @@ def invitations_accept(
             invitation.save(update_fields=["accepted_at", "accepted_by"])
             audit_record(
                 tenant=tenant, actor=actor, action="invitation.accepted", obj=invitation,
-                after=_state(invitation) | {"user": user.get_username(),
+                after=invitation.audit_snapshot() | {"user": user.get_username(),
                                             "outcome": outcome, "member_role": existing.role},
             )
     return created

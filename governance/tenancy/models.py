@@ -9,6 +9,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
+from governance.audit.snapshot import AuditField, AuditSnapshotModel
 from governance.tenancy.roles import Role
 
 SLUG_VALIDATOR = RegexValidator(
@@ -17,8 +18,10 @@ SLUG_VALIDATOR = RegexValidator(
 )
 
 
-class Tenant(models.Model):
+class Tenant(AuditSnapshotModel):
     """An organisation: everything else in Tollgate belongs to exactly one tenant."""
+
+    audit_fields = ("slug", "name", "registry_resync_minutes", "decision_log_retention_days")
 
     slug = models.CharField(max_length=50, unique=True, validators=[SLUG_VALIDATOR])
     name = models.CharField(max_length=200)
@@ -52,8 +55,9 @@ class TenantScopedManager(models.Manager.from_queryset(TenantScopedQuerySet)):
     """Default manager of tenant-owned models."""
 
 
-class TenantScopedModel(models.Model):
-    """Base of every tenant-owned model: a non-null, indexed tenant and a scoping manager."""
+class TenantScopedModel(AuditSnapshotModel):
+    """Base of every tenant-owned model: a non-null, indexed tenant, a scoping manager and
+    ``audit_snapshot()`` of its ``audit_fields``."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=True)
 
@@ -65,6 +69,8 @@ class TenantScopedModel(models.Model):
 
 class Membership(TenantScopedModel):
     """A user's role in a tenant; ``source`` says who manages it (the IdP or an admin)."""
+
+    audit_fields = ("user", "role", "source")
 
     class Source(models.TextChoices):
         IDP = "idp", "IdP groups"
@@ -93,6 +99,8 @@ class Membership(TenantScopedModel):
 
 class IdpGroupMapping(TenantScopedModel):
     """Members of IdP group ``group`` get ``role`` in the tenant at their next login."""
+
+    audit_fields = ("group", "role")
 
     group = models.CharField(max_length=200)
     role = models.CharField(max_length=20, choices=Role.choices)
@@ -138,6 +146,9 @@ def hash_token(plaintext: str) -> str:
 
 class ApiToken(TenantScopedModel):
     """A bearer token for the admin REST API, bound to one tenant and one role."""
+
+    # Never the hash: the prefix identifies a token in the trail.
+    audit_fields = ("name", "kind", "role", "prefix", AuditField("owner", "user"), "expires_at")
 
     class Kind(models.TextChoices):
         PERSONAL = "personal", "Personal"
@@ -203,6 +214,8 @@ class Invitation(TenantScopedModel):
     the membership is created then, never before, so inviting says nothing about who exists
     elsewhere in the installation. Single use; it expires.
     """
+
+    audit_fields = ("invitee", "role", "expires_at")
 
     email = models.EmailField(max_length=254, blank=True)
     # An (issuer, subject) pair exactly as ExternalIdentity stores it for OIDC sign-ins.

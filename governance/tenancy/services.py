@@ -33,14 +33,6 @@ User = get_user_model()
 MAPPING_PERMISSION = "tenancy.manage_group_mappings"
 
 
-def _membership_state(membership: Membership) -> dict:
-    return {
-        "user": membership.user.get_username(),
-        "role": membership.role,
-        "source": membership.source,
-    }
-
-
 # --- Tenants -----------------------------------------------------------------------------------
 
 
@@ -53,7 +45,7 @@ def tenant_create(*, actor: Actor, slug: str, name: str) -> Tenant:
     AuditChain.objects.create(key=AuditChain.key_for(tenant), tenant=tenant)
     audit_record(
         tenant=tenant, actor=actor, action="tenant.created", obj=tenant,
-        after={"slug": slug, "name": name},
+        after=tenant.audit_snapshot(("slug", "name")),
     )
     return tenant
 
@@ -75,7 +67,7 @@ def tenant_update_settings(*, tenant: Tenant, actor: Actor, **changes: int) -> T
     unknown = set(changes) - set(TENANT_SETTING_LIMITS)
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
-    before = {field: getattr(tenant, field) for field in changes}
+    before = tenant.audit_snapshot(changes)
     for field, value in changes.items():
         low, high = TENANT_SETTING_LIMITS[field]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -114,7 +106,7 @@ def membership_create(
     membership.save()
     audit_record(
         tenant=tenant, actor=actor, action="membership.created", obj=membership,
-        after=_membership_state(membership),
+        after=membership.audit_snapshot(),
     )
     return membership
 
@@ -143,13 +135,13 @@ def membership_delete(*, tenant: Tenant, actor: Actor, membership: Membership) -
 
 
 def _set_role(*, tenant: Tenant, actor: Actor, membership: Membership, role: str) -> None:
-    before = _membership_state(membership)
+    before = membership.audit_snapshot()
     membership.role = role
     membership.updated_at = timezone.now()
     membership.save(update_fields=["role", "updated_at"])
     audit_record(
         tenant=tenant, actor=actor, action="membership.role_changed", obj=membership,
-        before=before, after=_membership_state(membership),
+        before=before, after=membership.audit_snapshot(),
     )
     _revoke_tokens_exceeding(tenant=tenant, actor=actor, membership=membership)
 
@@ -159,7 +151,7 @@ def _remove(*, tenant: Tenant, actor: Actor, membership: Membership) -> None:
     user = membership.user
     audit_record(
         tenant=tenant, actor=actor, action="membership.deleted", obj=membership,
-        before=_membership_state(membership),
+        before=membership.audit_snapshot(),
     )
     membership.delete()
     if user.has_perm(MAPPING_PERMISSION, tenant):
@@ -230,7 +222,7 @@ def group_mapping_create(*, tenant: Tenant, actor: Actor, group: str, role: str)
     mapping.save()
     audit_record(
         tenant=tenant, actor=actor, action="group_mapping.created", obj=mapping,
-        after={"group": group, "role": role},
+        after=mapping.audit_snapshot(),
     )
     return mapping
 
@@ -241,13 +233,13 @@ def group_mapping_update(
 ) -> IdpGroupMapping:
     """Change the role a group maps to."""
     mapping = IdpGroupMapping.objects.for_tenant(tenant).select_for_update().get(pk=mapping.pk)
-    before = {"group": mapping.group, "role": mapping.role}
+    before = mapping.audit_snapshot()
     mapping.role = role
     mapping.full_clean(exclude=["tenant"])
     mapping.save(update_fields=["role"])
     audit_record(
         tenant=tenant, actor=actor, action="group_mapping.updated", obj=mapping,
-        before=before, after={"group": mapping.group, "role": role},
+        before=before, after=mapping.audit_snapshot(),
     )
     return mapping
 
@@ -258,7 +250,7 @@ def group_mapping_delete(*, tenant: Tenant, actor: Actor, mapping: IdpGroupMappi
     mapping = IdpGroupMapping.objects.for_tenant(tenant).select_for_update().get(pk=mapping.pk)
     audit_record(
         tenant=tenant, actor=actor, action="group_mapping.deleted", obj=mapping,
-        before={"group": mapping.group, "role": mapping.role},
+        before=mapping.audit_snapshot(),
     )
     mapping.delete()
 
@@ -424,9 +416,7 @@ def api_token_create(
     token.save()
     audit_record(
         tenant=tenant, actor=actor, action="api_token.created", obj=token,
-        after={"name": token.name, "kind": kind, "role": role, "prefix": token.prefix,
-               "owner": owner.get_username() if owner else None,
-               "expires_at": expires_at},
+        after=token.audit_snapshot(),
     )
     return token, plaintext
 

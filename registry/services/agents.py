@@ -12,7 +12,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Membership, Tenant
 from registry.models import Agent, AgentPrincipal
-from registry.services.common import audit_state, transition, username
+from registry.services.common import transition
 
 AGENT_PERMISSION = "registry.manage_agent"
 
@@ -44,12 +44,7 @@ def agent_create(
         actor=actor,
         action="agent.created",
         obj=agent,
-        after={
-            "name": agent.name,
-            "owner": owner.get_username() if owner else None,
-            "purpose": purpose,
-            "environment": environment,
-        },
+        after=agent.audit_snapshot(),
     )
     return agent
 
@@ -64,7 +59,7 @@ def agent_update(*, tenant: Tenant, actor: Actor, agent: Agent, **changes: Any) 
     unknown = set(changes) - set(AGENT_FIELDS) - {"owner"}
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
-    before = audit_state(agent, AGENT_FIELDS) | {"owner": username(agent.owner)}
+    before = agent.audit_snapshot()
     old_owner = agent.owner
     if "owner" in changes:
         owner = changes.pop("owner")
@@ -85,7 +80,7 @@ def agent_update(*, tenant: Tenant, actor: Actor, agent: Agent, **changes: Any) 
         if agent.owner is not None:
             assign_perm(AGENT_PERMISSION, agent.owner, agent)
     audit_record(tenant=tenant, actor=actor, action="agent.updated", obj=agent, before=before,
-                 after=audit_state(agent, AGENT_FIELDS) | {"owner": username(agent.owner)})
+                 after=agent.audit_snapshot())
     return agent
 
 

@@ -1,9 +1,8 @@
-"""Helpers the registry's write services share (choices, audit snapshots, transitions)."""
+"""Helpers the registry's write services share (choices, members, transitions)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -21,10 +20,6 @@ def check_choices(field: str, values: Iterable[str], allowed: Iterable[str]) -> 
             {field: f"Unknown value(s) {', '.join(bad)}; use {', '.join(sorted(allowed))}."}
         )
     return sorted(set(values))
-
-
-def audit_state(obj, fields: Sequence[str]) -> dict[str, Any]:
-    return {f: getattr(obj, f) for f in fields}
 
 
 def check_member(tenant: Tenant, user: AbstractBaseUser | None, field: str = "owner") -> None:
@@ -53,7 +48,3 @@ def transition(*, tenant: Tenant, actor: Actor, obj, noun: str, status: str, ref
     audit_record(tenant=tenant, actor=actor, action=f"{noun}.{status}", obj=obj,
                  before={"status": before}, after={"status": status})
     return obj
-
-
-def username(user: AbstractBaseUser | None) -> str | None:
-    return user.get_username() if user is not None else None

@@ -16,7 +16,6 @@ from gateway.constraints import ConstraintError, validate_constraints
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Tenant
 from registry.models import Agent, Grant, ToolScope
-from registry.services.common import audit_state
 
 GRANT_FIELDS = (
     "calls_per_minute",
@@ -131,7 +130,7 @@ def grant_create(
         actor=actor,
         action="grant.created",
         obj=grant,
-        after={"agent": agent.name, "scope": scope.name} | audit_state(grant, GRANT_FIELDS),
+        after=grant.audit_snapshot(),
     )
     return grant
 
@@ -146,14 +145,14 @@ def grant_update(*, tenant: Tenant, actor: Actor, grant: Grant, **changes: Any) 
     unknown = set(changes) - set(TERM_FIELDS)
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
-    before = audit_state(grant, TERM_FIELDS)
-    terms = before | changes
+    before = grant.audit_snapshot(TERM_FIELDS)
+    terms = {field: getattr(grant, field) for field in TERM_FIELDS} | changes
     _validate_grant_terms(grant.scope, terms, check_expiry="expires_at" in changes)
     for field, value in terms.items():
         setattr(grant, field, value)
     grant.save()
     audit_record(tenant=tenant, actor=actor, action="grant.updated", obj=grant,
-                 before=before, after=audit_state(grant, TERM_FIELDS))
+                 before=before, after=grant.audit_snapshot(TERM_FIELDS))
     return grant
 
 

@@ -11,7 +11,7 @@ from django.db import transaction
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Tenant
 from registry.models import DataClass, Risk, Tool, ToolScope
-from registry.services.common import audit_state, check_choices
+from registry.services.common import check_choices
 
 
 def _tools_of_tenant(tenant: Tenant, tools: Iterable[Tool]) -> list[Tool]:
@@ -93,7 +93,7 @@ def scope_update(*, tenant: Tenant, actor: Actor, scope: ToolScope, **changes: A
     unknown = set(changes) - set(SCOPE_FIELDS)
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
-    before = audit_state(scope, SCOPE_FIELDS)
+    before = scope.audit_snapshot()
     for field, value in changes.items():
         setattr(scope, field, value.strip() if field == "name" else value)
     scope.data_classes = check_choices("data_classes", scope.data_classes, DataClass.values)
@@ -102,7 +102,7 @@ def scope_update(*, tenant: Tenant, actor: Actor, scope: ToolScope, **changes: A
         raise ValidationError({"name": f"A scope named {scope.name!r} already exists."})
     scope.save()
     audit_record(tenant=tenant, actor=actor, action="scope.updated", obj=scope, before=before,
-                 after=audit_state(scope, SCOPE_FIELDS))
+                 after=scope.audit_snapshot())
     return scope
 
 
@@ -116,6 +116,6 @@ def scope_delete(*, tenant: Tenant, actor: Actor, scope: ToolScope) -> None:
                       "revoke its active grants and remove its tools instead."}
         )
     audit_record(tenant=tenant, actor=actor, action="scope.deleted", obj=scope,
-                 before=audit_state(scope, SCOPE_FIELDS)
+                 before=scope.audit_snapshot()
                  | {"tools": sorted(str(t) for t in scope.tools.select_related("server"))})
     scope.delete()

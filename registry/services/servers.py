@@ -15,7 +15,7 @@ from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Tenant
 from registry.models import DataClass, McpServer, Risk
 from registry.server_json import ServerJsonError, parse_document, read_server_json
-from registry.services.common import audit_state, check_choices, check_member, transition
+from registry.services.common import check_choices, check_member, transition
 
 SERVER_FIELDS = (
     "name",
@@ -88,7 +88,7 @@ def server_create(
         actor=actor,
         action="server.created",
         obj=server,
-        after=audit_state(server, SERVER_FIELDS),
+        after=server.audit_snapshot(),
     )
     return server
 
@@ -101,7 +101,7 @@ def server_update(*, tenant: Tenant, actor: Actor, server: McpServer, **changes:
     unknown = set(changes) - allowed
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
-    before = audit_state(server, SERVER_FIELDS)
+    before = server.audit_snapshot()
     for field, value in changes.items():
         setattr(server, field, value)
     _validate_server(server, check_url=(server.url, server.transport)
@@ -114,7 +114,7 @@ def server_update(*, tenant: Tenant, actor: Actor, server: McpServer, **changes:
         action="server.updated",
         obj=server,
         before=before,
-        after=audit_state(server, SERVER_FIELDS),
+        after=server.audit_snapshot(),
     )
     return server
 

@@ -98,7 +98,7 @@ def tools_record_discovery(
         if sha == tool.definition_sha256 or sha == tool.drifted_sha256:
             summary.unchanged += 1
         elif tool.status == Tool.Status.PENDING_REVIEW:
-            before = {"definition": _pinned(tool), "sha256": tool.definition_sha256}
+            before = {"definition": tool.audit_snapshot(), "sha256": tool.definition_sha256}
             for field in TOOL_DEFINITION_FIELDS:
                 setattr(tool, field, values[field])
             tool.definition_sha256 = sha
@@ -134,10 +134,6 @@ def tools_record_discovery(
             summary.disappeared += 1
             audit_record(tenant=tenant, actor=actor, action="tool.disappeared", obj=tool)
     return summary
-
-
-def _pinned(tool: Tool) -> dict[str, Any]:
-    return {"name": tool.name} | {f: getattr(tool, f) for f in TOOL_DEFINITION_FIELDS}
 
 
 @transaction.atomic
