@@ -52,7 +52,8 @@ def _server(tenant, name, defs):
 def scope(tenant_a):
     tools = _server(tenant_a, "hr", [Def("get_salary", input_schema=SALARY),
                                      Def("read_text_file", input_schema=READ),
-                                     Def("ping", input_schema=PING), Def("search", input_schema=OPEN),
+                                     Def("ping", input_schema=PING),
+                                     Def("search", input_schema=OPEN),
                                      Def("bare", input_schema=BARE)])
     return services.scope_create(tenant=tenant_a, actor=SYSTEM, name="hr:read",
                                  tools=list(tools.values()))
