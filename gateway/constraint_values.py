@@ -174,6 +174,8 @@ def _refused_character(value: str) -> str | None:
 def canonical_host(host: str) -> str:
     """The comparable form of a URL's host: a lowercase ASCII DNS name (IDNA 2008 ``xn--``
     labels, one trailing dot dropped), a dotted-quad IPv4 address or ``[ipv6]``."""
+    if "%" in host:  # percent-encoding, and IPv6 zone identifiers (fe80::1%25eth0)
+        raise BadHost("a '%' (percent-encoded hosts are refused)")
     if host.startswith("["):
         if not host.endswith("]"):
             raise BadHost("an unclosed '[' IPv6 literal")
@@ -181,8 +183,6 @@ def canonical_host(host: str) -> str:
             return f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
         except ValueError:
             raise BadHost("an invalid IPv6 literal") from None
-    if "%" in host:
-        raise BadHost("a '%' (percent-encoded hosts are refused)")
     name = host[:-1] if host.endswith(".") else host
     if not name:
         raise BadHost("no host")
@@ -192,8 +192,8 @@ def canonical_host(host: str) -> str:
             raise BadHost("a character other than '.' that some clients read as a dot")
         try:
             name = idna.encode(name, uts46=False).decode("ascii")
-        except idna.IDNAError as exc:
-            raise BadHost(f"a name that is not valid IDNA 2008 ({exc})") from None
+        except UnicodeError:  # idna.IDNAError is one
+            raise BadHost("a name that is not valid IDNA 2008") from None
     labels = name.split(".")
     if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
         raise BadHost("a name that is not a valid host name")
@@ -201,10 +201,10 @@ def canonical_host(host: str) -> str:
         if label.startswith("xn--"):
             try:
                 ok = idna.encode(idna.decode(label), uts46=False).decode("ascii") == label
-            except (idna.IDNAError, UnicodeError):
+            except UnicodeError:
                 ok = False
             if not ok:
-                raise BadHost(f"an invalid punycode label {label!r}")
+                raise BadHost("an invalid punycode (xn--) label")
     if _NUMERIC_LABEL.match(labels[-1]):
         try:
             address = ipaddress.IPv4Address(name)

@@ -306,3 +306,14 @@ def test_what_is_accepted_means_the_same_to_urllib3(url):
     their_scheme, their_host, their_port = _urllib3_view(url)
     assert (their_scheme, their_port) == (scheme, port)
     assert their_host == host
+
+
+@PROFILE
+@given(st.text(st.characters(exclude_categories=()), max_size=30),
+       st.sampled_from(["", "https://", "https://good.example", "https://[", "http://a.b:"]))
+@example("\ud800.example/", "https://")
+@example("xn--ab\ud800", "https://")
+def test_the_url_check_never_raises(tail, head):
+    rule = {"url": {"schemes": ["https", "http"], "hosts": ["good.example"], "ports": [443]}}
+    reason = check_value(rule, head + tail)
+    assert reason is None or isinstance(reason, str)
