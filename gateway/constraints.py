@@ -159,7 +159,13 @@ def _validate_rules(at: str, rules: dict) -> None:
 
 
 def check_value(rules: dict, value: Any) -> str | None:
-    """None when ``value`` satisfies every rule, else why not (Undecidable: could not tell)."""
+    """None when ``value`` satisfies every rule, else why not (Undecidable: could not tell).
+
+    A keyword this code does not know (a bundle from a newer control plane) cannot be checked:
+    Undecidable, so a constraint fails closed and an approval condition counts as matching."""
+    unknown = set(rules) - KEYWORDS
+    if unknown:
+        raise Undecidable(f"this gateway does not implement the check {sorted(unknown)[0]!r}")
     if "const" in rules and not json_equal(value, rules["const"]):
         return f"must equal {rules['const']!r}"
     if "enum" in rules and not any(json_equal(value, option) for option in rules["enum"]):

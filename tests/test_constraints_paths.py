@@ -304,3 +304,13 @@ def test_a_decision_over_a_compiled_bundle_refuses_a_dotdot_escape(tenant_a):
         assert decision.outcome == DENY
         assert decision.reason == (f"grant {grant.pk}: argument path: must be a path within "
                                    "/srv/files/public; it resolves outside every root")
+
+
+def test_a_keyword_this_gateway_does_not_know_fails_closed():
+    """A bundle from a newer control plane may carry a keyword this code lacks: the constraint
+    is violated and an approval condition holds, never silently skipped."""
+    doc = {"read_text_file": {"path": {"within_real": ["/srv"], "maxLength": 100}}}
+    assert violations(doc, "read_text_file", {"path": "/srv/x"}) == [
+        "path: could not be checked (this gateway does not implement the check "
+        "'within_real')"]
+    assert matches(doc, "read_text_file", {"path": "/srv/x"})
