@@ -1,9 +1,13 @@
 """Per-tool argument constraints: a small JSON-Schema subset, validated and evaluated.
 
 Shape: ``{tool name: {argument name: {keyword: value, …}}}`` with the keywords ``enum``,
-``const``, ``minimum``, ``maximum``, ``maxLength`` and ``pattern``. The same shape serves as a
-grant's approval condition. Pure Python: the compiler, the reference gateway and the tests share
-it.
+``const``, ``minimum``, ``maximum``, ``maxLength`` and ``pattern``, and two canonicalising
+primitives: ``within`` (a path that, resolved lexically, stays inside one of some roots) and
+``url`` (a URL whose scheme, host and port are on allow-lists), both in
+gateway/constraint_values.py. The same shape serves as a grant's approval condition.
+:func:`validate_against_schemas` checks a document against the tools' input schemas.
+Pure Python: the control-plane validator, the compiler, the reference gateway and the tests
+share it, so a keyword means one thing everywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +18,18 @@ from typing import Any
 
 import regex
 
-KEYWORDS = {"enum", "const", "minimum", "maximum", "maxLength", "pattern"}
+from gateway.constraint_values import (
+    ConstraintError,
+    check_url,
+    check_within,
+    validate_url_rule,
+    validate_within,
+)
+
+KEYWORDS = {"enum", "const", "minimum", "maximum", "maxLength", "pattern", "within", "url"}
+# What each keyword can apply to, in JSON Schema type names (enum and const: any type).
+STRING_KEYWORDS = ("maxLength", "pattern", "within", "url")
+NUMBER_KEYWORDS = ("minimum", "maximum")
 MAX_PATTERN_LENGTH = 500
 # I-JSON (RFC 7493 §2.2): numbers beyond ±(2**53 − 1) are not exact in every JSON reader. Stored,
 # they come back as other numbers (PostgreSQL jsonb turns the float 2.577198606988855e16 into the
@@ -28,15 +43,6 @@ PATTERN_TIMEOUT_SECONDS = 0.05
 
 class Undecidable(Exception):
     """A check that could not be completed (a pattern that ran out of time)."""
-
-
-class ConstraintError(ValueError):
-    """A constraint document is malformed; ``path`` points at the offending part."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.message = message
 
 
 def _is_number(value: Any) -> bool:
@@ -146,10 +152,20 @@ def _validate_rules(at: str, rules: dict) -> None:
             regex.compile(pattern)
         except (re.error, regex.error) as exc:
             raise ConstraintError(f"{at}.pattern", f"invalid regular expression ({exc})") from None
+    if "within" in rules:
+        validate_within(f"{at}.within", rules["within"])
+    if "url" in rules:
+        validate_url_rule(f"{at}.url", rules["url"])
 
 
 def check_value(rules: dict, value: Any) -> str | None:
-    """None when ``value`` satisfies every rule, else why not (Undecidable: could not tell)."""
+    """None when ``value`` satisfies every rule, else why not (Undecidable: could not tell).
+
+    A keyword this code does not know (a bundle from a newer control plane) cannot be checked:
+    Undecidable, so a constraint fails closed and an approval condition counts as matching."""
+    unknown = set(rules) - KEYWORDS
+    if unknown:
+        raise Undecidable(f"this gateway does not implement the check {sorted(unknown)[0]!r}")
     if "const" in rules and not json_equal(value, rules["const"]):
         return f"must equal {rules['const']!r}"
     if "enum" in rules and not any(json_equal(value, option) for option in rules["enum"]):
@@ -164,6 +180,14 @@ def check_value(rules: dict, value: Any) -> str | None:
         not isinstance(value, str) or not _search(rules["pattern"], value)
     ):
         return f"must match {rules['pattern']!r}"
+    if "within" in rules:
+        reason = check_within(rules["within"], value)
+        if reason:
+            return reason
+    if "url" in rules:
+        reason = check_url(rules["url"], value)
+        if reason:
+            return reason
     return None
 
 
@@ -201,3 +225,99 @@ def matches(doc: dict, tool: str, arguments: dict) -> bool:
         except Undecidable:
             continue
     return True
+
+
+# --- Against the tools' input schemas ---------------------------------------------------------
+
+_JSON_TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: _is_number(v) and v == int(v),
+    "number": _is_number,
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def declared_types(schema: Any) -> set[str] | None:
+    """The JSON types an argument's schema declares (``type``, or the union over ``anyOf`` /
+    ``oneOf`` branches, as pydantic writes ``str | None``); None when it does not say."""
+    if not isinstance(schema, dict):
+        return None
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {kind} if kind in _JSON_TYPES else None
+    if isinstance(kind, list) and kind and all(k in _JSON_TYPES for k in kind):
+        return set(kind)
+    if kind is not None:
+        return None
+    for combinator in ("anyOf", "oneOf"):
+        branches = schema.get(combinator)
+        if isinstance(branches, list) and branches:
+            union: set[str] = set()
+            for branch in branches:
+                types = declared_types(branch)
+                if types is None:
+                    return None
+                union |= types
+            return union
+    return None
+
+
+def argument_schema(input_schema: Any, arg: str) -> tuple[bool, Any]:
+    """``(known, schema of the argument)``: known is False when the tool's input schema lists
+    its arguments (``properties``) without ``arg`` and does not explicitly take others
+    (``additionalProperties``: true or a schema). A schema that lists nothing says nothing."""
+    if not isinstance(input_schema, dict):
+        return True, None
+    properties = input_schema.get("properties")
+    extra = input_schema.get("additionalProperties")
+    if isinstance(properties, dict) and arg in properties:
+        return True, properties[arg]
+    if extra is True or isinstance(extra, dict):
+        return True, extra if isinstance(extra, dict) else None
+    if isinstance(properties, dict) or extra is False:
+        return False, None
+    return True, None
+
+
+def _type_problem(keyword: str, value: Any, types: set[str]) -> str | None:
+    shown = " or ".join(sorted(types))
+    if keyword in STRING_KEYWORDS and "string" not in types:
+        return f"applies to strings, but the tool declares this argument as {shown}"
+    if keyword in NUMBER_KEYWORDS and not types & {"number", "integer"}:
+        return f"applies to numbers, but the tool declares this argument as {shown}"
+    options = [value] if keyword == "const" else value if keyword == "enum" else []
+    for option in options:
+        if not any(_JSON_TYPES[t](option) for t in types):
+            return f"{option!r} can never match: the tool declares this argument as {shown}"
+    return None
+
+
+def validate_against_schemas(doc: dict, schemas: dict[str, list[Any]], *, root: str = "") -> None:
+    """Raise ConstraintError when ``doc`` (already valid) names an argument a tool does not
+    have, or uses a keyword that cannot apply to the type the tool declares for it.
+
+    ``schemas`` maps a tool name to the input schemas of every tool of that name the
+    constraints apply to (a scope may hold same-named tools of several servers): the check
+    must hold for each."""
+    for tool, args in doc.items():
+        for arg, rules in args.items():
+            at = f"{root}.{tool}.{arg}" if root else f"{tool}.{arg}"
+            for input_schema in schemas.get(tool, []):
+                known, schema = argument_schema(input_schema, arg)
+                if not known:
+                    listed = sorted(input_schema.get("properties") or {})
+                    more = ", …" if len(listed) > 10 else ""
+                    hint = (f" (it has {', '.join(listed[:10])}{more})" if listed
+                            else " (it takes none)")
+                    raise ConstraintError(at, f"the tool's input schema has no argument "
+                                              f"{arg!r}{hint}")
+                types = declared_types(schema)
+                if types is None:
+                    continue
+                for keyword in sorted(rules):
+                    problem = _type_problem(keyword, rules[keyword], types)
+                    if problem:
+                        raise ConstraintError(f"{at}.{keyword}", problem)

@@ -214,7 +214,9 @@ class GrantTermsForm(forms.Form):
     argument_constraints = _json_field(
         "Argument constraints (JSON)",
         "{tool: {argument: {check: value}}} with enum, const, minimum, maximum, maxLength, "
-        "pattern. Empty: none.")
+        "pattern, within (paths inside roots: {\"within\": [\"/srv/files/public\"]}) and url "
+        "({\"url\": {\"schemes\": [\"https\"], \"hosts\": [\"api.example.com\"]}}). A "
+        "pattern on a path or URL is not a containment check. Empty: none.")
     approval_condition = _json_field(
         "Approval condition (JSON)",
         "Same shape; with approval “when”, a call whose arguments match every check waits "

@@ -354,7 +354,7 @@ class Grant(TenantScopedModel):
     window_end = models.TimeField(null=True, blank=True)
     window_days = models.JSONField(default=list, blank=True)  # 0=Monday … 6=Sunday; [] = every day
     window_tz = models.CharField(max_length=64, default="UTC")
-    # {tool name: {argument: {enum|const|minimum|maximum|maxLength|pattern: …}}}
+    # {tool name: {argument: {enum|const|minimum|maximum|maxLength|pattern|within|url: …}}}
     argument_constraints = models.JSONField(default=dict, blank=True)
     approval_mode = models.CharField(
         max_length=10, choices=ApprovalMode.choices, default=ApprovalMode.NEVER

@@ -726,7 +726,7 @@ def test_delete_revokes_a_grant(admin, tenant_a, scope, daves_agent):
      "argument_constraints", "argument_constraints.nope: no such tool in this scope"),
     ({"approval_mode": "when", "approval_condition": {"pay": {"memo": {"format": "x"}}}},
      "approval_condition", "approval_condition.pay.memo.format: unsupported keyword; use one "
-     "of const, enum, maxLength, maximum, minimum, pattern"),
+     "of const, enum, maxLength, maximum, minimum, pattern, url, within"),
     ({"approval_mode": "when"}, "approval_condition", "Approval mode 'when' needs a condition."),
     ({"window_start": "08:00"}, "window_end", "Give both the start and the end of the window."),
     ({"window_days": [7]}, "window_days", "Days are 0 (Monday) to 6 (Sunday)."),

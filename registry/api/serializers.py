@@ -356,7 +356,9 @@ class GrantTermsIn(serializers.Serializer):
                                       help_text="IANA time zone of the window, default UTC")
     argument_constraints = ConstraintsField(
         required=False,
-        help_text="{tool: {argument: {enum|const|minimum|maximum|maxLength|pattern: …}}}",
+        help_text="{tool: {argument: {enum|const|minimum|maximum|maxLength|pattern|within|url: "
+                  "…}}}; within: [root paths], url: {schemes, hosts?, ports?}; checked against "
+                  "the tools' input schemas (see docs/gateway-contract.md)",
     )
     approval_mode = serializers.ChoiceField(choices=Grant.ApprovalMode.choices, required=False)
     approval_condition = ConstraintsField(

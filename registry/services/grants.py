@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, time
 from typing import Any
 
@@ -12,7 +12,11 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from gateway.constraints import ConstraintError, validate_constraints
+from gateway.constraints import (
+    ConstraintError,
+    validate_against_schemas,
+    validate_constraints,
+)
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Tenant
 from registry.models import Agent, Grant, ToolScope
@@ -36,23 +40,28 @@ TERM_FIELDS = GRANT_FIELDS[:-1]  # everything but status: what grant_create/gran
 
 
 def _validate_grant_terms(
-    scope: ToolScope, terms: dict[str, Any], *, check_expiry: bool = True
+    scope: ToolScope, terms: dict[str, Any], *, check_expiry: bool = True,
+    changed: Collection[str] | None = None,
 ) -> None:
     """Check every grant term; each error names its field (and the path inside constraints).
 
     ``check_expiry=False`` when the expiry is not being set: an unchanged expiry that has
-    passed meanwhile is the sweeper's business, not a reason to refuse other edits.
+    passed meanwhile is the sweeper's business, not a reason to refuse other edits. Likewise
+    constraints are checked against the tools' input schemas only when they are being set
+    (``changed``: the fields being set; None: all).
     """
-    tool_names = set(scope.tools.values_list("name", flat=True))
+    schemas: dict[str, list[Any]] = {}
+    for name, input_schema in scope.tools.values_list("name", "input_schema"):
+        schemas.setdefault(name, []).append(input_schema)
     terms["argument_constraints"] = terms.get("argument_constraints") or {}
     terms["approval_condition"] = terms.get("approval_condition") or {}
     try:
-        validate_constraints(
-            terms["argument_constraints"], tools=tool_names, root="argument_constraints"
-        )
-        validate_constraints(
-            terms["approval_condition"], tools=tool_names, root="approval_condition"
-        )
+        for field in ("argument_constraints", "approval_condition"):
+            validate_constraints(terms[field], tools=set(schemas), root=field)
+            # Against the pinned input schemas: a constraint on an argument the tool does not
+            # have would refuse every call, with no hint to the admin.
+            if changed is None or field in changed:
+                validate_against_schemas(terms[field], schemas, root=field)
     except ConstraintError as exc:
         field = exc.path.split(".")[0]
         raise ValidationError({field: f"{exc.path}: {exc.message}"}) from None
@@ -147,7 +156,8 @@ def grant_update(*, tenant: Tenant, actor: Actor, grant: Grant, **changes: Any) 
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
     before = grant.audit_snapshot(TERM_FIELDS)
     terms = {field: getattr(grant, field) for field in TERM_FIELDS} | changes
-    _validate_grant_terms(grant.scope, terms, check_expiry="expires_at" in changes)
+    _validate_grant_terms(grant.scope, terms, check_expiry="expires_at" in changes,
+                          changed=set(changes))
     for field, value in terms.items():
         setattr(grant, field, value)
     grant.save()
