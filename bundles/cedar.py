@@ -44,10 +44,13 @@ condition: ``unless`` / ``when``). ``cedar_outcome``: Allow decided by at least 
 not an approval permit → allow; Allow decided by approval permits only → escalate; anything else
 (Deny, no decision, evaluation errors) → deny.
 
-Not expressed (Cedar has no regular expressions): the ``pattern`` keyword. In an argument
-constraint it is left out (the policy is more permissive than ``decide()`` there); in an approval
-condition it is taken as matching (the policy escalates more). The policy file's header and the
-grant's comment say so, and a gateway must also run ``decide()`` for such bundles. Rounding is
+Not expressed (Cedar has no regular expressions and no path or URL parsing): the ``pattern``,
+``within`` and ``url`` keywords (and any keyword this module does not know). The policy fails
+closed: a grant whose argument constraints on a tool use one permits NOTHING for that tool (a
+``when { resource.name != "<tool>" }`` clause), so Cedar never allows a call ``decide()`` would
+deny; a gateway that wants those calls must run ``decide()``. In an approval condition such a
+keyword is taken as matching (the policy escalates more, never allows more). The policy file's
+header and the grant's comment say so. Rounding is
 conservative where data.json could be finer than the encoding (an expiry with fractional
 seconds, a window bound with seconds); the compiler writes neither. A bound beyond the Long
 range compares as a double (so an integer argument beyond ±2^53 may differ from Python's exact
@@ -219,8 +222,9 @@ def _order_bounds(docs: list[Mapping[str, Any]], names: list[str]) -> list[str]:
 
 
 def unexpressed_grants(data: Mapping[str, Any]) -> list[str]:
-    """Ids of the grants whose terms the policy cannot fully express (``pattern``): for calls
-    they may decide, a gateway must also run ``decide()``."""
+    """Ids of the grants whose terms the policy cannot fully express (``pattern``, ``within``,
+    ``url``): Cedar denies (constraints) or escalates (approval conditions) calls through them
+    that ``decide()`` may allow, so a gateway that wants those calls must run ``decide()``."""
     return sorted(
         (g["id"] for g in data.get("grants", [])
          if any(set(rules) - set(EXPRESSED_KEYWORDS)
@@ -314,8 +318,8 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any],
         header.append("// as order: " + ", ".join(orders))
     loose = _unexpressed(constraints, names) if constraints else []
     if loose:
-        header.append("// NOT CHECKED HERE (regular expressions), the gateway must run decide(): "
-                      "argument constraints on " + ", ".join(loose))
+        header.append("// DENIED HERE (checks Cedar cannot express: pattern, within, url), only "
+                      "decide() can allow: argument constraints on " + ", ".join(loose))
     clauses = []
     if grant.get("expires_at") is not None:
         expiry = unix_seconds(parse_expiry(grant["expires_at"]))
@@ -326,7 +330,11 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any],
     if usage:
         clauses.append(f"when {{ {usage} }}")
     for name in (sorted(n for n in constraints if n in set(names)) if constraints else ()):
-        if constraints.get(name):
+        if not constraints.get(name):
+            continue
+        if _unexpressed(constraints, {name}):  # fail closed: this grant permits no call of it
+            clauses.append(f"when {{ resource.name != {cedar_string(name)} }}")
+        else:
             clauses.append(f"when {{\n  resource.name != {cedar_string(name)} || (\n    "
                            f"{_all_hold(constraints[name])}\n  )\n}}")
 
@@ -335,8 +343,8 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any],
     if conditional:
         loose = _unexpressed(condition, conditional)
         if loose:
-            header.append("// Approval condition taken as matching where it needs a regular "
-                          "expression: " + ", ".join(loose))
+            header.append("// Approval condition taken as matching where it needs a check Cedar "
+                          "cannot express (pattern, within, url): " + ", ".join(loose))
         matched = " ||\n  ".join(
             f"(resource.name == {cedar_string(n)} && (\n    {_all_hold(condition[n])}\n  ))"
             for n in conditional
@@ -369,8 +377,10 @@ def compile_policy(data: Mapping[str, Any]) -> str:
         "// Arguments arrive described (see Value in the schema): floor/ceil are the number\n"
         "// rounded down/up, order a double as a Long in the same order, length counts code\n"
         "// points, json is canonical JSON.\n"
-        "// Not expressed here: `pattern` (regular expressions) in argument constraints and\n"
-        "// approval conditions; for grants that use it the gateway must also run decide()."
+        "// Not expressed here: `pattern`, `within` and `url` (regular expressions, paths and\n"
+        "// URLs). A grant whose argument constraints on a tool use them permits nothing for that\n"
+        "// tool here (fail closed); in approval conditions they are taken as matching. For such\n"
+        "// grants only decide() can allow."
     ]
     for name in sorted(data.get("agents", {})):
         status = data["agents"][name].get("status")

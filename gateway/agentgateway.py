@@ -197,9 +197,15 @@ def translate(data: Mapping[str, Any], *, at: datetime, revision: int | None = N
         pairs = [(issuer, subject) for issuer, subject in agent.get("principals", [])
                  if principals.get(issuer, {}).get(subject) == agent_name]
         scope = data.get("scopes", {}).get(grant["scope"], {})
+        # Fail closed: CEL on identity and tool name cannot check arguments, so a tool this
+        # grant constrains gets no rule from it (never allow what decide() would refuse).
+        constrained = {name for name, args in (grant.get("argument_constraints") or {}).items()
+                       if args}
         for key in scope.get("tools", []):
             tool = tools.get(key)
             if tool is None or tool_key(tool["server"], tool["name"]) != key:
+                continue
+            if tool["name"] in constrained:
                 continue
             if tool["server"] not in export.servers:
                 continue
@@ -220,7 +226,8 @@ def _note_limits(export: Export, base: dict[str, Any], grant: Mapping[str, Any])
     if grant.get("argument_constraints"):
         export.not_expressed.append({**base, "kind": "argument_constraints",
                                      "detail": _json(grant["argument_constraints"]),
-                                     "effect": "any arguments are allowed"})
+                                     "effect": "no rule: calls to the constrained tools are "
+                                               "refused (CEL here cannot check arguments)"})
     limits = [f"{grant[k]} calls per {unit}" for k, unit in
               (("calls_per_minute", "minute"), ("calls_per_day", "day"))
               if grant.get(k) is not None]

@@ -2,9 +2,11 @@
 
 Thousands of random, reproducible data.json documents and calls are decided twice, by
 gateway/decision.py and by cedarpy over compile_policy/compile_schema, and must agree. Left out
-of the random documents: ``pattern`` (Cedar has no regular expressions; see the module's
-docstring) and JSON booleans beside the numbers 0 and 1 (decide() compares with Python's ``==``,
-where ``True == 1``; see test_a_boolean_is_not_the_number_one).
+of the random documents: ``pattern``, ``within`` and ``url`` (Cedar has no regular expressions
+and no path or URL parsing; the policy fails closed there, see the module's docstring and
+test_cedar_never_allows_more_than_decide_where_it_cannot_express_a_check) and JSON booleans
+beside the numbers 0 and 1 (decide() compares with Python's ``==``, where ``True == 1``; see
+test_a_boolean_is_not_the_number_one).
 """
 
 from __future__ import annotations
@@ -527,30 +529,87 @@ def test_argument_values_are_described_without_type_errors():
         cedar_value(v)["order"] for v in ordered)
 
 
-def test_a_pattern_is_left_to_decide_and_said_so():
-    data = {
+def _pattern_grant(rules: dict, condition: dict | None = None) -> dict:
+    return {
         "agents": {"bot": {"status": "active"}}, "principals": {IDP: {"bot": "bot"}},
         "servers": {"s": {"status": "active"}},
-        "tools": {"s/t": {"server": "s", "name": "t", "definition_sha256": "1"}},
-        "withheld_tools": {}, "scopes": {"sc": {"tools": ["s/t"]}},
+        "tools": {"s/t": {"server": "s", "name": "t", "definition_sha256": "1"},
+                  "s/u": {"server": "s", "name": "u", "definition_sha256": "2"}},
+        "withheld_tools": {}, "scopes": {"sc": {"tools": ["s/t", "s/u"]}},
         "grants": [{"id": "1", "agent": "bot", "scope": "sc", "calls_per_minute": None,
                     "calls_per_day": None, "window": None, "expires_at": None,
-                    "argument_constraints": {"t": {"q": {"pattern": "^a+$", "maxLength": 3}}},
-                    "approval_mode": "never", "approval_condition": {}}],
+                    "argument_constraints": {"t": {"q": rules}},
+                    "approval_mode": "when" if condition else "never",
+                    "approval_condition": condition or {}}],
     }
+
+
+def _both(data: dict, tool: str, arguments: dict) -> tuple[str, str]:
     policy, schema = compile_policy(data), compile_schema(data)
-    assert 'NOT CHECKED HERE (regular expressions)' in policy
-    assert 'the gateway must run decide(): argument constraints on "t"."q"' in policy
+    call = {"issuer": IDP, "subject": "bot", "server": "s", "tool": tool,
+            "arguments": arguments, "at": NOW}
+    return decide(data, **call).outcome, cedar_decide(data, [call], policy, schema)[0]
 
-    def both(value):
-        call = {"issuer": IDP, "subject": "bot", "server": "s", "tool": "t",
-                "arguments": {"q": value}, "at": NOW}
-        return decide(data, **call).outcome, cedar_decide(data, [call], policy, schema)[0]
 
+def test_a_pattern_fails_closed_in_cedar_and_said_so():
+    data = _pattern_grant({"pattern": "^a+$", "maxLength": 3})
+    policy = compile_policy(data)
+    assert "DENIED HERE (checks Cedar cannot express: pattern, within, url)" in policy
+    assert 'only decide() can allow: argument constraints on "t"."q"' in policy
     assert unexpressed_grants(data) == ["1"]
-    assert both("aa") == ("allow", "allow")
-    assert both("aaaa") == ("deny", "deny")  # maxLength is expressed
-    assert both("bb") == ("deny", "allow")  # the pattern is not: the gateway runs decide()
+    assert _both(data, "t", {"q": "aa"}) == ("allow", "deny")  # only decide() can allow it
+    assert _both(data, "t", {"q": "aaaa"}) == ("deny", "deny")
+    assert _both(data, "t", {"q": "bb"}) == ("deny", "deny")  # was allowed by Cedar before
+    assert _both(data, "u", {}) == ("allow", "allow")  # the grant's other tool is unaffected
+
+
+@pytest.mark.parametrize(("rules", "inside", "escapes"), [
+    ({"within": ["/srv/files/public"]}, "/srv/files/public/a.txt",
+     ["/srv/files/public/../secret/x", "/srv/files/public//../secret/x",
+      "/srv/files/public/./../secret/x", "/srv/files/public/sub/../../secret/x"]),
+    ({"url": {"schemes": ["https"], "hosts": ["good.example"]}}, "https://good.example/x",
+     ["https://good.example@evil.example/", "https://good.example.evil.example/"]),
+])
+def test_paths_and_urls_fail_closed_in_cedar(rules, inside, escapes):
+    data = _pattern_grant(rules)
+    assert _both(data, "t", {"q": inside}) == ("allow", "deny")
+    for value in escapes:
+        assert _both(data, "t", {"q": value}) == ("deny", "deny"), value
+
+
+def test_an_unexpressed_approval_condition_escalates_more_never_allows_more():
+    data = _pattern_grant({"maxLength": 40}, condition={"t": {"q": {"pattern": "^big"}}})
+    assert _both(data, "t", {"q": "small"}) == ("allow", "escalate")
+    assert _both(data, "t", {"q": "big one"}) == ("escalate", "escalate")
+
+
+UNEXPRESSED = [{"pattern": "^[a-z]+$"}, {"pattern": "E"}, {"within": ["/srv"]},
+               {"url": {"schemes": ["https"]}}]
+RANK = {"deny": 0, "escalate": 1, "allow": 2}
+
+
+def test_cedar_never_allows_more_than_decide_where_it_cannot_express_a_check():
+    """Random documents with pattern/within/url beside the expressed keywords: Cedar may be
+    stricter than decide() (deny or escalate where it allows), never more permissive."""
+    rng = random.Random(SEED + 1)
+    cases = stricter = 0
+    for _ in range(60):
+        data = random_data(rng)
+        for grant in data["grants"]:
+            for doc in (grant["argument_constraints"], grant["approval_condition"]):
+                for args in doc.values():
+                    for rules in args.values():
+                        if rng.random() < 0.5:
+                            rules.update(copy.deepcopy(rng.choice(UNEXPRESSED)))
+        data = json.loads(canonical_json(data))
+        policy, schema = compile_policy(data), compile_schema(data)
+        calls = [random_call(rng, data) for _ in range(CALLS_PER_DOCUMENT)]
+        for call, got in zip(calls, cedar_decide(data, calls, policy, schema), strict=True):
+            want = decide(data, **call).outcome
+            assert RANK[got] <= RANK[want], (want, got, call, policy)
+            cases += 1
+            stricter += RANK[got] < RANK[want]
+    assert cases == 60 * CALLS_PER_DOCUMENT and stricter > 0
 
 
 def _one_tool(constraints: dict, server: str = "s", tool: str = "t") -> dict:

@@ -174,8 +174,11 @@ def _export(world, **kwargs):
 
 def test_one_rule_per_principal_and_allowed_tool(world):
     export = _export(world)
+    # bot may call pay only through a grant that constrains its amount: CEL cannot check
+    # arguments, so that grant gives no rule for pay (fail closed), and bot's rules are read's.
     expected = {(IDP, subject, "payroll", tool)
-                for subject in ("bot", NASTY_SUBJECT, "nightly") for tool in ("read", "pay")}
+                for subject in ("bot", NASTY_SUBJECT, "nightly") for tool in ("read", "pay")
+                if not (subject in ("bot", NASTY_SUBJECT) and tool == "pay")}
     assert _rules(export) == expected
     config = yaml.safe_load(export.text)
     assert config == export.config()
@@ -263,8 +266,10 @@ ARGUMENTS = {"read": {}, "pay": {"amount": 50}}
 def test_rules_match_exactly_what_decide_allows_or_escalates(world, approvals):
     """Over every principal of the bundle and a stranger × every tool (approved, withheld,
     of the suspended server): a rule matches ⇔ decide() allows (or, with approvals=allow,
-    escalates) the call with arguments that satisfy the constraints, inside the window."""
+    escalates) the call, inside the window, through a grant that does not constrain the tool's
+    arguments (a constrained tool gets no rule from its grant: fail closed)."""
     data = world["data"]
+    unconstrained = _relaxed(data, "allow")
     config = yaml.safe_load(_export(world, approvals=approvals).text)
     principals = [(i, s) for i, subjects in data["principals"].items() for s in subjects]
     principals.append((IDP, "stranger"))
@@ -274,22 +279,30 @@ def test_rules_match_exactly_what_decide_allows_or_escalates(world, approvals):
     matched = 0
     for issuer, subject in principals:
         for server, tool in tools:
-            decision = decide(data, issuer=issuer, subject=subject, server=server, tool=tool,
-                              arguments=ARGUMENTS.get(tool, {}), at=world["at"])
+            decision = decide(unconstrained, issuer=issuer, subject=subject, server=server,
+                              tool=tool, arguments=ARGUMENTS.get(tool, {}), at=world["at"])
+            if decision.outcome in accepted:  # and so does the bundle itself
+                assert decide(data, issuer=issuer, subject=subject, server=server, tool=tool,
+                              arguments=ARGUMENTS.get(tool, {}),
+                              at=world["at"]).outcome == decision.outcome
             allowed = cel_allows(config, issuer=issuer, subject=subject, server=server,
                                  tool=tool)
             assert allowed == (decision.outcome in accepted), (issuer, subject, tool, decision)
             matched += allowed
-    assert matched == (10 if approvals == "allow" else 6)
+    assert matched == (8 if approvals == "allow" else 4)  # not bot's pay: its grant constrains it
 
 
 def _relaxed(data: dict, approvals: str) -> dict:
-    """``data`` without what the export leaves out on purpose (windows, argument constraints)
-    and, with approvals=deny, without grants that need approval."""
+    """``data`` without what the export leaves out on purpose (windows), with the tools a grant
+    constrains refused by that grant (the export fails closed: no rule for them; an argument
+    that must be one of no values is never satisfied) and, with approvals=deny, without grants
+    that need approval."""
     relaxed = copy.deepcopy(data)
     relaxed["grants"] = [
-        {**g, "window": None, "argument_constraints": {}} for g in relaxed["grants"]
-        if approvals == "allow" or g["approval_mode"] == "never"]
+        {**g, "window": None, "argument_constraints": {
+            tool: {"never": {"enum": []}} for tool, args in
+            (g.get("argument_constraints") or {}).items() if args}}
+        for g in relaxed["grants"] if approvals == "allow" or g["approval_mode"] == "never"]
     return relaxed
 
 
