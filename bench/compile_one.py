@@ -109,7 +109,8 @@ def stages(tenant, repeat: int) -> dict[str, Any]:
         tarball = packaging.package(
             files, scope=tenant.slug, revision_number=1, issued_at=now,
             expires_at=now + timedelta(seconds=settings.BUNDLE_TTL_SECONDS),
-            issuer=settings.TOLLGATE_BASE_URL, kid=key.kid, private_key=private)
+            issuer=settings.TOLLGATE_BASE_URL, kid=key.kid, private_key=private,
+            schema_version=data["schema_version"])
         t4 = time.perf_counter()
         rss["packaging"] = _peak()
         for name, value in (("compile_data", t1 - t0), ("data_json", t2 - t1),

@@ -32,7 +32,6 @@ ALGORITHM = "ES256"
 ROOT = "mcp"
 MANIFEST = ".manifest"
 SIGNATURES = ".signatures.json"
-SCHEMA_VERSION = 1
 # Compression is nearly all of the packaging time (hashing and tarring 50 MB take ~0.05 s).
 # On 50 MB of canonical JSON, level 1 takes ~0.4 s for a tarball ~14 % larger than level 6,
 # which takes ~1.3 s: too much of the two seconds a huge tenant has to compile and sign.
@@ -83,7 +82,7 @@ def public_jwk(public_key: ec.EllipticCurvePublicKey, kid: str) -> dict[str, str
 
 
 def manifest(*, scope: str, revision_number: int, issued_at: datetime,
-             expires_at: datetime) -> dict[str, Any]:
+             expires_at: datetime, schema_version: int = 1) -> dict[str, Any]:
     """The ``.manifest`` document (OPA's ``revision`` and ``roots``, Tollgate's metadata)."""
     return {
         "revision": str(revision_number),
@@ -93,7 +92,7 @@ def manifest(*, scope: str, revision_number: int, issued_at: datetime,
             "revision_number": revision_number,
             "issued_at": rfc3339(issued_at),
             "expires_at": rfc3339(expires_at),
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": schema_version,
         },
     }
 
@@ -120,8 +119,9 @@ def sign(files: Mapping[str, bytes], *, scope: str, revision_number: int, issued
 
 def package(files: Mapping[str, bytes], *, scope: str, revision_number: int,
             issued_at: datetime, expires_at: datetime, issuer: str, kid: str,
-            private_key: ec.EllipticCurvePrivateKey) -> bytes:
-    """The signed, gzipped bundle tarball of ``files`` (paths under ``mcp/``, no leading slash)."""
+            private_key: ec.EllipticCurvePrivateKey, schema_version: int = 1) -> bytes:
+    """The signed, gzipped bundle tarball of ``files`` (paths under ``mcp/``, no leading slash);
+    ``schema_version`` is data.json's (``gateway.constraints.schema_version_for``)."""
     for name in files:
         if not (name.startswith(ROOT + "/") and _plain(name)):
             raise ValueError(f"bundle content must be a plain path under {ROOT}/: {name!r}")
@@ -133,7 +133,7 @@ def package(files: Mapping[str, bytes], *, scope: str, revision_number: int,
     signed = dict(files)
     signed[MANIFEST] = canonical_json(manifest(
         scope=scope, revision_number=revision_number, issued_at=issued_at,
-        expires_at=expires_at,
+        expires_at=expires_at, schema_version=schema_version,
     ))
     jws = sign(signed, scope=scope, revision_number=revision_number, issued_at=issued_at,
                expires_at=expires_at, issuer=issuer, kid=kid, private_key=private_key)

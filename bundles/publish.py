@@ -160,6 +160,7 @@ def bundle_publish(*, tenant: Tenant, trigger: str, actor: Actor | None = None,
             files, scope=tenant.slug, revision_number=revision, issued_at=now,
             expires_at=expires_at, issuer=settings.TOLLGATE_BASE_URL, kid=key.kid,
             private_key=keys.load_private(key.private_key_encrypted),
+            schema_version=data["schema_version"],
         )
         sha = hashlib.sha256(tarball).hexdigest()
         blob, _ = BundleBlob.objects.get_or_create(

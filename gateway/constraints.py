@@ -27,6 +27,10 @@ from gateway.constraint_values import (
 )
 
 KEYWORDS = {"enum", "const", "minimum", "maximum", "maxLength", "pattern", "within", "url"}
+# The bundle schema version that introduced each keyword a version-1 gateway does not know. A
+# bundle whose grants use one is version 2, so that a gateway that reads only version 1 refuses
+# it (and keeps its last good bundle) instead of skipping a check it cannot run.
+KEYWORD_SINCE = {"within": 2, "url": 2}
 # What each keyword can apply to, in JSON Schema type names (enum and const: any type).
 STRING_KEYWORDS = ("maxLength", "pattern", "within", "url")
 NUMBER_KEYWORDS = ("minimum", "maximum")
@@ -321,3 +325,16 @@ def validate_against_schemas(doc: dict, schemas: dict[str, list[Any]], *, root: 
                     problem = _type_problem(keyword, rules[keyword], types)
                     if problem:
                         raise ConstraintError(f"{at}.{keyword}", problem)
+
+
+def schema_version_for(grants: list[dict]) -> int:
+    """The bundle schema version that ``grants`` (data.json's) need: 1, or the highest version
+    that introduced a keyword their argument constraints or approval conditions use."""
+    version = 1
+    for grant in grants:
+        for doc in (grant.get("argument_constraints") or {}, grant.get("approval_condition") or {}):
+            for args in doc.values():
+                for rules in (args or {}).values():
+                    for keyword in rules:
+                        version = max(version, KEYWORD_SINCE.get(keyword, 1))
+    return version

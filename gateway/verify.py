@@ -88,7 +88,8 @@ DATA = "mcp/data.json"
 ROOT = "mcp"
 ALGORITHM = "ES256"
 HASH_ALGORITHM = "SHA-256"
-SCHEMA_VERSION = 1
+# 2: data.json may use the constraint keywords within and url (gateway.constraints.KEYWORD_SINCE).
+SCHEMA_VERSIONS = (1, 2)
 
 DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_FILES = 256
@@ -424,11 +425,9 @@ def _check_manifest(raw: bytes, claims: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise BundleRejected("bad_manifest", f"{MANIFEST} has no metadata object")
     version = metadata.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise BundleRejected(
-            "bad_manifest",
-            f"schema_version {version!r} is not supported (this verifier reads {SCHEMA_VERSION})",
-        )
+    if version not in SCHEMA_VERSIONS or isinstance(version, bool):
+        raise BundleRejected("bad_manifest", f"schema_version {version!r} is not supported "
+                             f"(this verifier reads {', '.join(map(str, SCHEMA_VERSIONS))})")
     if manifest.get("roots") != [ROOT]:
         raise BundleRejected("bad_manifest", f"{MANIFEST} roots must be [{ROOT!r}]")
     revision = claims["revision_number"]

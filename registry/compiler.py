@@ -22,14 +22,12 @@ from django.db.models import Q, TextField
 from django.db.models.functions import Cast
 
 from bundles.packaging import canonical_json, rfc3339
+from gateway.constraints import schema_version_for
 from gateway.decision import tool_key
 from governance.tenancy.models import Tenant
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, Tool, ToolScope
 
-SCHEMA_VERSION = 1
-
-
-__all__ = ["SCHEMA_VERSION", "canonical_json", "compile_data", "escalation_settings"]
+__all__ = ["canonical_json", "compile_data", "escalation_settings"]
 
 
 def _json(raw: str | None) -> Any:
@@ -157,7 +155,7 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
                 "constraints_text", "approval_mode", "condition_text", "expires_at"))
     ]
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schema_version_for(grants),
         "tenant": tenant.slug,
         "agents": agents,
         "principals": principals,

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from bundles import packaging
 from bundles.packaging import canonical_json, generate_key, package, public_jwk
+from gateway import verify as gateway_verify
 from gateway.verify import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
     BundleRejected,
@@ -460,11 +461,25 @@ def test_it_rejects_a_signed_data_json_that_is_not_an_object():
     assert (error.code, error.message) == ("bad_data", "mcp/data.json is not a JSON object")
 
 
-def test_it_rejects_a_schema_version_it_does_not_know():
+@pytest.mark.parametrize("version", [3, 0, True, "2"])
+def test_it_rejects_a_schema_version_it_does_not_know(version):
     manifest = a_manifest()
-    manifest["metadata"]["schema_version"] = 2
+    manifest["metadata"]["schema_version"] = version
 
     error = rejection(signed({**CONTENT, ".manifest": canonical_json(manifest)}))
+    assert (error.code, error.message) == (
+        "bad_manifest", f"schema_version {version!r} is not supported (this verifier reads 1, 2)")
+
+
+def test_it_reads_version_2_and_a_version_1_verifier_refuses_it(monkeypatch):
+    """Version 2 bundles (constraints with within or url) verify here; a gateway that reads only
+    version 1 refuses them, and so keeps its last good bundle instead of skipping those checks."""
+    manifest = a_manifest()
+    manifest["metadata"]["schema_version"] = 2
+    bundle = signed({**CONTENT, ".manifest": canonical_json(manifest)})
+    assert verify(bundle).revision_number == 5
+    monkeypatch.setattr(gateway_verify, "SCHEMA_VERSIONS", (1,))
+    error = rejection(bundle)
     assert (error.code, error.message) == (
         "bad_manifest", "schema_version 2 is not supported (this verifier reads 1)")
 

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
+from bundles.publish import bundle_publish
 from gateway.constraints import (
     ConstraintError,
     check_value,
@@ -30,7 +31,7 @@ from gateway.decision import ALLOW, DENY, decide
 from registry import services
 from registry.compiler import canonical_json, compile_data
 from registry.models import Tool
-from tests.bundle_support import IDP, SYSTEM
+from tests.bundle_support import IDP, SYSTEM, tar_files
 from tests.factories import Def, def_sha
 from tests.hypothesis_support import PROFILE
 
@@ -293,6 +294,14 @@ def test_a_decision_over_a_compiled_bundle_refuses_a_dotdot_escape(tenant_a):
     data = json.loads(canonical_json(compile_data(tenant_a, at=datetime.now(UTC))))
     assert data["grants"][0]["argument_constraints"] == {
         "read_text_file": {"path": {"within": ["/srv/files/public"]}}}
+    # within is a version-2 keyword: a gateway that reads only version 1 refuses the bundle
+    # rather than skipping the check (tests/test_bundle_verify.py), and the manifest says so.
+    assert data["schema_version"] == 2
+    bundle = bundle_publish(tenant=tenant_a, trigger="test")
+    manifest = json.loads(tar_files(bytes(bundle.blob.content))[".manifest"])
+    assert manifest["metadata"]["schema_version"] == 2
+    services.grant_revoke(tenant=tenant_a, actor=SYSTEM, grant=grant, reason="done")
+    assert compile_data(tenant_a, at=datetime.now(UTC))["schema_version"] == 1
 
     def call(path: str):
         return decide(data, issuer=IDP, subject="bot", server="files", tool="read_text_file",
