@@ -18,16 +18,11 @@ from governance.tenancy.models import Membership
 from notifications import services as notifications
 from notifications.models import Delivery
 from registry.models import Grant, McpServer, ToolScope
-from tests.bundle_support import SYSTEM, payroll_world
+from tests.bundle_support import SYSTEM
 
 API = "/api/v1/t/alpha/"
 NOBODY_ALTERNATE = ("Nobody is an alternate approver today: name a role or group that has "
                     "members.")
-
-
-@pytest.fixture
-def world(tenant_a, cast):
-    return payroll_world(tenant_a, owner=cast["dave"])
 
 
 def _url(*parts):

@@ -9,16 +9,17 @@ from approvals import services
 from approvals.models import AccessRequest, ApprovalPolicy
 from governance.audit.models import AuditEvent
 from registry import services as registry
-from tests.bundle_support import SYSTEM, payroll_world
+from tests.bundle_support import SYSTEM
+from tests.factories import ScopeFactory
 
 BASE = "/api/v1/t/alpha/"
 
 
 @pytest.fixture
-def world(tenant_a, cast):
-    world = payroll_world(tenant_a, owner=cast["dave"])
-    world["low"] = registry.scope_create(tenant=tenant_a, actor=SYSTEM, name="payroll:read",
-                                         risk_level="low", tools=[world["tools"]["pay"]])
+def world(tenant_a, world):
+    """The approvals world (tests/approvals/conftest.py) and a low-risk scope payroll:read."""
+    world["low"] = ScopeFactory(tenant=tenant_a, name="payroll:read", risk_level="low",
+                                tools=[world["tools"]["pay"]])
     return world
 
 

@@ -22,14 +22,9 @@ from registry import services as registry
 from registry.access import can_manage_agent, manageable_agents
 from registry.models import Agent, Grant
 from registry.services import AGENT_PERMISSION
-from tests.bundle_support import SYSTEM, payroll_world
+from tests.bundle_support import SYSTEM
 
 BREAK_GLASS_URL = "/t/alpha/approvals/break-glass/"
-
-
-@pytest.fixture
-def world(tenant_a, cast):
-    return payroll_world(tenant_a, owner=cast["dave"])
 
 
 def _give(monkeypatch, role: str, *caps: Cap) -> None:

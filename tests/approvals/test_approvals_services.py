@@ -26,6 +26,8 @@ from tests.factories import MembershipFactory, UserFactory
 
 @pytest.fixture
 def world(tenant_a, dave):
+    """The approvals world without the rest of the cast: dave is the tenant's only member until
+    a test adds the approvers it needs (who may approve, and who is notified, depends on them)."""
     return payroll_world(tenant_a, owner=dave)
 
 

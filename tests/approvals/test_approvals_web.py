@@ -12,15 +12,16 @@ from approvals.models import AccessRequest, ApprovalDecision
 from governance.audit.models import AuditEvent
 from governance.tenancy.models import ExternalIdentity
 from registry import services as registry
-from tests.bundle_support import SYSTEM, payroll_world
+from tests.bundle_support import SYSTEM
+from tests.factories import ScopeFactory
 
 
 @pytest.fixture
-def world(tenant_a, cast):
-    world = payroll_world(tenant_a, owner=cast["dave"])
-    world["low"] = registry.scope_create(tenant=tenant_a, actor=SYSTEM, name="payroll:read",
-                                         risk_level="low", data_classes=["pii"],
-                                         tools=[world["tools"]["pay"]])
+def world(tenant_a, world):
+    """The approvals world (tests/approvals/conftest.py) and a low-risk scope payroll:read
+    holding personal data."""
+    world["low"] = ScopeFactory(tenant=tenant_a, name="payroll:read", risk_level="low",
+                                data_classes=["pii"], tools=[world["tools"]["pay"]])
     return world
 
 

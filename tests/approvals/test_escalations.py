@@ -43,6 +43,8 @@ ARGS = {"employee": "e-17", "amount": 1200}
 
 @pytest.fixture
 def world(tenant_a, dave):
+    """The approvals world without the rest of the cast (dave is the only member until a test
+    adds the approvers it needs), its grant changed to need approval on every call."""
     world = payroll_world(tenant_a, owner=dave)
     registry.grant_update(tenant=tenant_a, actor=SYSTEM, grant=world["grant"],
                           approval_mode="always")

@@ -22,11 +22,6 @@ from registry.sync import server_sync_request
 from tests.bundle_support import SYSTEM, data_of, jwks_of, small_registry, tar_files
 
 
-@pytest.fixture
-def world(tenant_a, dave):
-    return small_registry(tenant_a, owner=dave)
-
-
 def _publish(tenant, **kwargs):
     return publish.bundle_publish(tenant=tenant, trigger="test", **kwargs)
 

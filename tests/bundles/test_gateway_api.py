@@ -26,11 +26,6 @@ BUNDLE = "/api/v1/gateway/bundles/{}"
 
 
 @pytest.fixture
-def world(tenant_a, dave):
-    return small_registry(tenant_a, owner=dave)
-
-
-@pytest.fixture
 def gateway(world, tenant_a):
     gw, plaintext = make_gateway(tenant_a)
     publish.bundle_publish(tenant=tenant_a, trigger="test")

@@ -15,7 +15,6 @@ from governance.audit.services import Actor
 from registry import services
 from registry.compiler import canonical_json, compile_data
 from registry.models import Tool
-from tests.bundle_support import decision_world
 from tests.factories import Def, def_sha
 
 SYSTEM = Actor.system("test")
@@ -24,11 +23,6 @@ IDP = "https://idp.example"
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 
 
-
-
-@pytest.fixture
-def world(tenant_a, dave):
-    return decision_world(tenant_a, owner=dave)
 
 
 def _grant(world, **terms):
