@@ -28,9 +28,15 @@ from gateway.decision import ALLOW, ESCALATE, decide
 from governance.audit.services import Actor
 from registry import services as registry
 from registry.compiler import compile_data
-from registry.models import Tool, ToolScope
+from registry.models import ToolScope
 from tests.bundle_support import IDP, decision_world, payroll_world, tar_files
-from tests.factories import Def, def_sha
+from tests.factories import (
+    AgentFactory,
+    GrantFactory,
+    ScopeFactory,
+    ServerFactory,
+    ToolFactory,
+)
 
 SYSTEM = Actor.system("test")
 MESH = "spiffe://mesh.example"
@@ -113,13 +119,9 @@ def test_the_evaluator_reads_what_it_should():
 # --- A registry with every case -------------------------------------------------------------
 
 
-def _grant(tenant, agent_name, scope, principals=(), status="active", **terms):
-    agent = registry.agent_create(tenant=tenant, actor=SYSTEM, name=agent_name, owner=None)
-    for issuer, subject in principals:
-        registry.agent_principal_add(tenant=tenant, actor=SYSTEM, agent=agent, issuer=issuer,
-                                     subject=subject)
-    grant = registry.grant_create(tenant=tenant, actor=SYSTEM, agent=agent, scope=scope, **terms)
-    return agent, grant
+def _grant(tenant, agent_name, scope, principals=(), **terms):
+    agent = AgentFactory(tenant=tenant, name=agent_name, principals=principals)
+    return agent, GrantFactory(tenant=tenant, agent=agent, scope=scope, **terms)
 
 
 @pytest.fixture
@@ -131,9 +133,9 @@ def world(tenant_a):
     scope, bot = base["scope"], base["bot"]
     registry.agent_principal_add(tenant=tenant_a, actor=SYSTEM, agent=bot, issuer=IDP,
                                  subject=NASTY_SUBJECT)
-    constrained = registry.grant_create(
-        tenant=tenant_a, actor=SYSTEM, agent=bot, scope=scope, calls_per_minute=5,
-        calls_per_day=200, argument_constraints={"pay": {"amount": {"maximum": 100}}})
+    constrained = GrantFactory(tenant=tenant_a, agent=bot, scope=scope, calls_per_minute=5,
+                               calls_per_day=200,
+                               argument_constraints={"pay": {"amount": {"maximum": 100}}})
     at = timezone.now() + timedelta(minutes=5)
     _, careful = _grant(tenant_a, "careful", scope, [(IDP, "careful"), (MESH, "careful")],
                         approval_mode="always")
@@ -145,16 +147,10 @@ def world(tenant_a):
                         window_tz="UTC", expires_at=at + timedelta(days=2))
     _, revoked = _grant(tenant_a, "gone", scope, [(IDP, "gone")])
     registry.grant_revoke(tenant=tenant_a, actor=SYSTEM, grant=revoked)
-    hr = registry.server_create(tenant=tenant_a, actor=SYSTEM, name="hr",
-                                transport="streamable-http", url="https://hr.example/mcp")
-    registry.server_transition(tenant=tenant_a, actor=SYSTEM, server=hr, status="active")
-    lookup = Def("lookup")
-    registry.tools_record_discovery(tenant=tenant_a, actor=SYSTEM, server=hr,
-                                    definitions=[(lookup, def_sha(lookup))])
-    tool = Tool.objects.get(server=hr, name="lookup")
-    registry.tool_approve(tenant=tenant_a, actor=SYSTEM, tool=tool)
-    hr_scope = registry.scope_create(tenant=tenant_a, actor=SYSTEM, name="hr", tools=[tool])
-    registry.grant_create(tenant=tenant_a, actor=SYSTEM, agent=bot, scope=hr_scope)
+    hr = ServerFactory(tenant=tenant_a, name="hr", url="https://hr.example/mcp")
+    tool = ToolFactory(server=hr, name="lookup")
+    hr_scope = ScopeFactory(tenant=tenant_a, name="hr", tools=[tool])
+    GrantFactory(tenant=tenant_a, agent=bot, scope=hr_scope)
     registry.server_transition(tenant=tenant_a, actor=SYSTEM, server=hr, status="suspended")
     bundle = bundle_publish(tenant=tenant_a, trigger="test")
     return {**base, "bundle": bundle, "data": selectors.bundle_data(bundle), "at": at,

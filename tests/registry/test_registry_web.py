@@ -13,7 +13,15 @@ from governance.audit.models import AuditEvent
 from governance.audit.services import Actor
 from registry import services
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, ServerSync, Tool, ToolScope
-from tests.factories import Def, def_sha
+from tests.factories import (
+    AgentFactory,
+    Def,
+    GrantFactory,
+    ScopeFactory,
+    ServerFactory,
+    ToolFactory,
+    def_sha,
+)
 
 SYSTEM = Actor.system("test")
 ROLES = ["alice", "bob", "audrey", "dave", "victor"]
@@ -37,31 +45,30 @@ def _body(response) -> str:
 
 @pytest.fixture
 def server(tenant_a):
-    return services.server_create(tenant=tenant_a, actor=SYSTEM, name="payroll",
-                                  transport="streamable-http", url="https://payroll.example/mcp",
-                                  description="Salaries and refunds", risk_tier="high")
+    """Pending: registered, not activated yet."""
+    return ServerFactory(tenant=tenant_a, name="payroll", url="https://payroll.example/mcp",
+                         description="Salaries and refunds", risk_tier="high", status="pending")
 
 
 @pytest.fixture
 def tools(tenant_a, server):
-    _discover(tenant_a, server, [Def("pay", title="Pay someone"), Def("refund")])
-    return {t.name: t for t in Tool.objects.filter(tenant=tenant_a)}
+    """pay and refund, discovered and awaiting review."""
+    return ToolFactory.listed(server, [Def("pay", title="Pay someone"), Def("refund")])
 
 
 @pytest.fixture
 def scope(tenant_a, tools):
-    return services.scope_create(tenant=tenant_a, actor=SYSTEM, name="payroll:write",
-                                 tools=list(tools.values()))
+    return ScopeFactory(tenant=tenant_a, name="payroll:write", tools=list(tools.values()))
 
 
 @pytest.fixture
 def daves_agent(tenant_a, dave):
-    return services.agent_create(tenant=tenant_a, actor=SYSTEM, name="payroll-bot", owner=dave)
+    return AgentFactory(tenant=tenant_a, name="payroll-bot", owner=dave)
 
 
 @pytest.fixture
 def alices_agent(tenant_a, alice):
-    return services.agent_create(tenant=tenant_a, actor=SYSTEM, name="audit-bot", owner=alice)
+    return AgentFactory(tenant=tenant_a, name="audit-bot", owner=alice)
 
 
 @pytest.fixture
@@ -72,8 +79,7 @@ def principal(tenant_a, daves_agent):
 
 @pytest.fixture
 def grant(tenant_a, daves_agent, scope):
-    return services.grant_create(tenant=tenant_a, actor=SYSTEM, agent=daves_agent, scope=scope,
-                                 calls_per_minute=10)
+    return GrantFactory(tenant=tenant_a, agent=daves_agent, scope=scope, calls_per_minute=10)
 
 
 @pytest.fixture
