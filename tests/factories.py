@@ -173,10 +173,10 @@ class ToolFactory(factory.django.DjangoModelFactory):
 
     @staticmethod
     def listed(server, definitions, *, approved=(), blocked=()) -> dict[str, Tool]:
-        """``server`` lists ``definitions`` (``Def`` or names): one discovery, then the tools
-        named in ``approved`` approved and those in ``blocked`` blocked, in that order. Returns
-        the server's tools by name."""
-        definitions = [d if isinstance(d, Def) else Def(d) for d in definitions]
+        """``server`` lists ``definitions`` (names, ``Def`` or discovered ``ToolDefinition``):
+        one discovery, then the tools named in ``approved`` approved and those in ``blocked``
+        blocked, in that order. Returns the server's tools by name."""
+        definitions = [Def(d) if isinstance(d, str) else d for d in definitions]
         registry.tools_record_discovery(tenant=server.tenant, actor=SYSTEM, server=server,
                                         definitions=[(d, def_sha(d)) for d in definitions])
         tools = {t.name: t for t in Tool.objects.filter(server=server)}

@@ -45,6 +45,13 @@ from registry.discovery import discover_tools
 from registry.models import Tool
 from registry.tool_definition import ToolDefinition
 from registry.tool_definition import definition_sha256 as control_plane_sha256
+from tests.factories import (
+    AgentFactory,
+    GrantFactory,
+    ScopeFactory,
+    ServerFactory,
+    ToolFactory,
+)
 from tests.mcp_support import as_agent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,27 +154,18 @@ def publish_world(tenant, upstream_url: str) -> VerifiedBundle:
     """payroll (active) discovered live: pay, read, refund, secret approved.
     bot (principal IDP/bot) holds: payroll:pay (amount ≤ 100), payroll:read (2/minute,
     2/day), payroll:refund (approval always). secret is in no scope."""
-    server = registry.server_create(tenant=tenant, actor=SYSTEM, name=SERVER,
-                                    transport="streamable-http", url=upstream_url)
-    registry.server_transition(tenant=tenant, actor=SYSTEM, server=server, status="active")
+    server = ServerFactory(tenant=tenant, name=SERVER, url=upstream_url)
     found = discover_tools(transport="streamable-http", url=upstream_url, timeout=15)
-    registry.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server,
-                                    definitions=[(d, d.definition_sha256) for d in found.tools])
-    tools = {t.name: t for t in Tool.objects.filter(server=server)}
-    for tool in tools.values():
-        registry.tool_approve(tenant=tenant, actor=SYSTEM, tool=tool)
-    bot = registry.agent_create(tenant=tenant, actor=SYSTEM, name="bot", owner=None)
-    registry.agent_principal_add(tenant=tenant, actor=SYSTEM, agent=bot, issuer=IDP,
-                                 subject="bot")
-    scopes = {name: registry.scope_create(tenant=tenant, actor=SYSTEM, name=f"payroll:{name}",
-                                          tools=[tools[name]])
+    tools = ToolFactory.listed(server, found.tools,
+                               approved=sorted(d.name for d in found.tools))
+    bot = AgentFactory(tenant=tenant, name="bot", principals=[(IDP, "bot")])
+    scopes = {name: ScopeFactory(tenant=tenant, name=f"payroll:{name}", tools=[tools[name]])
               for name in ("pay", "read", "refund")}
-    registry.grant_create(tenant=tenant, actor=SYSTEM, agent=bot, scope=scopes["pay"],
-                          argument_constraints={"pay": {"amount": {"maximum": 100}}})
-    registry.grant_create(tenant=tenant, actor=SYSTEM, agent=bot, scope=scopes["read"],
-                          calls_per_minute=2, calls_per_day=2)
-    registry.grant_create(tenant=tenant, actor=SYSTEM, agent=bot, scope=scopes["refund"],
-                          approval_mode="always")
+    GrantFactory(tenant=tenant, agent=bot, scope=scopes["pay"],
+                 argument_constraints={"pay": {"amount": {"maximum": 100}}})
+    GrantFactory(tenant=tenant, agent=bot, scope=scopes["read"], calls_per_minute=2,
+                 calls_per_day=2)
+    GrantFactory(tenant=tenant, agent=bot, scope=scopes["refund"], approval_mode="always")
     bundle = bundle_publish(tenant=tenant, trigger="test")
     return verify_bundle(bytes(bundle.blob.content), jwks=selectors.jwks(tenant.pk),
                          tenant=tenant.slug)
