@@ -20,7 +20,6 @@ from tests.observability_support import (
     RECENT,
     event,
     ingest,
-    seeded_world,
 )
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -228,11 +227,6 @@ def test_freshness_state(settings, contact_ago, revision, newest, state):
     last = now - contact_ago if contact_ago is not None else None
     assert selectors.freshness_state(last_contact=last, active_revision=revision,
                                      newest=newest, now=now) == state
-
-
-@pytest.fixture
-def world(tenant_a, cast):
-    return seeded_world(tenant_a, owner=cast["dave"], requester=cast["alice"])
 
 
 def test_fleet_freshness_counts_each_state_and_leaves_disabled_gateways_apart(world, tenant_a):

@@ -29,7 +29,7 @@ from governance.audit.models import AuditEvent
 from observability import metrics, selectors
 from tests.bundle_support import SYSTEM, make_gateway
 from tests.factories import TenantFactory
-from tests.observability_support import OLDER, RECENT, event, ingest, seeded_world
+from tests.observability_support import OLDER, RECENT, event, ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "metrics-token-0123456789-abcdefghijklmnop"  # noqa: S105 - a test value
@@ -70,8 +70,10 @@ def of(samples: dict, name: str) -> dict[tuple, float]:
 
 
 @pytest.fixture
-def world(tenant_a, tenant_b, cast):
-    data = seeded_world(tenant_a, owner=cast["dave"], requester=cast["alice"])
+def world(tenant_a, tenant_b, world):
+    """The observability world (tests/observability/conftest.py), tenant B, and alerts and
+    exporters in every state the metrics count."""
+    data = world
     # Alerts: one open, one acknowledged (both unresolved), one resolved.
     raised = [alerts.alert_raise(tenant=tenant_a, kind="tool_drift", key=f"tool:{n}",
                                  subject=f"tool {n} drifted", detail={}, actor=SYSTEM)
