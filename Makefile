@@ -32,8 +32,8 @@ test-deps:
 
 ## make fuzz: the property tests and the API fuzzing with many more examples than `make test`
 fuzz: $(STAMP) test-deps
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -p no:cacheprovider tests/test_properties.py
-	FUZZ_EXAMPLES=200 $(BIN)/pytest -q -p no:cacheprovider tests/test_api_fuzz.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -p no:cacheprovider tests/contract/test_properties.py
+	FUZZ_EXAMPLES=200 $(BIN)/pytest -q -p no:cacheprovider tests/contract/test_api_fuzz.py
 
 ## make bench: figures measured on this machine (gateway poll throughput, 10k long polls,
 ## compile + sign, registry write → new ETag, decision-log ingestion); BENCH_QUICK=1 for a smoke run. Installs wrk and

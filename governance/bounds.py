@@ -3,8 +3,8 @@ again, or a 400), never a database overflow or an ``OverflowError`` (a 500).
 
 Every integer a form or an API serializer takes is one of these two fields; without explicit
 bounds they take the range of an ``integer`` column, which is what most of them are stored in.
-``tests/test_bounds.py`` checks that no form or serializer declares a plain integer field and
-that every integer of the admin API's document has a minimum and a maximum.
+``tests/contract/test_bounds.py`` checks that no form or serializer declares a plain integer
+field and that every integer of the admin API's document has a minimum and a maximum.
 """
 
 from __future__ import annotations

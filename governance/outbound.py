@@ -318,7 +318,7 @@ def pinned_transport(purpose: str = "") -> httpx2.HTTPTransport:
     the request otherwise). Pass it as ``httpx2.Client(transport=…)``."""
     transport = httpx2.HTTPTransport(trust_env=False)
     # httpx has no argument for the network backend; its pool is rebuilt with one (the same
-    # TLS context). tests/test_outbound.py proves the pinning through a real request.
+    # TLS context). tests/governance/test_outbound.py proves the pinning through a real request.
     transport._pool = httpcore2.ConnectionPool(
         ssl_context=httpx2.create_ssl_context(trust_env=False),
         network_backend=_PinnedBackend(purpose), **_POOL_LIMITS)

@@ -1,4 +1,5 @@
-"""Helpers for bundle and gateway tests: a small registry, gateways with tokens, verification."""
+"""Helpers for bundle and gateway tests: registries of a known shape (built with the factories
+of tests/factories.py), gateways with tokens, verification."""
 
 from __future__ import annotations
 
@@ -7,33 +8,29 @@ import io
 import json
 import tarfile
 
-from bundles import selectors, services
-from governance.audit.services import Actor
+from bundles import selectors
 from registry import services as registry
-from registry.models import Tool
-from tests.factories import Def, def_sha
-
-SYSTEM = Actor.system("test")
-IDP = "https://idp.example"
+from tests.factories import (
+    IDP,
+    SYSTEM,
+    AgentFactory,
+    Def,
+    GatewayFactory,
+    GrantFactory,
+    ScopeFactory,
+    ServerFactory,
+    ToolFactory,
+    def_sha,
+)
 
 
 def small_registry(tenant, owner=None) -> dict:
     """An active server with two approved tools in a scope, an agent with a grant."""
-    server = registry.server_create(tenant=tenant, actor=SYSTEM, name="payroll",
-                                    transport="streamable-http", url="https://p.example/mcp")
-    registry.server_transition(tenant=tenant, actor=SYSTEM, server=server, status="active")
-    defs = [Def("read"), Def("pay")]
-    registry.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server,
-                                    definitions=[(d, def_sha(d)) for d in defs])
-    tools = {t.name: t for t in Tool.objects.filter(server=server)}
-    for tool in tools.values():
-        registry.tool_approve(tenant=tenant, actor=SYSTEM, tool=tool)
-    scope = registry.scope_create(tenant=tenant, actor=SYSTEM, name="payroll:all",
-                                  tools=tools.values())
-    agent = registry.agent_create(tenant=tenant, actor=SYSTEM, name="bot", owner=owner)
-    registry.agent_principal_add(tenant=tenant, actor=SYSTEM, agent=agent, issuer=IDP,
-                                 subject="bot")
-    grant = registry.grant_create(tenant=tenant, actor=SYSTEM, agent=agent, scope=scope)
+    server = ServerFactory(tenant=tenant, name="payroll", url="https://p.example/mcp")
+    tools = ToolFactory.listed(server, ["read", "pay"], approved=["pay", "read"])
+    scope = ScopeFactory(tenant=tenant, name="payroll:all", tools=tools.values())
+    agent = AgentFactory(tenant=tenant, name="bot", owner=owner, principals=[(IDP, "bot")])
+    grant = GrantFactory(tenant=tenant, agent=agent, scope=scope)
     return {"server": server, "tools": tools, "scope": scope, "agent": agent, "grant": grant}
 
 
@@ -41,29 +38,16 @@ def decision_world(tenant, owner=None) -> dict:
     """payroll (active): read, pay (approved), export (approved, then drifted: quarantined),
     wipe (blocked), draft (pending); scope payroll with all of them; agents bot (active) and
     old (suspended, with a grant)."""
-    server = registry.server_create(tenant=tenant, actor=SYSTEM, name="payroll",
-                                    transport="streamable-http", url="https://p.example/mcp")
-    registry.server_transition(tenant=tenant, actor=SYSTEM, server=server, status="active")
+    server = ServerFactory(tenant=tenant, name="payroll", url="https://p.example/mcp")
     defs = [Def("read"), Def("pay"), Def("export"), Def("wipe"), Def("draft")]
-    registry.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server,
-                                    definitions=[(d, def_sha(d)) for d in defs])
-    tools = {t.name: t for t in Tool.objects.filter(server=server)}
-    for name in ("read", "pay", "export"):
-        registry.tool_approve(tenant=tenant, actor=SYSTEM, tool=tools[name])
-    registry.tool_block(tenant=tenant, actor=SYSTEM, tool=tools["wipe"])
+    tools = ToolFactory.listed(server, defs, approved=["read", "pay", "export"],
+                               blocked=["wipe"])
     drifted = Def("export", description="exports everything, anywhere")
-    listed = [*defs[:2], drifted, *defs[3:]]
-    registry.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server,
-                                    definitions=[(d, def_sha(d)) for d in listed])
-    scope = registry.scope_create(tenant=tenant, actor=SYSTEM, name="payroll",
-                                  tools=tools.values())
-    bot = registry.agent_create(tenant=tenant, actor=SYSTEM, name="bot", owner=owner)
-    registry.agent_principal_add(tenant=tenant, actor=SYSTEM, agent=bot, issuer=IDP,
-                                 subject="bot")
-    old = registry.agent_create(tenant=tenant, actor=SYSTEM, name="old", owner=None)
-    registry.agent_principal_add(tenant=tenant, actor=SYSTEM, agent=old, issuer=IDP,
-                                 subject="old")
-    registry.grant_create(tenant=tenant, actor=SYSTEM, agent=old, scope=scope)
+    ToolFactory.listed(server, [*defs[:2], drifted, *defs[3:]])
+    scope = ScopeFactory(tenant=tenant, name="payroll", tools=tools.values())
+    bot = AgentFactory(tenant=tenant, name="bot", owner=owner, principals=[(IDP, "bot")])
+    old = AgentFactory(tenant=tenant, name="old", principals=[(IDP, "old")])
+    GrantFactory(tenant=tenant, agent=old, scope=scope)
     registry.agent_transition(tenant=tenant, actor=SYSTEM, agent=old, status="suspended")
     return {"tenant": tenant, "server": server, "scope": scope, "bot": bot, "tools": tools,
             "pinned": {d.name: def_sha(d) for d in defs}}
@@ -72,19 +56,11 @@ def decision_world(tenant, owner=None) -> dict:
 def payroll_world(tenant, owner=None) -> dict:
     """payroll (active) with an approved tool pay and a pending refund, both in scope
     payroll:write, granted to agent bot (10 calls/minute)."""
-    server = registry.server_create(tenant=tenant, actor=SYSTEM, name="payroll",
-                                    transport="streamable-http", url="https://p.example/mcp")
-    registry.server_transition(tenant=tenant, actor=SYSTEM, server=server, status="active")
-    defs = [Def("pay"), Def("refund")]
-    registry.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server,
-                                    definitions=[(d, def_sha(d)) for d in defs])
-    tools = {t.name: t for t in Tool.objects.filter(server=server)}
-    registry.tool_approve(tenant=tenant, actor=SYSTEM, tool=tools["pay"])
-    scope = registry.scope_create(tenant=tenant, actor=SYSTEM, name="payroll:write",
-                                  tools=list(tools.values()))
-    bot = registry.agent_create(tenant=tenant, actor=SYSTEM, name="bot", owner=owner)
-    grant = registry.grant_create(tenant=tenant, actor=SYSTEM, agent=bot, scope=scope,
-                                  calls_per_minute=10)
+    server = ServerFactory(tenant=tenant, name="payroll", url="https://p.example/mcp")
+    tools = ToolFactory.listed(server, ["pay", "refund"], approved=["pay"])
+    scope = ScopeFactory(tenant=tenant, name="payroll:write", tools=list(tools.values()))
+    bot = AgentFactory(tenant=tenant, name="bot", owner=owner)
+    grant = GrantFactory(tenant=tenant, agent=bot, scope=scope, calls_per_minute=10)
     return {"server": server, "tools": tools, "scope": scope, "bot": bot, "grant": grant}
 
 
@@ -100,12 +76,9 @@ def publish_two_revisions(tenant, world) -> tuple:
 
 
 def make_gateway(tenant, name="edge-1"):
-    """(gateway, plaintext token)."""
-    gateway = services.gateway_create(tenant=tenant, actor=SYSTEM, name=name,
-                                      labels={"region": "eu"})
-    _, plaintext = services.gateway_token_issue(tenant=tenant, actor=SYSTEM, gateway=gateway,
-                                                name="primary")
-    return gateway, plaintext
+    """(gateway, plaintext token): ``GatewayFactory`` with a region label and a token."""
+    gateway = GatewayFactory(tenant=tenant, name=name, labels={"region": "eu"})
+    return gateway, gateway.plaintext_token
 
 
 def jwks_of(tenant) -> dict:

@@ -40,7 +40,8 @@ def _plain_settings(settings):
 
 
 # The suite's MCP servers, webhook, HEC and syslog receivers listen on loopback, which the
-# outbound guard (governance/outbound.py) refuses by default; tests/test_outbound.py turns this off.
+# outbound guard (governance/outbound.py) refuses by default; tests/governance/test_outbound.py
+# turns this off.
 TEST_OUTBOUND_ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"
 
 
@@ -52,7 +53,7 @@ def _loopback_targets_allowed(settings):
 @pytest.fixture(autouse=True)
 def _no_token_brute_force_limit(settings):
     """Every test client comes from 127.0.0.1 and the counts outlive a test (Redis): only
-    tests/test_security.py, which proves the limit, turns it on."""
+    tests/contract/test_security.py, which proves the limit, turns it on."""
     settings.TOKEN_FAILURE_LIMIT_PER_MINUTE = 1_000_000
 
 

@@ -1,6 +1,6 @@
 """Helpers for end-to-end tests: the test OpenID Connect provider (tests/idp) and Chromium.
 
-Nothing here is a fixture, so test modules decide the scope; see tests/test_e2e_oidc.py.
+Nothing here is a fixture, so test modules decide the scope; see tests/e2e/test_e2e_oidc.py.
 """
 
 from __future__ import annotations

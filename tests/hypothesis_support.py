@@ -1,10 +1,10 @@
-"""Hypothesis profiles for the property tests (tests/test_properties.py).
+"""Hypothesis profiles for the property tests (tests/contract/test_properties.py).
 
 ``tollgate`` (the default, what ``make test`` runs): a bounded number of examples per property.
 ``fuzz`` (``HYPOTHESIS_PROFILE=fuzz``, what ``make fuzz`` runs): many more examples.
 Neither has a per-example deadline: tests never judge wall-clock time. ``PROFILE`` is applied
 to each property as a decorator rather than loaded globally, so other Hypothesis users in the
-same run (tests/test_api_fuzz.py) keep their own settings.
+same run (tests/contract/test_api_fuzz.py) keep their own settings.
 """
 
 from __future__ import annotations

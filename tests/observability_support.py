@@ -16,8 +16,8 @@ from approvals.models import Escalation
 from bundles.models import Gateway
 from bundles.publish import bundle_publish
 from decision_logs.services import decisions_ingest
-from registry import services as registry
 from tests.bundle_support import SYSTEM, decision_world, make_gateway
+from tests.factories import AgentFactory
 
 EVIL_AGENT = '<script>alert("pwned")</script>'
 SHA = hashlib.sha256(b"{}").hexdigest()
@@ -58,7 +58,7 @@ def seeded_world(tenant, *, owner, requester) -> dict:
     world = decision_world(tenant, owner=owner)
     now = timezone.now()
     first = bundle_publish(tenant=tenant, trigger="test")
-    registry.agent_create(tenant=tenant, actor=SYSTEM, name="reporter", owner=owner)
+    AgentFactory(tenant=tenant, name="reporter", owner=owner)
     second = bundle_publish(tenant=tenant, trigger="registry change")
     assert (first.revision_number, second.revision_number) == (1, 2)
 

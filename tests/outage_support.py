@@ -1,4 +1,4 @@
-"""Real processes for the outage tests (tests/test_faults_outage.py): a Redis server and a
+"""Real processes for the outage tests (tests/faults/test_faults_outage.py): a Redis server and a
 PostgreSQL cluster of their own, on free ports in a temporary directory (never the machine's
 shared ones, which other tests use), and the control plane as a separate uvicorn process pointed
 at them, started as ``scripts/run`` starts it.
