@@ -38,10 +38,17 @@ SIGNATURES = ".signatures.json"
 COMPRESS_LEVEL = 1
 
 
-def canonical_json(value: Any) -> bytes:
-    """Sorted keys (by code point), no insignificant whitespace, UTF-8: the bytes that get
-    hashed. orjson writes 50 MB of policy in a tenth of the time ``json`` takes; the standard
-    library covers what orjson refuses (integers beyond 64 bits)."""
+def bundle_json(value: Any) -> bytes:
+    """The bytes of a bundle's JSON files: sorted keys (by code point), no insignificant
+    whitespace, UTF-8 — the form of ``gateway.canonical.canonical_json`` (THE canonical JSON,
+    which the audit chain, tool hashes and receipts use), written by orjson because it writes
+    50 MB of policy in a sixth of the time ``json`` takes (0.12 s against 0.73 s for 12 MB).
+    The two agree byte for byte on every value the compiler writes but floats in exponent form
+    (orjson writes ``1e-05`` as ``1e-5``); nobody recomputes these bytes (the manifest hashes them
+    as shipped), so that difference is harmless. NaN and infinities cannot get here: the only
+    free-form JSON in a bundle, argument constraints, refuses them when saved
+    (``gateway.constraints``). The standard library writes what orjson refuses (integers beyond
+    64 bits)."""
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError):
@@ -113,7 +120,7 @@ def sign(files: Mapping[str, bytes], *, scope: str, revision_number: int, issued
         "revision_number": revision_number,
         "expires_at": unix(expires_at),
     }
-    return _JWS.encode(canonical_json(payload), private_key, algorithm=ALGORITHM,
+    return _JWS.encode(bundle_json(payload), private_key, algorithm=ALGORITHM,
                        headers={"kid": kid})
 
 
@@ -131,13 +138,13 @@ def package(files: Mapping[str, bytes], *, scope: str, revision_number: int,
         raise ValueError("a bundle must expire after it is issued")
 
     signed = dict(files)
-    signed[MANIFEST] = canonical_json(manifest(
+    signed[MANIFEST] = bundle_json(manifest(
         scope=scope, revision_number=revision_number, issued_at=issued_at,
         expires_at=expires_at, schema_version=schema_version,
     ))
     jws = sign(signed, scope=scope, revision_number=revision_number, issued_at=issued_at,
                expires_at=expires_at, issuer=issuer, kid=kid, private_key=private_key)
-    members = {**signed, SIGNATURES: canonical_json({"signatures": [jws]})}
+    members = {**signed, SIGNATURES: bundle_json({"signatures": [jws]})}
     return gzip.compress(_tar(members, mtime=unix(issued_at)), COMPRESS_LEVEL, mtime=0)
 
 

@@ -102,7 +102,7 @@ def connect() -> None:
 def bundle_files(data: dict[str, Any]) -> dict[str, bytes]:
     """The content files of a bundle (everything but .manifest and .signatures.json)."""
     return {
-        "mcp/data.json": packaging.canonical_json(data),
+        "mcp/data.json": packaging.bundle_json(data),
         "mcp/policy.cedar": cedar.compile_policy(data).encode("utf-8"),
         "mcp/schema.cedarschema": cedar.compile_schema(data).encode("utf-8"),
     }

@@ -2,8 +2,9 @@
 
 The compiler reads one tenant's registry with a fixed number of queries and returns plain JSON
 values keyed by names (servers, agents and scopes are unique by name in a tenant; tools are
-``<server>/<tool>``), so two revisions can be diffed by a person. ``canonical_json`` writes it
-with sorted keys and no insignificant whitespace: the same state gives byte-identical files.
+``<server>/<tool>``), so two revisions can be diffed by a person. ``bundles.packaging.bundle_json``
+writes it with sorted keys and no insignificant whitespace: the same state gives byte-identical
+files.
 
 What goes in: every agent (with its status, so gateways can say *why* a suspended agent is
 refused), every server that is not retired, the approved tools still listed by active servers
@@ -21,13 +22,13 @@ import orjson
 from django.db.models import Q, TextField
 from django.db.models.functions import Cast
 
-from bundles.packaging import canonical_json, rfc3339
+from bundles.packaging import rfc3339
 from gateway.constraints import schema_version_for
 from gateway.decision import tool_key
 from governance.tenancy.models import Tenant
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, Tool, ToolScope
 
-__all__ = ["canonical_json", "compile_data", "escalation_settings"]
+__all__ = ["compile_data", "escalation_settings"]
 
 
 def _json(raw: str | None) -> Any:

@@ -13,11 +13,12 @@ from django.utils import timezone
 
 from bundles import keys, packaging, publish, services
 from bundles.models import Bundle, BundleBlob, PublishState, SigningKey
+from bundles.packaging import bundle_json
 from bundles.tasks import build_bundle, sweep
 from gateway.verify import BundleRejected, verify_bundle
 from governance.audit.models import AuditEvent
 from registry import services as registry
-from registry.compiler import canonical_json, compile_data
+from registry.compiler import compile_data
 from registry.sync import server_sync_request
 from tests.bundle_support import SYSTEM, data_of, jwks_of, small_registry, tar_files
 
@@ -36,7 +37,7 @@ def test_a_published_bundle_verifies_and_carries_the_compiled_state(world, tenan
     files = tar_files(content)
     assert sorted(files) == [".manifest", ".signatures.json", "mcp/data.json",
                              "mcp/policy.cedar", "mcp/schema.cedarschema"]
-    assert files["mcp/data.json"] == canonical_json(compile_data(tenant_a, at=bundle.created_at))
+    assert files["mcp/data.json"] == bundle_json(compile_data(tenant_a, at=bundle.created_at))
     assert data_of(content)["grants"][0]["id"] == str(world["grant"].pk)
     assert bundle.expires_at - bundle.created_at == timedelta(hours=24)
     assert bundle.summary == {"agents": 1, "servers": 1, "tools": 2, "scopes": 1, "grants": 1}

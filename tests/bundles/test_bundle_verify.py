@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from bundles import packaging
-from bundles.packaging import canonical_json, generate_key, package, public_jwk
+from bundles.packaging import bundle_json, generate_key, package, public_jwk
 from gateway import verify as gateway_verify
 from gateway.verify import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
@@ -42,7 +42,7 @@ ISSUED = NOW - timedelta(hours=1)
 DATA = {"agents": {"bot": {"status": "active"}}, "servers": {"payroll": {"tools": ["read"]}},
         "note": "donnée signée"}
 CONTENT = {
-    "mcp/data.json": canonical_json(DATA),
+    "mcp/data.json": bundle_json(DATA),
     "mcp/policy.cedar": b'permit(principal, action, resource) when { false };\n',
     "mcp/schema.cedarschema": b'{"mcp":{"entityTypes":{},"actions":{}}}',
 }
@@ -111,7 +111,7 @@ def signed(files: dict[str, bytes]) -> bytes:
 
 
 def signatures_of(*tokens: str) -> bytes:
-    return canonical_json({"signatures": list(tokens)})
+    return bundle_json({"signatures": list(tokens)})
 
 
 def the_token(tarball: bytes) -> str:
@@ -195,8 +195,8 @@ def test_the_tarball_is_the_documented_layout():
 
     files = members(tarball)
     manifest = json.loads(files[".manifest"])
-    assert files[".manifest"] == canonical_json(manifest)
-    assert files[".signatures.json"] == canonical_json(json.loads(files[".signatures.json"]))
+    assert files[".manifest"] == bundle_json(manifest)
+    assert files[".signatures.json"] == bundle_json(json.loads(files[".signatures.json"]))
 
     token = the_token(tarball)
     assert segment(token, 0) == b'{"alg":"ES256","kid":"k-old","typ":"JWT"}'
@@ -294,7 +294,7 @@ def test_it_rejects_a_file_listed_twice_in_the_signature():
     files = members(build())
     payload = json.loads(segment(the_token(build()), 1))
     payload["files"].append(payload["files"][0])
-    forged = jwt.PyJWS().encode(canonical_json(payload), OLD_KEY, algorithm="ES256",
+    forged = jwt.PyJWS().encode(bundle_json(payload), OLD_KEY, algorithm="ES256",
                                 headers={"kid": "k-old"})
 
     error = rejection(tar({**files, ".signatures.json": signatures_of(forged)}))
@@ -447,7 +447,7 @@ def test_it_rejects_a_signed_manifest_that_disagrees_with_the_signature(change):
     else:
         manifest["metadata"].update(change)
 
-    error = rejection(signed({**CONTENT, ".manifest": canonical_json(manifest)}))
+    error = rejection(signed({**CONTENT, ".manifest": bundle_json(manifest)}))
     assert error.code == "manifest_mismatch"
 
 
@@ -466,7 +466,7 @@ def test_it_rejects_a_schema_version_it_does_not_know(version):
     manifest = a_manifest()
     manifest["metadata"]["schema_version"] = version
 
-    error = rejection(signed({**CONTENT, ".manifest": canonical_json(manifest)}))
+    error = rejection(signed({**CONTENT, ".manifest": bundle_json(manifest)}))
     assert (error.code, error.message) == (
         "bad_manifest", f"schema_version {version!r} is not supported (this verifier reads 1, 2)")
 
@@ -476,7 +476,7 @@ def test_it_reads_version_2_and_a_version_1_verifier_refuses_it(monkeypatch):
     version 1 refuses them, and so keeps its last good bundle instead of skipping those checks."""
     manifest = a_manifest()
     manifest["metadata"]["schema_version"] = 2
-    bundle = signed({**CONTENT, ".manifest": canonical_json(manifest)})
+    bundle = signed({**CONTENT, ".manifest": bundle_json(manifest)})
     assert verify(bundle).revision_number == 5
     monkeypatch.setattr(gateway_verify, "SCHEMA_VERSIONS", (1,))
     error = rejection(bundle)

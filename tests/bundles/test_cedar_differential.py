@@ -23,10 +23,11 @@ import pytest
 from bundles.cedar import compile_policy, compile_schema, unexpressed_grants
 from bundles.cedar_request import cedar_outcome, cedar_request
 from bundles.cedar_values import cedar_string, cedar_value
+from bundles.packaging import bundle_json
 from gateway.decision import decide, tool_key
 from governance.audit.services import Actor
 from registry import services
-from registry.compiler import canonical_json, compile_data
+from registry.compiler import compile_data
 from tests.bundle_support import decision_world
 
 SEED = 20261125
@@ -274,7 +275,7 @@ def differences(seed: int, documents: int, *, mutate=None) -> tuple[int, list]:
     cases, disagreements = 0, []
     for _ in range(documents):
         data = random_data(rng)
-        data = json.loads(canonical_json(data))  # what a gateway parses
+        data = json.loads(bundle_json(data))  # what a gateway parses
         # A mutation changes the policy only: requests and schema stay those of the real data.
         policy = compile_policy(mutate(copy.deepcopy(data)) if mutate else data)
         schema = compile_schema(data)
@@ -305,7 +306,7 @@ def test_the_random_calls_reach_every_outcome():
     outcomes = set()
     reasons = set()
     for _ in range(60):
-        data = json.loads(canonical_json(random_data(rng)))
+        data = json.loads(bundle_json(random_data(rng)))
         for _ in range(CALLS_PER_DOCUMENT):
             decision = decide(data, **random_call(rng, data))
             outcomes.add(decision.outcome)
@@ -408,7 +409,7 @@ def test_cedar_agrees_on_a_bundle_built_from_the_registry(tenant_a, dave):
                                       "currency": {"enum": ["EUR", "USD"]}}},
         approval_mode="when", approval_condition={"pay": {"amount": {"minimum": 50}}},
     )
-    data = json.loads(canonical_json(compile_data(tenant_a, at=now)))
+    data = json.loads(bundle_json(compile_data(tenant_a, at=now)))
     policy, schema = compile_policy(data), compile_schema(data)
     assert cedarpy.validate_policies(policy, schema).validation_passed
 
@@ -601,7 +602,7 @@ def test_cedar_never_allows_more_than_decide_where_it_cannot_express_a_check():
                     for rules in args.values():
                         if rng.random() < 0.5:
                             rules.update(copy.deepcopy(rng.choice(UNEXPRESSED)))
-        data = json.loads(canonical_json(data))
+        data = json.loads(bundle_json(data))
         policy, schema = compile_policy(data), compile_schema(data)
         calls = [random_call(rng, data) for _ in range(CALLS_PER_DOCUMENT)]
         for call, got in zip(calls, cedar_decide(data, calls, policy, schema), strict=True):

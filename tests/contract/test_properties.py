@@ -34,6 +34,7 @@ from hypothesis import assume, event, example, given, note
 from hypothesis import strategies as st
 
 from bundles import selectors
+from bundles.packaging import bundle_json
 from bundles.publish import bundle_publish
 from gateway import canonical
 from gateway.canonical import definition_sha256 as gateway_sha256
@@ -51,7 +52,7 @@ from gateway.receipts import arguments_sha256
 from gateway.verify import SIGNATURES, BundleRejected, verify_bundle
 from governance.audit import services as audit_services
 from registry import services as registry
-from registry.compiler import canonical_json, compile_data
+from registry.compiler import compile_data
 from registry.models import Agent, Grant, McpServer
 from registry.tool_definition import ToolDefinition
 from registry.tool_definition import definition_sha256 as control_plane_sha256
@@ -501,7 +502,7 @@ def test_the_control_plane_accepts_exactly_the_specs_the_gateway_validator_accep
         except ValidationError:
             stored = False
         data = compile_data(constraint_scope["tenant"], at=datetime.now(UTC))
-        canonical_json(data)  # what publishing writes: raises on NaN or a lone surrogate
+        bundle_json(data)  # what publishing writes: raises on a lone surrogate
         shipped = [g["argument_constraints"] for g in data["grants"]]
         transaction.set_rollback(True)
     # An empty spec (or null) means "no constraints" to both.

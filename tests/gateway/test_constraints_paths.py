@@ -19,6 +19,7 @@ import pytest
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
+from bundles.packaging import bundle_json
 from bundles.publish import bundle_publish
 from gateway.constraints import (
     ConstraintError,
@@ -29,7 +30,7 @@ from gateway.constraints import (
 )
 from gateway.decision import ALLOW, DENY, decide
 from registry import services
-from registry.compiler import canonical_json, compile_data
+from registry.compiler import compile_data
 from registry.models import Tool
 from tests.bundle_support import IDP, SYSTEM, tar_files
 from tests.factories import Def, def_sha
@@ -291,7 +292,7 @@ def test_a_decision_over_a_compiled_bundle_refuses_a_dotdot_escape(tenant_a):
     grant = services.grant_create(
         tenant=tenant_a, actor=SYSTEM, agent=bot, scope=scope,
         argument_constraints={"read_text_file": {"path": {"within": ["/srv/files/public"]}}})
-    data = json.loads(canonical_json(compile_data(tenant_a, at=datetime.now(UTC))))
+    data = json.loads(bundle_json(compile_data(tenant_a, at=datetime.now(UTC))))
     assert data["grants"][0]["argument_constraints"] == {
         "read_text_file": {"path": {"within": ["/srv/files/public"]}}}
     # within is a version-2 keyword: a gateway that reads only version 1 refuses the bundle

@@ -10,10 +10,11 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from bundles.packaging import bundle_json
 from gateway.decision import ALLOW, DENY, ESCALATE, decide
 from governance.audit.services import Actor
 from registry import services
-from registry.compiler import canonical_json, compile_data
+from registry.compiler import compile_data
 from registry.models import Tool
 from tests.factories import Def, def_sha
 
@@ -32,7 +33,7 @@ def _grant(world, **terms):
 
 def _data(world, at=NOW):
     """Compiled, written canonically and read back: exactly what a gateway parses."""
-    return json.loads(canonical_json(compile_data(world["tenant"], at=at)))
+    return json.loads(bundle_json(compile_data(world["tenant"], at=at)))
 
 
 def _decide(data, tool="read", *, subject="bot", arguments=None, at=NOW, **kwargs):
@@ -53,8 +54,8 @@ def test_only_approved_tools_of_active_servers_are_in_the_bundle(world):
 
 def test_the_same_state_compiles_to_the_same_bytes(world):
     _grant(world, calls_per_minute=5, argument_constraints={"pay": {"amount": {"maximum": 10}}})
-    first = canonical_json(compile_data(world["tenant"], at=NOW))
-    second = canonical_json(compile_data(world["tenant"], at=NOW))
+    first = bundle_json(compile_data(world["tenant"], at=NOW))
+    second = bundle_json(compile_data(world["tenant"], at=NOW))
     assert first == second
     assert b"\n" not in first and b": " not in first
 
