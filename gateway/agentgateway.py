@@ -337,10 +337,14 @@ def _time_condition(export: Export, base: dict[str, Any], grant: Mapping[str, An
         window = grant["window"]
         days = ",".join(str(d) for d in window.get("days") or []) or "every day"
         detail = f"{window['start']}-{window['end']} {window['tz']} (days {days})"
-        condition = cel_window(window)
+        try:
+            condition = cel_window(window)
+        except ValueError:  # not written by Tollgate's compiler (HH:MM): refuse, do not guess
+            condition = None
         if condition is None:
             export.not_expressed.append({**base, "kind": "time_window", "detail": detail,
-                                         "effect": "no rule: the window holds no time"})
+                                         "effect": "no rule: no time of this window can be "
+                                                   "expressed"})
             return None
         export.expressed.append({**base, "kind": "time_window", "detail": detail})
         parts.append(condition)

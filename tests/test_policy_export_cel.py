@@ -235,8 +235,22 @@ def test_an_overnight_window_on_chosen_days_is_cel_on_the_local_time(local, insi
     assert cel_true(condition, context) is inside
 
 
-def test_a_window_that_holds_no_time_gives_no_rule():
-    assert cel_window({"start": "09:00", "end": "09:00", "days": [], "tz": "UTC"}) is None
+@pytest.mark.parametrize("window", [
+    {"start": "09:00", "end": "09:00", "days": [], "tz": "UTC"},  # holds no time
+    {"start": "09:00:00.5", "end": "10:00", "days": [], "tz": "UTC"},  # not whole seconds
+    {"start": "nine", "end": "10:00", "days": [], "tz": "UTC"},
+])
+def test_a_window_that_cannot_be_expressed_gives_no_rule(window):
+    data = {"tenant": "t", "agents": {"a": {"status": "active", "principals": [["i", "s"]]}},
+            "principals": {"i": {"s": "a"}},
+            "servers": {"x": {"status": "active", "transport": "sse", "url": "https://x"}},
+            "tools": {"x/t": {"server": "x", "name": "t", "definition_sha256": "00"}},
+            "withheld_tools": {}, "scopes": {"s": {"tools": ["x/t"]}},
+            "grants": [{"id": "1", "agent": "a", "scope": "s", "approval_mode": "never",
+                        "expires_at": None, "window": window}]}
+    export = translate(data, at=BASE, unpinned="allow")
+    assert export.rules == {"x": []}
+    assert [e["kind"] for e in export.not_expressed] == ["time_window"]
 
 
 def test_a_rule_with_a_condition_fails_closed_without_a_request_time():

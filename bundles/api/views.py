@@ -335,14 +335,16 @@ class BundleViewSet(TenantViewSet):
         return attachment(content, content_type, filename)
 
     @extend_schema(
-        parameters=[OpenApiParameter(
-            "approvals", str, enum=["deny", "allow"], default="deny",
-            description="Grants that require approval: deny (no rule: agentgateway cannot hold "
-            "a call for a human) or allow (exported as plain allows, and said so)."),
+        parameters=[
             OpenApiParameter(
-            "unpinned", str, enum=["deny", "allow"], default="deny",
-            description="Pinned tool definitions, which agentgateway cannot check: deny (no "
-            "tool gets a rule) or allow (rules without the check, and said so).")],
+                "approvals", str, enum=["deny", "allow"], default="deny",
+                description="Grants that require approval: deny (no rule: agentgateway cannot "
+                "hold a call for a human) or allow (exported as plain allows, and said so)."),
+            OpenApiParameter(
+                "unpinned", str, enum=["deny", "allow"], default="deny",
+                description="Pinned tool definitions, which agentgateway cannot check: deny (no "
+                "tool gets a rule) or allow (rules without the check, and said so)."),
+        ],
         description="The current bundle's policy as an agentgateway configuration (YAML): one "
         "route per active MCP server with mcpAuthorization CEL rules on jwt.iss, jwt.sub, "
         "mcp.tool.target, mcp.tool.name and, for time windows and grant expiry, "
