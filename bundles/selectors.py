@@ -181,9 +181,11 @@ def _bundle_files(content: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
     return files
 
 
-def policy_export(tenant, kind: str, *, approvals: str = "deny") -> tuple[bytes, str, str]:
+def policy_export(tenant, kind: str, *, approvals: str = "deny",
+                  unpinned: str = "deny") -> tuple[bytes, str, str]:
     """(content, content type, file name) of the current bundle's policy as ``kind``
-    ("agentgateway" or "cedar"); NoBundleToExport when there is nothing to export."""
+    ("agentgateway", with its ``approvals`` and ``unpinned`` options, or "cedar");
+    NoBundleToExport when there is nothing to export."""
     from bundles import diff, store
 
     state = publish_state(tenant)
@@ -200,7 +202,7 @@ def policy_export(tenant, kind: str, *, approvals: str = "deny") -> tuple[bytes,
         export = agentgateway.translate(data, at=timezone.now(),
                                         revision=bundle.revision_number,
                                         expires_at=rfc3339(bundle.expires_at),
-                                        approvals=approvals)
+                                        approvals=approvals, unpinned=unpinned)
         return (export.text.encode("utf-8"), "application/yaml; charset=utf-8",
                 f"{stem}-agentgateway.yaml")
     files = _bundle_files(content, CEDAR_FILES)

@@ -488,19 +488,22 @@ class BundleDownloadView(TenantPageView):
 EXPORT_CAPABILITY = Cap.VIEW_AUDIT
 class BundlePolicyExportView(TenantPageView):
     """Download the current bundle's policy for another gateway (``kind``: agentgateway,
-    ``?approvals=allow`` to export grants that need approval as plain allows; or cedar)."""
+    ``?approvals=allow`` to export grants that need approval as plain allows,
+    ``?unpinned=allow`` to give pinned tools rules without the definition check; or cedar)."""
 
     capability = EXPORT_CAPABILITY
     kind = "agentgateway"
 
     def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
-        approvals = request.GET.get("approvals", "deny")
-        if approvals not in agentgateway.APPROVALS:
-            return HttpResponse("approvals must be deny or allow.", status=400,
-                                content_type="text/plain; charset=utf-8")
+        allowed = {"approvals": agentgateway.APPROVALS, "unpinned": agentgateway.UNPINNED}
+        options = {name: request.GET.get(name, "deny") for name in allowed}
+        for name, value in options.items():
+            if value not in allowed[name]:
+                return HttpResponse(f"{name} must be deny or allow.", status=400,
+                                    content_type="text/plain; charset=utf-8")
         try:
             content, content_type, filename = selectors.policy_export(self.tenant, self.kind,
-                                                            approvals=approvals)
+                                                                      **options)
         except selectors.NoBundleToExport as exc:
             messages.error(request, str(exc))
             return redirect("bundles:bundles", tenant_slug)

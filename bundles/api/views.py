@@ -326,34 +326,44 @@ class BundleViewSet(TenantViewSet):
             "message": f"Published r{bundle.revision_number}.",
         }, status=status.HTTP_201_CREATED)
 
-    def _export(self, kind: str, approvals: str = "deny") -> HttpResponse:
+    def _export(self, kind: str, **options: str) -> HttpResponse:
         try:
             content, content_type, filename = policy_export(self.tenancy.tenant, kind,
-                                                            approvals=approvals)
+                                                            **options)
         except NoBundleToExport as exc:
             raise NoBundleError(str(exc)) from None
         return attachment(content, content_type, filename)
 
     @extend_schema(
-        parameters=[OpenApiParameter(
-            "approvals", str, enum=["deny", "allow"], default="deny",
-            description="Grants that require approval: deny (no rule: agentgateway cannot hold "
-            "a call for a human) or allow (exported as plain allows, and said so).")],
+        parameters=[
+            OpenApiParameter(
+                "approvals", str, enum=["deny", "allow"], default="deny",
+                description="Grants that require approval: deny (no rule: agentgateway cannot "
+                "hold a call for a human) or allow (exported as plain allows, and said so)."),
+            OpenApiParameter(
+                "unpinned", str, enum=["deny", "allow"], default="deny",
+                description="Pinned tool definitions, which agentgateway cannot check: deny (no "
+                "tool gets a rule) or allow (rules without the check, and said so)."),
+        ],
         description="The current bundle's policy as an agentgateway configuration (YAML): one "
         "route per active MCP server with mcpAuthorization CEL rules on jwt.iss, jwt.sub, "
-        "mcp.tool.target and mcp.tool.name; what CEL cannot express (argument constraints, rate "
-        "limits, time windows, approvals, grant expiry, pinned definitions) is listed in the "
-        "file's header. Admins and auditors.",
+        "mcp.tool.target, mcp.tool.name and, for time windows and grant expiry, "
+        "request.startTime. It never allows more than Tollgate: what its CEL cannot check "
+        "(argument constraints, rate limits and quotas, approvals, pinned definitions) gives no "
+        "rule, and is listed in the file's header. Admins and auditors.",
         responses={(200, "application/yaml"): OpenApiResponse(OpenApiTypes.STR,
                                                                description="the configuration"),
                    **EXPORT_READ, **error_responses(400, 403)},
     )
     @action(detail=False, methods=["get"], url_path="export/agentgateway")
     def export_agentgateway(self, request: Request, tenant_slug: str) -> HttpResponse:
-        approvals = request.query_params.get("approvals", "deny")
-        if approvals not in ("deny", "allow"):
-            raise ValidationError({"approvals": ["Must be deny or allow."]})
-        return self._export("agentgateway", approvals)
+        options = {name: request.query_params.get(name, "deny")
+                   for name in ("approvals", "unpinned")}
+        bad = {name: ["Must be deny or allow."] for name, value in options.items()
+               if value not in ("deny", "allow")}
+        if bad:
+            raise ValidationError(bad)
+        return self._export("agentgateway", **options)
 
     @extend_schema(
         description="The current bundle's Cedar policy set and schema (mcp/policy.cedar and "
