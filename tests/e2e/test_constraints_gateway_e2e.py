@@ -6,8 +6,10 @@ thread) offering ``read_text_file(path)`` and ``fetch(url)``, discovered live; a
 the reference verifier; the proxy served by uvicorn; the official SDK client as the agent. The
 escapes of issue 19 §1 never reach the upstream.
 
-(The third-party ``@modelcontextprotocol/server-filesystem`` is not installed in
-tests/mcp/node_modules, so this upstream stands in for it.)
+This upstream records every call it receives, so the test can assert that nothing refused
+reached it, and it has a ``fetch`` tool for ``url``. ``within`` against the third-party
+``@modelcontextprotocol/server-filesystem`` (which would serve the escapes), behind the gateway
+as its own process, is tests/e2e/test_filesystem_server_e2e.py.
 """
 
 from __future__ import annotations
