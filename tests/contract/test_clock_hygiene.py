@@ -30,6 +30,9 @@ PURE = {
     "tests/contract/test_properties.py": "decide(at=…) on generated documents",
     "tests/bundles/test_policy_export.py": "translate(at=…, expires_at=…) on compiled data",
     "tests/gateway/test_gateway_proxy.py": "the rate counters' reserve/usage(at)",
+    "tests/governance/test_audit_snapshot.py":
+        "audit_snapshot() and the renderers on unsaved model instances (what it stores follows "
+        "the real clock)",
 }
 # A line naming an MCP protocol version ("2025-06-18") holds no date the code compares.
 NOT_A_DATE = re.compile(r"protocol_?[vV]ersion")

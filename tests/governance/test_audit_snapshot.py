@@ -13,6 +13,7 @@ from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+from django.utils import timezone
 
 from alerts.models import Alert, AlertRule, Kind, Severity
 from approvals.models import AccessRequest, Escalation
@@ -463,12 +464,13 @@ def test_the_registry_events_carry_the_snapshots(tenant_a, dave):
     assert after["agent"] == "bot" and after["scope"] == "s:read"
     assert (after["window_start"], after["window_end"], after["window_days"]) == (
         "09:00:00", "17:00:00", [0, 4])
-    expiry = datetime(2099, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    # Stored, so from the real clock (tests/contract/test_clock_hygiene.py); microseconds kept.
+    expiry = (timezone.now() + timedelta(days=30)).replace(microsecond=678901)
     registry_services.grant_update(tenant=tenant_a, actor=SYSTEM, grant=grant,
                                    expires_at=expiry, calls_per_day=100)
     event = _last("grant.updated")
     assert (event.before["expires_at"], event.after["expires_at"]) == (
-        None, "2099-01-02T03:04:05.678Z")
+        None, expiry.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.678Z"))
     assert (event.before["calls_per_day"], event.after["calls_per_day"]) == (None, 100)
     assert "status" not in event.after and "agent" not in event.after
     grant.refresh_from_db()
