@@ -29,6 +29,9 @@ PURE = {
         "decide(at=…) and Cedar on generated documents (the registry test follows the real clock)",
     "tests/contract/test_properties.py": "decide(at=…) on generated documents",
     "tests/bundles/test_policy_export.py": "translate(at=…, expires_at=…) on compiled data",
+    "tests/bundles/test_policy_export_cel.py":
+        "translate(at=…) and the CEL rules evaluated at a given request.startTime, on documents "
+        "built in memory",
     "tests/gateway/test_gateway_proxy.py": "the rate counters' reserve/usage(at)",
     "tests/governance/test_audit_snapshot.py":
         "audit_snapshot() and the renderers on unsaved model instances (what it stores follows "
