@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from governance import outbound
 from governance.audit.services import Actor, audit_record, to_json
+from governance.names import clean_name
 from governance.secrets import encrypt_text, reencrypt
 from governance.tasking import enqueue_on_commit
 from governance.tenancy.models import Tenant
@@ -85,9 +86,7 @@ def _set_secret(channel: Channel, secret: str) -> None:
 
 def _validate(channel: Channel, url: str | None, secret: str | None) -> None:
     """Check a channel for its kind; ``url``/``secret`` None or "" keep the stored ones."""
-    channel.name = (channel.name or "").strip()
-    if not channel.name or len(channel.name) > 100:
-        raise ValidationError({"name": "Give the channel a name of 1–100 characters."})
+    channel.name = clean_name(channel.name, noun="channel")
     if channel.kind not in Channel.Kind.values:
         raise ValidationError({"kind": f"Use one of {', '.join(Channel.Kind.values)}."})
     channel.events = _clean_events(channel.events)
