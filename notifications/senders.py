@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 from django.conf import settings
-from django.core.mail import EmailMessage
+from django.core.mail import EmailMessage, get_connection
 
 from governance import outbound
 from governance.secrets import KeyUnavailable, decrypt_text
@@ -115,25 +115,54 @@ def webhook_body(delivery: Delivery, sent_at: datetime) -> dict[str, Any]:
     }
 
 
-def send_email(delivery: Delivery) -> None:
-    channel = delivery.channel
-    to = list(channel.addresses)
-    if channel.to_recipients:
-        to += [a for a in delivery.payload.get("recipients", []) if a not in to]
-    if not to:
-        raise SendError("Nobody to write to: the channel has no addresses and the event named "
-                        "nobody.")
+def email_body(delivery: Delivery) -> str:
     body = delivery.payload.get("text", "")
     if delivery.payload.get("link"):
         body += f"\n\n{delivery.payload['link']}"
-    message = EmailMessage(subject=f"[Tollgate] {delivery.subject}", body=body,
-                           from_email=settings.DEFAULT_FROM_EMAIL, to=to,
-                           headers={"X-Tollgate-Event": delivery.event,
-                                    "X-Tollgate-Delivery": str(delivery.pk)})
+    return body
+
+
+def email_recipients(delivery: Delivery) -> list[str]:
+    """Who an e-mail delivery goes to: the channel's addresses, then (``to_recipients``) the
+    people the event names, each address once."""
+    channel = delivery.channel
+    to = list(channel.addresses)
+    if channel.to_recipients:
+        seen = {a.lower() for a in to}
+        for address in delivery.payload.get("recipients", []):
+            if address.lower() not in seen:
+                to.append(address)
+                seen.add(address.lower())
+    return to
+
+
+def send_email(delivery: Delivery) -> None:
+    """One message per recipient, each addressed to that recipient only, so no recipient (an
+    external list, a pager address) learns who else was told. The addresses already sent to are
+    kept in ``payload["sent_to"]`` (saved with the attempt), so a retry after a partial failure
+    writes only to the others."""
+    to = email_recipients(delivery)
+    if not to:
+        raise SendError("Nobody to write to: the channel has no addresses and the event named "
+                        "nobody.")
+    body = email_body(delivery)
+    sent = delivery.payload.setdefault("sent_to", [])
     try:
-        message.send(fail_silently=False)
+        connection = get_connection(fail_silently=False)
+        with connection:
+            for address in to:
+                if address in sent:
+                    continue
+                EmailMessage(subject=f"[Tollgate] {delivery.subject}", body=body,
+                             from_email=settings.DEFAULT_FROM_EMAIL, to=[address],
+                             connection=connection,
+                             headers={"X-Tollgate-Event": delivery.event,
+                                      "X-Tollgate-Delivery": str(delivery.pk)}).send()
+                sent.append(address)
     except Exception as exc:  # SMTP and socket errors alike: this attempt failed
-        raise SendError(f"E-mail not accepted: {type(exc).__name__}: {exc}") from None
+        done = sum(1 for a in to if a in sent)
+        raise SendError(f"E-mail not accepted ({done} of {len(to)} recipients done): "
+                        f"{type(exc).__name__}: {exc}") from None
 
 
 def send_slack(delivery: Delivery) -> None:

@@ -279,8 +279,9 @@ def delivery_attempt(*, delivery_id: int, now: datetime | None = None) -> Delive
             delivery.status, delivery.next_attempt_at = Delivery.Status.FAILED, None
         else:
             delivery.next_attempt_at = now + timedelta(seconds=retry_delay(delivery.attempts))
+        # The payload too: an e-mail attempt records whom it has written to (``sent_to``).
         delivery.save(update_fields=["attempts", "last_error", "status", "sent_at",
-                                     "next_attempt_at"])
+                                     "next_attempt_at", "payload"])
     return delivery
 
 
