@@ -14,6 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_email
 from django.db import IntegrityError, transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from governance import outbound
@@ -191,7 +192,8 @@ def channel_test(*, tenant: Tenant, actor: Actor, channel: Channel) -> Delivery:
         channel, TEST_EVENT, f"Test notification from Tollgate ({tenant.name})",
         {"text": f"{actor.label or 'An admin'} sent this test to the channel {channel.name!r}. "
                  "If you can read it, the channel works.",
-         "link": _absolute(f"/t/{tenant.slug}/notifications/"), "data": {}, "recipients": []},
+         "link": _absolute(reverse("notifications:channels", args=[tenant.slug])), "data": {},
+         "recipients": []},
     )
     audit_record(tenant=tenant, actor=actor, action="notification_channel.tested", obj=channel,
                  after={"delivery": delivery.pk})
@@ -224,16 +226,21 @@ def _delivery(channel: Channel, event: str, subject: str, payload: dict[str, Any
 
 
 @transaction.atomic
-def notify(*, tenant: Tenant, event: str, subject: str, text: str, link: str = "",
+def notify(*, tenant: Tenant, event: str, subject: str, text: str, link: str,
            recipients: Iterable[AbstractBaseUser | str] = (),
            data: dict[str, Any] | None = None) -> list[Delivery]:
     """One delivery per enabled channel subscribed to ``event``, sent by the worker after the
-    caller's transaction commits (never during the request). ``recipients`` are the people the
-    event names (users or e-mail addresses): e-mail channels with ``to_recipients`` add them."""
+    caller's transaction commits (never during the request).
+
+    ``link`` is the page to act on: required, made absolute with TOLLGATE_BASE_URL.
+    ``recipients`` are the people the event names (users or e-mail addresses): e-mail channels
+    with ``to_recipients`` add them."""
     if event not in EVENTS:
         raise ValueError(f"unknown notification event {event!r}")
-    payload = {"text": text, "link": _absolute(link), "data": to_json(data or {}),
-               "recipients": _emails(recipients)}
+    if not link:
+        raise ValueError(f"a {event} notification needs the link of the page to act on")
+    payload = {"text": text, "link": _absolute(link),
+               "data": to_json(data or {}), "recipients": _emails(recipients)}
     deliveries = []
     for channel in Channel.objects.for_tenant(tenant).filter(enabled=True):
         if not channel.wants(event):

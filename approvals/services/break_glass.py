@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from approvals.selectors import member_users
@@ -55,6 +56,7 @@ def break_glass_grant(*, tenant: Tenant, actor: Actor, admin: AbstractBaseUser, 
                f"{agent.name} for {int(minutes)} minutes")
     notify(tenant=tenant, event="break_glass.used", subject=subject,
            text=f"{subject}. Justification: {justification}", recipients=admins,
+           link=reverse("registry:grant", args=[tenant.slug, grant.pk]),
            data={"grant": grant.pk, "agent": agent.name, "scope": scope.name,
                  "admin": admin.get_username(), "expires_at": grant.expires_at.isoformat()})
     # The break-glass alert rule (one alert per grant), in this same transaction.

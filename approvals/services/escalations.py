@@ -14,6 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import Decidable, Escalation
@@ -69,6 +70,7 @@ def _flood_alert(tenant: Tenant, gateway: Gateway, agent: Agent, count: int,
         subject = (f"Escalation flood: agent {agent.name} asked for approval {count} times in "
                    f"a minute; further escalations are refused")
         notify(tenant=tenant, event="escalation.flood", subject=subject, text=subject + ".",
+               link=reverse("registry:agent", args=[tenant.slug, agent.pk]),
                recipients=admins, data={"agent": agent.name, "gateway": gateway.name,
                                         "count": count})
 
