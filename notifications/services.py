@@ -192,8 +192,8 @@ def channel_test(*, tenant: Tenant, actor: Actor, channel: Channel) -> Delivery:
         channel, TEST_EVENT, f"Test notification from Tollgate ({tenant.name})",
         {"text": f"{actor.label or 'An admin'} sent this test to the channel {channel.name!r}. "
                  "If you can read it, the channel works.",
-         "link": _absolute(reverse("notifications:channels", args=[tenant.slug])), "data": {},
-         "recipients": []},
+         "facts": [], "link": _absolute(reverse("notifications:channels", args=[tenant.slug])),
+         "data": {}, "recipients": []},
     )
     audit_record(tenant=tenant, actor=actor, action="notification_channel.tested", obj=channel,
                  after={"delivery": delivery.pk})
@@ -225,21 +225,32 @@ def _delivery(channel: Channel, event: str, subject: str, payload: dict[str, Any
     return delivery
 
 
+def _facts(facts: Iterable[tuple[str, Any]]) -> list[list[str]]:
+    """``[label, value]`` pairs in order (a list: JSON objects in jsonb lose their order), the
+    empty ones left out."""
+    return [[str(label), str(value)] for label, value in facts
+            if value is not None and str(value).strip()]
+
+
 @transaction.atomic
 def notify(*, tenant: Tenant, event: str, subject: str, text: str, link: str,
+           facts: Iterable[tuple[str, Any]] = (),
            recipients: Iterable[AbstractBaseUser | str] = (),
            data: dict[str, Any] | None = None) -> list[Delivery]:
     """One delivery per enabled channel subscribed to ``event``, sent by the worker after the
     caller's transaction commits (never during the request).
 
-    ``link`` is the page to act on: required, made absolute with TOLLGATE_BASE_URL.
-    ``recipients`` are the people the event names (users or e-mail addresses): e-mail channels
-    with ``to_recipients`` add them."""
+    The payload is built here once and every channel renders the same one: ``subject``,
+    ``text``, ``facts`` (``(label, value)`` pairs a person triages by: who asks, why, for which
+    agent and scope or tool, the risk, the deadline), ``link`` (the page to act on: required,
+    made absolute with TOLLGATE_BASE_URL) and ``data`` (the same, machine-readable, for
+    webhooks). ``recipients`` are the people the event names (users or e-mail addresses):
+    e-mail channels with ``to_recipients`` add them."""
     if event not in EVENTS:
         raise ValueError(f"unknown notification event {event!r}")
     if not link:
         raise ValueError(f"a {event} notification needs the link of the page to act on")
-    payload = {"text": text, "link": _absolute(link),
+    payload = {"text": text, "facts": _facts(facts), "link": _absolute(link),
                "data": to_json(data or {}), "recipients": _emails(recipients)}
     deliveries = []
     for channel in Channel.objects.for_tenant(tenant).filter(enabled=True):

@@ -292,7 +292,7 @@ def test_a_webhook_delivery_is_signed_and_carries_the_event(tenant_a, receiver,
     expected = hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     assert hmac.compare_digest(headers["X-Tollgate-Signature"], "sha256=" + expected.hexdigest())
     document = json.loads(body)
-    assert set(document) == {"event", "tenant", "subject", "text", "link", "data",
+    assert set(document) == {"event", "tenant", "subject", "text", "facts", "link", "data",
                              "delivery_id", "sent_at"}
     assert document["event"] == "approval.requested" and document["tenant"] == "alpha"
     assert document["subject"] == "payroll:read for payroll-bot"
