@@ -148,6 +148,9 @@ def _notify(alert: Alert, *, again: bool) -> None:
             "Acknowledge it in Tollgate to stop repeats.")
     notify(tenant=alert.tenant, event=NOTIFY_EVENT, subject=subject, text=text,
            link=reverse("alerts:detail", args=[alert.tenant.slug, alert.pk]),
+           facts=[("Alert", label), ("Severity", alert.severity), ("Status", alert.status),
+                  ("First seen", f"{alert.first_seen_at:%Y-%m-%d %H:%M} UTC"),
+                  ("Occurrences", alert.occurrences)],
            data={"alert": alert.pk, "kind": alert.rule_kind, "key": alert.key,
                  "severity": alert.severity, "status": alert.status,
                  "occurrences": alert.occurrences, "first_seen_at": alert.first_seen_at,

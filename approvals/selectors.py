@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.contenttypes.models import ContentType
@@ -153,18 +152,6 @@ def excluded_approvers(item: Decidable) -> set[int]:
     if isinstance(item, AccessRequest):
         people.add(item.requester_id)
     return {p for p in people if p is not None}
-
-
-def item_link(tenant: Tenant, item: Decidable) -> str:
-    """The absolute URL of a request's or escalation's page."""
-    from django.urls import NoReverseMatch, reverse
-
-    name = "approvals:request" if isinstance(item, AccessRequest) else "approvals:escalation"
-    try:
-        path = reverse(name, args=[tenant.slug, item.pk])
-    except NoReverseMatch:
-        path = f"/t/{tenant.slug}/"
-    return settings.TOLLGATE_BASE_URL.rstrip("/") + path
 
 
 @dataclass(frozen=True)

@@ -119,9 +119,11 @@ def _actor(kind: str, label: str) -> str:
 class Evidence:
     """The tables of one pack. Built once per pack build; caches what several tables share."""
 
-    def __init__(self, period: Period) -> None:
+    def __init__(self, period: Period, *, generated_at: datetime | None = None) -> None:
         self.period = period
         self.tenant = period.tenant
+        # Statuses are as of this moment (a grant past its expiry is expired, swept or not).
+        self.generated_at = generated_at or timezone.now()
         self._co_owners: dict[int, set[int]] = {}
 
     # --- shared lookups ---------------------------------------------------------------------
@@ -202,7 +204,8 @@ class Evidence:
                 "agent_owner": _user(grant.agent.owner), "scope": grant.scope.name,
                 "origin": origin, "created_at": timestamp(grant.created_at),
                 "created_by": _user(grant.created_by), "recorded_by": self._recorded_by(grant),
-                "expires_at": timestamp(grant.expires_at), "status": grant.status,
+                "expires_at": timestamp(grant.expires_at),
+                "status": grant.status_at(self.generated_at),
                 "revoked_at": timestamp(grant.revoked_at),
                 "access_request_id": request.pk if request else None,
                 "requester": _user(request.requester) if request else "",
@@ -347,7 +350,8 @@ class Evidence:
                 "agent": grant.agent.name, "scope": grant.scope.name,
                 "justification": grant.justification, "created_at": timestamp(grant.created_at),
                 "expires_at": timestamp(grant.expires_at), "minutes": minutes,
-                "status": grant.status, "revoked_at": timestamp(grant.revoked_at),
+                "status": grant.status_at(self.generated_at),
+                "revoked_at": timestamp(grant.revoked_at),
                 "audit_seq": seq,
             }
 

@@ -110,12 +110,12 @@ def _progress(pack: EvidencePack, step: str, fraction: float) -> None:
         raise Superseded(pack.pk)
 
 
-def _meta(pack: EvidencePack, period: Period) -> dict[str, Any]:
+def _meta(pack: EvidencePack, period: Period, generated_at: datetime) -> dict[str, Any]:
     return {
         "pack_id": pack.pk,
         "tenant": {"slug": pack.tenant.slug, "name": pack.tenant.name},
         "period": period.as_dict(),
-        "generated_at": timestamp(timezone.now()),
+        "generated_at": timestamp(generated_at),
         "generated_by": {
             "requested_by": pack.requested_by_label or (
                 pack.requested_by.get_username() if pack.requested_by else ""),
@@ -128,8 +128,9 @@ def _meta(pack: EvidencePack, period: Period) -> dict[str, Any]:
 def build(pack: EvidencePack) -> Built:
     """Read every section and write the zip (no transaction: each read is its own)."""
     period = Period(pack.tenant, pack.period_start, pack.period_end)
-    evidence = Evidence(period)
-    writer = PackWriter(meta=_meta(pack, period), sections=evidence.sections(),
+    generated_at = timezone.now()  # the pack's statuses are as of this moment
+    evidence = Evidence(period, generated_at=generated_at)
+    writer = PackWriter(meta=_meta(pack, period, generated_at), sections=evidence.sections(),
                         progress=lambda step, fraction: _progress(pack, step, fraction),
                         report_rows=settings.EVIDENCE_REPORT_MAX_ROWS)
     return writer.write()

@@ -29,6 +29,7 @@ from exports import selectors, senders
 from exports.models import Exporter
 from governance import outbound
 from governance.audit.services import Actor, audit_record
+from governance.names import clean_name
 from governance.secrets import encrypt_text, reencrypt
 from governance.tasking import enqueue_on_commit
 from governance.tenancy.models import Tenant
@@ -99,9 +100,7 @@ def _set_token(exporter: Exporter, token: str) -> None:
 def _validate(exporter: Exporter, token: str | None) -> None:
     """Check an exporter for its kind and clear the fields other kinds use; ``token`` None or
     "" keeps the stored one."""
-    exporter.name = (exporter.name or "").strip()
-    if not exporter.name or len(exporter.name) > 100:
-        raise ValidationError({"name": "Give the exporter a name of 1–100 characters."})
+    exporter.name = clean_name(exporter.name, noun="exporter")
     if exporter.kind not in Exporter.Kind.values:
         raise ValidationError({"kind": f"Use one of {', '.join(Exporter.Kind.values)}."})
     if exporter.stream not in Exporter.Stream.values:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 from django.conf import settings
-from django.core.mail import EmailMessage
+from django.core.mail import EmailMessage, get_connection
 
 from governance import outbound
 from governance.secrets import KeyUnavailable, decrypt_text
@@ -80,13 +80,35 @@ def _mrkdwn(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def facts(delivery: Delivery) -> list[tuple[str, str]]:
+    """The delivery's ``(label, value)`` pairs: who asks, why, agent, scope or tool, risk,
+    deadline… (built once by ``notify``; every channel shows all of them)."""
+    return [(label, value) for label, value in delivery.payload.get("facts", [])]
+
+
+def facts_text(delivery: Delivery) -> str:
+    """The facts as plain text lines, ``Label: value`` (continuation lines indented)."""
+    return "\n".join(f"{label}: {value}".replace("\n", "\n    ")
+                     for label, value in facts(delivery))
+
+
+# Slack's limits: 10 fields per section block, 2,000 characters per field text.
+SLACK_FIELDS, SLACK_FIELD_CHARS = 10, 2000
+
+
 def slack_message(delivery: Delivery) -> dict[str, Any]:
-    """Slack incoming-webhook JSON: ``text`` (notifications, fallback) and Block Kit blocks."""
+    """Slack incoming-webhook JSON: ``text`` (notifications, fallback) and Block Kit blocks:
+    the text, every fact as a field, the button to the page."""
     text, link = delivery.payload.get("text", ""), delivery.payload.get("link", "")
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": delivery.subject[:150]}},
         {"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(text)[:3000] or " "}},
     ]
+    fields = [{"type": "mrkdwn",
+               "text": f"*{_mrkdwn(label)}*\n{_mrkdwn(value)}"[:SLACK_FIELD_CHARS]}
+              for label, value in facts(delivery)]
+    for start in range(0, len(fields), SLACK_FIELDS):
+        blocks.append({"type": "section", "fields": fields[start:start + SLACK_FIELDS]})
     if link:
         blocks.append({"type": "actions", "elements": [
             {"type": "button", "text": {"type": "plain_text", "text": "Open in Tollgate"},
@@ -96,6 +118,9 @@ def slack_message(delivery: Delivery) -> dict[str, Any]:
         {"type": "mrkdwn", "text": f"`{delivery.event}` · {_mrkdwn(delivery.tenant.name)}"},
     ]})
     fallback = f"*{_mrkdwn(delivery.subject)}*\n{_mrkdwn(text)}"
+    if facts(delivery):
+        fallback += "\n" + "\n".join(f"*{_mrkdwn(label)}:* {_mrkdwn(value)}"
+                                     for label, value in facts(delivery))
     if link:
         fallback += f"\n<{link}|Open in Tollgate>"
     return {"text": fallback, "blocks": blocks}
@@ -108,6 +133,7 @@ def webhook_body(delivery: Delivery, sent_at: datetime) -> dict[str, Any]:
         "tenant": delivery.tenant.slug,
         "subject": delivery.subject,
         "text": payload.get("text", ""),
+        "facts": [{"label": label, "value": value} for label, value in facts(delivery)],
         "link": payload.get("link", ""),
         "data": payload.get("data", {}),
         "delivery_id": delivery.pk,
@@ -115,25 +141,55 @@ def webhook_body(delivery: Delivery, sent_at: datetime) -> dict[str, Any]:
     }
 
 
-def send_email(delivery: Delivery) -> None:
+def email_body(delivery: Delivery) -> str:
+    """The text, the facts one per line, and the link."""
+    parts = [delivery.payload.get("text", ""), facts_text(delivery)]
+    if delivery.payload.get("link"):
+        parts.append(delivery.payload["link"])
+    return "\n\n".join(part for part in parts if part)
+
+
+def email_recipients(delivery: Delivery) -> list[str]:
+    """Who an e-mail delivery goes to: the channel's addresses, then (``to_recipients``) the
+    people the event names, each address once."""
     channel = delivery.channel
     to = list(channel.addresses)
     if channel.to_recipients:
-        to += [a for a in delivery.payload.get("recipients", []) if a not in to]
+        seen = {a.lower() for a in to}
+        for address in delivery.payload.get("recipients", []):
+            if address.lower() not in seen:
+                to.append(address)
+                seen.add(address.lower())
+    return to
+
+
+def send_email(delivery: Delivery) -> None:
+    """One message per recipient, each addressed to that recipient only, so no recipient (an
+    external list, a pager address) learns who else was told. The addresses already sent to are
+    kept in ``payload["sent_to"]`` (saved with the attempt), so a retry after a partial failure
+    writes only to the others."""
+    to = email_recipients(delivery)
     if not to:
         raise SendError("Nobody to write to: the channel has no addresses and the event named "
                         "nobody.")
-    body = delivery.payload.get("text", "")
-    if delivery.payload.get("link"):
-        body += f"\n\n{delivery.payload['link']}"
-    message = EmailMessage(subject=f"[Tollgate] {delivery.subject}", body=body,
-                           from_email=settings.DEFAULT_FROM_EMAIL, to=to,
-                           headers={"X-Tollgate-Event": delivery.event,
-                                    "X-Tollgate-Delivery": str(delivery.pk)})
+    body = email_body(delivery)
+    sent = delivery.payload.setdefault("sent_to", [])
     try:
-        message.send(fail_silently=False)
+        connection = get_connection(fail_silently=False)
+        with connection:
+            for address in to:
+                if address in sent:
+                    continue
+                EmailMessage(subject=f"[Tollgate] {delivery.subject}", body=body,
+                             from_email=settings.DEFAULT_FROM_EMAIL, to=[address],
+                             connection=connection,
+                             headers={"X-Tollgate-Event": delivery.event,
+                                      "X-Tollgate-Delivery": str(delivery.pk)}).send()
+                sent.append(address)
     except Exception as exc:  # SMTP and socket errors alike: this attempt failed
-        raise SendError(f"E-mail not accepted: {type(exc).__name__}: {exc}") from None
+        done = sum(1 for a in to if a in sent)
+        raise SendError(f"E-mail not accepted ({done} of {len(to)} recipients done): "
+                        f"{type(exc).__name__}: {exc}") from None
 
 
 def send_slack(delivery: Delivery) -> None:

@@ -14,10 +14,12 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_email
 from django.db import IntegrityError, transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from governance import outbound
 from governance.audit.services import Actor, audit_record, to_json
+from governance.names import clean_name
 from governance.secrets import encrypt_text, reencrypt
 from governance.tasking import enqueue_on_commit
 from governance.tenancy.models import Tenant
@@ -85,9 +87,7 @@ def _set_secret(channel: Channel, secret: str) -> None:
 
 def _validate(channel: Channel, url: str | None, secret: str | None) -> None:
     """Check a channel for its kind; ``url``/``secret`` None or "" keep the stored ones."""
-    channel.name = (channel.name or "").strip()
-    if not channel.name or len(channel.name) > 100:
-        raise ValidationError({"name": "Give the channel a name of 1–100 characters."})
+    channel.name = clean_name(channel.name, noun="channel")
     if channel.kind not in Channel.Kind.values:
         raise ValidationError({"kind": f"Use one of {', '.join(Channel.Kind.values)}."})
     channel.events = _clean_events(channel.events)
@@ -192,7 +192,8 @@ def channel_test(*, tenant: Tenant, actor: Actor, channel: Channel) -> Delivery:
         channel, TEST_EVENT, f"Test notification from Tollgate ({tenant.name})",
         {"text": f"{actor.label or 'An admin'} sent this test to the channel {channel.name!r}. "
                  "If you can read it, the channel works.",
-         "link": _absolute(f"/t/{tenant.slug}/notifications/"), "data": {}, "recipients": []},
+         "facts": [], "link": _absolute(reverse("notifications:channels", args=[tenant.slug])),
+         "data": {}, "recipients": []},
     )
     audit_record(tenant=tenant, actor=actor, action="notification_channel.tested", obj=channel,
                  after={"delivery": delivery.pk})
@@ -224,17 +225,33 @@ def _delivery(channel: Channel, event: str, subject: str, payload: dict[str, Any
     return delivery
 
 
+def _facts(facts: Iterable[tuple[str, Any]]) -> list[list[str]]:
+    """``[label, value]`` pairs in order (a list: JSON objects in jsonb lose their order), the
+    empty ones left out."""
+    return [[str(label), str(value)] for label, value in facts
+            if value is not None and str(value).strip()]
+
+
 @transaction.atomic
-def notify(*, tenant: Tenant, event: str, subject: str, text: str, link: str = "",
+def notify(*, tenant: Tenant, event: str, subject: str, text: str, link: str,
+           facts: Iterable[tuple[str, Any]] = (),
            recipients: Iterable[AbstractBaseUser | str] = (),
            data: dict[str, Any] | None = None) -> list[Delivery]:
     """One delivery per enabled channel subscribed to ``event``, sent by the worker after the
-    caller's transaction commits (never during the request). ``recipients`` are the people the
-    event names (users or e-mail addresses): e-mail channels with ``to_recipients`` add them."""
+    caller's transaction commits (never during the request).
+
+    The payload is built here once and every channel renders the same one: ``subject``,
+    ``text``, ``facts`` (``(label, value)`` pairs a person triages by: who asks, why, for which
+    agent and scope or tool, the risk, the deadline), ``link`` (the page to act on: required,
+    made absolute with TOLLGATE_BASE_URL) and ``data`` (the same, machine-readable, for
+    webhooks). ``recipients`` are the people the event names (users or e-mail addresses):
+    e-mail channels with ``to_recipients`` add them."""
     if event not in EVENTS:
         raise ValueError(f"unknown notification event {event!r}")
-    payload = {"text": text, "link": _absolute(link), "data": to_json(data or {}),
-               "recipients": _emails(recipients)}
+    if not link:
+        raise ValueError(f"a {event} notification needs the link of the page to act on")
+    payload = {"text": text, "facts": _facts(facts), "link": _absolute(link),
+               "data": to_json(data or {}), "recipients": _emails(recipients)}
     deliveries = []
     for channel in Channel.objects.for_tenant(tenant).filter(enabled=True):
         if not channel.wants(event):
@@ -280,8 +297,9 @@ def delivery_attempt(*, delivery_id: int, now: datetime | None = None) -> Delive
             delivery.status, delivery.next_attempt_at = Delivery.Status.FAILED, None
         else:
             delivery.next_attempt_at = now + timedelta(seconds=retry_delay(delivery.attempts))
+        # The payload too: an e-mail attempt records whom it has written to (``sent_to``).
         delivery.save(update_fields=["attempts", "last_error", "status", "sent_at",
-                                     "next_attempt_at"])
+                                     "next_attempt_at", "payload"])
     return delivery
 
 

@@ -399,6 +399,15 @@ class Grant(TenantScopedModel):
     def __str__(self) -> str:
         return f"{self.agent} → {self.scope}"
 
+    def status_at(self, at=None) -> str:
+        """The status at ``at`` (default now): an active grant past its expiry is ``expired``
+        already, before the per-minute sweep (``grants_expire_due``) records it."""
+        at = at or timezone.now()
+        if (self.status == self.Status.ACTIVE and self.expires_at is not None
+                and self.expires_at <= at):
+            return self.Status.EXPIRED
+        return self.status
+
     def is_in_force(self, at=None) -> bool:
         at = at or timezone.now()
         return self.status == self.Status.ACTIVE and (

@@ -219,4 +219,4 @@ class BreakGlassIn(serializers.Serializer):
 
 class BreakGlassOut(GrantOut):
     class Meta(GrantOut.Meta):
-        fields = [*GrantOut.Meta.fields, "break_glass", "justification"]
+        fields = [*GrantOut.Meta.fields, "justification"]

@@ -9,8 +9,10 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
+from approvals import notices
 from approvals.selectors import member_users
 from governance.alerting import alert_raise
 from governance.audit.services import Actor, audit_record
@@ -55,8 +57,12 @@ def break_glass_grant(*, tenant: Tenant, actor: Actor, admin: AbstractBaseUser, 
                f"{agent.name} for {int(minutes)} minutes")
     notify(tenant=tenant, event="break_glass.used", subject=subject,
            text=f"{subject}. Justification: {justification}", recipients=admins,
+           facts=notices.break_glass_facts(grant, admin, int(minutes)),
+           link=reverse("registry:grant", args=[tenant.slug, grant.pk]),
            data={"grant": grant.pk, "agent": agent.name, "scope": scope.name,
-                 "admin": admin.get_username(), "expires_at": grant.expires_at.isoformat()})
+                 "risk_level": scope.risk_level, "data_classes": list(scope.data_classes),
+                 "admin": admin.get_username(), "justification": justification,
+                 "expires_at": grant.expires_at.isoformat()})
     # The break-glass alert rule (one alert per grant), in this same transaction.
     alert_raise(tenant=tenant, kind="break_glass_used", key=f"grant:{grant.pk}", subject=subject,
                 detail={"grant": grant.pk, "agent": agent.name, "scope": scope.name,

@@ -26,6 +26,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from approvals import notices
 from approvals.models import (
     AccessRequest,
     ApprovalDecision,
@@ -38,7 +39,6 @@ from approvals.selectors import (
     eligible_for,
     eligible_user_ids,
     excluded_approvers,
-    item_link,
     member_users,
 )
 from bundles import hot
@@ -280,11 +280,9 @@ def announce(tenant: Tenant, item: Decidable, event: str) -> None:
         "approval.decided": f"{what}: {item.status}",
         "escalation.decided": f"{what}: {item.status}",
     }
-    notify(tenant=tenant, event=event, subject=subjects[event],
-           text=subjects[event] + (f". Reason: {item.deny_reason}" if item.deny_reason else "."),
-           link=item_link(tenant, item), recipients=member_users(tenant, pk__in=recipients),
-           data={"kind": _kind(item), "id": str(item.pk), "status": item.status,
-                 "deadline": item.deadline.isoformat()})
+    notify(tenant=tenant, event=event, subject=subjects[event], text=notices.item_summary(item),
+           facts=notices.item_facts(item), link=notices.item_path(tenant, item),
+           recipients=member_users(tenant, pk__in=recipients), data=notices.item_data(item))
 
 
 def escalation_topic(escalation_id) -> str:

@@ -14,8 +14,10 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 
+from approvals import notices
 from approvals.models import Decidable, Escalation
 from approvals.selectors import member_users, policy_rules
 from approvals.services.decisions import (
@@ -69,6 +71,10 @@ def _flood_alert(tenant: Tenant, gateway: Gateway, agent: Agent, count: int,
         subject = (f"Escalation flood: agent {agent.name} asked for approval {count} times in "
                    f"a minute; further escalations are refused")
         notify(tenant=tenant, event="escalation.flood", subject=subject, text=subject + ".",
+               facts=[("Agent", notices.agent_label(agent)), ("Gateway", gateway.name),
+                      ("Escalations in the last minute", count),
+                      ("Limit per minute", settings.ESCALATION_RATE_LIMIT_PER_MINUTE)],
+               link=reverse("registry:agent", args=[tenant.slug, agent.pk]),
                recipients=admins, data={"agent": agent.name, "gateway": gateway.name,
                                         "count": count})
 

@@ -382,10 +382,14 @@ class GrantOut(serializers.ModelSerializer):
     in_force = serializers.BooleanField(source="is_in_force", read_only=True,
                                         help_text="active and not expired")
     created_by = username_out(source="created_by.username")
+    break_glass = serializers.BooleanField(
+        read_only=True, help_text="an admin's emergency self-grant (approvals' break-glass), "
+                                  "not an approved request")
 
     class Meta:
         model = Grant
         fields = ["id", "agent", "agent_name", "scope", "scope_name", "status", "in_force",
                   "calls_per_minute", "calls_per_day", "window_start", "window_end",
                   "window_days", "window_tz", "argument_constraints", "approval_mode",
-                  "approval_condition", "expires_at", "created_by", "created_at", "revoked_at"]
+                  "approval_condition", "expires_at", "created_by", "created_at", "revoked_at",
+                  "break_glass"]

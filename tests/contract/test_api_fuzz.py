@@ -170,7 +170,8 @@ def fuzz_world(tenant, cast) -> None:
                                   email="new@example.com", role="viewer")
     notifications.channel_create(tenant=tenant, actor=SYSTEM, name="hook", kind="webhook",
                                  url="http://127.0.0.1:9/in", secret="s" * 32)
-    notifications.notify(tenant=tenant, event="approval.requested", subject="s", text="t")
+    notifications.notify(tenant=tenant, event="approval.requested", subject="s", text="t",
+                         link=f"/t/{tenant.slug}/approvals/")
     exports.exporter_create(tenant=tenant, actor=SYSTEM, name="file", kind="jsonl",
                             stream="audit", path="audit.jsonl")
     alerts.alert_raise(tenant=tenant, kind="tool_drift", key="tool:1", subject="drift",

@@ -212,7 +212,8 @@ def test_a_delivery_killed_mid_send_is_sent_again_with_the_same_id_and_signature
         secret=SECRET, events=["approval.requested"])
     w1 = celery_worker_process(**VIS)
     [delivery] = notifications.notify(tenant=tenant_a, event="approval.requested",
-                                      subject="payroll:read for bot", text="dave asks")
+                                      subject="payroll:read for bot", text="dave asks",
+                                      link="/t/alpha/approvals/")
     audit_before = AuditEvent.objects.filter(tenant=tenant_a).count()
     killed_at = _kill_mid_request(w1, receiver)
     # The attempt died with W1's transaction: not sent, not even counted.

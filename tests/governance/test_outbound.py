@@ -339,7 +339,7 @@ def test_a_webhook_rebound_to_loopback_is_not_delivered(strict, tenant_a, dns, r
     dns.answers["hooks.partner.example"] = ["127.0.0.1"]  # rebinding
     with django_capture_on_commit_callbacks(execute=False):
         [delivery] = notifications.notify(tenant=tenant_a, event="approval.requested",
-                                          subject="s", text="t")
+                                          subject="s", text="t", link="/t/alpha/approvals/")
     delivery = notifications.delivery_attempt(delivery_id=delivery.pk)
     assert delivery.attempts == 1 and delivery.status == Delivery.Status.PENDING  # retried
     assert delivery.last_error.startswith(
@@ -444,7 +444,7 @@ def test_a_webhook_rebound_after_the_check_is_not_delivered(strict, tenant_a, dn
                                  url=f"http://hooks.partner.example:{port}/in", secret=SECRET)
     with django_capture_on_commit_callbacks(execute=False):
         [delivery] = notifications.notify(tenant=tenant_a, event="approval.requested",
-                                          subject="s", text="t")
+                                          subject="s", text="t", link="/t/alpha/approvals/")
     dns.rebind("hooks.partner.example", PUBLIC, "127.0.0.1")
     delivery = notifications.delivery_attempt(delivery_id=delivery.pk)
     assert delivery.status == Delivery.Status.PENDING and requests == []

@@ -292,7 +292,7 @@ def test_a_webhook_delivery_is_signed_and_carries_the_event(tenant_a, receiver,
     expected = hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     assert hmac.compare_digest(headers["X-Tollgate-Signature"], "sha256=" + expected.hexdigest())
     document = json.loads(body)
-    assert set(document) == {"event", "tenant", "subject", "text", "link", "data",
+    assert set(document) == {"event", "tenant", "subject", "text", "facts", "link", "data",
                              "delivery_id", "sent_at"}
     assert document["event"] == "approval.requested" and document["tenant"] == "alpha"
     assert document["subject"] == "payroll:read for payroll-bot"
@@ -331,8 +331,8 @@ def test_an_email_goes_to_the_addresses_and_the_people_named(tenant_a, bob, mail
     with django_capture_on_commit_callbacks(execute=False):
         [delivery] = notify(tenant_a, recipients=[bob])
     assert deliver(delivery).status == "sent"
-    [mail] = mailoutbox
-    assert mail.to == ["sec@example.com", "bob@example.com"]
+    assert [m.to for m in mailoutbox] == [["sec@example.com"], ["bob@example.com"]]
+    mail = mailoutbox[0]
     assert mail.subject == "[Tollgate] payroll:read for payroll-bot"
     assert mail.body == ("dave asks for payroll:read (2 h): month-end run.\n\n"
                          "http://127.0.0.1:8000/t/alpha/approvals/")
