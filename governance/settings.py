@@ -508,6 +508,8 @@ SPECTACULAR_SETTINGS = {
         # A gateway's decision (allow / deny / escalate), not an approver's.
         "DecisionOutcomeEnum": "decision_logs.models.Outcome",
         "ApprovalOutcomeEnum": "approvals.models.ApprovalDecision.Outcome",
+        # Worker jobs (evidence packs, shadow replays) share their states.
+        "JobStatusEnum": "decision_logs.models.ReplayRun.Status",
     },
 }
 API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365, minimum=1)
