@@ -9,9 +9,11 @@ their items, added to ``inbox_items`` and ``inbox_count``, and a row template na
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -471,6 +473,18 @@ def arguments_complete(escalation: Escalation) -> bool:
     if escalation.arguments is None:
         return False
     return arguments_sha256(escalation.arguments) == escalation.arguments_sha256
+
+
+def simulator_query(escalation: Escalation) -> str:
+    """The policy simulator's query string for this held call (registry/simulator.py): the
+    agent, tool, arguments (when the gateway sent them) and time, against the current bundle."""
+    query = {"policy": "bundle", "agent": escalation.agent.name, "server": escalation.server,
+             "tool": escalation.tool,
+             "at": escalation.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")}
+    if escalation.arguments is not None:
+        query["arguments"] = json.dumps(escalation.arguments, sort_keys=True,
+                                        ensure_ascii=False)
+    return urlencode(query)
 
 
 def escalation_list(tenant: Tenant, *, status: str = "", agent=None) -> QuerySet[Escalation]:

@@ -406,6 +406,7 @@ class EscalationDetailView(TenantPageView):
             "arguments_complete": selectors.arguments_complete(escalation),
             "stages": selectors.stage_rows(escalation),
             "grants": selectors.agent_grants(self.tenant, escalation.agent),
+            "simulate_query": selectors.simulator_query(escalation),
             "decide_form": DecideForm() if self.tenancy.can(Cap.DECIDE_APPROVALS)
             and selectors.may_decide_now(self.tenant, request.user, escalation) else None,
         })

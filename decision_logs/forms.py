@@ -64,3 +64,11 @@ class DecisionFilterForm(forms.Form):
         data = self.cleaned_data
         return {key: data.get(key) for key in ("agent", "server", "tool", "gateway", "outcome",
                                                "since", "until", "decision_id")}
+
+
+class ReplayForm(forms.Form):
+    """How many days of the decision log to replay against the draft."""
+
+    days = forms.IntegerField(label="Replay the last (days)", initial=7,
+                              help_text="Every decision logged in this window is decided again "
+                                        "against the registry as it stands.")

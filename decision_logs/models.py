@@ -93,3 +93,56 @@ class DecisionRollup(TenantScopedModel):
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H:00} {self.outcome}: {self.count}"
+
+
+class ReplayRun(TenantScopedModel):
+    """One shadow replay: the decision log of the last ``days`` days decided again against the
+    candidate policy (the registry as it stands), by a worker, with its progress and result."""
+
+    audit_fields = ("days", "status")
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    days = models.PositiveSmallIntegerField()
+    requested_by_label = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    step = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    # The window replayed, fixed when the run starts: [since, until).
+    since = models.DateTimeField(null=True, blank=True)
+    until = models.DateTimeField(null=True, blank=True)
+    # Counts (replayed, changed, not replayable, per transition, per agent and tool), the
+    # changed decisions (the first REPLAY_MAX_CHANGES) and the ones that could not be replayed.
+    summary = models.JSONField(default=dict, blank=True)
+    changes = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="replay_tenant_recent")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["queued", "running", "done", "failed"]),
+                name="replayrun_status_valid"),
+            models.CheckConstraint(condition=models.Q(progress__lte=100),
+                                   name="replayrun_progress_percent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"replay of {self.days} days ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        """Still being worked on (the page keeps polling)."""
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+    @property
+    def badge(self) -> str:
+        return {"done": "sync-succeeded"}.get(self.status, f"sync-{self.status}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet, Sum
 
-from decision_logs.models import DecisionLog, DecisionRollup, Outcome
+from decision_logs.models import DecisionLog, DecisionRollup, Outcome, ReplayRun
 from governance.tenancy.models import Tenant
 
 # The filters ``search`` understands (the page's form, the API's query parameters).
@@ -130,3 +130,8 @@ def decision_links(tenant: Tenant, decision: DecisionLog) -> dict[str, Any]:
         links["escalation"] = (Escalation.objects.for_tenant(tenant)
                                .filter(pk=uuid.UUID(str(decision.escalation_id))).first())
     return links
+
+
+def replay_runs(tenant: Tenant) -> QuerySet[ReplayRun]:
+    """The tenant's shadow replays, newest first (without their lists of changes)."""
+    return ReplayRun.objects.for_tenant(tenant).defer("changes").order_by("-created_at", "-pk")

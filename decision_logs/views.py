@@ -1,20 +1,24 @@
-"""Decision-log search and detail pages (admins and auditors)."""
+"""Decision-log search and detail pages, and shadow replays (admins and auditors)."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
 
+from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 
 from decision_logs import selectors
-from decision_logs.access import access_decision
-from decision_logs.forms import DecisionFilterForm
+from decision_logs.access import access_decision, access_replay
+from decision_logs.forms import DecisionFilterForm, ReplayForm
 from decision_logs.models import DecisionLog
+from decision_logs.replay import replay_request
+from governance.tenancy.forms import add_service_errors
 from governance.tenancy.mixins import TenantPageView
 from governance.tenancy.roles import Cap
-from governance.web import vary_on_htmx
+from governance.web import page_of, query_without_page, vary_on_htmx
 
 PAGE_SIZE = 50
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -85,3 +89,41 @@ class DecisionDetailView(TenantPageView):
         return render(request, "decisions/detail.html", {
             "decision": decision, "links": selectors.decision_links(self.tenant, decision),
         })
+
+
+class ReplayListView(TenantPageView):
+    """Shadow replays: the form that starts one and the tenant's runs, newest first."""
+
+    capability = Cap.VIEW_AUDIT
+
+    def context(self, request: HttpRequest, form: ReplayForm) -> dict:
+        return {"form": form, "page": page_of(request, selectors.replay_runs(self.tenant)),
+                "query": query_without_page(request)}
+
+    def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        return render(request, "decisions/replays.html", self.context(request, ReplayForm()))
+
+    def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
+        form = ReplayForm(request.POST)
+        if form.is_valid():
+            try:
+                run = replay_request(tenant=self.tenant, actor=self.actor, **form.cleaned_data)
+            except ValidationError as exc:
+                add_service_errors(form, exc)
+            else:
+                messages.success(request, f"Shadow replay #{run.pk} queued; this page shows "
+                                          "its progress.")
+                return redirect("decisions:replay", tenant_slug, run.pk)
+        return render(request, "decisions/replays.html", self.context(request, form), status=400)
+
+
+class ReplayView(TenantPageView):
+    """One replay: its progress while it runs (htmx polls the fragment every 2 s), then the
+    decisions that would change, per agent and tool, and what could not be replayed."""
+
+    capability = Cap.VIEW_AUDIT
+
+    def get(self, request: HttpRequest, tenant_slug: str, replay_id: int) -> HttpResponse:
+        run = access_replay(self.tenancy, replay_id)
+        template = "decisions/_replay_status.html" if request.htmx else "decisions/replay.html"
+        return vary_on_htmx(render(request, template, {"run": run}))

@@ -330,6 +330,15 @@ EVIDENCE_MAX_OPEN_PER_TENANT = env_int("EVIDENCE_MAX_OPEN_PER_TENANT", 3, minimu
 # Rows of each table shown in report.html (the CSV and JSON files always hold every row).
 EVIDENCE_REPORT_MAX_ROWS = env_int("EVIDENCE_REPORT_MAX_ROWS", 500, minimum=10)
 
+# --- Shadow replay (decision_logs/replay.py) ---------------------------------------------
+# Longest window one replay covers, in days; replays queued or running per tenant; changed
+# (and not replayable) decisions kept per run (the counts always cover all); seconds one run
+# may take on the worker.
+REPLAY_MAX_DAYS = env_int("REPLAY_MAX_DAYS", 90, minimum=1)
+REPLAY_MAX_OPEN_PER_TENANT = env_int("REPLAY_MAX_OPEN_PER_TENANT", 3, minimum=1)
+REPLAY_MAX_CHANGES = env_int("REPLAY_MAX_CHANGES", 500, minimum=10)
+REPLAY_TIME_LIMIT = env_int("REPLAY_TIME_LIMIT", 1800, minimum=60)
+
 # --- Authentication -------------------------------------------------------------------------
 OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")
 OIDC_ENABLED = bool(OIDC_RP_CLIENT_ID)
@@ -499,6 +508,8 @@ SPECTACULAR_SETTINGS = {
         # A gateway's decision (allow / deny / escalate), not an approver's.
         "DecisionOutcomeEnum": "decision_logs.models.Outcome",
         "ApprovalOutcomeEnum": "approvals.models.ApprovalDecision.Outcome",
+        # Worker jobs (evidence packs, shadow replays) share their states.
+        "JobStatusEnum": "decision_logs.models.ReplayRun.Status",
     },
 }
 API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365, minimum=1)

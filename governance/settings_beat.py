@@ -60,4 +60,9 @@ def beat_schedule(*, audit_verify: timedelta) -> dict[str, dict[str, Any]]:
             "task": "governance.evidence.tasks.sweep",
             "schedule": timedelta(minutes=5),
         },
+        # Shadow replays: fails runs whose worker died (past the task's hard time limit).
+        "replay-sweep": {
+            "task": "governance.decisions.tasks.replay_sweep",
+            "schedule": timedelta(minutes=5),
+        },
     }

@@ -25,7 +25,7 @@ from django.db.models.functions import Cast
 from bundles.packaging import rfc3339
 from gateway.constraints import schema_version_for
 from gateway.decision import tool_key
-from governance.tenancy.models import Tenant
+from governance.tenancy.models import ESCALATION_DEFAULTS, Tenant
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, Tool, ToolScope
 
 __all__ = ["compile_data", "escalation_settings"]
@@ -169,16 +169,6 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
     }
 
 
-ESCALATION_DEFAULTS = {
-    # How long a held call waits for a human before it is expired (a denial).
-    "decision_timeout_seconds": 900,
-    # How long a gateway holds the agent's call before answering "pending, retry".
-    "hold_seconds": 60,
-}
-
-
 def escalation_settings(tenant: Tenant) -> dict[str, Any]:
     """What gateways need to run the escalation contract (DESIGN.md §5) for this tenant."""
-    configured = tenant.settings.get("escalation", {}) if isinstance(tenant.settings, dict) else {}
-    values = {k: configured.get(k, default) for k, default in ESCALATION_DEFAULTS.items()}
-    return {**values, "endpoint": "/api/v1/gateway/escalations"}
+    return {**tenant.escalation_settings(), "endpoint": "/api/v1/gateway/escalations"}

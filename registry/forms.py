@@ -13,6 +13,7 @@ from governance import bounds
 from governance.tenancy.models import Tenant
 from registry.models import Agent, DataClass, Grant, McpServer, Risk, Tool, ToolScope
 from registry.server_json import MAX_DOCUMENT_BYTES
+from registry.simulator import POLICIES
 
 WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
 HTTP_TRANSPORTS = f"{McpServer.Transport.STREAMABLE_HTTP} {McpServer.Transport.SSE}"
@@ -305,3 +306,23 @@ class ServerFilterForm(forms.Form):
     status = forms.ChoiceField(
         required=False, choices=[("", "Any status"), *McpServer.Status.choices]
     )
+
+
+class SimulatorForm(forms.Form):
+    """One simulated call; the simulator checks the names and the arguments (by field)."""
+
+    policy = forms.ChoiceField(
+        label="Against", choices=list(POLICIES.items()), initial="draft",
+        help_text="The draft is what the next bundle would contain; the bundle is what gateways "
+                  "enforce now.")
+    agent = forms.CharField(max_length=200, widget=forms.TextInput(attrs={"list": "sim-agents"}))
+    server = forms.CharField(max_length=200,
+                             widget=forms.TextInput(attrs={"list": "sim-servers"}))
+    tool = forms.CharField(max_length=200, widget=forms.TextInput(attrs={"list": "sim-tools"}))
+    arguments = forms.CharField(
+        required=False, initial="{}", widget=forms.Textarea(attrs={"rows": 5}),
+        help_text='A JSON object, e.g. {"path": "/srv/files/public/a.txt"}.')
+    at = forms.DateTimeField(
+        label="At (UTC)", required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}),
+        help_text="Empty: now. Time windows and grant expiries are checked at this instant.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import path
 
 from registry import gateway_bindings
-from registry.views import agents, grants, scopes, servers, tools
+from registry.views import agents, grants, scopes, servers, simulator, tools
 
 app_name = "registry"
 
@@ -46,4 +46,5 @@ urlpatterns = [
     path("grants/<int:grant_id>/", grants.GrantDetailView.as_view(), name="grant"),
     path("grants/<int:grant_id>/edit/", grants.GrantEditView.as_view(), name="grant_edit"),
     path("grants/<int:grant_id>/revoke/", grants.GrantRevokeView.as_view(), name="grant_revoke"),
+    path("policy/simulator/", simulator.SimulatorView.as_view(), name="simulator"),
 ]

@@ -98,3 +98,10 @@ class TenantSettingsForm(forms.Form):
         help_text="Gateway decision logs older than this are deleted by a daily Celery beat "
                   "purge (the purge itself is audited).",
     )
+    escalation_decision_timeout_seconds = forms.IntegerField(
+        label="A held call waits for a decision for (seconds)", min_value=60,
+        max_value=7 * 24 * 3600, required=False,
+        help_text="When an escalated tool call has no decision by then, it expires and the call "
+                  "is denied. It applies to calls escalated from now on and reaches gateways in "
+                  "the next bundle (60 to 604800; default 900). Empty: unchanged.",
+    )

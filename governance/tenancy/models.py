@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -16,6 +17,16 @@ SLUG_VALIDATOR = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
     "Use 1–50 lowercase letters, digits and inner hyphens.",
 )
+
+
+# The escalation contract's settings (DESIGN.md §5), kept in ``Tenant.settings["escalation"]``;
+# these are the values of a tenant that has not set them. The bundle carries them (data.json).
+ESCALATION_DEFAULTS = {
+    # How long a held call waits for a human before it is expired (a denial).
+    "decision_timeout_seconds": 900,
+    # How long a gateway holds the agent's call before answering "pending, retry".
+    "hold_seconds": 60,
+}
 
 
 class Tenant(AuditSnapshotModel):
@@ -42,6 +53,14 @@ class Tenant(AuditSnapshotModel):
 
     def __str__(self) -> str:
         return self.name
+
+    def escalation_settings(self) -> dict[str, Any]:
+        """The escalation settings in force: the configured ones over the defaults."""
+        configured = self.settings.get("escalation", {}) if isinstance(self.settings, dict) \
+            else {}
+        if not isinstance(configured, dict):
+            configured = {}
+        return {k: configured.get(k, default) for k, default in ESCALATION_DEFAULTS.items()}
 
 
 class TenantScopedQuerySet(models.QuerySet):

@@ -64,7 +64,9 @@ CAPABILITY_LABELS: dict[Cap, str] = {
     Cap.MANAGE_MEMBERS: "Manage members, roles and invitations",
     Cap.MANAGE_GROUP_MAPPINGS: "Manage IdP group → role mappings",
     Cap.MANAGE_SERVICE_TOKENS: "Create and revoke service tokens, revoke anyone's token",
-    Cap.VIEW_AUDIT: "Read the audit trail, decision logs and alerts",
+    Cap.VIEW_AUDIT: (
+        "Read the audit trail, decision logs and alerts; simulate and shadow-replay policy"
+    ),
     Cap.MANAGE_REGISTRY: "Manage servers, tools, scopes, agents, grants",
     Cap.MANAGE_GATEWAYS: (
         "Manage gateways, their server bindings, gateway tokens and bundle signing keys"

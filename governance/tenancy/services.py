@@ -56,24 +56,58 @@ def tenant_create(*, actor: Actor, slug: str, name: str) -> Tenant:
 TENANT_SETTING_LIMITS = {
     "registry_resync_minutes": (0, 7 * 24 * 60),
     "decision_log_retention_days": (1, 10 * 366),
+    # A held call waits at least a minute and at most a week for a human.
+    "escalation_decision_timeout_seconds": (60, 7 * 24 * 3600),
 }
+# Settings kept in ``Tenant.settings`` (JSON) rather than in a column: name → (section, key).
+JSON_SETTINGS = {
+    "escalation_decision_timeout_seconds": ("escalation", "decision_timeout_seconds"),
+}
+
+
+def tenant_settings(tenant: Tenant) -> dict[str, int]:
+    """Every setting ``tenant_update_settings`` changes, with its value in force."""
+    values = {}
+    for name in TENANT_SETTING_LIMITS:
+        if name in JSON_SETTINGS:
+            section, key = JSON_SETTINGS[name]
+            values[name] = tenant.escalation_settings()[key] if section == "escalation" else None
+        else:
+            values[name] = getattr(tenant, name)
+    return values
 
 
 @transaction.atomic
 def tenant_update_settings(*, tenant: Tenant, actor: Actor, **changes: int) -> Tenant:
     """Change a tenant's settings (how often its MCP servers are re-synced, how long its
-    decision logs are kept)."""
+    decision logs are kept, how long a held call waits for a decision); all or nothing."""
     tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
     unknown = set(changes) - set(TENANT_SETTING_LIMITS)
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} here.")
-    before = tenant.audit_snapshot(changes)
+    errors = {}
     for field, value in changes.items():
         low, high = TENANT_SETTING_LIMITS[field]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValidationError({field: f"Use a whole number from {low} to {high}."})
-        setattr(tenant, field, value)
-    tenant.save(update_fields=list(changes))
+            errors[field] = f"Use a whole number from {low} to {high}."
+    if errors:
+        raise ValidationError(errors)
+    current = tenant_settings(tenant)
+    before = {field: current[field] for field in changes}
+    columns = []
+    for field, value in changes.items():
+        if field in JSON_SETTINGS:
+            section, key = JSON_SETTINGS[field]
+            settings = dict(tenant.settings) if isinstance(tenant.settings, dict) else {}
+            part = settings.get(section)
+            settings[section] = {**(part if isinstance(part, dict) else {}), key: value}
+            tenant.settings = settings
+            if "settings" not in columns:
+                columns.append("settings")
+        else:
+            setattr(tenant, field, value)
+            columns.append(field)
+    tenant.save(update_fields=columns)
     audit_record(tenant=tenant, actor=actor, action="tenant.settings_changed", obj=tenant,
                  before=before, after=dict(changes))
     return tenant

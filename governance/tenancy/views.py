@@ -359,10 +359,7 @@ class TenantSettingsView(TenantPageView):
     capability = Cap.MANAGE_REGISTRY
 
     def get(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
-        form = TenantSettingsForm(
-            initial={"registry_resync_minutes": self.tenant.registry_resync_minutes,
-                     "decision_log_retention_days": self.tenant.decision_log_retention_days}
-        )
+        form = TenantSettingsForm(initial=services.tenant_settings(self.tenant))
         return render(request, "tenancy/settings.html", {"form": form})
 
     def post(self, request: HttpRequest, tenant_slug: str) -> HttpResponse:
@@ -370,7 +367,8 @@ class TenantSettingsView(TenantPageView):
         if form.is_valid():
             try:
                 services.tenant_update_settings(
-                    tenant=self.tenant, actor=self.actor, **form.cleaned_data
+                    tenant=self.tenant, actor=self.actor,
+                    **{k: v for k, v in form.cleaned_data.items() if v is not None},
                 )
             except ValidationError as exc:
                 add_service_errors(form, exc)

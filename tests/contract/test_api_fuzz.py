@@ -45,6 +45,7 @@ from schemathesis.specs.openapi.checks import (
 from alerts import services as alerts
 from approvals import services as approvals
 from bundles.publish import bundle_publish
+from decision_logs import replay
 from evidence import services as evidence
 from exports import services as exports
 from gateway.receipts import arguments_sha256
@@ -180,6 +181,7 @@ def fuzz_world(tenant, cast) -> None:
     evidence.evidence_pack_request(tenant=tenant, actor=SYSTEM, period_start=today,
                                    period_end=today)
     sync.server_sync_request(tenant=tenant, actor=SYSTEM, server=world["server"])
+    replay.replay_request(tenant=tenant, actor=SYSTEM, days=7)
     make_token(tenant, user=alice, role="admin")
 
 

@@ -27,7 +27,7 @@ from approvals.models import AccessRequest, ApprovalPolicy, Escalation
 from bundles import services as bundle_services
 from bundles.models import Bundle, Gateway, GatewayToken, SigningKey
 from bundles.publish import bundle_publish
-from decision_logs.models import DecisionLog, DecisionRollup
+from decision_logs.models import DecisionLog, DecisionRollup, ReplayRun
 from evidence.models import EvidencePack
 from exports.models import Exporter
 from governance.audit.models import AuditEvent
@@ -103,6 +103,7 @@ KWARG_MODELS = {
     "escalation_id": Escalation,
     # kwargs: decisions
     "decision_pk": DecisionLog,
+    "replay_id": ReplayRun,
     # kwargs: exports
     "exporter_id": Exporter,
     # kwargs: alerts
@@ -258,6 +259,7 @@ def objects_a(cast, tenant_a):
     objects[DecisionLog] = DecisionLog.objects.create(
         tenant=tenant_a, gateway=gateway, decision_id="d-1", timestamp=timezone.now(),
         server="payroll", tool="read_salary", arguments_sha256="0" * 64, outcome="deny")
+    objects[ReplayRun] = ReplayRun.objects.create(tenant=tenant_a, days=7, status="done")
     # objects: exports
     objects[Exporter] = Exporter.objects.create(
         tenant=tenant_a, name="siem", kind="syslog_udp", stream="audit", host="127.0.0.1",

@@ -19,6 +19,7 @@ from alerts.models import Alert, AlertRule, Kind, Severity
 from approvals.models import AccessRequest, Escalation
 from bundles import services as bundle_services
 from bundles.models import Gateway, GatewayToken, SigningKey
+from decision_logs.models import ReplayRun
 from evidence.models import EvidencePack
 from exports import services as export_services
 from exports.models import Exporter
@@ -177,6 +178,9 @@ CASES = {
         lambda: EvidencePack(period_start=date(2026, 1, 1), period_end=date(2026, 1, 31),
                              status=EvidencePack.Status.DONE, sha256="ef" * 32),
         {"period_start": "2026-01-01", "period_end": "2026-01-31", "status": "done"}),
+    "replay_run": (
+        lambda: ReplayRun(days=7, status=ReplayRun.Status.DONE),
+        {"days": 7, "status": "done"}),
 }
 
 GRANT_FIELDS = ("calls_per_minute", "calls_per_day", "window_start", "window_end", "window_days",
@@ -233,6 +237,8 @@ LEGACY = {
                         "occurrences": a.occurrences},
     "evidence_pack": lambda p: {"period_start": p.period_start.isoformat(),
                                 "period_end": p.period_end.isoformat(), "status": p.status},
+    # New with audit_snapshot() (no older helper): the declared fields as they are.
+    "replay_run": lambda r: {"days": r.days, "status": r.status},
 }
 
 # Variants with the other branch of each helper (no owner, no token, no activation time …).

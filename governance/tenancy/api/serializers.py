@@ -99,3 +99,15 @@ class ApiTokenCreatedOut(ApiTokenOut):
 
     class Meta(ApiTokenOut.Meta):
         fields = [*ApiTokenOut.Meta.fields, "token"]
+
+
+class TenantSettingsSerializer(serializers.Serializer):
+    """The tenant's settings (PATCH any of them; the service checks the ranges)."""
+
+    registry_resync_minutes = serializers.IntegerField(
+        help_text="re-sync every active MCP server this often (0 to 10080; 0 = manual only)")
+    decision_log_retention_days = serializers.IntegerField(
+        help_text="delete decision logs older than this (1 to 3660)")
+    escalation_decision_timeout_seconds = serializers.IntegerField(
+        help_text="a held (escalated) call expires, denied, after this long without a "
+                  "decision (60 to 604800; default 900); gateways get it in the next bundle")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from governance.tenancy.api import views
@@ -10,4 +11,8 @@ router.register("invitations", views.InvitationViewSet, basename="invitations")
 router.register("group-mappings", views.GroupMappingViewSet, basename="group-mappings")
 router.register("tokens", views.ApiTokenViewSet, basename="tokens")
 
-urlpatterns = router.urls
+urlpatterns = [
+    path("settings/", views.TenantSettingsViewSet.as_view({"get": "show", "patch": "change"}),
+         name="tenant-settings"),
+    *router.urls,
+]

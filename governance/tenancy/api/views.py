@@ -187,3 +187,23 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantVi
             reason="revoked through the API",
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TenantSettingsViewSet(TenantViewSet):
+    """The tenant's settings: how often servers are re-synced, how long decision logs are
+    kept, how long a held call waits for a decision. Every change is audited
+    (``tenant.settings_changed``) and the escalation timeout reaches gateways in the next
+    bundle."""
+
+    capabilities = {"*": Cap.MANAGE_REGISTRY}
+
+    @extend_schema(responses={200: s.TenantSettingsSerializer, **error_responses(403)})
+    def show(self, request: Request, tenant_slug: str) -> Response:
+        return Response(services.tenant_settings(self.tenancy.tenant))
+
+    @extend_schema(request=s.TenantSettingsSerializer,
+                   responses={200: s.TenantSettingsSerializer, **WRITE})
+    def change(self, request: Request, tenant_slug: str) -> Response:
+        changes = self.parse(s.TenantSettingsSerializer, partial=True)
+        tenant = services.tenant_update_settings(**self.service_kwargs(), **changes)
+        return Response(services.tenant_settings(tenant))
