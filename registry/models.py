@@ -243,6 +243,13 @@ class Tool(TenantScopedModel):
     def __str__(self) -> str:
         return f"{self.server.name}/{self.name}"
 
+    @property
+    def sha256_to_approve(self) -> str:
+        """The hash approving would pin: the drifted definition's if one waits, else the
+        current one (approve forms send it back so a stale page approves nothing)."""
+        return self.drifted_sha256 if self.drifted_definition is not None \
+            else self.definition_sha256
+
 
 class ToolScope(TenantScopedModel):
     """A named set of tools (``payroll:read``) that grants are made of."""

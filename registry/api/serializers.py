@@ -223,6 +223,14 @@ class ToolOut(serializers.ModelSerializer):
                   "last_seen_at"]
 
 
+class ToolApproveIn(serializers.Serializer):
+    sha256 = serializers.RegexField(
+        r"^[0-9a-f]{64}$", required=False,
+        help_text="the definition hash you reviewed (drifted_sha256 of a quarantined tool, else "
+                  "definition_sha256); when the server's definition changed since, nothing is "
+                  "approved (400 on sha256)")
+
+
 class ToolDetailOut(ToolOut):
     """The pinned definition; a drifted one (status quarantined) waits beside it for review."""
 

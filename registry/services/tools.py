@@ -42,6 +42,7 @@ class SyncSummary:
     updated: int = 0
     disappeared: int = 0
     reappeared: int = 0
+    reverted: int = 0  # drifted tools the server serves with their pinned definition again
 
 
 @transaction.atomic
@@ -95,7 +96,23 @@ def tools_record_discovery(
             tool.present = True
             summary.reappeared += 1
             audit_record(tenant=tenant, actor=actor, action="tool.reappeared", obj=tool)
-        if sha == tool.definition_sha256 or sha == tool.drifted_sha256:
+        if sha == tool.definition_sha256 and tool.drifted_definition is not None:
+            # The server went back to the pinned definition: the drift is over. Leaving the
+            # drifted definition waiting would let a reviewer pin what is no longer served.
+            before = {"status": tool.status, "drifted_sha256": tool.drifted_sha256}
+            tool.drifted_definition, tool.drifted_sha256 = None, ""
+            if tool.status == Tool.Status.QUARANTINED:
+                tool.status = Tool.Status.APPROVED
+            summary.reverted += 1
+            audit_record(
+                tenant=tenant,
+                actor=actor,
+                action="tool.drift_cleared",
+                obj=tool,
+                before=before,
+                after={"status": tool.status, "sha256": tool.definition_sha256},
+            )
+        elif sha == tool.definition_sha256 or sha == tool.drifted_sha256:
             summary.unchanged += 1
         elif tool.status == Tool.Status.PENDING_REVIEW:
             before = {"definition": tool.audit_snapshot(), "sha256": tool.definition_sha256}
@@ -137,11 +154,28 @@ def tools_record_discovery(
 
 
 @transaction.atomic
-def tool_approve(*, tenant: Tenant, actor: Actor, tool: Tool) -> Tool:
-    """Approve a tool; for a quarantined one, pin the new (drifted) definition."""
+def tool_approve(
+    *, tenant: Tenant, actor: Actor, tool: Tool, expected_sha256: str = "",
+) -> Tool:
+    """Approve a tool; for a quarantined one, pin the new (drifted) definition.
+
+    ``expected_sha256`` is the hash of the definition the reviewer was shown (every approve
+    form sends it): when the server's definition changed since, nothing is approved.
+    """
     tool = Tool.objects.for_tenant(tenant).select_for_update().get(pk=tool.pk)
     if tool.status == Tool.Status.APPROVED:
         raise ValidationError({"status": "This tool is already approved."})
+    drifted = tool.drifted_definition is not None
+    to_pin = tool.drifted_sha256 if drifted else tool.definition_sha256
+    if expected_sha256 and expected_sha256 != to_pin:
+        raise ValidationError({"sha256": (
+            f"The definition of {tool.name} changed since it was shown to you (shown "
+            f"{expected_sha256[:12]}, last seen {to_pin[:12]}); nothing was approved. "
+            "Review the current definition and approve again.")})
+    if drifted and not tool.present:
+        raise ValidationError({"status": (
+            f"The server no longer lists {tool.name}, so its new definition is not one it "
+            "serves; nothing was approved. Sync the server again.")})
     before = {"status": tool.status, "sha256": tool.definition_sha256}
     if tool.drifted_definition is not None:
         for field in TOOL_DEFINITION_FIELDS:

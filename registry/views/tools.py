@@ -94,7 +94,8 @@ class ToolApproveView(TenantPageView):
         tool = access_tool(self.tenancy, tool_id, write=True)
         drifted = tool.drifted_definition is not None
         try:
-            tool = tool_approve(tenant=self.tenant, actor=self.actor, tool=tool)
+            tool = tool_approve(tenant=self.tenant, actor=self.actor, tool=tool,
+                                expected_sha256=request.POST.get("sha256", ""))
         except ValidationError as exc:
             if request.htmx:
                 return _tool_row(request, self.tenant, tool, error_text(exc))
