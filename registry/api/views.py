@@ -215,7 +215,7 @@ class ToolViewSet(TenantViewSet):
         request=s.ToolApproveIn,
         description="Approve the tool; a quarantined tool's drifted definition becomes the "
         "pinned one. Send the sha256 you reviewed: a definition that changed since is not "
-        "approved.",
+        "approved. A definition with review findings needs confirm_findings: true.",
         responses={200: s.ToolDetailOut, **WRITE},
     )
     @action(detail=True, methods=["post"])
@@ -223,7 +223,8 @@ class ToolViewSet(TenantViewSet):
         tool = access_tool(self.tenancy, pk, write=True)
         values = self.parse(s.ToolApproveIn)
         return Response(self.out(tool_approve(
-            **self.service_kwargs(), tool=tool, expected_sha256=values.get("sha256", ""))))
+            **self.service_kwargs(), tool=tool, expected_sha256=values.get("sha256", ""),
+            confirm_findings=values["confirm_findings"])))
 
     @extend_schema(request=None, description="Block the tool: it leaves every bundle.",
                    responses={200: s.ToolDetailOut, **WRITE})
