@@ -83,8 +83,9 @@ SECRET_WORDS = re.compile(
 PADDING = re.compile(r"(?:[ \t]*\n){8,}|[ \u00a0]{40,}|\t{10,}")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-Z\\-_]")
 
-# A tool name as MCP recommends it (1–128 of A–Z a–z 0–9 _ - .).
-PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+# A name of printable ASCII without spaces. MCP recommends A–Z a–z 0–9 _ - . but servers use
+# more ("pay/read"); what matters for review is a letter that imitates another (Cyrillic "і").
+PLAIN_NAME = re.compile(r"^[\x21-\x7e]{1,128}$")
 TOKEN = re.compile(r"[A-Za-z0-9_.-]+")
 # A plain word ("search") counts as a mention only quoted or next to "tool"/"server".
 NAMED = re.compile(r"[`'\"“‘]([\w.-]+)[`'\"”’]|\b([\w.-]+)\s+(?:tool|server)s?\b|"
@@ -228,8 +229,8 @@ def scan_definition(
     name = values.get("name") or ""
     if isinstance(name, str) and not PLAIN_NAME.match(name):
         found.append(_finding("unusual_name", HIGH, "name",
-                              "Not a plain tool name (letters, digits, _ - .): it may imitate "
-                              "another tool's name", reveal_text(name)[:160]))
+                              "Not a plain ASCII tool name: a look-alike letter or a space can "
+                              "imitate another tool's name", reveal_text(name)[:160]))
     for where, text, prose in definition_texts(values):
         if not text:
             continue
