@@ -417,3 +417,13 @@ def test_the_migration_scans_definitions_recorded_before_it(tenant_a, server):
     migration.scan_existing(apps, None)
     old.refresh_from_db()
     assert _codes(old.findings) == {"shadowing"}
+
+
+def test_server_descriptions_show_hidden_characters_too(login, victor, tenant_a):
+    server = services.server_create(tenant=tenant_a, actor=SYSTEM, name="files",
+                                    transport="streamable-http", url="https://f.example/mcp",
+                                    description=f"Files{ZWSP} server")
+    marker = '<mark class="hidden-char" title="ZERO WIDTH SPACE">⟦U+200B⟧</mark>'
+    client = login(victor)
+    assert f"Files{marker} server" in client.get(f"/t/alpha/servers/{server.pk}/").content.decode()
+    assert f"Files{marker} server" in client.get("/t/alpha/servers/").content.decode()
