@@ -25,7 +25,7 @@ from django.db.models.functions import Cast
 from bundles.packaging import rfc3339
 from gateway.constraints import schema_version_for
 from gateway.decision import tool_key
-from governance.tenancy.models import ESCALATION_DEFAULTS, Tenant
+from governance.tenancy.models import Tenant
 from registry.models import Agent, AgentPrincipal, Grant, McpServer, Tool, ToolScope
 
 __all__ = ["compile_data", "escalation_settings"]

@@ -224,6 +224,11 @@ class Tool(TenantScopedModel):
     # A drifted definition waits here, next to the pinned one, until it is approved or blocked.
     drifted_definition = models.JSONField(null=True, blank=True)
     drifted_sha256 = models.CharField(max_length=64, blank=True)
+    # Tool-poisoning review (registry/review_findings.py) of the current definition and of the
+    # drifted one: [{code, severity, where, message, excerpt}], computed when recorded. A
+    # definition with findings is approved only with an explicit confirmation.
+    findings = models.JSONField(default=list, blank=True)
+    drifted_findings = models.JSONField(default=list, blank=True)
     present = models.BooleanField(default=True)  # still listed by the server at the last sync
     first_seen_at = models.DateTimeField(default=timezone.now)
     last_seen_at = models.DateTimeField(default=timezone.now)
@@ -242,6 +247,18 @@ class Tool(TenantScopedModel):
 
     def __str__(self) -> str:
         return f"{self.server.name}/{self.name}"
+
+    @property
+    def findings_to_approve(self) -> list[dict]:
+        """The findings of the definition approving would pin (see ``sha256_to_approve``)."""
+        return self.drifted_findings if self.drifted_definition is not None else self.findings
+
+    @property
+    def sha256_to_approve(self) -> str:
+        """The hash approving would pin: the drifted definition's if one waits, else the
+        current one (approve forms send it back so a stale page approves nothing)."""
+        return self.drifted_sha256 if self.drifted_definition is not None \
+            else self.definition_sha256
 
 
 class ToolScope(TenantScopedModel):

@@ -27,6 +27,7 @@ from registry.models import (
     Tool,
     ToolScope,
 )
+from registry.review_findings import LABELS
 
 DATA_CLASSES_HELP = "any of: " + ", ".join(DataClass.values)
 
@@ -213,14 +214,44 @@ class ToolFilter(serializers.Serializer):
                                    help_text="in name, title or description")
 
 
+class FindingOut(serializers.Serializer):
+    """One tool-poisoning review finding (see docs/security.md, "Tool poisoning")."""
+
+    code = serializers.ChoiceField(choices=sorted(LABELS), read_only=True)
+    severity = serializers.ChoiceField(choices=["high", "medium", "low"], read_only=True)
+    where = serializers.CharField(read_only=True,
+                                  help_text="the part of the definition: description, "
+                                            "input_schema.properties.path.description, …")
+    message = serializers.CharField(read_only=True)
+    excerpt = serializers.CharField(read_only=True, help_text="the text around it, hidden "
+                                    "characters shown as ⟦U+XXXX⟧")
+
+
 class ToolOut(serializers.ModelSerializer):
     server_name = serializers.CharField(source="server.name", read_only=True)
+    findings = FindingOut(many=True, read_only=True,
+                          help_text="review findings of the current (pinned or pending) "
+                                    "definition; approving one with findings needs "
+                                    "confirm_findings")
 
     class Meta:
         model = Tool
         fields = ["id", "server", "server_name", "name", "title", "description", "status",
-                  "present", "definition_sha256", "drifted_sha256", "first_seen_at",
+                  "present", "definition_sha256", "drifted_sha256", "findings", "first_seen_at",
                   "last_seen_at"]
+
+
+class ToolApproveIn(serializers.Serializer):
+    sha256 = serializers.RegexField(
+        r"^[0-9a-f]{64}$", required=False,
+        help_text="the definition hash you reviewed (drifted_sha256 of a quarantined tool, else "
+                  "definition_sha256); when the server's definition changed since, nothing is "
+                  "approved (400 on sha256)")
+    confirm_findings = serializers.BooleanField(
+        required=False, default=False,
+        help_text="required (true) when the definition to approve has review findings "
+                  "(findings, or drifted_findings of a quarantined tool): you read them and "
+                  "approve anyway; else 400 on confirm_findings")
 
 
 class ToolDetailOut(ToolOut):
@@ -228,7 +259,10 @@ class ToolDetailOut(ToolOut):
 
     class Meta(ToolOut.Meta):
         fields = [*ToolOut.Meta.fields, "input_schema", "output_schema", "annotations",
-                  "drifted_definition"]
+                  "drifted_definition", "drifted_findings"]
+
+    drifted_findings = FindingOut(many=True, read_only=True,
+                                  help_text="review findings of the drifted definition")
 
 
 # --- Scopes ------------------------------------------------------------------------------------

@@ -212,15 +212,19 @@ class ToolViewSet(TenantViewSet):
         return Response(self.out(access_tool(self.tenancy, pk)))
 
     @extend_schema(
-        request=None,
+        request=s.ToolApproveIn,
         description="Approve the tool; a quarantined tool's drifted definition becomes the "
-        "pinned one.",
+        "pinned one. Send the sha256 you reviewed: a definition that changed since is not "
+        "approved. A definition with review findings needs confirm_findings: true.",
         responses={200: s.ToolDetailOut, **WRITE},
     )
     @action(detail=True, methods=["post"])
     def approve(self, request: Request, tenant_slug: str, pk: str) -> Response:
         tool = access_tool(self.tenancy, pk, write=True)
-        return Response(self.out(tool_approve(**self.service_kwargs(), tool=tool)))
+        values = self.parse(s.ToolApproveIn)
+        return Response(self.out(tool_approve(
+            **self.service_kwargs(), tool=tool, expected_sha256=values.get("sha256", ""),
+            confirm_findings=values["confirm_findings"])))
 
     @extend_schema(request=None, description="Block the tool: it leaves every bundle.",
                    responses={200: s.ToolDetailOut, **WRITE})

@@ -96,6 +96,24 @@ def _validate_grant_terms(
             raise ValidationError({field: "Must be at least 1 (leave empty for no limit)."})
 
 
+def _refuse_duplicate(
+    tenant: Tenant, agent: Agent, scope: ToolScope, terms: dict[str, Any],
+    *, exclude: int | None = None,
+) -> None:
+    """An active grant of the same scope to the same agent with the same terms already exists:
+    a second one would change nothing the gateways enforce, only blur the audit trail (which
+    grant does an access review revoke?). The agent's row is locked first, so two concurrent
+    identical requests cannot both pass this check."""
+    Agent.objects.for_tenant(tenant).select_for_update().filter(pk=agent.pk).first()
+    twins = Grant.objects.for_tenant(tenant).filter(
+        agent=agent, scope=scope, status=Grant.Status.ACTIVE).exclude(pk=exclude)
+    for twin in twins:
+        if all(getattr(twin, field) == terms[field] for field in TERM_FIELDS):
+            raise ValidationError({"scope": (
+                f"{agent.name} already has an active grant of {scope.name} with exactly these "
+                f"terms (grant #{twin.pk}); change that grant instead of adding a copy.")})
+
+
 @transaction.atomic
 def grant_create(
     *,
@@ -131,6 +149,7 @@ def grant_create(
         "expires_at": expires_at,
     }
     _validate_grant_terms(scope, terms)
+    _refuse_duplicate(tenant, agent, scope, terms)
     grant = Grant.objects.create(
         tenant=tenant, agent=agent, scope=scope, created_by=created_by, **terms
     )
@@ -158,6 +177,7 @@ def grant_update(*, tenant: Tenant, actor: Actor, grant: Grant, **changes: Any) 
     terms = {field: getattr(grant, field) for field in TERM_FIELDS} | changes
     _validate_grant_terms(grant.scope, terms, check_expiry="expires_at" in changes,
                           changed=set(changes))
+    _refuse_duplicate(tenant, grant.agent, grant.scope, terms, exclude=grant.pk)
     for field, value in terms.items():
         setattr(grant, field, value)
     grant.save()

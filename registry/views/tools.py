@@ -18,6 +18,7 @@ from governance.web import error_text, vary_on_htmx
 from registry import selectors
 from registry.access import access_tool
 from registry.models import Tool
+from registry.review_findings import LABELS
 from registry.services.tools import tool_approve, tool_block
 from registry.views.common import back, pretty_json
 
@@ -56,6 +57,15 @@ def definition_diff(pinned: dict[str, Any], drifted: dict[str, Any]) -> list[dic
     return parts
 
 
+def labelled(findings: list[dict]) -> list[dict]:
+    """Findings with the label pages show for their code."""
+    return [f | {"label": LABELS.get(f.get("code", ""), f.get("code", ""))} for f in findings]
+
+
+def confirmed(request: HttpRequest) -> bool:
+    return request.POST.get("confirm_findings", "") in ("on", "1", "true", "yes")
+
+
 class ToolDetailView(TenantPageView):
     """A tool's pinned definition and, when it drifted, what changed."""
 
@@ -73,6 +83,9 @@ class ToolDetailView(TenantPageView):
             "diff": diff,
             "unchanged": [part["label"] for part in diff or () if not part["changed"]],
             "scopes": selectors.tool_scopes(self.tenant, tool),
+            "findings": labelled(tool.findings),
+            "drifted_findings": labelled(tool.drifted_findings) if diff is not None else [],
+            "findings_to_approve": tool.findings_to_approve,
         })
 
 
@@ -94,7 +107,9 @@ class ToolApproveView(TenantPageView):
         tool = access_tool(self.tenancy, tool_id, write=True)
         drifted = tool.drifted_definition is not None
         try:
-            tool = tool_approve(tenant=self.tenant, actor=self.actor, tool=tool)
+            tool = tool_approve(tenant=self.tenant, actor=self.actor, tool=tool,
+                                expected_sha256=request.POST.get("sha256", ""),
+                                confirm_findings=confirmed(request))
         except ValidationError as exc:
             if request.htmx:
                 return _tool_row(request, self.tenant, tool, error_text(exc))
