@@ -17,7 +17,7 @@ def purge() -> dict[str, int]:
     return services.decisions_purge_expired()
 
 
-@shared_task(name="governance.decisions.tasks.replay", acks_late=True,
+@shared_task(name="decision_logs.tasks.replay", acks_late=True,
              soft_time_limit=settings.REPLAY_TIME_LIMIT - 30,
              time_limit=settings.REPLAY_TIME_LIMIT)
 def replay(run_id: int) -> str:
@@ -26,7 +26,7 @@ def replay(run_id: int) -> str:
     return run.status if run is not None else "gone"
 
 
-@shared_task(name="governance.decisions.tasks.replay_sweep")
+@shared_task(name="decision_logs.tasks.replay_sweep")
 def replay_sweep() -> int:
     """Beat: fail replays whose worker died."""
     return replay_service.replay_runs_fail_stale()

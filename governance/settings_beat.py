@@ -62,7 +62,7 @@ def beat_schedule(*, audit_verify: timedelta) -> dict[str, dict[str, Any]]:
         },
         # Shadow replays: fails runs whose worker died (past the task's hard time limit).
         "replay-sweep": {
-            "task": "governance.decisions.tasks.replay_sweep",
+            "task": "decision_logs.tasks.replay_sweep",
             "schedule": timedelta(minutes=5),
         },
     }
