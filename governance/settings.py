@@ -409,7 +409,7 @@ SESSION_COOKIE_AGE = env_int("SESSION_HOURS", 8, minimum=1) * 3600
 SESSION_COOKIE_NAME = "tollgate_session" if not SECURE_COOKIES else "__Host-tollgate_session"
 CSRF_COOKIE_NAME = "tollgate_csrf" if not SECURE_COOKIES else "__Host-tollgate_csrf"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
