@@ -520,6 +520,9 @@ USE_TZ = True
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"LOG_LEVEL: unknown level {LOG_LEVEL!r}")
+# One format: every line a process writes is JSON (uvicorn's own through scripts/uvicorn-flags'
+# --log-config scripts/uvicorn-logging.json, Python warnings through LOGGING_CONFIG).
+LOGGING_CONFIG = "governance.logging.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -530,5 +533,7 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"},
-                "httpx2": {"level": "WARNING"}},
+                "httpx2": {"level": "WARNING"},
+                # Django's default sends warnings to its plain-text console handler (DEBUG only).
+                "py.warnings": {"handlers": ["console"], "propagate": False}},
 }
