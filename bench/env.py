@@ -103,6 +103,8 @@ class Config:
             "SECRET_KEY": self.secret_key,
             "SECRET_ENCRYPTION_KEYS": self.fernet_key,
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            # DEBUG off refuses a loopback public URL; it names bundles' `iss`, never dialled.
+            "TOLLGATE_BASE_URL": "https://tollgate.bench.example",
             "SECURE_SSL_REDIRECT": "false",
             "TOLLGATE_VAR_DIR": str(VAR / "var"),
             # One gateway token drives tens of thousands of requests a second here.

@@ -79,6 +79,81 @@ def env_url(name: str, *, schemes: tuple[str, ...], default: str = "") -> str:
     return value
 
 
+_SECRET_KEY_ADVICE = ("50+ random characters, e.g. python -c 'import secrets; "  # noqa: S105
+                      "print(secrets.token_urlsafe(64))'")
+
+
+def env_secret_key(name: str, *, debug: bool, demo_key: str) -> str:
+    """Django's SECRET_KEY: with DEBUG off it must be set and pass what `check --deploy`
+    (security.W009) only warns about — at least 50 characters, at least 5 distinct ones, not
+    ``django-insecure-…``; with DEBUG on an unset key is ``demo_key``. The key itself never
+    appears in a message."""
+    from django.core.checks.security.base import (
+        SECRET_KEY_INSECURE_PREFIX,
+        SECRET_KEY_MIN_LENGTH,
+        SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+    )
+
+    value = env_str(name)
+    if debug:
+        return value or demo_key
+    if not value:
+        raise ImproperlyConfigured(f"{name}: must be set when DEBUG is off ({_SECRET_KEY_ADVICE}).")
+    if len(value) < SECRET_KEY_MIN_LENGTH:
+        raise ImproperlyConfigured(
+            f"{name}: too short ({len(value)} characters; at least {SECRET_KEY_MIN_LENGTH} when "
+            f"DEBUG is off): use {_SECRET_KEY_ADVICE}.")
+    if len(set(value)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS:
+        raise ImproperlyConfigured(
+            f"{name}: too little entropy ({len(set(value))} distinct characters; at least "
+            f"{SECRET_KEY_MIN_UNIQUE_CHARACTERS} when DEBUG is off): use {_SECRET_KEY_ADVICE}.")
+    if value.startswith(SECRET_KEY_INSECURE_PREFIX):
+        raise ImproperlyConfigured(
+            f"{name}: starts with {SECRET_KEY_INSECURE_PREFIX!r}, a development key, not for "
+            f"DEBUG off: use {_SECRET_KEY_ADVICE}.")
+    return value
+
+
+def env_allowed_hosts(name: str, default: list[str], *, debug: bool) -> list[str]:
+    """ALLOWED_HOSTS: with DEBUG off an empty list (every request answered 400) stops start-up."""
+    hosts = env_list(name, default)
+    if not hosts and not debug:
+        raise ImproperlyConfigured(
+            f"{name}: empty; with DEBUG off every request would be refused (400). List the host "
+            "names this control plane is reached by, comma-separated (e.g. tollgate.example.com).")
+    return hosts
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` (and ``*.localhost``), 127.0.0.0/8, ::1 (also IPv4-mapped), or the
+    unspecified address: nothing another machine can reach."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    address = mapped or address
+    return address.is_loopback or address.is_unspecified
+
+
+def env_public_url(name: str, *, default: str, debug: bool) -> str:
+    """The control plane's public URL (as ``env_url``, http/https): with DEBUG off it may not
+    name a loopback host, since it is the ``iss`` of every signed bundle and receipt and the
+    base of every link in notifications."""
+    value = env_url(name, schemes=("http", "https"), default=default)
+    host = urlsplit(value).hostname or ""
+    if not debug and is_loopback_host(host):
+        shown = repr(value) if _raw(name) else f"unset, so the default {value!r},"
+        raise ImproperlyConfigured(
+            f"{name}: {shown} is a loopback address; with DEBUG off set it to the URL people "
+            "and gateways reach this control plane at (e.g. https://tollgate.example.com): it "
+            "is the iss of every signed bundle and the base of every link in notifications.")
+    return value
+
+
 def env_required_url(name: str, *, schemes: tuple[str, ...], required_by: str) -> str:
     """A URL (as ``env_url``) that must be set, because ``required_by`` is."""
     value = env_url(name, schemes=schemes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
 from datetime import UTC, datetime
 
 from governance import context
@@ -45,3 +46,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)
+
+
+def configure(config: dict) -> None:
+    """Django's ``LOGGING_CONFIG``: apply ``LOGGING``, and turn Python warnings into log records
+    (logger ``py.warnings``), so they are JSON lines too instead of plain text on stderr."""
+    logging.config.dictConfig(config)
+    logging.captureWarnings(True)

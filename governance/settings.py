@@ -18,12 +18,15 @@ from django.core.exceptions import ImproperlyConfigured
 from governance.config import (
     database_config,
     env_absolute_paths,
+    env_allowed_hosts,
     env_bool,
     env_fernet_keys,
     env_int,
     env_list,
     env_networks,
+    env_public_url,
     env_required_url,
+    env_secret_key,
     env_str,
     env_url,
 )
@@ -35,21 +38,19 @@ VAR_DIR = Path(env_str("TOLLGATE_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
 
-SECRET_KEY = env_str("SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured(
-            "SECRET_KEY: must be set when DEBUG is off (50+ random characters)."
-        )
-    # Demo only: DEBUG=true is what `make run` sets; never used with DEBUG off.
-    SECRET_KEY = "django-insecure-tollgate-demo-key-do-not-use-in-production"  # noqa: S105
+# Demo only: DEBUG=true is what `make run` sets; never used with DEBUG off, where a short,
+# low-entropy or django-insecure- key stops start-up (governance.config.env_secret_key).
+SECRET_KEY = env_secret_key(
+    "SECRET_KEY", debug=DEBUG,
+    demo_key="django-insecure-tollgate-demo-key-do-not-use-in-production")  # noqa: S106
 
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+# Empty with DEBUG off stops start-up (every request would be a 400).
+ALLOWED_HOSTS = env_allowed_hosts("ALLOWED_HOSTS", ["127.0.0.1", "localhost"], debug=DEBUG)
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
-# Public URL of this control plane (used as the `iss` of signed artefacts and in e-mails).
-TOLLGATE_BASE_URL = env_url(
-    "TOLLGATE_BASE_URL", schemes=("http", "https"), default="http://127.0.0.1:8000"
-)
+# Public URL of this control plane (used as the `iss` of signed artefacts and in e-mails); a
+# loopback host (the default included) stops start-up with DEBUG off.
+TOLLGATE_BASE_URL = env_public_url("TOLLGATE_BASE_URL", default="http://127.0.0.1:8000",
+                                   debug=DEBUG)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -418,7 +419,7 @@ SESSION_COOKIE_AGE = env_int("SESSION_HOURS", 8, minimum=1) * 3600
 SESSION_COOKIE_NAME = "tollgate_session" if not SECURE_COOKIES else "__Host-tollgate_session"
 CSRF_COOKIE_NAME = "tollgate_csrf" if not SECURE_COOKIES else "__Host-tollgate_csrf"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
@@ -530,6 +531,9 @@ USE_TZ = True
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"LOG_LEVEL: unknown level {LOG_LEVEL!r}")
+# One format: every line a process writes is JSON (uvicorn's own through scripts/uvicorn-flags'
+# --log-config scripts/uvicorn-logging.json, Python warnings through LOGGING_CONFIG).
+LOGGING_CONFIG = "governance.logging.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -540,5 +544,7 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"},
-                "httpx2": {"level": "WARNING"}},
+                "httpx2": {"level": "WARNING"},
+                # Django's default sends warnings to its plain-text console handler (DEBUG only).
+                "py.warnings": {"handlers": ["console"], "propagate": False}},
 }

@@ -55,6 +55,11 @@ def beat_schedule(*, audit_verify: timedelta) -> dict[str, dict[str, Any]]:
             "task": "governance.alerts.tasks.evaluate",
             "schedule": timedelta(minutes=1),
         },
+        # Deletes expired sessions (`manage.py clearsessions`): the database keeps them otherwise.
+        "clear-expired-sessions": {
+            "task": "governance.tenancy.tasks.clear_expired_sessions",
+            "schedule": timedelta(hours=1),
+        },
         # Evidence packs: fails attempts whose worker died, re-sends packs whose message was lost.
         "evidence-sweep": {
             "task": "governance.evidence.tasks.sweep",

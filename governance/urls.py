@@ -13,13 +13,25 @@ from django.urls import include, path
 from django.views import defaults
 from drf_spectacular.views import SpectacularSwaggerSplitView
 
-from governance import outage
+from governance import outage, readiness
 from governance.tenancy import auth_views, oidc_views, views
 from governance.tenancy.api.views import MeView, SchemaView
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers. Touches nothing else (no database, no Redis)."""
     return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness for a load balancer (governance/readiness.py): 200 when the database is
+    reachable and migrated, Redis (or the embedded broker and cache) answers and the bundle store
+    is writable; 503 naming the failed checks otherwise."""
+    ready, results = readiness.readiness()
+    response = JsonResponse({"status": "ready" if ready else "not_ready", "checks": results},
+                            status=200 if ready else 503)
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def _api_error(request: HttpRequest, status: int, code: str, message: str):
@@ -83,6 +95,7 @@ tenant_web = [
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     # Prometheus scrape endpoint: METRICS_TOKEN or METRICS_ALLOWED_NETWORKS (no session).
     path("", include("observability.metrics_urls")),
     path("login/", auth_views.login_view, name="login"),

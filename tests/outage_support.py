@@ -152,7 +152,7 @@ class ControlPlane:
             "SECRET_KEY": Fernet.generate_key().decode() * 2,
             "SECRET_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
             "ALLOWED_HOSTS": "127.0.0.1", "TOLLGATE_VAR_DIR": str(self.var),
-            "TOLLGATE_BASE_URL": self.url, "SECURE_COOKIES": "false",
+            "TOLLGATE_BASE_URL": "https://tollgate.example.test", "SECURE_COOKIES": "false",
             "SECURE_SSL_REDIRECT": "false", "PYTHONUNBUFFERED": "1",
         }
         self.proc: subprocess.Popen | None = None

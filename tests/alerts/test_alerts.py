@@ -475,7 +475,7 @@ def test_an_alert_reaches_a_signed_webhook(tenant_a, receiver,
     document = json.loads(body)
     assert document["event"] == "alert.raised" and document["tenant"] == "alpha"
     assert document["subject"] == "[warning] Gateway edge-1: no contact for 20 min"
-    assert document["link"] == f"http://127.0.0.1:8000/t/alpha/alerts/{alert.pk}/"
+    assert document["link"] == f"https://tollgate.example.test/t/alpha/alerts/{alert.pk}/"
     assert document["data"]["alert"] == alert.pk
     assert document["data"]["kind"] == "gateway_stale"
     assert document["data"]["key"] == f"gateway:{gateway.pk}"

@@ -44,6 +44,7 @@ from tests.factories import GroupMappingFactory, make_token
 NON_TENANT_PATTERNS = {
     "": "tenant picker: login required, shows only the caller's memberships",
     "healthz": "liveness probe, no data",
+    "readyz": "readiness probe: which dependency checks pass, no data and no secrets",
     "login/": "sign-in page",
     "logout/": "sign-out, POST only",
     "oidc/authenticate/": "starts OIDC (404 when not configured)",

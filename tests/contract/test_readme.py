@@ -164,7 +164,7 @@ def test_every_url_the_docs_name_exists():
     for doc in [REPO / "README.md", *DOCS]:
         for token in BACKTICKED.findall(doc.read_text()):
             path = token.removeprefix("GET ").removeprefix("POST ").split("?")[0]
-            if not re.match(r"/(t|api|login|logout|metrics|healthz)\b", path) or "…" in path:
+            if not re.match(r"/(t|api|login|logout|metrics|healthz|readyz)\b", path) or "…" in path:
                 continue
             if path == "/api/v1/gateway/":
                 continue  # the gateway API's prefix, named as such

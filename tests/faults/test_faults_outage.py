@@ -224,6 +224,9 @@ def test_redis_outage_polls_are_answered_from_the_store_and_nothing_is_lost(runn
     unchanged = _all_gateways(stack, current, WAIT, rounds=3)
     assert {(p.status, p.content_type) for p in unchanged} == {(304, PLAIN_TYPE)}
     assert max(p.seconds for p in fresh + unchanged) < WAIT + MARGIN
+    # Readiness names Redis, while the process goes on answering what it can (above).
+    ready = requests.get(f"{stack.url}/readyz", timeout=30)
+    assert (ready.status_code, ready.json()["checks"]["redis"]) == (503, "unreachable")
 
     # A bundle published during the outage (its announcement is lost) is what polls now get.
     published = stack.publish()
@@ -346,12 +349,17 @@ def test_postgres_outage_answers_503_with_retry_after_and_recovers_without_a_res
     assert {p.status for p in polls} == {304}
     assert max(p.seconds for p in polls) < 2 + MARGIN
     assert stack.poll().etag == current
-    # Liveness does not depend on the database.
+    # Liveness does not depend on the database; readiness says it is the database.
     assert requests.get(f"{stack.url}/healthz", timeout=30).status_code == 200
+    ready = requests.get(f"{stack.url}/readyz", timeout=30)
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {"database": "unreachable", "redis": "ok",
+                                      "bundle_store": "ok"}
 
     stack.postgres.start()
 
     # The same process (no restart) serves everything again, the same session included.
     check_all_ok()
+    assert requests.get(f"{stack.url}/readyz", timeout=30).json()["status"] == "ready"
     assert stack.server.alive() and stack.server.proc.pid == pid
     assert stack.server_errors() == []

@@ -17,13 +17,15 @@ CONFIG_PREFIXES = ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "OIDC_", 
                    "SECRET_ENCRYPTION_KEYS")
 PROD_BUNDLE_KEY = "cHJvZHVjdGlvbi1idW5kbGUta2V5LWZvci10ZXN0cyE="
 OTHER_BUNDLE_KEY = "b3RoZXItb3RoZXItb3RoZXItb3RoZXItb3RoZXItMTI="
+PROD_BASE_URL = "https://tollgate.example.com"
 
 
 def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(CONFIG_PREFIXES)}
     clean["TOLLGATE_VAR_DIR"] = str(tmp_path / "var")
-    if "SECRET_KEY" in env:  # a production configuration has both secrets
+    if "SECRET_KEY" in env:  # a production configuration has both secrets and its public URL
         clean["SECRET_ENCRYPTION_KEYS"] = PROD_BUNDLE_KEY
+        clean["TOLLGATE_BASE_URL"] = PROD_BASE_URL
     clean.update(env)
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=clean, capture_output=True,
                           text=True, timeout=60)
@@ -133,6 +135,51 @@ def test_production_needs_a_secret_key(tmp_path):
     result = _run(["manage.py", "check"], tmp_path)
     assert result.returncode == 2
     assert "SECRET_KEY: must be set when DEBUG is off" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SECRET_KEY": "s3cr3t!"}, "SECRET_KEY: too short (7 characters; at least 50"),
+        ({"SECRET_KEY": "ab" * 40}, "SECRET_KEY: too little entropy (2 distinct characters; "
+                                    "at least 5"),
+        ({"SECRET_KEY": "django-insecure-" + PROD_SECRET},
+         "SECRET_KEY: starts with 'django-insecure-', a development key"),
+        ({"ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS: empty; with DEBUG off every request would be "
+                                "refused (400)"),
+        ({"ALLOWED_HOSTS": " , "}, "ALLOWED_HOSTS: empty"),
+        ({"TOLLGATE_BASE_URL": ""}, "TOLLGATE_BASE_URL: unset, so the default "
+                                    "'http://127.0.0.1:8000', is a loopback address"),
+        ({"TOLLGATE_BASE_URL": "http://127.0.0.1:8000"},
+         "TOLLGATE_BASE_URL: 'http://127.0.0.1:8000' is a loopback address"),
+        ({"TOLLGATE_BASE_URL": "https://127.8.9.10/"}, "TOLLGATE_BASE_URL: 'https://127.8.9.10/'"),
+        ({"TOLLGATE_BASE_URL": "http://localhost:8000"}, "TOLLGATE_BASE_URL: 'http://localhost"),
+        ({"TOLLGATE_BASE_URL": "http://[::1]:8000"}, "TOLLGATE_BASE_URL: 'http://[::1]:8000'"),
+        ({"TOLLGATE_BASE_URL": "http://[::ffff:127.0.0.1]/"}, "is a loopback address"),
+        ({"TOLLGATE_BASE_URL": "http://0.0.0.0:8000"}, "is a loopback address"),
+    ],
+)
+def test_production_refuses_weak_or_local_settings_naming_the_variable(tmp_path, env, message):
+    """DEBUG off: what `check --deploy` only warns about, or what silently breaks every request
+    or every bundle's `iss`, stops start-up (the web process, a worker, `manage.py`)."""
+    result = _run(["manage.py", "check"], tmp_path, **{"SECRET_KEY": PROD_SECRET, **env})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("Configuration error: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    if env.get("SECRET_KEY"):
+        assert env["SECRET_KEY"] not in result.stderr  # the key itself is never printed
+
+
+@pytest.mark.parametrize("env", [
+    {"DEBUG": "true", "SECRET_KEY": "short", "ALLOWED_HOSTS": "",
+     "TOLLGATE_BASE_URL": "http://127.0.0.1:8000"},
+    {"TOLLGATE_BASE_URL": "https://tollgate.internal:8443/", "ALLOWED_HOSTS": "tollgate.internal"},
+    {"TOLLGATE_BASE_URL": "http://10.0.0.5:8000", "SECRET_KEY": "x" * 45 + "abcde"},
+])
+def test_development_and_sound_production_settings_start(tmp_path, env):
+    result = _run(["manage.py", "check"], tmp_path, **{"SECRET_KEY": PROD_SECRET, **env})
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_asgi_server_refuses_to_start_on_bad_config(tmp_path):

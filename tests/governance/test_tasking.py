@@ -39,6 +39,7 @@ FROZEN_TASK_NAMES = sorted([
     # Tasks added since: named after the module they live in.
     "decision_logs.tasks.replay",
     "decision_logs.tasks.replay_sweep",
+    "governance.tenancy.tasks.clear_expired_sessions",
 ])
 
 
@@ -51,7 +52,26 @@ def test_every_task_keeps_its_name():
 def test_every_beat_entry_names_a_registered_task():
     names = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert names <= set(FROZEN_TASK_NAMES)
-    assert len(names) == len(settings.CELERY_BEAT_SCHEDULE) == 10
+    assert len(names) == len(settings.CELERY_BEAT_SCHEDULE) == 11
+
+
+def test_beat_clears_expired_sessions_every_hour(db):
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    from governance.tenancy.tasks import clear_expired_sessions
+
+    entry = settings.CELERY_BEAT_SCHEDULE["clear-expired-sessions"]
+    assert entry == {"task": clear_expired_sessions.name, "schedule": timedelta(hours=1)}
+    live, old = SessionStore(), SessionStore()
+    live["who"], old["who"] = "alice", "bob"
+    live.create()
+    old.create()
+    Session.objects.filter(session_key=old.session_key).update(
+        expire_date=timezone.now() - timedelta(seconds=1))
+    clear_expired_sessions.apply().get()  # as the worker runs it
+    assert list(Session.objects.values_list("session_key", flat=True)) == [live.session_key]
 
 
 def _broker_down(*args, **kwargs):

@@ -229,7 +229,7 @@ def test_notify_creates_deliveries_for_enabled_subscribed_channels_and_enqueues_
     delivery = created[0]
     assert delivery.status == "pending" and delivery.attempts == 0
     assert delivery.payload["recipients"] == ["bob@example.com", "x@example.com"]
-    assert delivery.payload["link"] == "http://127.0.0.1:8000/t/alpha/approvals/"
+    assert delivery.payload["link"] == "https://tollgate.example.test/t/alpha/approvals/"
     assert delivery.payload["data"]["request"] == 7
     assert isinstance(delivery.payload["data"]["at"], str)
     assert Delivery.objects.filter(tenant=tenant_b).count() == 0
@@ -297,7 +297,7 @@ def test_a_webhook_delivery_is_signed_and_carries_the_event(tenant_a, receiver,
     assert document["event"] == "approval.requested" and document["tenant"] == "alpha"
     assert document["subject"] == "payroll:read for payroll-bot"
     assert document["text"] == "dave asks for payroll:read (2 h): month-end run."
-    assert document["link"] == "http://127.0.0.1:8000/t/alpha/approvals/"
+    assert document["link"] == "https://tollgate.example.test/t/alpha/approvals/"
     assert document["data"] == {"request": 7} and document["delivery_id"] == delivery.pk
     assert document["sent_at"].endswith("Z")
 
@@ -314,13 +314,13 @@ def test_a_slack_delivery_uses_the_incoming_webhook_format(tenant_a, receiver,
     message = json.loads(receiver.requests[0]["body"])
     assert receiver.requests[0]["path"] == "/services/T0/B0/abc"
     assert message["text"] == ("*alice used break-glass*\npayroll:write for 30 min "
-                               "&lt;because&gt; R&amp;D\n<http://127.0.0.1:8000/t/x/|Open in "
-                               "Tollgate>")
+                               "&lt;because&gt; R&amp;D\n"
+                               "<https://tollgate.example.test/t/x/|Open in Tollgate>")
     header, section, actions_block, context = message["blocks"]
     assert header == {"type": "header",
                       "text": {"type": "plain_text", "text": "alice used break-glass"}}
     assert section["text"]["type"] == "mrkdwn"
-    assert actions_block["elements"][0]["url"] == "http://127.0.0.1:8000/t/x/"
+    assert actions_block["elements"][0]["url"] == "https://tollgate.example.test/t/x/"
     assert context["elements"][0]["text"] == "`break_glass.used` · Alpha Corp"
 
 
@@ -335,7 +335,7 @@ def test_an_email_goes_to_the_addresses_and_the_people_named(tenant_a, bob, mail
     mail = mailoutbox[0]
     assert mail.subject == "[Tollgate] payroll:read for payroll-bot"
     assert mail.body == ("dave asks for payroll:read (2 h): month-end run.\n\n"
-                         "http://127.0.0.1:8000/t/alpha/approvals/")
+                         "https://tollgate.example.test/t/alpha/approvals/")
     assert mail.extra_headers["X-Tollgate-Event"] == "approval.requested"
 
 
