@@ -3,6 +3,7 @@ its status and progress, read the decisions that would change once it is done.""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -21,8 +22,10 @@ READ = error_responses(403)
 
 
 class ReplayIn(serializers.Serializer):
-    days = serializers.IntegerField(help_text="replay the decisions logged in the last N days "
-                                              "(1 to REPLAY_MAX_DAYS, 90 unless configured)")
+    days = serializers.IntegerField(
+        min_value=1, max_value=settings.REPLAY_MAX_DAYS,
+        help_text="replay the decisions logged in the last N days (1 to REPLAY_MAX_DAYS, 90 "
+                  "unless configured)")
 
 
 class ReplayOut(serializers.ModelSerializer):

@@ -61,7 +61,8 @@ def seed_long_names(tenant, *, owner, requester) -> dict:
     registry.tools_record_discovery(tenant=tenant, actor=SYSTEM, server=server, definitions=[
         (d, def_sha(d)) for d in (Def(LONG, description="w" * 300, title="t" * 200),)])
     tool = Tool.objects.get(server=server)
-    registry.tool_approve(tenant=tenant, actor=SYSTEM, tool=tool)
+    # 200-character name and long text: the review scan rightly flags them (tool poisoning).
+    registry.tool_approve(tenant=tenant, actor=SYSTEM, tool=tool, confirm_findings=True)
     scope = registry.scope_create(tenant=tenant, actor=SYSTEM, name=LONG_SCOPE, tools=[tool])
     agent = registry.agent_create(tenant=tenant, actor=SYSTEM, name=LONG, owner=owner)
     grant = registry.grant_create(tenant=tenant, actor=SYSTEM, agent=agent, scope=scope)

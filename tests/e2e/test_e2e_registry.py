@@ -102,8 +102,10 @@ def test_register_sync_review_scope_agent_grant_and_drift(
     summary = page.locator("#sync-summary").inner_text()
     assert "2 new" in summary and "0 drifted" in summary
     assert page.locator("#sync-tools-listed").inner_text() == "2"
-    assert [row[:3] for row in table_rows(page, "#tools")] == [
-        ["lookup", "Lookup tool", "Pending review"], ["refund", "Refund tool", "Pending review"]]
+    # Each row shows the whole description next to the Approve button (tool-poisoning review).
+    assert [row[:4] for row in table_rows(page, "#tools")] == [
+        ["lookup", "Lookup tool", "Does lookup.", "Pending review"],
+        ["refund", "Refund tool", "Refunds an order.", "Pending review"]]
     assert page.locator("#review-count").inner_text() == "2 need review"
     ARTIFACTS_DIR.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS_DIR / "e2e-registry-server.png", full_page=True)

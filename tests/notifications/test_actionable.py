@@ -9,6 +9,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from django.conf import settings as django_settings
 from django.test import Client
 from django.urls import resolve
 
@@ -63,7 +64,7 @@ def test_every_channel_carries_what_an_approver_triages_by(
     deliveries = Delivery.objects.filter(event="approval.requested").order_by("pk")
     assert [deliver(d).status for d in deliveries] == ["sent"] * 3
 
-    link = f"http://127.0.0.1:8000/t/alpha/approvals/requests/{request.pk}/"
+    link = f"{django_settings.TOLLGATE_BASE_URL}/t/alpha/approvals/requests/{request.pk}/"
     deadline = f"{request.deadline:%Y-%m-%d %H:%M} UTC"
     expected = ["dave", JUSTIFICATION, "bot", "payroll:write", "payroll/pay", "High risk",
                 "PII, financial", "2 h", deadline, link]
@@ -118,7 +119,7 @@ def test_an_escalation_names_the_tool_the_gateway_and_its_reason(tenant_a, world
     escalation = Escalation.objects.get()
     assert facts["Deadline"] == f"{escalation.deadline:%Y-%m-%d %H:%M} UTC"
     assert delivery.payload["link"] == (
-        f"http://127.0.0.1:8000/t/alpha/approvals/escalations/{escalation.pk}/")
+        f"{django_settings.TOLLGATE_BASE_URL}/t/alpha/approvals/escalations/{escalation.pk}/")
 
 
 def test_every_event_the_notifier_sends_links_to_a_page_that_opens(
@@ -177,4 +178,5 @@ def test_break_glass_names_the_admin_the_reason_and_the_grant(tenant_a, world, a
     assert facts["Risk"] == "High risk; data classes: PII, financial"
     assert facts["Access for"] == "30 min"
     assert facts["Expires"] == f"{grant.expires_at:%Y-%m-%d %H:%M} UTC"
-    assert delivery.payload["link"] == f"http://127.0.0.1:8000/t/alpha/grants/{grant.pk}/"
+    assert delivery.payload["link"] == (
+        f"{django_settings.TOLLGATE_BASE_URL}/t/alpha/grants/{grant.pk}/")

@@ -7,6 +7,7 @@ from rest_framework import serializers
 from governance.tenancy.models import ApiToken, IdpGroupMapping, Invitation, Membership
 from governance.tenancy.roles import Role
 from governance.tenancy.selectors import INVITATION_STATES
+from governance.tenancy.services import TENANT_SETTING_LIMITS
 
 # An object id in a body or a filter: out of this range is a 400, not a database overflow (500).
 OBJECT_ID = {"min_value": 1, "max_value": 2**63 - 1}
@@ -101,13 +102,22 @@ class ApiTokenCreatedOut(ApiTokenOut):
         fields = [*ApiTokenOut.Meta.fields, "token"]
 
 
+def _limits(name: str) -> dict[str, int]:
+    """The range ``tenant_update_settings`` enforces, also written into the API schema."""
+    low, high = TENANT_SETTING_LIMITS[name]
+    return {"min_value": low, "max_value": high}
+
+
 class TenantSettingsSerializer(serializers.Serializer):
     """The tenant's settings (PATCH any of them; the service checks the ranges)."""
 
     registry_resync_minutes = serializers.IntegerField(
+        **_limits("registry_resync_minutes"),
         help_text="re-sync every active MCP server this often (0 to 10080; 0 = manual only)")
     decision_log_retention_days = serializers.IntegerField(
+        **_limits("decision_log_retention_days"),
         help_text="delete decision logs older than this (1 to 3660)")
     escalation_decision_timeout_seconds = serializers.IntegerField(
+        **_limits("escalation_decision_timeout_seconds"),
         help_text="a held (escalated) call expires, denied, after this long without a "
                   "decision (60 to 604800; default 900); gateways get it in the next bundle")
