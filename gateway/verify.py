@@ -52,8 +52,9 @@ Command line (exit 0 accepted or nothing to do, 1 rejected, 2 usage error)::
 
     python -m gateway.verify BUNDLE --jwks JWKS.json [--tenant SLUG] [--state STATE.json]
 
-The state file (``{"tenant": "alpha", "last_revision": 7}``) supplies the tenant and the last
-accepted revision and is replaced atomically when a bundle is accepted.
+The state file is the reference gateway's own ``state.json`` format (``{"tenant": "alpha",
+"revision": 7, …}``; files with the older ``last_revision`` are read too): it supplies the tenant
+and the last accepted revision and is replaced atomically when a bundle is accepted.
 
 Pure Python (PyJWT + cryptography), no Django: this file is written for gateway vendors.
 """
@@ -528,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         bundle = verify_bundle(
-            tarball, jwks=jwks, tenant=tenant, last_revision=state.get("last_revision")
+            tarball, jwks=jwks, tenant=tenant, last_revision=state.get("revision")
         )
     except SameRevision as same:
         print(f"revision {same.revision_number} of tenant {tenant} is already accepted: "
@@ -540,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.state is not None:
         _write_state(args.state, {**state, "tenant": bundle.tenant,
-                                  "last_revision": bundle.revision_number,
+                                  "revision": bundle.revision_number,
                                   "expires_at": _rfc3339(bundle.expires_at),
                                   "sha256": bundle.sha256})
     print(f"accepted revision {bundle.revision_number} of tenant {bundle.tenant} signed by "
@@ -565,11 +566,13 @@ def _read_state(path: Path | None) -> dict[str, Any]:
     if path is None or not path.exists():
         return {}
     state = _read_json(path, "state file")
-    last = state.get("last_revision") if isinstance(state, dict) else None
+    if isinstance(state, dict):  # the gateway's "revision", or an older file's "last_revision"
+        state = {k: v for k, v in state.items() if k != "last_revision"} | {
+            "revision": state.get("revision", state.get("last_revision"))}
+    last = state.get("revision") if isinstance(state, dict) else None
     if (not isinstance(state, dict) or not isinstance(state.get("tenant", ""), str)
             or not (last is None or (isinstance(last, int) and not isinstance(last, bool)))):
-        raise _UsageError(f"{path} is not a state file like "
-                          '{"tenant": "alpha", "last_revision": 7}')
+        raise _UsageError(f'{path} is not a state file like {{"tenant": "alpha", "revision": 7}}')
     return state
 
 

@@ -595,21 +595,21 @@ def cli_files(tmp_path):
 def test_cli_advances_the_state_and_then_refuses_a_rollback(tmp_path, cli_files):
     bundles, jwks_file, expires = cli_files
     state = tmp_path / "state.json"
-    state.write_text(json.dumps({"tenant": "alpha", "last_revision": 5}))
+    state.write_text(json.dumps({"tenant": "alpha", "revision": 5}))
 
     first = run_cli(bundles[7], "--jwks", jwks_file, "--state", state)
     assert (first.returncode, first.stderr) == (0, "")
     assert first.stdout == (
         f"accepted revision 7 of tenant alpha signed by k-old, expires {expires}\n")
     saved = json.loads(state.read_text())
-    assert (saved["tenant"], saved["last_revision"]) == ("alpha", 7)
+    assert (saved["tenant"], saved["revision"]) == ("alpha", 7)
     assert saved["sha256"] == hashlib.sha256(bundles[7].read_bytes()).hexdigest()
 
     second = run_cli(bundles[6], "--jwks", jwks_file, "--state", state)
     assert second.returncode == 1
     assert second.stderr == (
         "rejected: rollback: revision 6 is older than the accepted revision 7\n")
-    assert json.loads(state.read_text())["last_revision"] == 7
+    assert json.loads(state.read_text())["revision"] == 7
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".state")] == []
 
     again = run_cli(bundles[7], "--jwks", jwks_file, "--state", state)
@@ -624,7 +624,33 @@ def test_cli_starts_a_state_file_from_the_tenant_option(tmp_path, cli_files):
     result = run_cli(bundles[6], "--jwks", jwks_file, "--tenant", "alpha", "--state", state)
 
     assert result.returncode == 0, result.stderr
-    assert json.loads(state.read_text())["last_revision"] == 6
+    assert json.loads(state.read_text())["revision"] == 6
+
+
+def test_cli_reads_and_keeps_a_gateway_state_file(tmp_path, cli_files):
+    """Pointed at the reference gateway's own state.json (gateway/client.py writes "revision"),
+    it refuses an older revision and rewrites the file in that format, keeping the gateway's
+    other fields; a file in the older format ("last_revision") is still read."""
+    bundles, jwks_file, _ = cli_files
+    state = tmp_path / "state.json"
+    gateway_state = {"tenant": "alpha", "revision": 7, "etag": '"abc"', "sha256": "0" * 64,
+                     "activated_at": "2026-12-01T00:00:00Z", "jwks_etag": None,
+                     "last_error": None, "last_successful_download": None}
+    state.write_text(json.dumps(gateway_state))
+    older = run_cli(bundles[6], "--jwks", jwks_file, "--state", state)
+    assert older.returncode == 1
+    assert "rollback: revision 6 is older than the accepted revision 7" in older.stderr
+    assert json.loads(state.read_text()) == gateway_state
+
+    state.write_text(json.dumps({**gateway_state, "revision": 5}))
+    assert run_cli(bundles[6], "--jwks", jwks_file, "--state", state).returncode == 0
+    saved = json.loads(state.read_text())
+    assert saved["revision"] == 6 and "last_revision" not in saved
+    assert (saved["etag"], saved["activated_at"]) == ('"abc"', "2026-12-01T00:00:00Z")
+
+    state.write_text(json.dumps({"tenant": "alpha", "last_revision": 7}))
+    legacy = run_cli(bundles[6], "--jwks", jwks_file, "--state", state)
+    assert legacy.returncode == 1 and "rollback" in legacy.stderr
 
 
 def test_cli_without_state_only_checks(cli_files):
@@ -642,7 +668,7 @@ def test_cli_without_state_only_checks(cli_files):
 def test_cli_usage_errors_exit_2(tmp_path, cli_files):
     bundles, jwks_file, _ = cli_files
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({"tenant": "bravo", "last_revision": 1}))
+    other.write_text(json.dumps({"tenant": "bravo", "revision": 1}))
 
     no_tenant = run_cli(bundles[6], "--jwks", jwks_file)
     assert no_tenant.returncode == 2
