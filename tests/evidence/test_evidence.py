@@ -27,6 +27,7 @@ from approvals.models import AccessRequest, ApprovalDecision, Escalation
 from bundles import services as bundles
 from bundles.publish import bundle_publish
 from evidence import services, tasks
+from evidence.archive import cell
 from evidence.controls import CONTROLS, MAPPING
 from evidence.models import EvidencePack
 from evidence.sections import Evidence
@@ -314,22 +315,24 @@ def test_break_glass_requests_escalations_bundles_and_keys_are_listed(history, t
     first, second = history["bundles"]
     header, revisions = _csv(files, "bundles.csv")
     assert header == list(Evidence.BUNDLE_COLUMNS)
+    # Kids are random base64url: one starting with "-" is written with the CSV formula guard.
+    old_kid, new_kid = cell(history["old_kid"]), cell(history["new_kid"])
     assert [(b["revision"], b["sha256"], b["kid"], b["trigger"]) for b in revisions] == [
-        ("1", first.sha256, history["old_kid"], "registry change"),
-        ("2", second.sha256, history["new_kid"], "key rotation")]
+        ("1", first.sha256, old_kid, "registry change"),
+        ("2", second.sha256, new_kid, "key rotation")]
     assert revisions[0]["size"] == str(first.size)
 
     keys = _by(_csv(files, "signing_keys.csv")[1], "kid")
-    assert keys[history["old_kid"]]["state"] == "retired"
-    assert keys[history["new_kid"]]["state"] == "active"
-    assert keys[history["new_kid"]]["created_by"] == "system"
-    assert (keys[history["old_kid"]]["bundles_signed_in_period"],
-            keys[history["new_kid"]]["bundles_signed_in_period"]) == ("1", "1")
+    assert keys[old_kid]["state"] == "retired"
+    assert keys[new_kid]["state"] == "active"
+    assert keys[new_kid]["created_by"] == "system"
+    assert (keys[old_kid]["bundles_signed_in_period"],
+            keys[new_kid]["bundles_signed_in_period"]) == ("1", "1")
     events = _csv(files, "key_events.csv")[1]
     assert [(e["action"], e["kid"]) for e in events] == [
-        ("bundle_key.created", history["old_kid"]), ("bundle_key.rotated", history["new_kid"]),
-        ("bundle_key.retired", history["old_kid"]),
-        ("bundle_key.activated", history["new_kid"])]
+        ("bundle_key.created", old_kid), ("bundle_key.rotated", new_kid),
+        ("bundle_key.retired", old_kid),
+        ("bundle_key.activated", new_kid)]
     assert events[1]["actor"] == "alice"
 
 
