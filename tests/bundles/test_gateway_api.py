@@ -368,12 +368,12 @@ def test_served_bundles_verify_across_a_key_rotation(gateway, tenant_a, world, t
                                      tmp_path / "state.json")
     bundle_file.write_bytes(content)
     jwks_file.write_text(json.dumps(jwks))
-    state.write_text(json.dumps({"tenant": "alpha", "last_revision": last}))
+    state.write_text(json.dumps({"tenant": "alpha", "revision": last}))
     run = subprocess.run([sys.executable, "-m", "gateway.verify", str(bundle_file), "--jwks",
                           str(jwks_file), "--state", str(state)], capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert json.loads(state.read_text())["last_revision"] == last + 1
+    assert json.loads(state.read_text())["revision"] == last + 1
     # Replaying the older bundle is a rollback, refused.
     bundle_file.write_bytes(old_content)
     rerun = subprocess.run([sys.executable, "-m", "gateway.verify", str(bundle_file), "--jwks",
