@@ -73,3 +73,46 @@ def test_every_line_a_web_process_writes_is_json(tmp_path, extra):
         ("GET", "/healthz", 200), ("GET", "/api/v1/no-such-thing/", 404),
         ("POST", "/login/", 403)}
     assert all(r.get("request_id") for r in access)
+
+
+def _celery_lines(tmp_path: Path, *argv: str, ready: str) -> list[str]:
+    """Start ``celery -A governance <argv>`` as the stack does, wait for ``ready`` in its
+    output, stop it with SIGTERM; every line it wrote on stdout and stderr."""
+    env = os.environ | {"TOLLGATE_VAR_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1",
+                        "LOG_LEVEL": "INFO"}
+    out, err = tmp_path / "celery-stdout.log", tmp_path / "celery-stderr.log"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv
+            [sys.executable, "-m", "celery", "-A", "governance", *argv, "--loglevel", "INFO"],
+            cwd=REPO, env=env, stdout=stdout, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 90
+            while ready not in err.read_text() + out.read_text():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"celery {argv[0]} did not start:\n" + err.read_text())
+                time.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=90)
+    return [line for path in (out, err) for line in path.read_text().splitlines()
+            if line.strip()]
+
+
+@pytest.mark.parametrize("argv,ready,said", [
+    (("worker", "--concurrency", "1", "--pool", "solo"), "ready.", ("starting", "warm shutdown")),
+    (("beat", "--schedule", "{tmp}/beat-schedule"), "beat: Starting", ("starting",)),
+], ids=["worker", "beat"])
+def test_every_line_a_celery_process_writes_is_json(tmp_path, argv, ready, said):
+    """Celery's ASCII-art banner and its shutdown line went to stdout as plain text; the worker
+    and beat now say both in JSON lines (governance.celery.QuietWorker / QuietBeat)."""
+    argv = tuple(arg.format(tmp=tmp_path) for arg in argv)
+    lines = _celery_lines(tmp_path, *argv, ready=ready)
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}\n--- all output:\n" + "\n".join(lines))
+    ours = [r["message"] for r in records if r["logger"] == "governance.celery"]
+    for phrase in said:
+        assert any(phrase in message for message in ours), ours
