@@ -40,6 +40,8 @@ class NginxOptions:
     server_names: list[str] = field(default_factory=list)
     tls_certificate: str = ""
     tls_key: str = ""
+    # A balancer before nginx terminates TLS: the application is told https whatever nginx saw.
+    behind_tls_balancer: bool = False
     argv: str = ""
 
 
@@ -88,6 +90,9 @@ def nginx_context(options: NginxOptions) -> dict:
     if bool(options.tls_certificate) != bool(options.tls_key):
         raise ConfigError("--tls-certificate and --tls-key: give both or neither")
     tls = bool(options.tls_certificate)
+    if tls and options.behind_tls_balancer:
+        raise ConfigError("--behind-tls-balancer: nginx terminates TLS itself here "
+                          "(--tls-certificate); use one or the other")
     listens = [_check_listen(v) + (" ssl" if tls else "") for v in options.listens]
     accel = settings.BUNDLE_ACCEL_REDIRECT or DEFAULT_ACCEL_LOCATION
     accel = accel if accel.endswith("/") else accel + "/"
@@ -116,6 +121,7 @@ def nginx_context(options: NginxOptions) -> dict:
                                   str(Path(settings.BUNDLE_LOCAL_DIR).resolve())),
         "accel_location": accel,
         "accel_enabled": bool(settings.BUNDLE_ACCEL_REDIRECT),
+        "tls_balancer": options.behind_tls_balancer,
     }
 
 

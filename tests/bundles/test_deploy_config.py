@@ -94,6 +94,12 @@ def test_tls(deployment):
     assert _directives(conf, "server_name") == ["tollgate.example.com"]
 
 
+def test_behind_a_tls_balancer_the_application_is_told_https(deployment):
+    conf = _render("--behind-tls-balancer")
+    assert "X-Forwarded-Proto https" in _directives(conf, "proxy_set_header")
+    assert "X-Forwarded-Proto $scheme" not in _directives(conf, "proxy_set_header")
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--upstream", "8001"], "--upstream: '8001' is not host:port"),
     (["--upstream", "127.0.0.1:99999"], "--upstream: '127.0.0.1:99999' is not host:port"),
@@ -101,6 +107,8 @@ def test_tls(deployment):
     (["--listen", "http"], "--listen: 'http' is not a port"),
     (["--server-name", "a;b"], "--server-name: 'a;b' is not a host name"),
     (["--tls-certificate", "/c.pem"], "--tls-certificate and --tls-key: give both"),
+    (["--tls-certificate", "/c", "--tls-key", "/k", "--behind-tls-balancer"],
+     "--behind-tls-balancer: nginx terminates TLS itself"),
     (["--tls-certificate", "c.pem", "--tls-key", "/k"], "--tls-certificate: 'c.pem' must be an "
                                                         "absolute path"),
 ])

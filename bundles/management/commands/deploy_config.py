@@ -30,9 +30,14 @@ class Command(BaseCommand):
         parser.add_argument("--tls-certificate", default="", metavar="PATH",
                             help="certificate chain: nginx terminates TLS (with --tls-key)")
         parser.add_argument("--tls-key", default="", metavar="PATH", help="its private key")
+        parser.add_argument(
+            "--behind-tls-balancer", action="store_true",
+            help="a load balancer in front of nginx terminates TLS and forwards only HTTPS: "
+                 "nginx tells the application X-Forwarded-Proto: https")
 
     def handle(self, *args, target: str, upstream=None, listen=None, server_name=None,
-               tls_certificate: str = "", tls_key: str = "", **options) -> None:
+               tls_certificate: str = "", tls_key: str = "", behind_tls_balancer: bool = False,
+               **options) -> None:
         tls = bool(tls_certificate or tls_key)
         argv = ["nginx"]
         for flag, values in (("--upstream", upstream), ("--listen", listen),
@@ -42,11 +47,14 @@ class Command(BaseCommand):
         for flag, value in (("--tls-certificate", tls_certificate), ("--tls-key", tls_key)):
             if value:
                 argv += [flag, value]
+        if behind_tls_balancer:
+            argv.append("--behind-tls-balancer")
         nginx = NginxOptions(
             upstreams=upstream or list(DEFAULT_UPSTREAMS),
             listens=listen or (["443"] if tls else ["80"]),
             server_names=server_name or [],
             tls_certificate=tls_certificate, tls_key=tls_key,
+            behind_tls_balancer=behind_tls_balancer,
             argv=shlex.join(argv[1:]) if len(argv) > 1 else "",
         )
         try:
