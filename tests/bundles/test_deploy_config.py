@@ -88,10 +88,11 @@ def test_without_accel_redirect_the_location_is_there_and_says_how_to_use_it(dep
 def test_tls(deployment):
     conf = _render("--tls-certificate", "/etc/ssl/tollgate.pem", "--tls-key",
                    "/etc/ssl/private/tollgate.key", "--server-name", "tollgate.example.com")
-    assert _directives(conf, "listen") == ["443 ssl"]
+    assert _directives(conf, "listen") == ["443 ssl", "80"]  # 80: a redirect to https only
+    assert _directives(conf, "return") == ["301 https://$host$request_uri"]
     assert _directives(conf, "ssl_certificate") == ["/etc/ssl/tollgate.pem"]
     assert _directives(conf, "ssl_certificate_key") == ["/etc/ssl/private/tollgate.key"]
-    assert _directives(conf, "server_name") == ["tollgate.example.com"]
+    assert _directives(conf, "server_name") == ["tollgate.example.com"] * 2
 
 
 def test_behind_a_tls_balancer_the_application_is_told_https(deployment):
@@ -135,3 +136,35 @@ def test_the_real_nginx_accepts_it(deployment, tmp_path):
     result = check_conf(main_conf(tmp_path / "prefix", include))
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tollgate.example.com")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_the_real_nginx_accepts_it_with_tls(deployment, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    include = tmp_path / "tollgate.conf"
+    include.write_text(_render("--listen", "127.0.0.1:18443", "--tls-certificate", str(cert),
+                               "--tls-key", str(key), "--server-name", "tollgate.example.com"))
+    result = check_conf(main_conf(tmp_path / "prefix", include))
+    assert result.returncode == 0, result.stderr
