@@ -125,6 +125,18 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path):
     assert result.stderr.strip() == "", result.stderr
 
 
+def test_tollgate_manage_runs_manage_py_as_the_units_do():
+    script = DEPLOY / "tollgate-manage"
+    assert os.access(script, os.X_OK)
+    assert subprocess.run(["sh", "-n", str(script)], timeout=30).returncode == 0
+    text = script.read_text()
+    unit = _unit("tollgate-worker.service")
+    assert f'dir="${{TOLLGATE_DIR:-{_one(unit, "WorkingDirectory")}}}"' in text
+    assert f'env_file="${{TOLLGATE_ENV_FILE:-{_one(unit, "EnvironmentFile")}}}"' in text
+    assert f"--uid={_one(unit, 'User')}" in text and f"UMask={_one(unit, 'UMask')}" in text
+    assert '"$dir/.venv/bin/python" manage.py "$@"' in text
+
+
 # --- The environment file template ----------------------------------------------------------
 
 def _name_parameters() -> dict[str, list[int]]:
