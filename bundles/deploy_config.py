@@ -86,7 +86,10 @@ def nginx_context(options: NginxOptions) -> dict:
     names = options.server_names or default_server_names()
     for name in names:
         if not _SERVER_NAME.match(name):
-            raise ConfigError(f"--server-name: {name!r} is not a host name")
+            if options.server_names:
+                raise ConfigError(f"--server-name: {name!r} is not a host name")
+            raise ConfigError(f"ALLOWED_HOSTS: {name!r} cannot be an nginx server name; pass "
+                              "--server-name for each name nginx should answer")
     if bool(options.tls_certificate) != bool(options.tls_key):
         raise ConfigError("--tls-certificate and --tls-key: give both or neither")
     tls = bool(options.tls_certificate)

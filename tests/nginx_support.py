@@ -9,6 +9,7 @@ so files nginx sends must really be readable by that user, as in production.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import signal
@@ -51,7 +52,7 @@ def main_conf(prefix: Path, include: Path) -> Path:
     for sub in ("logs", "tmp"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     user = worker_user()
-    user_line = f"user {user.pw_name};" if user else ""
+    user_line = f"user {user.pw_name} {grp.getgrgid(user.pw_gid).gr_name};" if user else ""
     mime = f"include {MIME_TYPES};" if MIME_TYPES.exists() else ""
     tmp = prefix / "tmp"
     conf = prefix / "nginx.conf"

@@ -51,7 +51,7 @@ def test_the_timeouts_follow_the_longest_wait_and_timeouts_are_never_retried(dep
     assert _directives(conf, "server") == ["127.0.0.1:8001 max_fails=1 fail_timeout=5s",
                                            "127.0.0.1:8002 max_fails=1 fail_timeout=5s"]
     assert _directives(conf, "proxy_set_header") == [
-        'Connection ""', "Host $host", "X-Forwarded-For $proxy_add_x_forwarded_for",
+        'Connection ""', "Host $http_host", "X-Forwarded-For $proxy_add_x_forwarded_for",
         "X-Forwarded-Proto $scheme"]
     assert _directives(conf, "server_name") == ["tollgate.example.com .example.org"]
     assert _directives(conf, "listen") == ["80"]
@@ -117,6 +117,14 @@ def test_bad_options_are_refused_naming_the_option(deployment, args, message):
     with pytest.raises(CommandError) as excinfo:
         _render(*args)
     assert str(excinfo.value).startswith(message)
+
+
+def test_an_allowed_host_nginx_cannot_take_asks_for_server_names(deployment, settings):
+    settings.ALLOWED_HOSTS = ["[::1]"]
+    with pytest.raises(CommandError, match=r"^ALLOWED_HOSTS: '\[::1\]' cannot be an nginx "
+                                           "server name; pass --server-name"):
+        _render()
+    assert _directives(_render("--server-name", "_"), "server_name") == ["_"]
 
 
 def test_a_setting_that_would_inject_directives_is_refused(deployment, settings):

@@ -5,8 +5,9 @@ with the flags of scripts/uvicorn-flags, BUNDLE_ACCEL_REDIRECT on and TRUSTED_PR
 Through nginx: the gateway contract's ETag/304 with the application's ETag; a held long poll
 answered by a new bundle (and 304, not an HTML 504, at the end of its wait); bundle bodies sent
 by nginx from the web processes' copies (group-readable, in a setgid directory of nginx's
-workers' group) with the application's ETag and X-Bundle-Revision; and a SIGKILLed web process
-costing no request.
+workers' group) with the application's ETag and X-Bundle-Revision; a browser's sign-in passing
+the CSRF origin check with the client address nginx saw; and a SIGKILLed web process costing no
+request.
 
 The working directory is under /tmp, readable by nginx's workers (www-data when run as root;
 pytest's tmp_path is private to root), and removed afterwards.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -32,6 +34,7 @@ from django.db import connection
 
 from bundles import publish
 from bundles.models import BundleBlob
+from governance.audit.models import AuditEvent
 from governance.config import uvicorn_flags
 from tests.bundle_support import make_gateway, small_registry
 from tests.e2e_support import free_port
@@ -141,7 +144,9 @@ def stack(django_db_setup, django_db_blocker):
         bundle_dir.chmod(0o2750)
         env = {k: v for k, v in os.environ.items() if not k.startswith("BUNDLE_")} | {
             "DATABASE_URL": database_url, "DEBUG": "false", "ALLOWED_HOSTS": "127.0.0.1",
-            "SECURE_SSL_REDIRECT": "false", "TOLLGATE_VAR_DIR": str(var),
+            # Plain HTTP here (TLS is nginx's job in production): cookies without Secure.
+            "SECURE_SSL_REDIRECT": "false", "SECURE_COOKIES": "false",
+            "TOLLGATE_VAR_DIR": str(var),
             "BUNDLE_LOCAL_DIR": str(bundle_dir), "BUNDLE_ACCEL_REDIRECT": ACCEL,
             "TRUSTED_PROXY_COUNT": "1", "PYTHONUNBUFFERED": "1",
         }
@@ -255,6 +260,22 @@ def test_bundle_bodies_are_sent_by_nginx_from_group_readable_copies(stack, publi
         assert info.st_uid != user.pw_uid and info.st_gid == user.pw_gid
     # The internal location is not reachable from outside.
     assert stack.get(f"{ACCEL}{bundle.blob_id}.tar.gz").status_code == 404
+
+
+def test_a_browser_sign_in_through_nginx_passes_csrf_and_records_the_address_nginx_saw(
+        stack, transactional_db):
+    """The Host nginx forwards keeps its port (a browser's Origin names it: CSRF), and with
+    TRUSTED_PROXY_COUNT=1 the address is the one nginx appended, never the client's own entry."""
+    session = requests.Session()
+    page = session.get(f"{stack.url}/login/", timeout=120)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    response = session.post(f"{stack.url}/login/", data={
+        "username": "nobody-here", "password": "wrong", "csrfmiddlewaretoken": token,
+    }, headers={"Origin": stack.url, "X-Forwarded-For": "203.0.113.9"}, allow_redirects=False,
+        timeout=120)
+    assert response.status_code == 400, stack.diagnostics()  # the form's error, not CSRF's 403
+    [ip] = AuditEvent.objects.filter(action="auth.login_failed").values_list("ip", flat=True)
+    assert ip == "127.0.0.1"
 
 
 def test_a_killed_web_process_costs_no_request(stack, published):
