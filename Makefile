@@ -19,8 +19,8 @@ run: $(STAMP)
 	@scripts/run
 
 ## make test: ruff, the import layers (lint-imports: the contracts in pyproject.toml) and the
-## whole suite on TEST_WORKERS processes (installs the IdP and Chromium the end-to-end tests
-## use); tests/xdist_env.py gives each worker its own Redis database
+## whole suite on TEST_WORKERS processes (installs the IdP, Chromium and nginx the end-to-end
+## tests use); tests/xdist_env.py gives each worker its own Redis database
 TEST_WORKERS ?= 2
 test: $(STAMP) test-deps
 	$(BIN)/ruff check .

@@ -3,6 +3,9 @@ from the durable store (the database) on first use, plus a small in-memory cache
 
 Files are named by SHA-256 and written atomically (temporary file + rename), and what is read
 back is checked against its name, so a torn or tampered local file is replaced, never served.
+They are group-readable (LOCAL_FILE_MODE) and never world-readable: with BUNDLE_ACCEL_REDIRECT
+nginx's workers (another user) read them through the directory's group — a setgid directory owned
+by tollgate:www-data, mode 2750, gives every copy that group (deploy/README.md).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from bundles.models import BundleBlob
 log = logging.getLogger(__name__)
 
 MEMORY_BUDGET = 64 * 1024 * 1024
+# rw for the web process, r for the proxy's group (X-Accel-Redirect), nothing for others.
+LOCAL_FILE_MODE = 0o640
 
 _lock = threading.Lock()
 _memory: OrderedDict[str, bytes] = OrderedDict()
@@ -63,6 +68,9 @@ def write_local(sha256: str, content: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
+        # mkstemp creates 0600, which the proxy's workers could not read (403 on every
+        # offloaded download); fchmod is not subject to the umask.
+        os.fchmod(fd, LOCAL_FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
         os.replace(tmp, path)

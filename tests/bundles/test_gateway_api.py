@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import threading
 import time
 
@@ -311,6 +312,36 @@ def test_accel_redirect_offload(gateway, settings):
     from bundles import store
 
     assert store.local_path(sha).exists()
+
+
+def test_local_copies_are_group_readable_and_take_the_setgid_directory_group(
+        gateway, settings, tmp_path):
+    """nginx's workers (another user) read offloaded bundles through the directory's group: a
+    copy is 0640 whatever the umask, and inherits the group of a setgid directory (2750)."""
+    import grp
+    import stat
+
+    from bundles import store
+
+    directory = tmp_path / "bundles"
+    directory.mkdir()
+    other = next((g for g in os.getgroups() if g != os.getegid()), None)
+    if os.geteuid() == 0:
+        other = grp.getgrnam("nogroup").gr_gid
+    if other is not None:
+        os.chown(directory, -1, other)
+    directory.chmod(0o2750)
+    settings.BUNDLE_LOCAL_DIR = directory
+    settings.BUNDLE_ACCEL_REDIRECT = "/_bundles/"
+    old_umask = os.umask(0o077)
+    try:
+        sha = _get(gateway[1])["ETag"].strip('"')
+    finally:
+        os.umask(old_umask)
+    info = store.local_path(sha).stat()
+    assert stat.S_IMODE(info.st_mode) == 0o640
+    assert info.st_gid == (other if other is not None else os.getegid())
+    assert [p.name for p in directory.iterdir()] == [f"{sha}.tar.gz"]  # no temporary left
 
 
 def test_the_local_copy_is_refetched_when_damaged(gateway):

@@ -10,6 +10,8 @@ from governance.tenancy.roles import permission_matrix_markdown
 REPO = next(p for p in Path(__file__).resolve().parents if (p / "manage.py").is_file())
 README = (REPO / "README.md").read_text()
 DOCS = sorted((REPO / "docs").glob("*.md"))
+# Checked like docs/ (paths, links), but not linked from the README (docs/operations.md does).
+DEPLOY_DOCS = sorted((REPO / "deploy").glob("*.md"))
 
 # Backticked things that start like a repository path but name something else: an MCP method,
 # files that exist only at run time, or inside a bundle or an evidence pack.
@@ -104,7 +106,7 @@ def test_readme_gives_the_two_commands():
 
 def test_every_path_the_readme_and_the_docs_name_exists():
     problems = []
-    for doc in [REPO / "README.md", *DOCS]:
+    for doc in [REPO / "README.md", *DOCS, *DEPLOY_DOCS]:
         text = doc.read_text()
         for token in _named_paths(text):
             if problem := _missing(token):
