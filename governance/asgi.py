@@ -5,6 +5,9 @@ through the full middleware stack (sessions, CSRF, auth, CSP, …) except ``/api
 which machines call and which gets ``GATEWAY_MIDDLEWARE``, a short chain of async-native
 middleware, so the bundle poll and long polls never hop to a thread (see
 ``bundles/middleware.py``).
+
+On SIGTERM held long polls are answered at once so the process stops within seconds
+(``governance/draining.py``; the hook is chained in front of uvicorn's on the first call).
 """
 
 from __future__ import annotations
@@ -53,7 +56,18 @@ class GatewayASGIHandler(ASGIHandler):
 gateway_application = GatewayASGIHandler()
 
 
+_signal_hook = False
+
+
 async def application(scope, receive, send):
+    global _signal_hook
+    if not _signal_hook:
+        # First call: the server's SIGTERM/SIGINT handlers are in place now (uvicorn installs
+        # them before it loads the application); chain the draining one in front of them.
+        from governance import draining
+
+        _signal_hook = True
+        draining.install_signal_hook()
     if scope["type"] == "http" and scope.get("path", "").startswith(GATEWAY_PREFIX):
         return await gateway_application(scope, receive, send)
     return await django_application(scope, receive, send)
