@@ -28,23 +28,26 @@ log = logging.getLogger(__name__)
 
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-_draining = threading.Event()
+# A plain flag and a reentrant lock: the signal handler runs on the main thread between two
+# bytecodes of whatever runs there, possibly inside ``on_drain`` holding the lock (a plain Lock,
+# or threading.Event's, would deadlock the process on its way out).
+_draining = False
 # Per event loop: what to call (on that loop) when draining starts. Weak, like the loops.
 _callbacks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Callable[[], Any]]] = (
     weakref.WeakKeyDictionary())
-_lock = threading.Lock()
+_lock = threading.RLock()
 _previous: dict[int, Any] = {}
 
 
 def is_draining() -> bool:
     """True once this process was asked to stop."""
-    return _draining.is_set()
+    return _draining
 
 
 def remaining(deadline: float) -> float:
     """Seconds a long poll may still hold until ``deadline`` (a ``time.monotonic()`` value):
     0 while draining."""
-    return 0.0 if _draining.is_set() else deadline - time.monotonic()
+    return 0.0 if _draining else deadline - time.monotonic()
 
 
 def on_drain(callback: Callable[[], Any]) -> None:
@@ -52,16 +55,17 @@ def on_drain(callback: Callable[[], Any]) -> None:
     loop = asyncio.get_running_loop()
     with _lock:
         _callbacks.setdefault(loop, []).append(callback)
-    if _draining.is_set():
+    if _draining:
         loop.call_soon(callback)
 
 
 def start_draining() -> None:
     """Mark the process as draining and wake every registered waiter (idempotent; safe from a
     signal handler or another thread: callbacks run on their own loops)."""
-    if _draining.is_set():
+    global _draining
+    if _draining:
         return
-    _draining.set()
+    _draining = True
     with _lock:
         registered = [(loop, list(callbacks)) for loop, callbacks in _callbacks.items()]
     for loop, callbacks in registered:
@@ -101,7 +105,8 @@ def install_signal_hook() -> bool:
 
 def reset() -> None:
     """Forget the draining state (tests only)."""
-    _draining.clear()
+    global _draining
+    _draining = False
     with _lock:
         _callbacks.clear()
 
