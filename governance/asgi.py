@@ -20,6 +20,8 @@ import sys
 
 from django.core.exceptions import ImproperlyConfigured
 
+from governance import draining
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "governance.settings")
 
 GATEWAY_PREFIX = "/api/v1/gateway/"
@@ -67,8 +69,6 @@ async def application(scope, receive, send):
     if not _signal_hook:
         # First call: the server's SIGTERM/SIGINT handlers are in place now (uvicorn installs
         # them before it loads the application); chain the draining one in front of them.
-        from governance import draining
-
         _signal_hook = True
         draining.install_signal_hook()
     if scope["type"] == "http":
