@@ -47,6 +47,7 @@ from bundles.gateway_api import (
 )
 from bundles.models import Gateway
 from bundles.packaging import rfc3339
+from governance import draining
 
 
 def _refused(exc: Refused) -> JsonResponse:
@@ -127,7 +128,7 @@ async def escalation(request: HttpRequest, escalation_id: uuid.UUID) -> HttpResp
     deadline = time.monotonic() + (_wait_seconds(request) or 0)
     topic = escalation_topic(escalation_id)
     while held.status == Escalation.Status.PENDING:
-        remaining = deadline - time.monotonic()
+        remaining = draining.remaining(deadline)  # 0 once the process is stopping
         if remaining <= 0:
             break
         # Until the decision is announced, the escalation's own deadline, or 30 s (then look).

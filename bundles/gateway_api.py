@@ -36,6 +36,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from bundles import extensions, hot, publish, selectors, services, store
 from bundles.models import Gateway, GatewayToken
+from governance import draining
 from governance.tenancy import token_guard
 from governance.tenancy.models import hash_token
 
@@ -307,7 +308,7 @@ async def bundle(request: HttpRequest, slug: str) -> HttpResponse:
             etag = f'"{pointer["sha256"]}"'
             if not _etag_matches(known, etag):
                 return await _body_response(pointer, content_type)
-        remaining = deadline - time.monotonic()
+        remaining = draining.remaining(deadline)  # 0 once the process is stopping
         if remaining <= 0:
             if pointer is None:
                 return error(503, "no_bundle", "No bundle has been published for this tenant "

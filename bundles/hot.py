@@ -29,6 +29,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 
+from governance import draining
+
 log = logging.getLogger(__name__)
 
 PREFIX = "tollgate:gw:"
@@ -273,6 +275,8 @@ class Announcements:
         self.prepare: Any = None
         self._task: asyncio.Task | None = None
         self.healthy = False
+        # The process is stopping: every held wait returns now (its caller answers at once).
+        draining.on_drain(self._wake_all)
 
     def _event(self, slug: str) -> asyncio.Event:
         event = self._events.get(slug)
@@ -327,15 +331,21 @@ class Announcements:
                     pass
             self.healthy = False
             # Waiters re-check on their own meanwhile; wake them so they notice sooner.
-            for slug in list(self._events):
-                self._wake(slug)
+            self._wake_all()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10)
 
+    def _wake_all(self) -> None:
+        for slug in list(self._events):
+            self._wake(slug)
+
     async def wait(self, slug: str, timeout: float) -> dict[str, Any] | None:
         """The announcement for ``slug`` (a new bundle's pointer with ``kind: bundle``, or
-        ``kind: tokens`` after a revocation), or None when ``timeout`` seconds passed or the
-        subscription dropped: then the caller looks itself."""
+        ``kind: tokens`` after a revocation), or None when ``timeout`` seconds passed, the
+        subscription dropped or the process is draining: then the caller looks itself (and,
+        draining, answers with what it finds: ``governance.draining.remaining`` is 0)."""
+        if draining.is_draining():
+            return None
         if uses_redis() and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._listen())
         if not (uses_redis() and self.healthy):

@@ -11,7 +11,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import get_script_prefix, reverse
 
 from bundles import diff, extensions, publish, selectors, services, store
 from bundles.access import (
@@ -106,7 +106,7 @@ def _gateway_page(request: HttpRequest, gateway: Gateway, token_form: GatewayTok
         "token_form": (token_form or GatewayTokenForm()) if may_manage else None,
         "new_token": new_token,
         "stale_seconds": settings.GATEWAY_STALE_SECONDS,
-        "gateway_api": request.build_absolute_uri("/api/v1/gateway/"),
+        "gateway_api": request.build_absolute_uri(f"{get_script_prefix()}api/v1/gateway/"),
         "report_json": json.dumps(gateway.last_report, indent=2, sort_keys=True,
                                   ensure_ascii=False) if gateway.last_report else "",
         # Sections the apps above the core add (the registry: the servers it fronts).
@@ -261,7 +261,7 @@ class SigningKeyListView(TenantPageView):
             "pending": keys.filter(state=SigningKey.State.PENDING).first(),
             "active": keys.filter(state=SigningKey.State.ACTIVE).first(),
             "lead_seconds": settings.BUNDLE_KEY_PUBLISH_LEAD_SECONDS,
-            "jwks_url": request.build_absolute_uri(f"/api/v1/gateway/keys/{tenant_slug}"),
+            "jwks_url": request.build_absolute_uri(reverse("gateway:keys", args=[tenant_slug])),
         })
 
 

@@ -5,6 +5,12 @@ through the full middleware stack (sessions, CSRF, auth, CSP, …) except ``/api
 which machines call and which gets ``GATEWAY_MIDDLEWARE``, a short chain of async-native
 middleware, so the bundle poll and long polls never hop to a thread (see
 ``bundles/middleware.py``).
+
+Under a path prefix (``settings.SCRIPT_NAME``, from ``FORCE_SCRIPT_NAME`` or the path of
+``TOLLGATE_BASE_URL``) requests outside it are 404 here, before Django.
+
+On SIGTERM held long polls are answered at once so the process stops within seconds
+(``governance/draining.py``; the hook is chained in front of uvicorn's on the first call).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import os
 import sys
 
 from django.core.exceptions import ImproperlyConfigured
+
+from governance import draining
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "governance.settings")
 
@@ -53,10 +61,38 @@ class GatewayASGIHandler(ASGIHandler):
 gateway_application = GatewayASGIHandler()
 
 
+_signal_hook = False
+
+
 async def application(scope, receive, send):
-    if scope["type"] == "http" and scope.get("path", "").startswith(GATEWAY_PREFIX):
-        return await gateway_application(scope, receive, send)
+    global _signal_hook
+    if not _signal_hook:
+        # First call: the server's SIGTERM/SIGINT handlers are in place now (uvicorn installs
+        # them before it loads the application); chain the draining one in front of them.
+        _signal_hook = True
+        draining.install_signal_hook()
+    if scope["type"] == "http":
+        path = scope.get("path", "")
+        prefix = settings.SCRIPT_NAME
+        if prefix and not path.startswith(prefix + "/"):
+            # Served under a prefix (FORCE_SCRIPT_NAME): nothing outside it; the prefix alone
+            # is its home page.
+            if path == prefix:
+                return await _plain(send, 301, b"", [(b"location", (prefix + "/").encode())])
+            return await _plain(send, 404, b"Not found.\n", [])
+        # uvicorn puts --root-path in front of the path (an operator whose proxy strips the
+        # prefix); Django takes it off again, and so does the routing to the gateway handler.
+        below = path.removeprefix(prefix or scope.get("root_path", ""))
+        if below.startswith(GATEWAY_PREFIX):
+            return await gateway_application(scope, receive, send)
     return await django_application(scope, receive, send)
+
+
+async def _plain(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 __all__ = ["application", "django", "django_application", "gateway_application"]

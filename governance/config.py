@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -151,6 +152,36 @@ def env_public_url(name: str, *, default: str, debug: bool) -> str:
             f"{name}: {shown} is a loopback address; with DEBUG off set it to the URL people "
             "and gateways reach this control plane at (e.g. https://tollgate.example.com): it "
             "is the iss of every signed bundle and the base of every link in notifications.")
+    return value
+
+
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def env_script_name(name: str, *, base_url: str, base_name: str) -> str:
+    """The path prefix Tollgate is served under (``/tg``, or ``""`` at the root): ``name`` when
+    set, else the path of ``base_url`` (the public URL, variable ``base_name``). Plain path
+    segments only; when both are set they must agree, since links, cookies and the gateways'
+    URLs all derive from them."""
+    base_path = urlsplit(base_url).path.rstrip("/")
+    value = _raw(name)
+    if value is None or value == "":
+        value, source = base_path, base_name
+    else:
+        source = name
+    value = value.rstrip("/")
+    if not value:
+        return ""
+    segments = value.split("/")
+    if segments[0] != "" or not all(_PATH_SEGMENT.fullmatch(s) and s not in (".", "..")
+                                    for s in segments[1:]):
+        raise ImproperlyConfigured(
+            f"{source}: the path prefix must look like /tollgate (letters, digits, '.', '_', "
+            f"'~', '-' between slashes), got {value!r}.")
+    if base_path and base_path != value:
+        raise ImproperlyConfigured(
+            f"{name}: {value!r} differs from the path of {base_name} ({base_path!r}); they "
+            f"must name the same prefix (or leave {name} unset).")
     return value
 
 

@@ -33,7 +33,7 @@ def unavailable(request: HttpRequest) -> HttpResponse:
     """503 + Retry-After: JSON ``{"code", "message"}`` under /api/, a plain page elsewhere
     (rendered without context processors: they would query the database again)."""
     log.warning("database unavailable: %s %s answered 503", request.method, request.path)
-    if request.path.startswith("/api/"):
+    if request.path_info.startswith("/api/"):
         response: HttpResponse = JsonResponse({"code": "unavailable", "message": MESSAGE},
                                               status=503)
     else:

@@ -10,6 +10,7 @@ governance.settings_beat.
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from governance.config import (
     env_networks,
     env_public_url,
     env_required_url,
+    env_script_name,
     env_secret_key,
     env_str,
     env_url,
@@ -51,6 +53,12 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # loopback host (the default included) stops start-up with DEBUG off.
 TOLLGATE_BASE_URL = env_public_url("TOLLGATE_BASE_URL", default="http://127.0.0.1:8000",
                                    debug=DEBUG)
+# The path prefix Tollgate is served under behind a reverse proxy (``/tg``; "" at the root): from
+# FORCE_SCRIPT_NAME, else the path of TOLLGATE_BASE_URL. Every URL it writes carries it (reverse,
+# {% url %}, STATIC_URL, the login redirects, cookie paths); governance.asgi answers only under it.
+SCRIPT_NAME = env_script_name("FORCE_SCRIPT_NAME", base_url=TOLLGATE_BASE_URL,
+                              base_name="TOLLGATE_BASE_URL")
+FORCE_SCRIPT_NAME = SCRIPT_NAME or None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -367,7 +375,7 @@ OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
 OIDC_STORE_ID_TOKEN = True
 OIDC_TIMEOUT = env_int("OIDC_TIMEOUT", 10, minimum=1)
 OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "your identity provider")
-LOGIN_REDIRECT_URL_FAILURE = "/login/?error=sso"
+LOGIN_REDIRECT_URL_FAILURE = f"{SCRIPT_NAME}/login/?error=sso"
 
 AUTHENTICATION_BACKENDS = (
     ["governance.tenancy.oidc.TollgateOIDCBackend"]
@@ -379,9 +387,9 @@ AUTHENTICATION_BACKENDS = (
     ]
 ) + ["guardian.backends.ObjectPermissionBackend"]
 
-LOGIN_URL = "/login/"
-LOGIN_REDIRECT_URL = "/"
-LOGOUT_REDIRECT_URL = "/login/"
+LOGIN_URL = f"{SCRIPT_NAME}/login/"
+LOGIN_REDIRECT_URL = f"{SCRIPT_NAME}/"
+LOGOUT_REDIRECT_URL = f"{SCRIPT_NAME}/login/"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -416,10 +424,16 @@ CSRF_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_AGE = env_int("SESSION_HOURS", 8, minimum=1) * 3600
-SESSION_COOKIE_NAME = "tollgate_session" if not SECURE_COOKIES else "__Host-tollgate_session"
-CSRF_COOKIE_NAME = "tollgate_csrf" if not SECURE_COOKIES else "__Host-tollgate_csrf"
+# Under a path prefix the cookies are scoped to it; __Host- needs Path=/, so there they are
+# __Secure- (still Secure-only and host-only: no Domain attribute is ever set).
+SESSION_COOKIE_PATH = CSRF_COOKIE_PATH = SCRIPT_NAME or "/"
+_COOKIE_PREFIX = "" if not SECURE_COOKIES else "__Secure-" if SCRIPT_NAME else "__Host-"
+SESSION_COOKIE_NAME = f"{_COOKIE_PREFIX}tollgate_session"
+CSRF_COOKIE_NAME = f"{_COOKIE_PREFIX}tollgate_csrf"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# Matched against the path without its leading slash, prefix included (SecurityMiddleware).
+_UNPREFIXED = re.escape(SCRIPT_NAME.lstrip("/") + "/") if SCRIPT_NAME else ""
+SECURE_REDIRECT_EXEMPT = [rf"^{_UNPREFIXED}healthz$", rf"^{_UNPREFIXED}readyz$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
@@ -452,7 +466,7 @@ METRICS_ALLOWED_NETWORKS = [
                              problem="is not an IP network (e.g. 10.0.0.0/8 or ::1/128)")
 ]
 # A local scraper speaks plain HTTP, like the liveness probe: no redirect to HTTPS.
-SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, r"^metrics$"]
+SECURE_REDIRECT_EXEMPT = [*SECURE_REDIRECT_EXEMPT, rf"^{_UNPREFIXED}metrics$"]
 
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -518,7 +532,7 @@ API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365, minimum=1)
 INVITATION_EXPIRY_DAYS = env_int("INVITATION_EXPIRY_DAYS", 14, minimum=1)
 
 # --- Static files, i18n ---------------------------------------------------------------------
-STATIC_URL = "/static/"
+STATIC_URL = f"{SCRIPT_NAME}/static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = DEBUG

@@ -41,7 +41,7 @@ def _api_error(request: HttpRequest, status: int, code: str, message: str):
 def handler400(request: HttpRequest, exception=None):
     """A body over DATA_UPLOAD_MAX_MEMORY_SIZE (or too many fields) fails before any view: on
     the APIs it is the JSON error shape too (413 for the size), not the HTML page."""
-    if request.path.startswith("/api/"):
+    if request.path_info.startswith("/api/"):
         if isinstance(exception, RequestDataTooBig):
             return _api_error(request, 413, "too_large", "The body is over "
                               f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.")
@@ -50,7 +50,7 @@ def handler400(request: HttpRequest, exception=None):
 
 
 def handler404(request: HttpRequest, exception=None):
-    if request.path.startswith("/api/"):
+    if request.path_info.startswith("/api/"):
         return _api_error(request, 404, "not_found", "Not found.")
     return defaults.page_not_found(request, exception)
 
@@ -58,7 +58,7 @@ def handler404(request: HttpRequest, exception=None):
 def handler500(request: HttpRequest):
     if outage.is_outage(sys.exc_info()[1]):  # a middleware lost the database: 503, not 500
         return outage.unavailable(request)
-    if request.path.startswith("/api/"):
+    if request.path_info.startswith("/api/"):
         return _api_error(request, 500, "server_error",
                           "Internal error; it has been logged with this request's id.")
     return defaults.server_error(request)

@@ -204,7 +204,12 @@ def channel_test(*, tenant: Tenant, actor: Actor, channel: Channel) -> Delivery:
 
 
 def _absolute(link: str) -> str:
-    return settings.TOLLGATE_BASE_URL.rstrip("/") + link if link.startswith("/") else link
+    """A path from ``reverse()`` (which carries the path prefix, if any) on the public origin:
+    TOLLGATE_BASE_URL's own path is that same prefix, so only its scheme and host are used."""
+    if not link.startswith("/"):
+        return link
+    base = urlsplit(settings.TOLLGATE_BASE_URL)
+    return f"{base.scheme}://{base.netloc}{link}"
 
 
 def _emails(recipients: Iterable[AbstractBaseUser | str]) -> list[str]:

@@ -57,7 +57,7 @@ def _begin(request: HttpRequest):
 
 def _log_access(request: HttpRequest, response: HttpResponse, started: float) -> None:
     """One JSON line per request (inside its context, so it carries the request id)."""
-    level = logging.DEBUG if _HEARTBEAT.match(request.path) else logging.INFO
+    level = logging.DEBUG if _HEARTBEAT.match(request.path_info) else logging.INFO
     if not access_log.isEnabledFor(level):
         return
     # Only a user the request already loaded (never a session query, nor a sync call in async).
