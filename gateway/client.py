@@ -7,7 +7,9 @@
 * a new bundle is verified with the reference verifier (``gateway.verify.verify_bundle``)
   against the tenant's JWKS (``GET keys/<tenant>``, cached under its ETag and fetched again
   once when the bundle names a key the cached copy lacks) and against the last accepted
-  revision: a lower one is a rollback and is refused, the same one means nothing to do;
+  revision: a lower one is a rollback and is refused; the same one is nothing to do if it is
+  the same bundle (SHA-256), else a ``revision_conflict`` (reported; a restored control plane
+  then publishes above it);
 * an accepted bundle is written to ``state_dir`` (``bundle.tar.gz``, ``jwks.json`` and
   ``state.json``: each written to a temporary sibling, fsynced and renamed over the old file)
   before it replaces the active bundle in memory;
@@ -19,10 +21,10 @@ policy. ``current()`` is None when there is no bundle or it has expired: the cal
 deny every call (fail closed).
 
 ``status_report()`` is an OPA status report (``labels``, ``bundles{<tenant>: {name,
-active_revision, last_successful_download, last_successful_activation, last_request, code,
-message, errors}}``); ``report_status()`` posts it to ``POST status``. ``run(stop_event)`` is
-the loop a gateway runs: long poll, report after every activation or failure and every
-``status_interval`` seconds, back off exponentially with jitter on errors.
+active_revision, active_sha256, last_successful_download, last_successful_activation,
+last_request, code, message, errors}}``); ``report_status()`` posts it to ``POST status``.
+``run(stop_event)`` is the loop a gateway runs: long poll, report after every activation or
+failure and every ``status_interval`` seconds, back off exponentially with jitter on errors.
 
 Pure Python (httpx2 + the verifier), no Django: this file is written for gateway vendors.
 """
@@ -281,16 +283,21 @@ class BundleClient:
         return ACTIVATED
 
     def _check_revision(self, bundle: VerifiedBundle) -> None:
-        """Rule 9 against the highest revision ever accepted (kept on disk). The same revision
-        is "nothing to do" only while a bundle is active: after a stored copy was refused at
-        start-up, the authentic one from the control plane is what repairs it."""
+        """Rule 9 against the highest revision ever accepted (kept on disk). The same revision is
+        "nothing to do" only while that very bundle is active (after a stored copy was refused
+        at start-up, the authentic one repairs it); another bundle under it is a conflict."""
         last = self._last_revision
         if last is None or bundle.revision_number > last:
             return
         if bundle.revision_number < last:
             raise BundleRejected("rollback", f"revision {bundle.revision_number} is older than "
                                  f"the accepted revision {last}")
-        if self._active is not None and self._active.revision_number == last:
+        active = self._active
+        if active is not None and active.revision_number == last:
+            if bundle.sha256 != active.sha256:  # one number, two bundles: never "nothing to do"
+                raise BundleRejected("revision_conflict", f"revision {last} offered is another "
+                                     f"bundle ({bundle.sha256[:12]}…) than the active one "
+                                     f"({active.sha256[:12]}…); keeping the active one")
             raise SameRevision(last)
 
     @property
@@ -419,6 +426,8 @@ class BundleClient:
         entry: dict[str, Any] = {
             "name": self.tenant,
             "active_revision": str(self.revision) if self.revision is not None else "",
+            # Not in OPA's report: lets the control plane tell another bundle under our number.
+            "active_sha256": self._active.sha256 if self._active is not None else "",
         }
         for name, value in (("last_successful_download", self.last_successful_download),
                             ("last_successful_activation", self.activated_at),
@@ -438,10 +447,8 @@ class BundleClient:
         if errors:
             entry["code"], entry["message"] = errors[0]["code"], errors[0]["message"]
             entry["errors"] = errors
-        report: dict[str, Any] = {
-            "labels": {"version": VERSION, **self.labels},
-            "bundles": {self.tenant: entry},
-        }
+        report: dict[str, Any] = {"labels": {"version": VERSION, **self.labels},
+                                  "bundles": {self.tenant: entry}}
         if self.decision_logs is not None:
             report["decision_logs"] = self.decision_logs.stats()
         return report
