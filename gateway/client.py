@@ -161,11 +161,8 @@ class BundleClient:
 
     def current(self, now: datetime | None = None) -> VerifiedBundle | None:
         """The active bundle, or None (no bundle, or it has expired): then deny everything."""
-        bundle = self._active
-        now = now or datetime.now(UTC)
-        if bundle is None or now >= bundle.expires_at:
-            return None
-        return bundle
+        bundle, now = self._active, now or datetime.now(UTC)
+        return None if bundle is None or now >= bundle.expires_at else bundle
 
     @property
     def revision(self) -> int | None:
@@ -476,7 +473,7 @@ class BundleClient:
     async def run(self, stop_event: asyncio.Event) -> None:
         """Poll until ``stop_event`` is set: long polls back to back, backoff with jitter after
         a failure or a refused bundle, a status report after every change and periodically."""
-        next_report = 0.0
+        next_report, outcome = 0.0, None
         try:
             while not stop_event.is_set():
                 started = time.monotonic()
@@ -489,13 +486,15 @@ class BundleClient:
                         await poll
                     break
                 stopping.cancel()
-                outcome = poll.result()
+                previous, outcome = outcome, poll.result()
                 if (outcome in (ACTIVATED, REJECTED, FAILED) or self._report_due
                         or time.monotonic() >= next_report):
                     self._report_due = False
                     await self.report_status()
                     next_report = time.monotonic() + self.status_interval
                 if outcome in (FAILED, REJECTED):
+                    if outcome == REJECTED and previous == FAILED:  # answered again: the
+                        self.backoff.reset()  # outage's backoff must not delay what comes next
                     delay = self.backoff.next()
                 else:
                     self.backoff.reset()

@@ -156,3 +156,39 @@ def test_cli_state_refuses_another_bundle_under_the_accepted_revision(tmp_path):
     accepted = run_cli(paths["newer"], "--jwks", jwks, "--state", state)
     assert accepted.returncode == 0, accepted.stderr
     assert json.loads(state.read_text())["sha256"] == sha(newer)
+
+
+def test_a_refusal_after_an_outage_does_not_wait_out_the_outage_backoff(tmp_path, monkeypatch):
+    """A control plane back from a restore first offers its older bundle: once it answers, the
+    backoff the outage built up starts over, so the bundle published above the gateway's
+    revision straight after is fetched without the outage's long wait."""
+    ours, restored, above = bundle(30, "before"), bundle(28, "restored"), bundle(31, "above")
+    script = served(ours, restored, above)
+    down = (503, {}, b'{"code": "unavailable", "message": "restoring"}')
+    script[("GET", BUNDLES)][1:1] = [down, down, down]
+    counts: list[int] = []
+    original = bundle_client.Backoff.next
+
+    def next_delay(self, at_least: float = 0.0) -> float:
+        counts.append(self.failures)
+        return original(self, at_least)
+
+    monkeypatch.setattr(bundle_client.Backoff, "next", next_delay)
+
+    async def scenario(client: BundleClient) -> None:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(client.run(stop))
+        for _ in range(600):
+            await asyncio.sleep(0.05)
+            if client.revision == 31:
+                break
+        stop.set()
+        await task
+
+    with StubServer(script) as server:
+        client = BundleClient(server.url, "alpha", "t", tmp_path, long_poll_seconds=0,
+                              backoff_base=0.01, backoff_max=0.05, min_poll_interval=0.01)
+        asyncio.run(scenario(client))
+    assert client.revision == 31
+    # Three failed polls back off 1, 2, 3 steps; the refusal that follows starts again at 0.
+    assert counts == [0, 1, 2, 0]
