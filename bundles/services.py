@@ -242,6 +242,9 @@ def _check_revision(gateway: Gateway, revision: int, held_before: tuple[int | No
     tenant = gateway.tenant
     state = PublishState.objects.select_for_update(of=("self",)).select_related(
         "current").get(pk=tenant.pk)
+    # Again under the lock (a build or another report may have moved the counter meanwhile).
+    reason = selectors.conflict_reason(running=revision, sha256=sha, codes=codes,
+                                       newest=state.last_revision, ours=ours) or reason
     before = {"last_revision": state.last_revision, "conflict_revision": state.conflict_revision}
     state.last_revision = max(state.last_revision,
                               min(revision, state.last_revision + MAX_REVISION_JUMP))
