@@ -26,6 +26,7 @@ class Kind(models.TextChoices):
     AUDIT_CHAIN_BROKEN = "audit_chain_broken", "Audit chain broken"
     EXPORT_FAILING = "export_failing", "Export failing"
     BUNDLE_BUILD_FAILING = "bundle_build_failing", "Bundle build failing"
+    REVISION_CONFLICT = "revision_conflict", "Revision conflict"
 
 
 class Severity(models.TextChoices):
@@ -73,6 +74,12 @@ KIND_SPECS: dict[str, KindSpec] = {
     Kind.BUNDLE_BUILD_FAILING: KindSpec(
         "The last build of the tenant's bundle failed (it is retried; gateways keep the previous "
         "revision, so policy changes are not reaching them).", Severity.CRITICAL),
+    Kind.REVISION_CONFLICT: KindSpec(
+        "A gateway runs a bundle revision this control plane did not issue under that number "
+        "(ahead of its newest, or a different bundle): typically the database was restored "
+        "from an older backup. The control plane continues above that number and publishes at "
+        "once; until the gateway activates it, it keeps enforcing its older bundle.",
+        Severity.WARNING),
 }
 
 

@@ -251,6 +251,16 @@ def failing_builds(tenant: Tenant) -> list[Condition]:
                        "last_revision": state.last_revision})]
 
 
+def revision_conflicts(tenant: Tenant, *, now: datetime) -> list[Condition]:
+    """Active gateways running a revision this control plane did not issue under that number
+    (the fleet view's ``revision_conflict``); bundles raise the same alert as soon as the
+    status report shows it (bundles.services.gateway_record_status)."""
+    from bundles import selectors as bundles
+
+    return [Condition(*bundles.conflict_alert(row)) for row in bundles.fleet(tenant, now=now)
+            if row["revision_conflict"] and row["gateway"].status == "active"]
+
+
 # --- What an alert is about, as a link ----------------------------------------------------------
 
 
@@ -268,7 +278,7 @@ def alert_target(tenant: Tenant, alert: Alert) -> tuple[str, str] | None:
 
     detail, slug = alert.detail or {}, tenant.slug
     kind = alert.rule_kind
-    if kind == Kind.GATEWAY_STALE and detail.get("gateway"):
+    if kind in (Kind.GATEWAY_STALE, Kind.REVISION_CONFLICT) and detail.get("gateway"):
         from bundles.models import Gateway
 
         if Gateway.objects.for_tenant(tenant).filter(pk=detail["gateway"]).exists():

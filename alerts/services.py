@@ -54,6 +54,8 @@ CLEARED = {
     Kind.AUDIT_CHAIN_BROKEN: "Condition cleared: a later verification of the audit chain "
                              "passed.",
     Kind.BUNDLE_BUILD_FAILING: "Condition cleared: a later build published a new revision.",
+    Kind.REVISION_CONFLICT: "Condition cleared: the gateway runs a revision this control plane "
+                            "issued (or it was disabled or deleted).",
 }
 
 
@@ -332,6 +334,8 @@ def alerts_evaluate_tenant(*, tenant: Tenant, now: datetime | None = None) -> Co
         tenant, threshold=exports.threshold), now)
     counts += _stateful(tenant, rules[Kind.BUNDLE_BUILD_FAILING],
                         selectors.failing_builds(tenant), now)
+    counts += _stateful(tenant, rules[Kind.REVISION_CONFLICT],
+                        selectors.revision_conflicts(tenant, now=now), now)
     return counts
 
 

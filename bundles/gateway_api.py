@@ -43,6 +43,7 @@ from governance.tenancy.models import hash_token
 LONG_POLL_TYPE = "application/vnd.openpolicyagent.bundles"
 PLAIN_TYPE = "application/gzip"
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 log = logging.getLogger(__name__)
 # The hot store (Redis) unreachable, refusing or timing out.
 HOT_STORE_DOWN = (redis.RedisError, OSError)
@@ -399,6 +400,10 @@ def _validate_status(report: Any) -> str | None:
         if not _is_revision(entry.get("active_revision", "")):
             return (f"bundles.{name}.active_revision: must be a revision number as a string of "
                     'digits (e.g. "12"), or "" before the first bundle.')
+        sha = entry.get("active_sha256", "")
+        if not (sha == "" or (isinstance(sha, str) and _SHA256.fullmatch(sha))):
+            return (f"bundles.{name}.active_sha256: must be the SHA-256 of the active bundle's "
+                    'tarball as 64 hexadecimal digits, or "" before the first bundle.')
     return None
 
 

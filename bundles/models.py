@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -47,6 +49,33 @@ class Gateway(TenantScopedModel):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def reported_bundle(self) -> dict[str, Any]:
+        """The bundle entry of the last status report (``{}`` when there is none)."""
+        return bundle_entry(self.last_report)
+
+    @property
+    def reported_sha256(self) -> str:
+        """The SHA-256 of the active bundle as the gateway last reported it ("" if not sent)."""
+        return str(self.reported_bundle.get("active_sha256") or "").lower()
+
+    @property
+    def reported_codes(self) -> set[str]:
+        """The error codes of the last status report (``code`` and each of ``errors``)."""
+        entry = self.reported_bundle
+        errors = entry.get("errors") if isinstance(entry.get("errors"), list) else []
+        codes = {entry.get("code")} | {e.get("code") for e in errors if isinstance(e, dict)}
+        return {c for c in codes if isinstance(c, str) and c}
+
+
+def bundle_entry(report: Any) -> dict[str, Any]:
+    """The one bundle entry of an OPA status report: ``mcp``, else the first by name."""
+    bundles = report.get("bundles") if isinstance(report, dict) else None
+    if isinstance(bundles, dict) and bundles:
+        chosen = bundles.get("mcp") or bundles.get(next(iter(sorted(bundles))))
+        return chosen if isinstance(chosen, dict) else {}
+    return {}
 
 
 class GatewayToken(TenantScopedModel):
@@ -192,7 +221,12 @@ class PublishState(models.Model):
     tenant = models.OneToOneField(
         Tenant, primary_key=True, on_delete=models.PROTECT, related_name="publish_state"
     )
+    # Never lowered: raised by builds, and by gateways reporting a revision above it.
     last_revision = models.BigIntegerField(default=0)
+    # The highest revision a gateway reported that is not this control plane's bundle of that
+    # number (a database restored from an older backup): the current bundle must be above it,
+    # so a build is due (and forced) while it is not.
+    conflict_revision = models.BigIntegerField(default=0)
     current = models.ForeignKey(
         Bundle, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -201,3 +235,9 @@ class PublishState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant_id} @ r{self.last_revision}"
+
+    @property
+    def conflict_pending(self) -> bool:
+        """A gateway holds a revision the current bundle is not above: publish above it."""
+        return bool(self.conflict_revision) and (
+            self.current is None or self.current.revision_number <= self.conflict_revision)

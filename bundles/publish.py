@@ -20,6 +20,10 @@
   bundle current and served, and the task is retried.
 * **Nothing changed.** If the compiled content equals the current bundle's, no revision is made
   (unless it is due for re-issue, or the signing key changed).
+* **A number never names two bundles.** After a restore from an older backup, gateways may hold
+  revisions this database never issued. Their status reports raise ``last_revision`` to what
+  they hold and mark it in ``conflict_revision`` (``services.gateway_record_status``); while the
+  current bundle is not above that mark a build is due and publishes even if nothing changed.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def _scheduled_key(tenant_id: int) -> str:
     return f"bundles:scheduled:{tenant_id}"
 
 
-def schedule_build(tenant_id: int) -> None:
+def schedule_build(tenant_id: int, trigger: str = "registry change") -> None:
     """Enqueue one build ``BUNDLE_DEBOUNCE_MS`` ahead unless one is already scheduled."""
     delay = settings.BUNDLE_DEBOUNCE_MS / 1000
     try:
@@ -73,7 +77,8 @@ def schedule_build(tenant_id: int) -> None:
         log.warning("bundle build: debounce mark unavailable", exc_info=True)
     # Broker down: logged by enqueue; the beat sweep builds from the audit trail later, and the
     # mark goes so that the next edit tries again.
-    enqueue("bundles.tasks.build_bundle", tenant_id, countdown=delay,
+    args = (tenant_id,) if trigger == "registry change" else (tenant_id, trigger)
+    enqueue("bundles.tasks.build_bundle", *args, countdown=delay,
             on_failure=lambda: clear_schedule(tenant_id))
 
 
@@ -84,8 +89,8 @@ def clear_schedule(tenant_id: int) -> None:
         log.warning("bundle build: could not clear the debounce mark", exc_info=True)
 
 
-def schedule_build_on_commit(tenant_id: int) -> None:
-    transaction.on_commit(lambda: schedule_build(tenant_id))
+def schedule_build_on_commit(tenant_id: int, trigger: str = "registry change") -> None:
+    transaction.on_commit(lambda: schedule_build(tenant_id, trigger))
 
 
 def _on_audit_event(event: AuditEvent) -> None:
@@ -149,7 +154,10 @@ def bundle_publish(*, tenant: Tenant, trigger: str, actor: Actor | None = None,
         digest = content_digest(files)
         key = signing_key_for_build(tenant=tenant)
         current = state.current
-        if (not force and current is not None and current.content_sha256 == digest
+        # A gateway holds a revision at or above the current one that is not ours (a restore):
+        # a new revision is due even when nothing changed here.
+        if (not force and not state.conflict_pending and current is not None
+                and current.content_sha256 == digest
                 and current.key_id == key.pk and not reissue_due(current, now)):
             if through_seq > current.through_seq:  # bookkeeping: the sweep need not look again
                 Bundle.objects.filter(pk=current.pk).update(through_seq=through_seq)
@@ -255,6 +263,8 @@ def tenants_due(now: datetime) -> list[tuple[Tenant, str]]:
         current = state.current if state else None
         if current is None:
             due.append((tenant, "first bundle"))
+        elif state.conflict_pending:
+            due.append((tenant, "revision conflict"))
         elif reissue_due(current, now):
             due.append((tenant, "re-issue"))
         elif current.next_change_at is not None and current.next_change_at <= now:

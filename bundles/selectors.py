@@ -62,18 +62,56 @@ def publish_state(tenant: Tenant) -> PublishState | None:
     return PublishState.objects.filter(tenant=tenant).select_related("current").first()
 
 
+# Why a gateway's revision is not this control plane's bundle of that number (fleet rows'
+# ``revision_conflict``; "" when it is, or when nothing tells).
+CONFLICT_AHEAD = "ahead"  # above the newest revision issued here
+CONFLICT_UNKNOWN = "unknown"  # a number skipped here (issued before a restore, then passed)
+CONFLICT_DIFFERENT = "different"  # the gateway's bundle hash is not ours of that number
+CONFLICT_REFUSED = "refused"  # the gateway refused ours of that number as a revision_conflict
+REVISION_CONFLICT_CODE = "revision_conflict"
+
+
+def conflict_reason(*, running: int | None, sha256: str, codes: set[str], newest: int | None,
+                    ours: str | None) -> str:
+    """Whether revision ``running`` (with bundle hash ``sha256``, "" when not reported) is
+    another bundle than ours of that number (``ours``: its hash, None without such a row), as
+    one of the CONFLICT_* reasons, or ""."""
+    if running is None:
+        return ""
+    if newest is None or running > newest:
+        return CONFLICT_AHEAD
+    if ours is None:
+        return CONFLICT_UNKNOWN
+    if sha256 and sha256 != ours:
+        return CONFLICT_DIFFERENT
+    if REVISION_CONFLICT_CODE in codes:
+        return CONFLICT_REFUSED
+    return ""
+
+
+def revision_hashes(tenant: Tenant | int, revisions: set[int]) -> dict[int, str]:
+    """``{revision number: tarball SHA-256}`` of the tenant's bundles of those numbers."""
+    tenant_id = tenant if isinstance(tenant, int) else tenant.pk
+    return dict(Bundle.objects.filter(tenant_id=tenant_id, revision_number__in=revisions)
+                .values_list("revision_number", "blob_id"))
+
+
 def fleet(tenant: Tenant, *, now: datetime | None = None,
           only: Gateway | None = None) -> list[dict[str, Any]]:
     """Every gateway (or ``only`` that one) with its freshness: last contact (poll or report),
-    revision, lag, stale."""
+    revision, lag, stale, and whether its revision is a bundle this control plane did not issue
+    under that number (``revision_conflict``: a restore from an older backup)."""
     now = now or timezone.now()
     state = publish_state(tenant)
-    newest = state.last_revision if state and state.current_id else None
+    current = state.current if state else None
+    newest = current.revision_number if current is not None else None
     rows = [only] if only is not None else list(gateways(tenant))
     try:
         contacts = hot.contact_times([g.pk for g in rows])
     except Exception:  # the hot store is down: the database's copy is at most a minute old
         contacts = {}
+    ours = revision_hashes(tenant, {g.active_revision for g in rows
+                                    if g.active_revision is not None})
     stale_after = timedelta(seconds=settings.GATEWAY_STALE_SECONDS)
     result = []
     for gateway in rows:
@@ -82,10 +120,11 @@ def fleet(tenant: Tenant, *, now: datetime | None = None,
             polled = datetime.fromtimestamp(contacts[gateway.pk], tz=UTC)
             last = max(last, polled) if last else polled
         running = gateway.active_revision
-        # A revision this control plane never published (a report ahead of the newest, e.g.
-        # after a database restore) is flagged, never shown as a negative lag.
-        unknown = running is not None and (newest is None or running > newest)
-        lag = newest - running if newest is not None and running is not None and not unknown \
+        # Never a negative lag, nor "up to date" for another bundle under the same number.
+        conflict = conflict_reason(running=running, sha256=gateway.reported_sha256,
+                                   codes=gateway.reported_codes, newest=newest,
+                                   ours=ours.get(running))
+        lag = newest - running if newest is not None and running is not None and not conflict \
             else None
         result.append({
             "gateway": gateway,
@@ -95,10 +134,26 @@ def fleet(tenant: Tenant, *, now: datetime | None = None,
                 now - (last or gateway.created_at) > stale_after),
             "never_seen": last is None,
             "lag": lag,
-            "unknown_revision": unknown,
+            "unknown_revision": conflict == CONFLICT_AHEAD,
+            "revision_conflict": conflict,
             "newest": newest,
         })
     return result
+
+
+def conflict_alert(row: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """(key, subject, detail) of the ``revision_conflict`` alert about a fleet row."""
+    gateway, newest, reason = row["gateway"], row["newest"], row["revision_conflict"]
+    running = gateway.active_revision
+    what = {CONFLICT_AHEAD: f"r{running}, ahead of this control plane's newest r{newest}",
+            CONFLICT_UNKNOWN: f"r{running}, a number this control plane has no bundle of"}.get(
+        reason, f"another bundle under r{running} than this control plane's")
+    subject = (f"Gateway {gateway.name} runs {what}: the next bundle is published above "
+               f"r{running}")
+    return f"gateway:{gateway.pk}", subject, {
+        "gateway": gateway.pk, "name": gateway.name, "reason": reason,
+        "reported_revision": running, "reported_sha256": gateway.reported_sha256 or None,
+        "newest_revision": newest}
 
 
 def bundle_previous(tenant: Tenant, bundle: Bundle) -> Bundle | None:

@@ -16,10 +16,11 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bundles import hot, keys, publish
-from bundles.models import Gateway, GatewayToken, PublishState, SigningKey
+from bundles import hot, keys, publish, selectors
+from bundles.models import Gateway, GatewayToken, PublishState, SigningKey, bundle_entry
 from bundles.signing import _jwks_changed, _new_key
 from bundles.signing import signing_key_for_build as signing_key_for_build  # public here too
+from governance import alerting
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Tenant, hash_token
@@ -173,16 +174,6 @@ def gateway_token_revoke(*, tenant: Tenant, actor: Actor, token: GatewayToken) -
 
 # --- Status reports ---------------------------------------------------------------------------
 
-def _bundle_report(report: dict[str, Any]) -> dict[str, Any]:
-    bundles = report.get("bundles")
-    if isinstance(bundles, dict) and bundles:
-        # One bundle per tenant; take ours, else the first one reported.
-        first = next(iter(sorted(bundles)))
-        chosen = bundles.get("mcp") or bundles.get(first)
-        return chosen if isinstance(chosen, dict) else {}
-    return {}
-
-
 def _report_error(bundle: dict[str, Any]) -> str:
     code = bundle.get("code") or ""
     message = bundle.get("message") or ""
@@ -204,7 +195,7 @@ def gateway_record_status(*, gateway: Gateway, report: dict[str, Any],
     # every concurrent write in the tenant (a deadlock with their audit-chain lock).
     gateway = (Gateway.objects.select_for_update(of=("self",)).select_related("tenant")
                .get(pk=gateway.pk))
-    bundle = _bundle_report(report)
+    bundle = bundle_entry(report)
     revision = bundle.get("active_revision")
     try:
         revision = int(revision) if revision not in (None, "") else None
@@ -212,6 +203,7 @@ def gateway_record_status(*, gateway: Gateway, report: dict[str, Any],
         revision = None
     error = _report_error(bundle)[:2000]
     before = {"active_revision": gateway.active_revision, "error": gateway.last_error}
+    held_before = (gateway.active_revision, gateway.reported_sha256)
     gateway.active_revision = revision if revision is not None else gateway.active_revision
     gateway.last_error = error
     gateway.last_report = report
@@ -225,7 +217,52 @@ def gateway_record_status(*, gateway: Gateway, report: dict[str, Any],
             "gateway.activated_revision")
         audit_record(tenant=gateway.tenant, actor=gateway_actor(gateway), action=action,
                      obj=gateway, before=before, after=after)
+    if revision is not None:
+        _check_revision(gateway, revision, held_before)
     return gateway
+
+
+# A gateway can raise the revision counter by at most this much per report: a restore gap is
+# far smaller, and a token holder reporting 2^63 − 1 must not exhaust the numbers.
+MAX_REVISION_JUMP = 1_000_000_000
+
+
+def _check_revision(gateway: Gateway, revision: int, held_before: tuple[int | None, str]) -> None:
+    """A gateway running a revision this control plane did not issue under that number (its
+    database was restored from an older backup): never issue that number again. Raises
+    ``last_revision`` to it (never lowers it), records ``bundle.revision_conflict``, raises the
+    ``revision_conflict`` alert and builds a bundle above it — once per gateway and revision."""
+    sha, codes = gateway.reported_sha256, gateway.reported_codes
+    state, _ = PublishState.objects.get_or_create(tenant_id=gateway.tenant_id)
+    ours = selectors.revision_hashes(gateway.tenant_id, {revision}).get(revision)
+    reason = selectors.conflict_reason(running=revision, sha256=sha, codes=codes,
+                                       newest=state.last_revision, ours=ours)
+    if not reason or (revision <= state.conflict_revision and held_before == (revision, sha)):
+        return  # not a conflict, or this one is known and its build scheduled
+    tenant = gateway.tenant
+    state = PublishState.objects.select_for_update(of=("self",)).select_related(
+        "current").get(pk=tenant.pk)
+    # Again under the lock (a build or another report may have moved the counter meanwhile).
+    reason = selectors.conflict_reason(running=revision, sha256=sha, codes=codes,
+                                       newest=state.last_revision, ours=ours) or reason
+    before = {"last_revision": state.last_revision, "conflict_revision": state.conflict_revision}
+    state.last_revision = max(state.last_revision,
+                              min(revision, state.last_revision + MAX_REVISION_JUMP))
+    state.conflict_revision = max(state.conflict_revision, min(revision, state.last_revision))
+    state.save(update_fields=["last_revision", "conflict_revision"])
+    newest = state.current.revision_number if state.current else None
+    audit_record(
+        tenant=tenant, actor=gateway_actor(gateway), action="bundle.revision_conflict",
+        obj=gateway, before=before,
+        after={"last_revision": state.last_revision, "conflict_revision": state.conflict_revision,
+               "reason": reason, "gateway": gateway.name, "reported_revision": revision,
+               "reported_sha256": sha or None, "our_sha256": ours, "newest_revision": newest})
+    row = {"gateway": gateway, "newest": newest, "revision_conflict": reason}
+    key, subject, detail = selectors.conflict_alert(row)
+    alerting.alert_raise(tenant=tenant, kind="revision_conflict", key=key, subject=subject,
+                         detail=detail, actor=Actor.system("bundle publisher"))
+    if state.conflict_pending:
+        publish.schedule_build_on_commit(tenant.pk, "revision conflict")
 
 
 def gateway_contacts_flush() -> int:

@@ -58,6 +58,7 @@ class GatewayListView(TenantPageView):
             "newest": state.current if state else None,
             "stale_seconds": settings.GATEWAY_STALE_SECONDS,
             "stale_count": sum(row["stale"] for row in rows),
+            "conflict_count": sum(bool(row["revision_conflict"]) for row in rows),
         }))
 
 

@@ -7,7 +7,9 @@
 * a new bundle is verified with the reference verifier (``gateway.verify.verify_bundle``)
   against the tenant's JWKS (``GET keys/<tenant>``, cached under its ETag and fetched again
   once when the bundle names a key the cached copy lacks) and against the last accepted
-  revision: a lower one is a rollback and is refused, the same one means nothing to do;
+  revision: a lower one is a rollback and is refused; the same one is nothing to do if it is
+  the same bundle (SHA-256), else a ``revision_conflict`` (reported; a restored control plane
+  then publishes above it);
 * an accepted bundle is written to ``state_dir`` (``bundle.tar.gz``, ``jwks.json`` and
   ``state.json``: each written to a temporary sibling, fsynced and renamed over the old file)
   before it replaces the active bundle in memory;
@@ -19,10 +21,10 @@ policy. ``current()`` is None when there is no bundle or it has expired: the cal
 deny every call (fail closed).
 
 ``status_report()`` is an OPA status report (``labels``, ``bundles{<tenant>: {name,
-active_revision, last_successful_download, last_successful_activation, last_request, code,
-message, errors}}``); ``report_status()`` posts it to ``POST status``. ``run(stop_event)`` is
-the loop a gateway runs: long poll, report after every activation or failure and every
-``status_interval`` seconds, back off exponentially with jitter on errors.
+active_revision, active_sha256, last_successful_download, last_successful_activation,
+last_request, code, message, errors}}``); ``report_status()`` posts it to ``POST status``.
+``run(stop_event)`` is the loop a gateway runs: long poll, report after every activation or
+failure and every ``status_interval`` seconds, back off exponentially with jitter on errors.
 
 Pure Python (httpx2 + the verifier), no Django: this file is written for gateway vendors.
 """
@@ -159,11 +161,8 @@ class BundleClient:
 
     def current(self, now: datetime | None = None) -> VerifiedBundle | None:
         """The active bundle, or None (no bundle, or it has expired): then deny everything."""
-        bundle = self._active
-        now = now or datetime.now(UTC)
-        if bundle is None or now >= bundle.expires_at:
-            return None
-        return bundle
+        bundle, now = self._active, now or datetime.now(UTC)
+        return None if bundle is None or now >= bundle.expires_at else bundle
 
     @property
     def revision(self) -> int | None:
@@ -281,16 +280,21 @@ class BundleClient:
         return ACTIVATED
 
     def _check_revision(self, bundle: VerifiedBundle) -> None:
-        """Rule 9 against the highest revision ever accepted (kept on disk). The same revision
-        is "nothing to do" only while a bundle is active: after a stored copy was refused at
-        start-up, the authentic one from the control plane is what repairs it."""
+        """Rule 9 against the highest revision ever accepted (kept on disk). The same revision is
+        "nothing to do" only while that very bundle is active (after a stored copy was refused
+        at start-up, the authentic one repairs it); another bundle under it is a conflict."""
         last = self._last_revision
         if last is None or bundle.revision_number > last:
             return
         if bundle.revision_number < last:
             raise BundleRejected("rollback", f"revision {bundle.revision_number} is older than "
                                  f"the accepted revision {last}")
-        if self._active is not None and self._active.revision_number == last:
+        active = self._active
+        if active is not None and active.revision_number == last:
+            if bundle.sha256 != active.sha256:  # one number, two bundles: never "nothing to do"
+                raise BundleRejected("revision_conflict", f"revision {last} offered is another "
+                                     f"bundle ({bundle.sha256[:12]}…) than the active one "
+                                     f"({active.sha256[:12]}…); keeping the active one")
             raise SameRevision(last)
 
     @property
@@ -419,6 +423,8 @@ class BundleClient:
         entry: dict[str, Any] = {
             "name": self.tenant,
             "active_revision": str(self.revision) if self.revision is not None else "",
+            # Not in OPA's report: lets the control plane tell another bundle under our number.
+            "active_sha256": self._active.sha256 if self._active is not None else "",
         }
         for name, value in (("last_successful_download", self.last_successful_download),
                             ("last_successful_activation", self.activated_at),
@@ -438,10 +444,8 @@ class BundleClient:
         if errors:
             entry["code"], entry["message"] = errors[0]["code"], errors[0]["message"]
             entry["errors"] = errors
-        report: dict[str, Any] = {
-            "labels": {"version": VERSION, **self.labels},
-            "bundles": {self.tenant: entry},
-        }
+        report: dict[str, Any] = {"labels": {"version": VERSION, **self.labels},
+                                  "bundles": {self.tenant: entry}}
         if self.decision_logs is not None:
             report["decision_logs"] = self.decision_logs.stats()
         return report
@@ -469,7 +473,7 @@ class BundleClient:
     async def run(self, stop_event: asyncio.Event) -> None:
         """Poll until ``stop_event`` is set: long polls back to back, backoff with jitter after
         a failure or a refused bundle, a status report after every change and periodically."""
-        next_report = 0.0
+        next_report, outcome = 0.0, None
         try:
             while not stop_event.is_set():
                 started = time.monotonic()
@@ -482,13 +486,15 @@ class BundleClient:
                         await poll
                     break
                 stopping.cancel()
-                outcome = poll.result()
+                previous, outcome = outcome, poll.result()
                 if (outcome in (ACTIVATED, REJECTED, FAILED) or self._report_due
                         or time.monotonic() >= next_report):
                     self._report_due = False
                     await self.report_status()
                     next_report = time.monotonic() + self.status_interval
                 if outcome in (FAILED, REJECTED):
+                    if outcome == REJECTED and previous == FAILED:  # answered again: the
+                        self.backoff.reset()  # outage's backoff must not delay what comes next
                     delay = self.backoff.next()
                 else:
                     self.backoff.reset()

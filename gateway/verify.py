@@ -42,8 +42,9 @@ before the signature over it has been verified:
    Codes: ``bad_manifest``, ``manifest_mismatch``.
 8. The bundle has not expired: now is before ``expires_at``.  Code: ``expired``.
 9. ``revision_number`` is greater than the last accepted one. Lower is a rollback
-   (``rollback``). Equal means there is nothing to do: ``SameRevision``, a subclass of
-   ``BundleRejected`` with code ``same_revision``, so a caller can tell it from an attack.
+   (``rollback``). Equal is nothing to do (``SameRevision``, code ``same_revision``, so a
+   caller can tell it from an attack) unless the tarball's SHA-256 differs from the accepted
+   one's (``last_sha256``): one number, two bundles (``revision_conflict``).
 10. ``mcp/data.json`` is a JSON object.  Code: ``bad_data``.
 
 On any rejection a gateway keeps its last good bundle and reports the code in its status.
@@ -53,8 +54,8 @@ Command line (exit 0 accepted or nothing to do, 1 rejected, 2 usage error)::
     python -m gateway.verify BUNDLE --jwks JWKS.json [--tenant SLUG] [--state STATE.json]
 
 The state file is the reference gateway's own ``state.json`` format (``{"tenant": "alpha",
-"revision": 7, …}``; files with the older ``last_revision`` are read too): it supplies the tenant
-and the last accepted revision and is replaced atomically when a bundle is accepted.
+"revision": 7, "sha256": …}``; an older ``last_revision`` is read too): it supplies the tenant,
+the last accepted revision and its hash, and is replaced atomically when a bundle is accepted.
 
 Pure Python (PyJWT + cryptography), no Django: this file is written for gateway vendors.
 """
@@ -149,11 +150,13 @@ def verify_bundle(
     now: datetime | None = None,
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
+    last_sha256: str | None = None,
 ) -> VerifiedBundle:
     """Check ``tarball`` against every rule above; raise ``BundleRejected`` on the first failure.
 
     ``jwks`` is the tenant's ``GET keys/<tenant>`` document, ``last_revision`` the revision
-    the gateway runs now (None before its first bundle), ``now`` a timezone-aware time.
+    the gateway runs now (None before its first bundle) and ``last_sha256`` its tarball's
+    SHA-256 (None: unknown), ``now`` a timezone-aware time.
     """
     now = datetime.now(UTC) if now is None else now
     if now.tzinfo is None:
@@ -165,24 +168,23 @@ def verify_bundle(
     claims = _claims(payload)
     _check_files(claims["files"], files)
     if claims["scope"] != tenant:
-        raise BundleRejected(
-            "wrong_scope", f"the bundle is for tenant {claims['scope']!r}, not {tenant!r}"
-        )
+        raise BundleRejected("wrong_scope",
+                             f"the bundle is for tenant {claims['scope']!r}, not {tenant!r}")
     manifest = _check_manifest(files[MANIFEST], claims)
 
     expires_at = datetime.fromtimestamp(claims["expires_at"], UTC)
     if now >= expires_at:
         raise BundleRejected("expired", f"the bundle expired at {_rfc3339(expires_at)}")
 
-    revision = claims["revision_number"]
-    if last_revision is not None:
-        if revision < last_revision:
-            raise BundleRejected(
-                "rollback",
-                f"revision {revision} is older than the accepted revision {last_revision}",
-            )
-        if revision == last_revision:
-            raise SameRevision(revision)
+    revision, sha256 = claims["revision_number"], hashlib.sha256(tarball).hexdigest()
+    if last_revision is not None and revision < last_revision:
+        raise BundleRejected("rollback", f"revision {revision} is older than the accepted "
+                             f"revision {last_revision}")
+    if revision == last_revision:
+        if last_sha256 and sha256 != last_sha256.lower():  # one number, two bundles
+            raise BundleRejected("revision_conflict", f"revision {revision} is another bundle "
+                                 "than the one accepted under that number")
+        raise SameRevision(revision)
 
     # Last, as it is the one costly step (a 50 MB data.json takes a second or two to parse).
     data = _json_object(files[DATA], "bad_data", DATA, strict=False)
@@ -196,7 +198,7 @@ def verify_bundle(
         files=files,
         manifest=manifest,
         data=data,
-        sha256=hashlib.sha256(tarball).hexdigest(),
+        sha256=sha256,
     )
 
 
@@ -220,9 +222,8 @@ def _gunzip(tarball: bytes, limit: int) -> bytes:
                     )
                 chunks.append(chunk)
     except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-        raise BundleRejected(
-            "bad_gzip", f"the gzip stream is corrupt or truncated ({error})"
-        ) from error
+        raise BundleRejected("bad_gzip",
+                             f"the gzip stream is corrupt or truncated ({error})") from error
     return b"".join(chunks)
 
 
@@ -270,13 +271,8 @@ def _safe_name(name: str) -> bool:
 
 
 def _kind(member: tarfile.TarInfo) -> str:
-    if member.issym():
-        return "a symbolic link"
-    if member.islnk():
-        return "a hard link"
-    if member.isdir():
-        return "a directory"
-    return "a special file"
+    return ("a symbolic link" if member.issym() else "a hard link" if member.islnk()
+            else "a directory" if member.isdir() else "a special file")
 
 
 # --- 3-4. exactly one ES256 signature by a key in the tenant's JWKS -----------------------------
@@ -302,9 +298,8 @@ def _verify_signature(token: str, jwks: Mapping[str, Any]) -> tuple[str, bytes]:
     try:
         header = _JWS.get_unverified_header(token)
     except jwt.PyJWTError as error:
-        raise BundleRejected(
-            "bad_signature", f"the signature is not a compact JWS ({error})"
-        ) from error
+        raise BundleRejected("bad_signature",
+                             f"the signature is not a compact JWS ({error})") from error
     algorithm = header.get("alg")
     if algorithm != ALGORITHM:
         raise BundleRejected(
@@ -317,9 +312,8 @@ def _verify_signature(token: str, jwks: Mapping[str, Any]) -> tuple[str, bytes]:
     try:
         decoded = _JWS.decode_complete(token, public_key, algorithms=[ALGORITHM])
     except jwt.InvalidSignatureError:
-        raise BundleRejected(
-            "bad_signature", f"the signature does not verify with key {kid!r}"
-        ) from None
+        raise BundleRejected("bad_signature",
+                             f"the signature does not verify with key {kid!r}") from None
     except jwt.PyJWTError as error:
         raise BundleRejected("bad_signature", f"the signature is malformed ({error})") from error
     return kid, decoded["payload"]
@@ -508,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the tenant's JWKS (GET /api/v1/gateway/keys/<tenant>)")
     parser.add_argument("--tenant", help="the tenant slug (required without --state)")
     parser.add_argument("--state", type=Path,
-                        help='JSON {"tenant", "last_revision"}; advanced on acceptance')
+                        help="the gateway's state.json; advanced on acceptance")
     args = parser.parse_args(argv)
 
     try:
@@ -528,9 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     try:
-        bundle = verify_bundle(
-            tarball, jwks=jwks, tenant=tenant, last_revision=state.get("revision")
-        )
+        sha = state.get("sha256")
+        bundle = verify_bundle(tarball, jwks=jwks, tenant=tenant, last_revision=state.get(
+            "revision"), last_sha256=sha if isinstance(sha, str) else None)
     except SameRevision as same:
         print(f"revision {same.revision_number} of tenant {tenant} is already accepted: "
               "nothing to do")

@@ -62,10 +62,17 @@ class GatewayOut(serializers.Serializer):
     lag = serializers.IntegerField(
         read_only=True, allow_null=True, min_value=0,
         help_text="newest_revision − active_revision; null when either is unknown, or when the "
-                  "gateway reports a revision newer than the newest (unknown_revision)")
+                  "gateway's revision is not ours (revision_conflict)")
     unknown_revision = serializers.BooleanField(
         read_only=True, help_text="the gateway reports running a revision this control plane "
                                   "never published (newer than the newest)")
+    revision_conflict = serializers.ChoiceField(
+        read_only=True, choices=["", "ahead", "unknown", "different", "refused"],
+        help_text="why the revision the gateway runs is not this control plane's bundle of that "
+                  'number (a restore from an older backup): "ahead" of the newest, "unknown" '
+                  '(no bundle of that number here), "different" (its active_sha256 is not '
+                  'ours), "refused" (it refused ours as a revision_conflict); "" when it is '
+                  "ours. The next bundle is published above it.")
     stale = serializers.BooleanField(
         read_only=True, help_text="active, and no contact for GATEWAY_STALE_SECONDS")
     last_error = serializers.CharField(source="gateway.last_error", read_only=True)

@@ -109,11 +109,12 @@ def test_every_tenant_has_the_default_rules_without_anyone_creating_them(tenant_
         "audit_chain_broken": (True, None, None, "critical"),
         "export_failing": (True, 3, None, "warning"),
         "bundle_build_failing": (True, None, None, "critical"),
+        "revision_conflict": (True, None, None, "warning"),
     }
     assert services.alert_rules_for(tenant_a) == rules  # idempotent
     evaluate()  # the evaluator fills in every other tenant
-    assert AlertRule.objects.filter(tenant=tenant_b).count() == 7
-    assert AlertRule.objects.count() == 14
+    assert AlertRule.objects.filter(tenant=tenant_b).count() == 8
+    assert AlertRule.objects.count() == 16
     assert audit_actions(tenant_a) == []  # defaults are not a change anyone made
 
 
@@ -808,7 +809,8 @@ def test_the_api_changes_rules_for_admins_only(admin, as_user, api, token_for, c
     assert listed.status_code == 200
     rows = {r["kind"]: r for r in listed.json()["results"]}
     assert set(rows) == {"gateway_stale", "tool_drift", "denial_burst", "break_glass_used",
-                         "audit_chain_broken", "export_failing", "bundle_build_failing"}
+                         "audit_chain_broken", "export_failing", "bundle_build_failing",
+                         "revision_conflict"}
     burst = rows["denial_burst"]
     assert (burst["threshold"], burst["window_minutes"], burst["enabled"]) == (20, 5, True)
     url = f"{API}/alert-rules/{burst['id']}/"

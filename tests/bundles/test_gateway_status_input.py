@@ -1,7 +1,8 @@
 """A gateway status report's ``active_revision`` is a revision number (OPA sends it as a string):
 any other type is a 400 and nothing is stored. A revision ahead of the newest one this control
 plane published (a restore from backup, a gateway pointed at another control plane) is stored
-as reported but flagged as an unknown revision: the fleet never shows a negative lag.
+as reported but flagged as a revision conflict: the fleet never shows a negative lag
+(tests/bundles/test_revision_conflicts.py covers what the control plane then does).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def test_a_revision_ahead_of_the_newest_is_flagged_never_a_negative_lag(
 
     row = admin.get(f"{API}/gateways/{gateway.pk}/").json()
     assert (row["active_revision"], row["newest_revision"], row["lag"],
-            row["unknown_revision"]) == (7, 1, None, True)
+            row["unknown_revision"], row["revision_conflict"]) == (7, 1, None, True, "ahead")
     listed = admin.get(f"{API}/gateways/").json()["results"][0]
     assert (listed["lag"], listed["unknown_revision"]) == (None, True)
 
@@ -80,24 +81,26 @@ def test_a_revision_ahead_of_the_newest_is_flagged_never_a_negative_lag(
     row = re.search(rf'<tr id="gateway-{gateway.pk}"[^>]*>(.*?)</tr>', fleet, re.S).group(1)
     cells = re.findall(r"<td>(.*?)</td>", row, re.S)
     assert cells[4] == 'r7 <span class="muted">of r1</span>'
-    assert cells[5] == ('<span class="error" title="r7 was never published here">unknown '
-                        'revision</span>')
+    assert cells[5].startswith('<span class="error" title="r7 is ahead of this control '
+                               "plane's newest revision (r1): its database")
+    assert cells[5].endswith('">revision conflict</span>')
     detail = client.get(f"/t/alpha/gateways/{gateway.pk}/").content.decode()
     lag = re.search(r"<dt>Lag</dt><dd>(.*?)</dd>", detail).group(1)
-    assert lag == ('<span class="error" id="unknown-revision">unknown revision: r7 was never '
-                   'published here</span>')
+    assert lag == '<span class="error" id="revision-conflict">revision conflict</span>'
+
 
 
 def test_a_revision_before_any_bundle_is_unknown_too(tenant_a, admin):
     gateway, token = make_gateway(tenant_a)
     assert send(token, report("3")).status_code == 204
     row = admin.get(f"{API}/gateways/{gateway.pk}/").json()
-    assert (row["newest_revision"], row["lag"], row["unknown_revision"]) == (None, None, True)
+    assert (row["newest_revision"], row["lag"], row["unknown_revision"],
+            row["revision_conflict"]) == (None, None, True, "ahead")
 
 
 def test_a_gateway_on_the_newest_or_behind_is_not_flagged(tenant_a, published, admin):
     gateway, token = make_gateway(tenant_a)
     assert send(token, report("1")).status_code == 204
     row = admin.get(f"{API}/gateways/{gateway.pk}/").json()
-    assert (row["lag"], row["unknown_revision"]) == (0, False)
+    assert (row["lag"], row["unknown_revision"], row["revision_conflict"]) == (0, False, "")
     assert Gateway.objects.get(pk=gateway.pk).active_revision == 1
