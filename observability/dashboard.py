@@ -19,7 +19,8 @@ OUTCOME_SERIES = [
     charts.Series(Outcome.DENY, "Denied", "#c0312b"),
 ]
 FLEET_COLORS = {selectors.CURRENT: "#1c7c4a", selectors.BEHIND: "#d08a00",
-                selectors.STALE: "#c0312b", selectors.NEVER: "#98a2b3"}
+                selectors.CONFLICT: "#7a2e8e", selectors.STALE: "#c0312b",
+                selectors.NEVER: "#98a2b3"}
 DENIED_COLOR = "#c0312b"
 NO_AGENT = "(no agent named)"
 # viewBox widths: about the card's width at the page's widest, so the text is drawn at its size

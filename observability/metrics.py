@@ -168,7 +168,8 @@ class TollgateCollector(Collector):
             labels=["tenant", "gateway"])
         states = GaugeMetricFamily(
             "tollgate_gateways",
-            "Active gateways by freshness: current, behind, stale (silent longer than "
+            "Active gateways by freshness: current, behind, conflict (runs a revision this "
+            "control plane did not issue under that number), stale (silent longer than "
             "GATEWAY_STALE_SECONDS) or never (never seen).", labels=["tenant", "state"])
         by_state = {(slug, s): 0 for slug in slugs for s in selectors.FLEET_STATES}
         for row in fleet:

@@ -24,6 +24,7 @@ from django.db.models import (
 from approvals.models import AccessRequest, Decidable, Escalation
 from bundles import hot
 from bundles.models import Bundle, Gateway, PublishState
+from bundles.selectors import conflict_reason
 from decision_logs import selectors as decisions
 from decision_logs.models import Outcome
 from governance.tenancy.models import Tenant
@@ -32,9 +33,11 @@ from registry.models import Tool
 # --- Fleet freshness (shared by the dashboard and /metrics) -------------------------------------
 
 CURRENT, BEHIND, STALE, NEVER = "current", "behind", "stale", "never"
-FLEET_STATES = (CURRENT, BEHIND, STALE, NEVER)
+CONFLICT = "conflict"  # runs a revision this control plane did not issue under that number
+FLEET_STATES = (CURRENT, BEHIND, CONFLICT, STALE, NEVER)
 FLEET_STATE_LABELS = {CURRENT: "On the newest revision", BEHIND: "Behind",
-                      STALE: "Stale (no contact)", NEVER: "Never seen"}
+                      CONFLICT: "Revision conflict", STALE: "Stale (no contact)",
+                      NEVER: "Never seen"}
 
 
 def stale_after() -> timedelta:
@@ -43,13 +46,17 @@ def stale_after() -> timedelta:
 
 
 def freshness_state(*, last_contact: datetime | None, active_revision: int | None,
-                    newest: int | None, now: datetime) -> str:
+                    newest: int | None, now: datetime, conflict: str = "") -> str:
     """never (no poll or report ever), stale (silent longer than GATEWAY_STALE_SECONDS),
-    behind (runs an older revision than the tenant's current bundle, or none yet), current."""
+    conflict (its revision is not this control plane's bundle of that number:
+    ``bundles.selectors.conflict_reason``, e.g. after a restore), behind (runs an older
+    revision than the tenant's current bundle, or none yet), current."""
     if last_contact is None:
         return NEVER
     if now - last_contact > stale_after():
         return STALE
+    if conflict:
+        return CONFLICT
     if newest is not None and (active_revision is None or active_revision < newest):
         return BEHIND
     return CURRENT
@@ -86,8 +93,9 @@ def _freshness(gateways: QuerySet[Gateway], newest: dict[int, int], now: datetim
                ) -> list[GatewayFreshness]:
     rows = list(gateways.filter(status=Gateway.Status.ACTIVE).order_by("tenant_id", "name")
                 .values("pk", "tenant_id", "tenant__slug", "name", "last_contact_at",
-                        "active_revision"))
+                        "active_revision", "last_report"))
     contacts = _contact_times([r["pk"] for r in rows])
+    hashes = _revision_hashes(rows)
     result = []
     for row in rows:
         last = row["last_contact_at"]
@@ -95,12 +103,29 @@ def _freshness(gateways: QuerySet[Gateway], newest: dict[int, int], now: datetim
         if polled is not None:
             last = max(last, polled) if last else polled
         tenant_newest = newest.get(row["tenant_id"])
+        running = row["active_revision"]
+        reported = Gateway(last_report=row["last_report"])  # unsaved: for its report properties
+        conflict = conflict_reason(
+            running=running, sha256=reported.reported_sha256, codes=reported.reported_codes,
+            newest=tenant_newest, ours=hashes.get((row["tenant_id"], running)))
         result.append(GatewayFreshness(
             tenant_slug=row["tenant__slug"], gateway_id=row["pk"], name=row["name"],
-            last_contact_at=last, active_revision=row["active_revision"], newest=tenant_newest,
-            state=freshness_state(last_contact=last, active_revision=row["active_revision"],
-                                  newest=tenant_newest, now=now)))
+            last_contact_at=last, active_revision=running, newest=tenant_newest,
+            state=freshness_state(last_contact=last, active_revision=running,
+                                  newest=tenant_newest, now=now, conflict=conflict)))
     return result
+
+
+def _revision_hashes(rows: list[dict]) -> dict[tuple[int, int], str]:
+    """``{(tenant id, revision): tarball SHA-256}`` of the bundles the gateways say they run."""
+    wanted = {(row["tenant_id"], row["active_revision"]) for row in rows
+              if row["active_revision"] is not None}
+    if not wanted:
+        return {}
+    found = Bundle.objects.filter(
+        tenant_id__in={t for t, _ in wanted}, revision_number__in={n for _, n in wanted}
+    ).values_list("tenant_id", "revision_number", "blob_id")  # one query, then exact pairs
+    return {(t, n): sha for t, n, sha in found if (t, n) in wanted}
 
 
 # --- Dashboard ----------------------------------------------------------------------------------

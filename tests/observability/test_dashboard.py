@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from bundles.models import Gateway
 from decision_logs.models import DecisionRollup
 from observability import charts, selectors
 from tests.observability_support import (
@@ -229,9 +230,37 @@ def test_freshness_state(settings, contact_ago, revision, newest, state):
                                      newest=newest, now=now) == state
 
 
+def test_a_conflicting_revision_is_never_current_nor_hidden_by_staleness_order(settings):
+    settings.GATEWAY_STALE_SECONDS = 600
+    now = timezone.now()
+    recent, old = now - timedelta(seconds=5), now - timedelta(hours=1)
+    assert selectors.freshness_state(last_contact=recent, active_revision=9, newest=3, now=now,
+                                     conflict="ahead") == "conflict"
+    # Silent for too long: stale comes first (the conflict shows on the fleet page).
+    assert selectors.freshness_state(last_contact=old, active_revision=9, newest=3, now=now,
+                                     conflict="ahead") == "stale"
+
+
+@pytest.mark.parametrize("how", ["ahead", "another bundle under the same number"])
+def test_fleet_freshness_counts_a_gateway_on_a_foreign_revision_as_conflict(world, tenant_a,
+                                                                            how):
+    """After a restore a gateway may run a revision this control plane never issued (ahead of
+    its newest) or issued as another bundle: the dashboard and /metrics must not call it
+    current (they did: only "older than the newest" was looked at)."""
+    gateway = Gateway.objects.get(tenant=tenant_a, name="gw-current")
+    if how == "ahead":
+        Gateway.objects.filter(pk=gateway.pk).update(active_revision=9)
+    else:
+        Gateway.objects.filter(pk=gateway.pk).update(last_report={"bundles": {tenant_a.slug: {
+            "active_revision": "2", "active_sha256": "f" * 64}}})
+    fleet = selectors.fleet_freshness(tenant_a, now=timezone.now())
+    assert fleet.counts == {"current": 0, "behind": 1, "conflict": 1, "stale": 1, "never": 1}
+    assert [g.name for g in fleet.gateways if g.state == "conflict"] == ["gw-current"]
+
+
 def test_fleet_freshness_counts_each_state_and_leaves_disabled_gateways_apart(world, tenant_a):
     fleet = selectors.fleet_freshness(tenant_a, now=timezone.now())
-    assert fleet.counts == {"current": 1, "behind": 1, "stale": 1, "never": 1}
+    assert fleet.counts == {"current": 1, "behind": 1, "conflict": 0, "stale": 1, "never": 1}
     assert fleet.disabled == 1 and fleet.newest == 2
     behind = [g for g in fleet.gateways if g.state == "behind"][0]
     assert (behind.name, behind.behind) == ("gw-behind", 1)
@@ -277,7 +306,8 @@ def test_every_member_sees_the_dashboard_with_the_seeded_numbers(world, login, c
     assert _table(html, "denied-table")[1:] == [
         ['&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt;', "3"], ["bot", "2"]]
     assert _table(html, "fleet-table")[1:] == [
-        ["On the newest revision", "1"], ["Behind", "1"], ["Stale (no contact)", "1"],
+        ["On the newest revision", "1"], ["Behind", "1"], ["Revision conflict", "0"],
+        ["Stale (no contact)", "1"],
         ["Never seen", "1"]]
     approvals = _table(html, "approvals-table")[1:]
     assert [r[0] for r in approvals] == ["Call · bot → payroll/pay", "Call · bot → payroll/read",

@@ -134,9 +134,9 @@ def test_every_family_is_exposed_with_the_seeded_values(world, tenant_a, setting
         ("gw-current", "alpha"): 0, ("gw-behind", "alpha"): 1, ("gw-stale", "alpha"): 0}
     states = of(samples, "tollgate_gateways")
     assert {s: states[(s, "alpha")] for s in selectors.FLEET_STATES} == {
-        "current": 1, "behind": 1, "stale": 1, "never": 1}
+        "current": 1, "behind": 1, "conflict": 0, "stale": 1, "never": 1}
     assert {s: states[(s, "bravo")] for s in selectors.FLEET_STATES} == {
-        "current": 0, "behind": 0, "stale": 0, "never": 0}
+        "current": 0, "behind": 0, "conflict": 0, "stale": 0, "never": 0}
 
     # Decisions, from the roll-up.
     assert of(samples, "tollgate_decisions_total") == {
