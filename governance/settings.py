@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "notifications",
     "decision_logs",
     "exports",
+    "scim",
     "alerts",
     "evidence",
     "observability",
@@ -368,6 +369,12 @@ OIDC_STORE_ID_TOKEN = True
 OIDC_TIMEOUT = env_int("OIDC_TIMEOUT", 10, minimum=1)
 OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "your identity provider")
 LOGIN_REDIRECT_URL_FAILURE = "/login/?error=sso"
+# SCIM provisioning (scim/): a SCIM User's externalId is the IdP subject, matched with this
+# issuer to the same (issuer, subject) identity an OIDC login finds. Without OIDC, a fixed URN.
+SCIM_IDENTITY_ISSUER = env_str(
+    "SCIM_IDENTITY_ISSUER", OIDC_OP_ISSUER if OIDC_ENABLED else "urn:tollgate:scim")
+# The most resources one SCIM list or search answers (ServiceProviderConfig filter.maxResults).
+SCIM_MAX_RESULTS = env_int("SCIM_MAX_RESULTS", 200, minimum=1)
 
 AUTHENTICATION_BACKENDS = (
     ["governance.tenancy.oidc.TollgateOIDCBackend"]
