@@ -54,7 +54,7 @@ class ScimUser(TenantScopedModel):
 
     scim_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="scim_users"
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="scim_users"
     )
     user_name = models.CharField(max_length=255)
     # userName is not case-exact (RFC 7643 §4.1.1): uniqueness and ``eq`` use this key.

@@ -26,8 +26,9 @@ from scim2_models import InvalidValueException, UniquenessException
 
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor, audit_record
-from governance.tenancy import group_roles
 from governance.tenancy.models import ExternalIdentity, Membership, Tenant, hash_token
+from governance.tenancy.offboarding import user_access_end
+from governance.tenancy.services import _free_username, memberships_sync_from_groups
 from scim.models import ScimGroup, ScimGroupMember, ScimToken, ScimUser
 
 User = get_user_model()
@@ -45,14 +46,11 @@ def token_actor(token: ScimToken) -> Actor:
                  f"SCIM token {token.name} ({token.prefix}…)")
 
 
-def scim_source() -> str:
-    return Membership.Source.SCIM
-
-
-def managed_sources() -> tuple[str, ...]:
-    """Memberships SCIM may change: its own and those IdP logins made (never manual ones, nor
-    invitations an admin sent)."""
-    return (Membership.Source.SCIM, Membership.Source.IDP)
+def _sync(*, tenant: Tenant, actor: Actor, user: AbstractBaseUser, groups: list[str]) -> None:
+    """The core's group → role computation for this tenant only, as SCIM (the memberships IdP
+    logins or SCIM made follow; manual ones and invitations are left alone)."""
+    memberships_sync_from_groups(user=user, groups=groups, source=Membership.Source.SCIM,
+                                 tenant=tenant, actor=actor)
 
 
 # --- Tokens ------------------------------------------------------------------------------------
@@ -139,8 +137,6 @@ def _identity_user(*, tenant: Tenant, actor: Actor, external_id: str, user_name:
                     .filter(issuer=issuer, subject=external_id).first())
         if identity is not None:
             return identity.user
-    from governance.tenancy.services import _free_username
-
     name = document.get("name") or {}
     emails = document.get("emails") or []
     primary = next((e for e in emails if e.get("primary")), emails[0] if emails else {})
@@ -249,11 +245,8 @@ def scim_user_delete(*, tenant: Tenant, actor: Actor, scim_user: ScimUser) -> No
 def _end_access(*, tenant: Tenant, actor: Actor, scim_user: ScimUser, reason: str) -> None:
     """Every session and personal token of the person ends now; the membership SCIM or IdP
     logins made in this tenant goes (a manual one stays, for an admin to decide)."""
-    from governance.tenancy.offboarding import user_access_end
-
     user_access_end(user=scim_user.user, actor=actor, reason=reason, tenant=tenant)
-    group_roles.membership_end_for_tenant(tenant=tenant, actor=actor, user=scim_user.user,
-                                          managed_sources=managed_sources())
+    _sync(tenant=tenant, actor=actor, user=scim_user.user, groups=[])
 
 
 def _sync_roles(*, tenant: Tenant, actor: Actor, scim_users: list[ScimUser]) -> None:
@@ -264,9 +257,7 @@ def _sync_roles(*, tenant: Tenant, actor: Actor, scim_users: list[ScimUser]) -> 
         groups = list(ScimGroup.objects.for_tenant(tenant)
                       .filter(memberships__member=scim_user).values_list("display_name",
                                                                          flat=True))
-        group_roles.membership_sync_for_tenant(
-            tenant=tenant, actor=actor, user=scim_user.user, groups=groups,
-            source=scim_source(), managed_sources=managed_sources())
+        _sync(tenant=tenant, actor=actor, user=scim_user.user, groups=groups)
 
 
 # --- Groups ------------------------------------------------------------------------------------
