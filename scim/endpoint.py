@@ -35,6 +35,7 @@ from scim2_models import (
     ResourceType,
     ResponseParameters,
     SCIMException,
+    ScimPolicy,
     ScimProvider,
     ServiceProviderConfig,
     Sort,
@@ -73,6 +74,16 @@ def service_provider_config(max_results: int) -> ServiceProviderConfig:
     )
 
 
+# Two departures from RFC 7644 that Microsoft Entra ID makes and scim2-models names as such:
+# a "remove" whose value lists the members to remove (path "members"), and a replace through a
+# filter that matches no entry yet (emails[type eq "work"].value on a user with no work
+# address), which creates it. Anything else stays strict (an unknown attribute is a 400).
+IDP_TOLERANCES = ScimPolicy(
+    remove_value_as_filter=ScimPolicy.RemoveValue.apply,
+    unmatched_path_filter=ScimPolicy.UnmatchedPathFilter.create,
+)
+
+
 class TollgateScimService(ScimService):
     """scim2-server's protocol core, answering a PATCH with the resource (200) rather than 204:
     Okta's SCIM guide asks for the updated resource, and RFC 7644 §3.5.2 allows either."""
@@ -98,6 +109,7 @@ def scim_service() -> tuple[ScimService, dict[str, type]]:
             resource_types=[ResourceType.from_resource(User[EnterpriseUser]),
                             ResourceType.from_resource(Group)],
             config=service_provider_config(key),
+            policy=IDP_TOLERANCES,
         )
         service = TollgateScimService(provider)
         models = {rt.name: provider.model_for(rt) for rt in provider.resource_types}

@@ -161,10 +161,14 @@ def test_entra_provisioning_and_deprovisioning(scim, tenant_a, mappings, login, 
     changed = scim.patch(f"/Users/{user_id}", {"schemas": [PATCH_SCHEMA], "Operations": [
         {"op": "Replace", "path": 'emails[type eq "work"].value',
          "value": "updatedEmail@microsoft.com"},
-        {"op": "Replace", "path": "name.familyName", "value": "updatedFamilyName"}]})
+        {"op": "Replace", "path": "name.familyName", "value": "updatedFamilyName"},
+        # A filter that matches no entry yet: Entra expects the entry to be created.
+        {"op": "Replace", "path": 'phoneNumbers[type eq "mobile"].value',
+         "value": "+1 425 555 0100"}]})
     assert changed.status_code == 200, changed.body
     assert changed.body["emails"][0]["value"] == "updatedEmail@microsoft.com"
     assert changed.body["name"]["familyName"] == "updatedFamilyName"
+    assert changed.body["phoneNumbers"] == [{"value": "+1 425 555 0100", "type": "mobile"}]
 
     # 4. Groups: created without members, looked up without members, members added.
     group = scim.post("/Groups", {"schemas": [GROUP_SCHEMA],
