@@ -98,6 +98,15 @@ class TenantStorage(ScimStorage):
 
     def search(self, resource_types: list[ResourceType], search_request: SearchRequest[Any],
                *, position: Any = None) -> SearchPage:
+        start = search_request.start_index_0 or 0
+        stop = None if search_request.count is None else start + search_request.count
+        if len(resource_types) == 1 and search_request.sort_by is None:
+            name = resource_types[0].name
+            queryset, exact = self._queryset(name, search_request.filter)
+            if exact:
+                # No filter, or one the database answers exactly (what IdPs send): count and
+                # page in the database, build only the page's resources.
+                return SearchPage(queryset.count(), self._resources(name, queryset[start:stop]))
         found: list[Resource[Any]] = []
         for resource_type in resource_types:
             found.extend(self._matching(resource_type.name, search_request.filter))
@@ -106,28 +115,32 @@ class TenantStorage(ScimStorage):
             found.sort(key=lambda r: (search_request.sort_value(r) is None,
                                       search_request.sort_value(r) or "", r.id),
                        reverse=descending)
-        start = search_request.start_index_0 or 0
-        stop = None if search_request.count is None else start + search_request.count
         return SearchPage(len(found), found[start:stop])
 
-    def _matching(self, name: str, scim_filter: ScimFilter[Any] | None) -> list[Resource[Any]]:
-        """Every resource of a type the filter matches. An ``eq`` on userName, externalId or
-        displayName (what IdPs send) is narrowed in the database first; the filter itself is
-        then evaluated by scim2-models on each candidate, so the semantics are the RFC's."""
-        rows: list[Any]
+    def _resources(self, name: str, rows) -> list[Resource[Any]]:
+        rows = list(rows)
+        if name != "User":
+            return [self._resource(name, row) for row in rows]
+        groups = selectors.groups_by_member(self.tenant, rows)
+        return [self._resource(name, row, groups[row.pk]) for row in rows]
+
+    def _queryset(self, name: str, scim_filter: ScimFilter[Any] | None):
+        """The rows a filter selects, and whether the database selected them exactly: with no
+        filter, or an ``eq`` on userName (without case), externalId (exact) or, for groups,
+        displayName (without case) — the RFC's semantics for those attributes."""
         if name == "User":
-            queryset = selectors.scim_users(self.tenant)
-            queryset = self._narrow(queryset, scim_filter, {
+            return self._narrow(selectors.scim_users(self.tenant), scim_filter, {
                 "username": lambda v: {"user_name_key": v.casefold()},
                 "externalid": lambda v: {"external_id": v}})
-            rows = list(queryset)
-            groups = selectors.groups_by_member(self.tenant, rows)
-            resources = [self._resource(name, row, groups[row.pk]) for row in rows]
-        else:
-            queryset = self._narrow(selectors.scim_groups(self.tenant), scim_filter, {
-                "displayname": lambda v: {"display_name__iexact": v},
-                "externalid": lambda v: {"external_id": v}})
-            resources = [self._resource(name, row) for row in queryset]
+        return self._narrow(selectors.scim_groups(self.tenant), scim_filter, {
+            "displayname": lambda v: {"display_name__iexact": v},
+            "externalid": lambda v: {"external_id": v}})
+
+    def _matching(self, name: str, scim_filter: ScimFilter[Any] | None) -> list[Resource[Any]]:
+        """Every resource of a type the filter matches, the filter evaluated by scim2-models
+        on each candidate the database narrowed to."""
+        queryset, _ = self._queryset(name, scim_filter)
+        resources = self._resources(name, queryset)
         if scim_filter is None:
             return resources
         if not scim_filter.models:
@@ -136,14 +149,16 @@ class TenantStorage(ScimStorage):
 
     @staticmethod
     def _narrow(queryset, scim_filter, lookups):
-        node = scim_filter.ast if scim_filter is not None else None
+        if scim_filter is None:
+            return queryset, True
+        node = scim_filter.ast
         if (isinstance(node, Comparison) and node.op == CompareOperator.eq
                 and isinstance(node.value, str) and node.attr_path.sub_attr is None
                 and node.attr_path.uri in (None, "", CORE_USER, CORE_GROUP)):
             lookup = lookups.get(node.attr_path.attr.lower())
             if lookup is not None:
-                return queryset.filter(**lookup(node.value))
-        return queryset
+                return queryset.filter(**lookup(node.value)), True
+        return queryset, False
 
     def create(self, resource_type: ResourceType, resource: Resource[Any]) -> Resource[Any]:
         document = self._document(resource)
