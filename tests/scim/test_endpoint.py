@@ -219,3 +219,37 @@ def test_a_member_that_is_not_a_resource_of_the_tenant_is_400(scim):
            400, "invalidValue")
     _error(scim.post("/Groups", group_body("engineering", "nope")), 400, "invalidValue")
     assert not ScimGroup.objects.exists()
+
+
+def test_the_first_oidc_sign_in_lands_on_the_provisioned_account(scim, settings, tenant_a):
+    from governance.tenancy.services import identity_login
+
+    body = scim.post("/Users", user_body("bjensen@example.com", "00u1")).body
+    person = identity_login(issuer=settings.SCIM_IDENTITY_ISSUER, subject="00u1",
+                            username="bjensen", email="bjensen@example.com", full_name="B J",
+                            groups=[])
+    assert ScimUser.objects.get(scim_id=body["id"]).user == person
+
+
+def test_every_change_is_audited_with_the_scim_token_as_actor(scim, tenant_a):
+    scim.post("/Users", user_body("bjensen@example.com", "00u1"))
+    event = AuditEvent.objects.get(tenant=tenant_a, action="scim.user_created")
+    assert event.actor_type == "token"
+    assert event.actor_label.startswith("SCIM token Okta (tgscim_")
+    assert event.after["user_name"] == "bjensen@example.com"
+
+
+def test_a_page_is_never_larger_than_max_results(scim, settings):
+    settings.SCIM_MAX_RESULTS = 2
+    for n in range(3):
+        scim.post("/Users", user_body(f"user{n}@example.com", f"00u{n}"))
+    assert scim.get("/ServiceProviderConfig").body["filter"]["maxResults"] == 2
+    page = scim.get("/Users", count="50").body
+    assert page["totalResults"] == 3 and len(page["Resources"]) <= 2
+
+
+def test_unknown_tokens_from_one_address_are_throttled(tenant_a, settings, redis_url):
+    settings.TOKEN_FAILURE_LIMIT_PER_MINUTE = 2
+    client = ScimClient("alpha", "tgscim_guess")
+    statuses = [client.get("/Users").status_code for _ in range(4)]
+    assert statuses[:2] == [401, 401] and statuses[-1] == 429
