@@ -16,19 +16,15 @@ from governance.audit.services import Actor
 from governance.tenancy.models import ExternalIdentity, Membership
 from governance.tenancy.roles import Role
 from scim import services as scim_services
-from tests.e2e.test_e2e_oidc import (  # noqa: F401 (fixtures)
-    acme,
-    base_url,
-    browser,
-    carol,
-    idp,
-    login_page_url,
-    oidc_settings,
-    sso_login,
-)
+from tests.e2e import test_e2e_oidc as oidc
 from tests.factories import make_token
 
 pytestmark = pytest.mark.e2e
+
+# The OIDC end-to-end test's fixtures: the live server, the IdP, Chromium, tenant acme.
+base_url, idp, oidc_settings, browser, acme = (
+    oidc.base_url, oidc.idp, oidc.oidc_settings, oidc.browser, oidc.acme)
+carol, login_page_url, sso_login = oidc.carol, oidc.login_page_url, oidc.sso_login
 
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
