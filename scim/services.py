@@ -26,9 +26,19 @@ from scim2_models import InvalidValueException, UniquenessException
 
 from governance.audit.models import AuditEvent
 from governance.audit.services import Actor, audit_record
-from governance.tenancy.models import ExternalIdentity, Membership, Tenant, hash_token
+from governance.tenancy.models import (
+    ApiToken,
+    ExternalIdentity,
+    Membership,
+    Tenant,
+    hash_token,
+)
 from governance.tenancy.offboarding import user_access_end
-from governance.tenancy.services import _free_username, memberships_sync_from_groups
+from governance.tenancy.services import (
+    _free_username,
+    api_token_revoke,
+    memberships_sync_from_groups,
+)
 from scim.models import ScimGroup, ScimGroupMember, ScimToken, ScimUser
 
 User = get_user_model()
@@ -243,10 +253,30 @@ def scim_user_delete(*, tenant: Tenant, actor: Actor, scim_user: ScimUser) -> No
 
 
 def _end_access(*, tenant: Tenant, actor: Actor, scim_user: ScimUser, reason: str) -> None:
-    """Every session and personal token of the person ends now; the membership SCIM or IdP
-    logins made in this tenant goes (a manual one stays, for an admin to decide)."""
-    user_access_end(user=scim_user.user, actor=actor, reason=reason, tenant=tenant)
-    _sync(tenant=tenant, actor=actor, user=scim_user.user, groups=[])
+    """The person's access to this tenant ends now: every session and their personal tokens
+    here (``user_access_end``), then the membership SCIM or IdP logins made (a manual one stays,
+    for an admin to decide).
+
+    One exception: a person who is also a member of *another* tenant keeps their sessions,
+    which carry that other access too. A tenant's SCIM token speaks for that tenant only; were
+    it able to end sessions everywhere, one tenant's admin could sign anyone of the
+    installation out, over and over, by provisioning their subject. Their access here ends in
+    this request all the same: their personal tokens here are revoked, and the membership goes
+    (a session without one gets 404 on this tenant's pages).
+    """
+    user = scim_user.user
+    elsewhere = Membership.objects.filter(user=user).exclude(tenant=tenant).exists()
+    if not elsewhere:
+        user_access_end(user=user, actor=actor, reason=reason, tenant=tenant)
+    else:
+        tokens = ApiToken.objects.for_tenant(tenant).filter(
+            user=user, kind=ApiToken.Kind.PERSONAL, revoked_at__isnull=True)
+        for token in tokens:
+            api_token_revoke(tenant=tenant, actor=actor, token=token, reason=reason)
+        audit_record(tenant=tenant, actor=actor, action="scim.sessions_kept", obj=scim_user,
+                     after={"user": user.get_username(),
+                            "why": "a member of another tenant: only access here ends"})
+    _sync(tenant=tenant, actor=actor, user=user, groups=[])
 
 
 def _sync_roles(*, tenant: Tenant, actor: Actor, scim_users: list[ScimUser]) -> None:

@@ -146,3 +146,30 @@ def test_a_refused_deactivation_changes_nothing(scim, provisioned, tenant_a, bar
     assert response.status_code == 400
     assert browser.get("/t/alpha/").status_code == 200
     assert _membership(tenant_a, barbara).role == Role.DEVELOPER
+
+
+def test_one_tenants_scim_cannot_sign_a_member_of_another_tenant_out(
+        scim, tenant_a, tenant_b, oscar, login, api, token_for, settings):
+    """Tenant A's admin holds A's SCIM token and could name any subject: a person who is
+    also a member elsewhere keeps their sessions (and their tokens there); their access to A
+    alone ends."""
+    ExternalIdentity.objects.create(user=oscar, issuer=settings.SCIM_IDENTITY_ISSUER,
+                                    subject="00u-oscar")
+    GroupMappingFactory(tenant=tenant_a, group="tollgate-developers", role=Role.DEVELOPER)
+    user_id = scim.post("/Users", user_body("oscar@example.com", "00u-oscar")).body["id"]
+    scim.post("/Groups", group_body("tollgate-developers", user_id))
+    assert _membership(tenant_a, oscar).role == Role.DEVELOPER
+    browser = login(oscar)
+    token_b = token_for(oscar, tenant_b)
+    _, token_a = make_token(tenant_a, user=oscar, role=Role.DEVELOPER)
+    assert browser.get("/t/alpha/").status_code == 200
+
+    scim.patch(f"/Users/{user_id}", patch_body({"op": "replace", "path": "active",
+                                                "value": False}))
+
+    assert browser.get("/t/bravo/").status_code == 200
+    assert api(token_b).get("/api/v1/t/bravo/servers/").status_code == 200
+    assert browser.get("/t/alpha/").status_code == 404
+    assert api(token_a).get("/api/v1/t/alpha/servers/").status_code == 401
+    assert AuditEvent.objects.filter(tenant=tenant_a, action="scim.sessions_kept").exists()
+    assert not AuditEvent.objects.filter(action="user.access_ended").exists()
