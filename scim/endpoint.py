@@ -52,13 +52,10 @@ from governance.tenancy import token_guard
 from scim import selectors, services
 from scim.storage import TenantStorage
 
-DOCS = "https://github.com/tollgate/tollgate/blob/main/docs/scim.md"
-
 
 def service_provider_config(max_results: int) -> ServiceProviderConfig:
     """What Tollgate declares (RFC 7643 §5), and so what scim2-tester checks."""
     return ServiceProviderConfig(
-        documentation_uri=Reference[External](DOCS),
         patch=Patch(supported=True),
         bulk=Bulk(supported=False, max_operations=0, max_payload_size=0),
         filter=Filter(supported=True, max_results=max_results),
