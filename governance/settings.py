@@ -83,6 +83,7 @@ INSTALLED_APPS = [
     "notifications",
     "decision_logs",
     "exports",
+    "scim",
     "alerts",
     "evidence",
     "observability",
@@ -375,7 +376,22 @@ OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
 OIDC_STORE_ID_TOKEN = True
 OIDC_TIMEOUT = env_int("OIDC_TIMEOUT", 10, minimum=1)
 OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "your identity provider")
+# Session re-validation (governance.tenancy.revalidation): an OIDC session is re-checked with the
+# IdP (refresh-token grant, then userinfo) at its first request after this many seconds; 0 turns
+# it off. When the IdP cannot be reached the session is kept, for at most
+# OIDC_RECHECK_GRACE_SECONDS after the IdP last vouched for it (then it ends: fail closed).
+OIDC_RECHECK_SECONDS = env_int("OIDC_RECHECK_SECONDS", 300, minimum=0)
+OIDC_RECHECK_GRACE_SECONDS = env_int("OIDC_RECHECK_GRACE_SECONDS", 3600, minimum=0)
+# Back-channel logout: a logout token's iat may be at most this many seconds old (or ahead:
+# clock skew); its jti is remembered as long, so a replay is refused.
+OIDC_LOGOUT_TOKEN_MAX_AGE = env_int("OIDC_LOGOUT_TOKEN_MAX_AGE", 300, minimum=30)
 LOGIN_REDIRECT_URL_FAILURE = f"{SCRIPT_NAME}/login/?error=sso"
+# SCIM provisioning (scim/): a SCIM User's externalId is the IdP subject, matched with this
+# issuer to the same (issuer, subject) identity an OIDC login finds. Without OIDC, a fixed URN.
+SCIM_IDENTITY_ISSUER = env_str(
+    "SCIM_IDENTITY_ISSUER", OIDC_OP_ISSUER if OIDC_ENABLED else "urn:tollgate:scim")
+# The most resources one SCIM list or search answers (ServiceProviderConfig filter.maxResults).
+SCIM_MAX_RESULTS = env_int("SCIM_MAX_RESULTS", 200, minimum=1)
 
 AUTHENTICATION_BACKENDS = (
     ["governance.tenancy.oidc.TollgateOIDCBackend"]

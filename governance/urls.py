@@ -73,6 +73,7 @@ tenant_api = [
     path("", include("notifications.api.urls")),
     path("", include("decision_logs.api.urls")),
     path("", include("exports.api.urls")),
+    path("", include("scim.api.urls")),
     path("", include("alerts.api.urls")),
     path("", include("evidence.api.urls")),
     path("", include("observability.api.urls")),
@@ -87,6 +88,7 @@ tenant_web = [
     path("", include("approvals.urls")),
     path("", include("decision_logs.urls")),
     path("", include("exports.urls")),
+    path("", include("scim.urls")),
     path("", include("alerts.urls")),
     path("", include("evidence.urls")),
     path("", include("observability.urls")),
@@ -113,4 +115,6 @@ urlpatterns = [
          name="api-docs"),
     path("api/v1/t/<slug:tenant_slug>/", include(tenant_api)),
     path("api/v1/gateway/", include("governance.gateway_urls")),
+    # SCIM 2.0 per tenant (RFC 7644), authenticated by the tenant's SCIM tokens (scim/).
+    path("", include("scim.endpoint_urls")),
 ]

@@ -75,8 +75,14 @@ class BearerTokenAuthentication(BaseAuthentication):
         if token.user is not None:
             if not token.user.is_active:
                 raise AuthenticationFailed("The token's user is deactivated.")
+            # Read on every request (never cached): a token stops at once when its owner's
+            # last membership of the tenant goes, whichever way it went.
             membership = Membership.objects.for_tenant(token.tenant).filter(user=token.user).first()
-            if membership is None or not role_covers(membership.role, token.role):
+            if membership is None:
+                raise AuthenticationFailed(
+                    "The token's owner is no longer a member of the token's tenant."
+                )
+            if not role_covers(membership.role, token.role):
                 raise AuthenticationFailed(
                     "The token's role exceeds its owner's current role in the tenant."
                 )

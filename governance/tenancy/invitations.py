@@ -153,7 +153,7 @@ def invitations_accept(
         existing = Membership.objects.for_tenant(tenant).filter(user=user).first()
         if existing is None:
             existing = membership_create(tenant=tenant, actor=actor, user=user,
-                                         role=group[0].role)
+                                         role=group[0].role, source=Membership.Source.INVITATION)
             created.append(existing)
             outcome = "member added"
         else:

@@ -87,13 +87,20 @@ class TenantScopedModel(AuditSnapshotModel):
 
 
 class Membership(TenantScopedModel):
-    """A user's role in a tenant; ``source`` says who manages it (the IdP or an admin)."""
+    """A user's role in a tenant; ``source`` says who manages it (the IdP, SCIM, an invitation
+    or an admin) and ``last_confirmed_at`` when that source last vouched for it."""
 
     audit_fields = ("user", "role", "source")
 
     class Source(models.TextChoices):
-        IDP = "idp", "IdP groups"
+        IDP = "idp", "IdP login"
+        SCIM = "scim", "SCIM"
+        INVITATION = "invitation", "Invitation"
         MANUAL = "manual", "Added by an admin"
+
+    # Memberships that follow the IdP's groups (at sign-in, re-validation or SCIM): added,
+    # changed and removed with them. The others are left alone by group sync.
+    IDP_MANAGED = (Source.IDP, Source.SCIM)
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
@@ -102,6 +109,9 @@ class Membership(TenantScopedModel):
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.MANUAL)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+    # When an IdP sign-in or re-validation, a SCIM request or the invitation last confirmed it
+    # (null: never, e.g. added by hand).
+    last_confirmed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["user__username"]
@@ -156,6 +166,33 @@ class ExternalIdentity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} @ {self.issuer}"
+
+
+class UserSession(models.Model):
+    """One signed-in browser session: lets offboarding, back-channel logout and re-validation
+    find a user's sessions without scanning the session store."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="user_sessions"
+    )
+    session_key = models.CharField(max_length=40, unique=True)
+    # The OIDC login behind the session (blank for a local password login); ``sid`` is the
+    # IdP's session id when its ID token carries one (back-channel logout names it).
+    issuer = models.CharField(max_length=500, blank=True)
+    subject = models.CharField(max_length=255, blank=True)
+    sid = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    # When the IdP last vouched for the session (the login, then each re-validation).
+    last_checked_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["issuer", "sid"], name="usersession_issuer_sid"),
+            models.Index(fields=["issuer", "subject"], name="usersession_issuer_subject"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} · {self.session_key[:8]}…"
 
 
 def hash_token(plaintext: str) -> str:

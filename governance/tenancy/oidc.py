@@ -11,7 +11,18 @@ from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
-from governance.tenancy import invitations, services
+from governance.tenancy import invitations, services, user_sessions
+
+
+def groups_from_claims(claims: dict) -> list[str]:
+    """The IdP groups in userinfo claims (``OIDC_GROUPS_CLAIM``); SuspiciousOperation if the
+    claim is neither a string nor a list of strings."""
+    groups = claims.get(settings.OIDC_GROUPS_CLAIM, [])
+    if isinstance(groups, str):
+        groups = [groups]
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise SuspiciousOperation(f"the {settings.OIDC_GROUPS_CLAIM!r} claim is not a list")
+    return groups
 
 
 class TollgateOIDCBackend(OIDCAuthenticationBackend):
@@ -29,6 +40,13 @@ class TollgateOIDCBackend(OIDCAuthenticationBackend):
         except requests.RequestException as exc:
             raise Refused(_one_line(f"the identity provider could not be reached: {exc}"),
                           unavailable=True) from exc
+
+    def get_token(self, payload):
+        token_info = super().get_token(payload)
+        # Kept for re-validation (governance.tenancy.revalidation); the library drops it.
+        self._refresh_token = token_info.get("refresh_token") if isinstance(token_info, dict) \
+            else None
+        return token_info
 
     def retrieve_matching_jwk(self, token):
         # The library indexes the header's "kid" (KeyError, a 500, when a token has none) and
@@ -62,11 +80,7 @@ class TollgateOIDCBackend(OIDCAuthenticationBackend):
         # OIDC Core 5.3.2: the userinfo subject must be the ID token's subject.
         if claims.get("sub") != payload["sub"]:
             raise SuspiciousOperation("userinfo subject differs from the ID token subject")
-        groups = claims.get(settings.OIDC_GROUPS_CLAIM, [])
-        if isinstance(groups, str):
-            groups = [groups]
-        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-            raise SuspiciousOperation(f"the {settings.OIDC_GROUPS_CLAIM!r} claim is not a list")
+        groups = groups_from_claims(claims)
         email = claims.get("email") or ""
         username = (
             claims.get("preferred_username") or (email.split("@")[0] if email else "")
@@ -85,6 +99,16 @@ class TollgateOIDCBackend(OIDCAuthenticationBackend):
                 user=user, email=invited_email, identities=[(payload["iss"], payload["sub"])]
             )
             services.auth_record_login(user=user, method="oidc")
+        # Read by the session registry when django.contrib.auth.login signals the sign-in.
+        request = getattr(self, "request", None)
+        if request is not None:
+            sid = payload.get("sid")
+            setattr(request, user_sessions.OIDC_LOGIN_ATTR, {
+                "iss": payload["iss"], "sub": payload["sub"],
+                "sid": sid if isinstance(sid, str) else "",
+                "access_token": access_token,
+                "refresh_token": getattr(self, "_refresh_token", None) or "",
+            })
         return user
 
 

@@ -61,7 +61,7 @@ ROLE_CAPABILITIES: dict[str, frozenset[Cap]] = {
 CAPABILITY_LABELS: dict[Cap, str] = {
     Cap.VIEW: "See the tenant (registry, dashboards)",
     Cap.PERSONAL_TOKENS: "Create and revoke own API tokens",
-    Cap.MANAGE_MEMBERS: "Manage members, roles and invitations",
+    Cap.MANAGE_MEMBERS: "Manage members, roles, invitations and SCIM provisioning tokens",
     Cap.MANAGE_GROUP_MAPPINGS: "Manage IdP group → role mappings",
     Cap.MANAGE_SERVICE_TOKENS: "Create and revoke service tokens, revoke anyone's token",
     Cap.VIEW_AUDIT: (

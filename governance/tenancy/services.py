@@ -135,7 +135,11 @@ def membership_create(
     """Add a user to a tenant with a role."""
     if Membership.objects.for_tenant(tenant).filter(user=user).exists():
         raise ValidationError(f"{user.get_username()} is already a member of {tenant.name}.")
-    membership = Membership(tenant=tenant, user=user, role=role, source=source)
+    membership = Membership(
+        tenant=tenant, user=user, role=role, source=source,
+        # Created by the IdP, SCIM or an invitation: that is its first confirmation.
+        last_confirmed_at=None if source == Membership.Source.MANUAL else timezone.now(),
+    )
     membership.full_clean(exclude=["tenant", "user"])
     membership.save()
     audit_record(
@@ -347,33 +351,47 @@ def _free_username(wanted: str) -> str:
 
 
 @transaction.atomic
-def memberships_sync_from_groups(*, user: AbstractBaseUser, groups: list[str]) -> None:
-    """Apply the IdP group → role mappings of every tenant to one user's memberships."""
-    actor = Actor.system(f"idp-sync:{user.get_username()}")
+def memberships_sync_from_groups(
+    *,
+    user: AbstractBaseUser,
+    groups: list[str],
+    source: str = Membership.Source.IDP,
+    tenant: Tenant | None = None,
+    actor: Actor | None = None,
+) -> None:
+    """Apply the IdP group → role mappings of every tenant (or of ``tenant`` only, for SCIM) to
+    one user's memberships.
+
+    IdP-managed memberships (source idp or scim) are added (with ``source``), changed, removed
+    and marked confirmed; memberships an admin or an invitation made are left alone.
+    """
+    actor = actor or Actor.system(f"idp-sync:{user.get_username()}")
+    mappings = IdpGroupMapping.objects.filter(group__in=groups).select_related("tenant")
+    memberships = Membership.objects.filter(user=user).select_related("tenant")
+    if tenant is not None:
+        mappings, memberships = mappings.for_tenant(tenant), memberships.for_tenant(tenant)
     wanted: dict[int, list[str]] = {}
-    for mapping in IdpGroupMapping.objects.filter(group__in=groups).select_related("tenant"):
+    for mapping in mappings:
         wanted.setdefault(mapping.tenant_id, []).append(mapping.role)
-    existing = {
-        m.tenant_id: m
-        for m in Membership.objects.filter(user=user).select_related("tenant")
-        .select_for_update(of=("self",))
-    }
+    existing = {m.tenant_id: m for m in memberships.select_for_update(of=("self",))}
     tenants = {t.pk: t for t in Tenant.objects.filter(pk__in=set(wanted) | set(existing))}
-    for tenant_id, tenant in sorted(tenants.items()):
+    now = timezone.now()
+    for tenant_id, where in sorted(tenants.items()):
         role = strongest(wanted.get(tenant_id, []))
         membership = existing.get(tenant_id)
-        if membership is not None and membership.source != Membership.Source.IDP:
+        if membership is not None and membership.source not in Membership.IDP_MANAGED:
             continue
         if membership is None and role is not None:
-            membership_create(
-                tenant=tenant, actor=actor, user=user, role=role, source=Membership.Source.IDP
-            )
+            membership_create(tenant=where, actor=actor, user=user, role=role, source=source)
         elif membership is not None and role is None:
             # The IdP is the source of truth for this membership: it goes even if it was the
             # last admin (a platform operator can always add an admin back by hand).
-            _remove(tenant=tenant, actor=actor, membership=membership)
-        elif membership is not None and role != membership.role:
-            _set_role(tenant=tenant, actor=actor, membership=membership, role=role)
+            _remove(tenant=where, actor=actor, membership=membership)
+        else:
+            if role != membership.role:
+                _set_role(tenant=where, actor=actor, membership=membership, role=role)
+            # Bookkeeping, not an audited change: when the IdP last vouched for it.
+            Membership.objects.filter(pk=membership.pk).update(last_confirmed_at=now)
 
 
 @transaction.atomic

@@ -38,6 +38,8 @@ from governance.tenancy.models import ApiToken, IdpGroupMapping, Invitation, Mem
 from governance.tenancy.roles import IDENTITY_CAPABILITIES, Role
 from notifications.models import Channel, Delivery
 from registry import models as registry
+from scim import services as scim_services
+from scim.models import ScimGroup, ScimGroupMember, ScimToken, ScimUser
 from tests.factories import GroupMappingFactory, make_token
 
 # Patterns outside any tenant, and why they are safe.
@@ -77,6 +79,12 @@ NON_TENANT_PATTERNS = {
     # Prometheus exposition: Bearer METRICS_TOKEN or a client in METRICS_ALLOWED_NETWORKS, else
     # 403 (401 for a wrong token); tests/observability/test_metrics.py proves each case.
     "metrics": "Prometheus metrics (token or allowed network; aggregate numbers only)",
+    # non-tenant: scim
+    # SCIM 2.0 (RFC 7644) by the tenant's SCIM bearer token, whose tenant must be the one in
+    # the path; tests/scim/test_endpoint.py proves 401 (none, unknown, revoked) and 404 (a token
+    # of another tenant, another tenant's resource).
+    "^scim/v2/(?P<scim_tenant>[a-z0-9-]{1,50})(?P<scim_path>/.*)?$":
+        "SCIM Users, Groups and discovery of the token's tenant",
 }
 
 # Which model an object kwarg names, for web patterns; API viewsets name it with ``pk``.
@@ -111,6 +119,8 @@ KWARG_MODELS = {
     "alert_id": Alert,
     # kwargs: evidence
     "pack_id": EvidencePack,
+    # kwargs: scim
+    "scim_token_id": ScimToken,
 }
 
 # ``<converter:name>`` (path()) or ``(?P<name>regex)`` (DRF routers' re_path()).
@@ -275,6 +285,9 @@ def objects_a(cast, tenant_a):
         tenant=tenant_a, period_start=timezone.now().date() - timedelta(days=7),
         period_end=timezone.now().date(), status="done", progress=100, content=b"PK\x05\x06",
         size=4, sha256="0" * 64)
+    # objects: scim
+    objects[ScimToken] = scim_services.scim_token_create(
+        tenant=tenant_a, actor=Actor.system("test"), created_by=alice, name="Okta")[0]
     return objects
 
 
@@ -400,6 +413,11 @@ def test_every_tenant_model_is_covered_by_the_contract():
                        "(approval-policies/, approvals/policies/<policy_id>/)",
         ApprovalDecision: "part of a request: made through access-requests/<pk>/decide and "
                           "approvals/requests/<request_id>/decide/, shown with the request",
+        # not exposed: scim
+        ScimUser: "provisioned by the IdP on /scim/v2/<tenant>/Users with the tenant's SCIM "
+                  "token only (tests/scim prove 401 and 404); no page or admin API names it",
+        ScimGroup: "provisioned on /scim/v2/<tenant>/Groups like ScimUser",
+        ScimGroupMember: "part of a ScimGroup (its members), written only with it",
         # not exposed: decisions
         DecisionRollup: "derived counts of decision_pk rows (hour × outcome), read only by "
                         "the dashboard's charts and /metrics, never addressed by id",

@@ -269,14 +269,14 @@ def test_sso_login_applies_group_mappings_at_every_login(
     page.context.close()
 
     # (e) An admin invites carol's IdP subject as a viewer: her next sign-in takes it up, though
-    # no group maps her; the membership is the invitation's (manual), not the IdP's.
+    # no group maps her; the membership is the invitation's, not the IdP's.
     invitation = invitations.invitation_create(
         tenant=acme, actor=Actor.system("test"), invited_by=None, issuer=idp.issuer,
         subject="carol-sub-1", role=Role.VIEWER)
     page = sso_login(browser, base_url, idp, landing="/t/acme/")
     assert shown_role(page) == Role.VIEWER
     membership = carol_membership(acme, idp.issuer)
-    assert (membership.role, membership.source) == (Role.VIEWER, Membership.Source.MANUAL)
+    assert (membership.role, membership.source) == (Role.VIEWER, Membership.Source.INVITATION)
     invitation.refresh_from_db()
     assert (invitation.state, invitation.accepted_by) == ("accepted", membership.user)
     assert actions(acme)[:2] == ["auth.login", "invitation.accepted"]  # newest first

@@ -273,7 +273,7 @@ def test_a_password_sign_in_takes_up_the_invitation_once(client, alice, tenant_a
     assert client.post("/login/", {"username": "newcomer", "password": PASSWORD}
                        ).status_code == 302
     membership = Membership.objects.get(tenant=tenant_a, user=newcomer)
-    assert (membership.role, membership.source) == (Role.DEVELOPER, Membership.Source.MANUAL)
+    assert (membership.role, membership.source) == (Role.DEVELOPER, Membership.Source.INVITATION)
     invitation.refresh_from_db()
     assert (invitation.state, invitation.accepted_by) == ("accepted", newcomer)
     accepted = AuditEvent.objects.get(tenant=tenant_a, action="invitation.accepted")
@@ -367,7 +367,7 @@ def test_an_oidc_sign_in_takes_up_invitations_by_subject_or_verified_address(
                  email_verified=True, groups=[])
     assert Membership.objects.get(tenant=tenant_a, user=dan).role == Role.AUDITOR
     assert AuditEvent.objects.filter(tenant=tenant_a, action="invitation.accepted").count() == 2
-    # The invited membership is the admin's, not the IdP's: a later sign-in with no mapped
+    # The invited membership is the invitation's, not the IdP's: a later sign-in with no mapped
     # group leaves it alone.
     oidc_backend(sub="sub-carol", preferred_username="carol", groups=[])
-    assert Membership.objects.get(tenant=tenant_a, user=carol).source == "manual"
+    assert Membership.objects.get(tenant=tenant_a, user=carol).source == "invitation"

@@ -30,7 +30,8 @@ class MembershipOut(serializers.ModelSerializer):
 
     class Meta:
         model = Membership
-        fields = ["id", "username", "email", "role", "source", "created_at", "updated_at"]
+        fields = ["id", "username", "email", "role", "source", "last_confirmed_at", "created_at",
+                  "updated_at"]
 
 
 class MembershipRoleIn(serializers.Serializer):
