@@ -117,6 +117,9 @@ def nginx_context(options: NginxOptions) -> dict:
         "max_wait": max_wait,
         "gateway_margin": GATEWAY_TIMEOUT_MARGIN,
         "gateway_read_timeout": max_wait + GATEWAY_TIMEOUT_MARGIN,
+        # Under a path prefix (FORCE_SCRIPT_NAME, or the path of TOLLGATE_BASE_URL) nginx passes
+        # the path on unchanged and the application routes under it.
+        "gateway_location": f"{settings.FORCE_SCRIPT_NAME or ''}/api/v1/gateway/",
         "client_max_body_size": body_limit + BODY_LIMIT_MARGIN,
         "static_url": static_url if static_url.endswith("/") else static_url + "/",
         "static_root": _check_path("STATIC_ROOT", str(Path(settings.STATIC_ROOT).resolve())),

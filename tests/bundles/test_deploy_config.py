@@ -57,6 +57,18 @@ def test_the_timeouts_follow_the_longest_wait_and_timeouts_are_never_retried(dep
     assert _directives(conf, "listen") == ["80"]
 
 
+def test_under_a_path_prefix_the_long_poll_timeouts_apply_to_the_prefixed_gateway_api(
+        deployment, settings):
+    """Served under /tg the gateway API is /tg/api/v1/gateway/: an unprefixed location would
+    leave held polls on nginx's 60 s default (an HTML 504 for every wait above it)."""
+    settings.FORCE_SCRIPT_NAME = "/tg"
+    settings.STATIC_URL = "/tg/static/"
+    conf = _render("--upstream", "127.0.0.1:8001")
+    assert _directives(_location(conf, "/tg/api/v1/gateway/"), "proxy_read_timeout") == ["180s"]
+    assert "location /api/v1/gateway/ " not in conf
+    assert "location /tg/static/ " in conf
+
+
 def test_the_offload_location_keeps_the_applications_etag_and_revision(deployment):
     conf = _render()
     accel = _location(conf, "/_tg_bundles/")
