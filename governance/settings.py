@@ -89,6 +89,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # A due OIDC session is re-checked with the IdP (governance/tenancy/revalidation.py).
+    "governance.tenancy.revalidation.SessionRevalidationMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     # A view that failed because the database is unreachable answers 503 + Retry-After.
