@@ -226,3 +226,29 @@ def test_an_invitation_makes_an_invitation_membership(tenant_a, alice):
                                                   identities=[])
     assert membership.source == Membership.Source.INVITATION
     assert membership.last_confirmed_at is not None
+
+
+# --- The members page -------------------------------------------------------------------------
+
+
+def test_the_members_page_shows_each_source_and_when_it_was_last_confirmed(
+    login, tenant_a, alice
+):
+    GroupMappingFactory(tenant=tenant_a, group="staff", role=Role.VIEWER)
+    services.identity_login(issuer=ISSUER, subject="s", username="carol", email="",
+                            full_name="", groups=["staff"])
+    services.memberships_sync_from_groups(user=UserFactory(username="sam"), groups=["staff"],
+                                          tenant=tenant_a, source=Membership.Source.SCIM)
+    invitations.invitation_create(tenant=tenant_a, actor=Actor.user(alice), invited_by=alice,
+                                  role=Role.VIEWER, email="nina@example.com")
+    invitations.invitations_accept(user=UserFactory(username="nina", email="nina@example.com"),
+                                   email="nina@example.com", identities=[])
+    html = login(alice).get("/t/alpha/members/").content.decode()
+    rows = {m.user.username: m for m in Membership.objects.filter(tenant=tenant_a)}
+    for username, label in [("carol", "IdP login"), ("sam", "SCIM"), ("nina", "Invitation"),
+                            ("alice", "Added by an admin")]:
+        confirmed = rows[username].last_confirmed_at
+        cell = (f'<time datetime="{confirmed.isoformat()}">' if confirmed else "—")
+        assert f'<td class="source source-{rows[username].source}">{label}</td>' in html
+        assert (confirmed is None) == (username == "alice")
+        assert cell.split(".")[0] in html
