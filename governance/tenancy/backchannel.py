@@ -22,6 +22,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import transaction
+from django.db.models import Q
 
 from governance.audit.services import Actor
 from governance.tenancy.models import UserSession
@@ -140,13 +141,15 @@ def logout_token_verify(token: str) -> dict[str, Any]:
 def backchannel_logout(*, claims: dict[str, Any]) -> int:
     """End the sessions a verified logout token names; returns how many ended. Audited as
     ``auth.session_ended`` per user (in each of their tenants)."""
-    sessions = UserSession.objects.filter(issuer=claims["iss"])
-    if claims.get("sid") is not None:
-        sessions = sessions.filter(sid=claims["sid"])
-        if claims.get("sub") is not None:
-            sessions = sessions.filter(subject=claims["sub"])
+    sid, sub = claims.get("sid"), claims.get("sub")
+    if sid is not None:
+        match = Q(sid=sid) & (Q(subject=sub) if sub is not None else Q())
+        if sub is not None:
+            # Sessions whose ID token carried no sid cannot be told apart: all of the subject's.
+            match |= Q(subject=sub, sid="")
     else:
-        sessions = sessions.filter(subject=claims["sub"])
+        match = Q(subject=sub)
+    sessions = UserSession.objects.filter(Q(issuer=claims["iss"]) & match)
     actor = Actor.system("oidc-backchannel-logout")
     ended = 0
     users = get_user_model().objects.filter(pk__in=sessions.values("user_id")).order_by("pk")

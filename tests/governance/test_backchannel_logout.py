@@ -107,6 +107,12 @@ def test_a_token_naming_only_a_sub_ends_every_session_of_that_subject(
     assert signed_in(other)
 
 
+def test_sessions_whose_id_token_had_no_sid_end_by_subject(oidc, carol_sessions):
+    UserSession.objects.filter(sid="sid-2").update(sid="")
+    assert post(logout_token(sid="sid-9")).status_code == 200
+    assert [signed_in(c) for c in carol_sessions] == [True, False]
+
+
 def test_a_token_for_no_known_session_is_still_acknowledged(oidc, db):
     assert post(logout_token(sid="unknown")).status_code == 200
     assert not AuditEvent.objects.filter(action="auth.session_ended").exists()
