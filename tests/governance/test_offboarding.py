@@ -252,3 +252,23 @@ def test_the_members_page_shows_each_source_and_when_it_was_last_confirmed(
         assert f'<td class="source source-{rows[username].source}">{label}</td>' in html
         assert (confirmed is None) == (username == "alice")
         assert cell.split(".")[0] in html
+
+
+def test_sessions_from_before_the_registry_are_registered_by_the_migration(victor, tenant_a):
+    import importlib
+
+    from django.apps import apps
+    from django.contrib.sessions.backends.db import SessionStore
+
+    migration = importlib.import_module(
+        "governance.tenancy.migrations.0007_register_existing_sessions")
+    old, anonymous = SessionStore(), SessionStore()
+    old["_auth_user_id"], anonymous["cart"] = str(victor.pk), "x"
+    old.create()
+    anonymous.create()
+    migration.register(apps, None)
+    migration.register(apps, None)  # runs once in real life; twice changes nothing
+    assert list(UserSession.objects.values_list("session_key", "user_id")) == [
+        (old.session_key, victor.pk)]
+    assert user_access_end(user=victor, actor=SCIM, reason="x")["sessions"] == 1
+    assert not Session.objects.filter(session_key=old.session_key).exists()
