@@ -43,6 +43,16 @@ def test_a_sign_in_registers_the_session_and_signing_out_forgets_it(login, victo
     assert not UserSession.objects.filter(user=victor).exists()
 
 
+def test_signing_in_over_another_users_session_registers_the_new_one(login, victor, bob):
+    client = login(victor)
+    client.force_login(bob, backend="django.contrib.auth.backends.ModelBackend")
+    # (victor's row points at his flushed session until the hourly prune: harmless.)
+    assert UserSession.objects.get(user=bob).session_key == client.session.session_key
+    assert client.get("/t/alpha/").status_code == 200
+    user_access_end(user=bob, actor=SCIM, reason="x")
+    assert client.get("/t/alpha/").status_code == 302
+
+
 def test_the_password_form_registers_the_session(victor):
     client = Client()
     response = client.post("/login/", {"username": "victor",
