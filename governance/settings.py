@@ -98,6 +98,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # A due OIDC session is re-checked with the IdP (governance/tenancy/revalidation.py).
+    "governance.tenancy.revalidation.SessionRevalidationMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     # A view that failed because the database is unreachable answers 503 + Retry-After.
@@ -382,8 +384,8 @@ OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "your identity provider")
 # OIDC_RECHECK_GRACE_SECONDS after the IdP last vouched for it (then it ends: fail closed).
 OIDC_RECHECK_SECONDS = env_int("OIDC_RECHECK_SECONDS", 300, minimum=0)
 OIDC_RECHECK_GRACE_SECONDS = env_int("OIDC_RECHECK_GRACE_SECONDS", 3600, minimum=0)
-# Back-channel logout: a logout token's iat may be at most this many seconds old (or ahead:
-# clock skew); its jti is remembered as long, so a replay is refused.
+# Back-channel logout: a logout token's iat may be at most this many seconds old (a minute
+# ahead for clock skew); its jti is remembered longer than that, so a replay is refused.
 OIDC_LOGOUT_TOKEN_MAX_AGE = env_int("OIDC_LOGOUT_TOKEN_MAX_AGE", 300, minimum=30)
 LOGIN_REDIRECT_URL_FAILURE = f"{SCRIPT_NAME}/login/?error=sso"
 # SCIM provisioning (scim/): a SCIM User's externalId is the IdP subject, matched with this

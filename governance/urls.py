@@ -104,6 +104,8 @@ urlpatterns = [
     path("logout/", auth_views.logout_view, name="logout"),
     path("oidc/authenticate/", auth_views.oidc_authenticate, name="oidc_authentication_init"),
     path("oidc/callback/", oidc_views.oidc_callback, name="oidc_authentication_callback"),
+    path("oidc/backchannel-logout/", oidc_views.backchannel_logout,
+         name="oidc_backchannel_logout"),
     path("t/<slug:tenant_slug>/", include(tenant_web)),
     path("api/v1/me/", MeView.as_view(), name="api-me"),
     path("api/v1/schema/", SchemaView.as_view(), name="api-schema"),

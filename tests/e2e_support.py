@@ -93,7 +93,10 @@ class TestIdp:
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
     def __init__(self, *, workdir: Path, client_id: str, client_secret: str,
-                 redirect_uris: list[str], post_logout_redirect_uris: list[str]) -> None:
+                 redirect_uris: list[str], post_logout_redirect_uris: list[str],
+                 backchannel_logout_uri: str = "", refresh_tokens: bool = False) -> None:
+        self.backchannel_logout_uri = backchannel_logout_uri
+        self.refresh_tokens = refresh_tokens
         self.client_id = client_id
         self.client_secret = client_secret
         self.redirect_uris = redirect_uris
@@ -155,6 +158,10 @@ class TestIdp:
             "IDP_POST_LOGOUT_REDIRECT_URIS": ",".join(self.post_logout_redirect_uris),
             "IDP_USERS_FILE": str(self.users_file),
         }
+        if self.backchannel_logout_uri:
+            env["IDP_BACKCHANNEL_LOGOUT_URI"] = self.backchannel_logout_uri
+        if self.refresh_tokens:
+            env["IDP_REFRESH_TOKENS"] = "1"
         with self.stderr_file.open("w") as stderr:
             return subprocess.Popen(
                 ["node", str(IDP_DIR / "server.js")],

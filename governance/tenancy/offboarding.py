@@ -64,17 +64,19 @@ def user_access_end(
 
 @transaction.atomic
 def user_sessions_end(
-    *, user: AbstractBaseUser, actor: Actor, reason: str, sessions=None
+    *, user: AbstractBaseUser, actor: Actor, reason: str, sessions=None,
+    tenants: list[Tenant] | None = None,
 ) -> int:
     """End some (``sessions``, a UserSession queryset of this user) or all of ``user``'s
     sessions, leaving their API tokens alone (a back-channel logout ends a sign-in, not the
-    person's access). Audited as ``auth.session_ended`` in each of the user's tenants."""
+    person's access). Audited as ``auth.session_ended`` in ``tenants`` (default: each of the
+    user's tenants; the platform chain when there is none)."""
     chosen = UserSession.objects.filter(user=user)
     if sessions is not None:
         chosen = chosen.filter(pk__in=sessions.values("pk"))
     ended = user_sessions.sessions_delete(chosen)
     if ended:
-        for where in _tenants_of(user) or [None]:
+        for where in (_tenants_of(user) if tenants is None else tenants) or [None]:
             audit_record(
                 tenant=where, actor=actor, action="auth.session_ended", obj=user,
                 object_repr=user.get_username(),

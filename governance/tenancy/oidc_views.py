@@ -7,12 +7,14 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core.exceptions import SuspiciousOperation
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView
 
-from governance.tenancy import oidc
+from governance.tenancy import backchannel, oidc
 
 
 class CallbackView(OIDCAuthenticationCallbackView):
@@ -53,3 +55,34 @@ def oidc_callback(request: HttpRequest) -> HttpResponse:
     if not settings.OIDC_ENABLED:
         raise Http404("Single sign-on is not configured")
     return CallbackView.as_view()(request)
+
+
+def _logout_answer(status: int, error: str = "", description: str = "") -> JsonResponse:
+    body = {"error": error, "error_description": description} if error else {}
+    response = JsonResponse(body, status=status)
+    response["Cache-Control"] = "no-store"  # Back-Channel Logout 1.0, section 2.8
+    return response
+
+
+@csrf_exempt  # the IdP posts server to server: no browser, no session, no CSRF token
+@require_POST
+def backchannel_logout(request: HttpRequest) -> HttpResponse:
+    """OpenID Connect Back-Channel Logout: 200 once the named sessions have ended; 400 with
+    ``invalid_request`` for a token that is refused; 503 when the IdP's keys cannot be
+    fetched (the IdP may retry)."""
+    if not settings.OIDC_ENABLED:
+        raise Http404("Single sign-on is not configured")
+    token = request.POST.get("logout_token", "")
+    try:
+        claims = backchannel.logout_token_verify(token)
+    except backchannel.LogoutTokenInvalid as exc:
+        backchannel.log.warning("OIDC back-channel logout refused: %s", exc)
+        return _logout_answer(400, "invalid_request", str(exc))
+    except backchannel.IdpKeysUnavailable as exc:
+        backchannel.log.error("OIDC back-channel logout not verified: %s", exc)
+        response = _logout_answer(503, "temporarily_unavailable", str(exc))
+        response["Retry-After"] = "30"
+        return response
+    ended = backchannel.backchannel_logout(claims=claims)
+    backchannel.log.info("OIDC back-channel logout: %d session(s) ended", ended)
+    return _logout_answer(200)

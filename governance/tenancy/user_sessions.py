@@ -40,9 +40,12 @@ def _store_class() -> type[SessionBase]:
 def session_register(request: HttpRequest, user: AbstractBaseUser) -> UserSession | None:
     """Record the request's (new) session as ``user``'s, with the OIDC login behind it."""
     session = getattr(request, "session", None)
-    key = getattr(session, "session_key", None)
-    if not key:
+    if session is None:
         return None
+    if not session.session_key:
+        # django.contrib.auth.login flushed another user's session: give this one its key now.
+        session.save()
+    key = session.session_key
     login: dict[str, Any] = getattr(request, OIDC_LOGIN_ATTR, None) or {}
     now = timezone.now()
     row, _ = UserSession.objects.update_or_create(

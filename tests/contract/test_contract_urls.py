@@ -51,6 +51,8 @@ NON_TENANT_PATTERNS = {
     "logout/": "sign-out, POST only",
     "oidc/authenticate/": "starts OIDC (404 when not configured)",
     "oidc/callback/": "OIDC callback (404 when not configured)",
+    "oidc/backchannel-logout/": "IdP to Tollgate, POST only: acts only on a logout token "
+                                "signed by the configured IdP's keys (404 when not configured)",
     "api/v1/me/": "who-am-I for the caller only (401 anonymous)",
     "api/v1/schema/": "OpenAPI schema (401 anonymous)",
     "api/schema/": "OpenAPI schema, same document (401 anonymous; no tenant data, only paths)",

@@ -11,6 +11,10 @@
 //   IDP_POST_LOGOUT_REDIRECT_URIS  comma-separated post_logout_redirect_uris (optional)
 //   IDP_USERS_FILE                 JSON file {"<login>": {"sub", "email", "name", "groups", "password"?}}
 //                                  re-read on every lookup, so tests may rewrite it at any time (required)
+//   IDP_BACKCHANNEL_LOGOUT_URI     the client's backchannel_logout_uri (optional): turns on
+//                                  Back-Channel Logout 1.0 (session required: ID and logout tokens carry sid)
+//   IDP_REFRESH_TOKENS             "1": the client may use the refresh_token grant and every code
+//                                  exchange also issues a refresh token (optional)
 //
 // Prints exactly one line "IDP READY http://127.0.0.1:<port>" on stdout once listening.
 // Everything else (warnings, errors) goes to stderr.
@@ -56,6 +60,8 @@ const CLIENT_SECRET = required('IDP_CLIENT_SECRET');
 const REDIRECT_URIS = list(required('IDP_REDIRECT_URIS'));
 const POST_LOGOUT_REDIRECT_URIS = list(process.env.IDP_POST_LOGOUT_REDIRECT_URIS);
 const USERS_FILE = required('IDP_USERS_FILE');
+const BACKCHANNEL_LOGOUT_URI = process.env.IDP_BACKCHANNEL_LOGOUT_URI || '';
+const REFRESH_TOKENS = process.env.IDP_REFRESH_TOKENS === '1';
 
 // ---------------------------------------------------------------------------
 // Users: the file is read again on every call (tests rewrite it between logins).
@@ -215,10 +221,22 @@ const provider = new Provider(ISSUER, {
     redirect_uris: REDIRECT_URIS,
     post_logout_redirect_uris: POST_LOGOUT_REDIRECT_URIS,
     token_endpoint_auth_method: 'client_secret_post',
-    grant_types: ['authorization_code'],
+    grant_types: REFRESH_TOKENS ? ['authorization_code', 'refresh_token'] : ['authorization_code'],
     response_types: ['code'],
     id_token_signed_response_alg: 'RS256',
+    ...(BACKCHANNEL_LOGOUT_URI ? {
+      backchannel_logout_uri: BACKCHANNEL_LOGOUT_URI,
+      backchannel_logout_session_required: true,
+    } : {}),
   }],
+  // oidc-provider refuses to fetch special-use addresses (SSRF protection); the test client's
+  // back-channel logout URI is on 127.0.0.1, so outgoing requests go out unchecked here.
+  fetch: (url, options) => {
+    const { dispatcher, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
+  // Without offline_access: any client allowed the refresh_token grant gets a refresh token.
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
   jwks: { keys: [signingKey] },
   cookies: {
     keys: [randomBytes(32).toString('hex'), randomBytes(32).toString('hex')],
@@ -239,6 +257,7 @@ const provider = new Provider(ISSUER, {
     devInteractions: { enabled: true },
     userinfo: { enabled: true },
     rpInitiatedLogout: { enabled: true, logoutSource, postLogoutSuccessSource },
+    backchannelLogout: { enabled: Boolean(BACKCHANNEL_LOGOUT_URI) },
   },
   renderError,
   clientBasedCORS: () => false,
@@ -309,7 +328,7 @@ provider.use(async (ctx, next) => {
 
 for (const event of ['server_error', 'authorization.error', 'grant.error', 'userinfo.error',
   'end_session.error', 'introspection.error', 'revocation.error', 'jwks.error',
-  'discovery.error']) {
+  'discovery.error', 'backchannel.error']) {
   provider.on(event, (ctx, err) => {
     const detail = err?.error_description ? ` (${err.error_description})` : '';
     console.error(`tollgate-test-idp: ${event}: ${err?.message || err}${detail}`);
