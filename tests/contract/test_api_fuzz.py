@@ -55,6 +55,7 @@ from governance.tenancy import services as tenancy
 from notifications import services as notifications
 from registry import gateway_discovery, sync
 from registry import services as registry
+from scim import services as scim
 from tests.bundle_support import SYSTEM, make_gateway, payroll_world
 from tests.factories import make_token
 from tests.observability_support import event, ingest
@@ -182,6 +183,7 @@ def fuzz_world(tenant, cast) -> None:
                                    period_end=today)
     sync.server_sync_request(tenant=tenant, actor=SYSTEM, server=world["server"])
     replay.replay_request(tenant=tenant, actor=SYSTEM, days=7)
+    scim.scim_token_create(tenant=tenant, actor=SYSTEM, created_by=alice, name="okta")
     make_token(tenant, user=alice, role="admin")
 
 

@@ -75,7 +75,8 @@ def test_the_dashboard_draws_the_seeded_numbers_in_chromium(ui, tenant_a, cast):
     assert "1 disabled gateway not counted" in page.locator("#panel-fleet").inner_text()
     page.locator("#panel-fleet summary").click()
     assert table_rows(page, "#fleet-table") == [
-        ["On the newest revision", "1"], ["Behind", "1"], ["Stale (no contact)", "1"],
+        ["On the newest revision", "1"], ["Behind", "1"], ["Revision conflict", "0"],
+        ["Stale (no contact)", "1"],
         ["Never seen", "1"]]
 
     # Approvals waiting: three bars, the overdue escalation highlighted.

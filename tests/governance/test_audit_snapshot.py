@@ -39,6 +39,7 @@ from notifications import services as notification_services
 from notifications.models import Channel
 from registry import services as registry_services
 from registry.models import Agent, Grant, McpServer, Risk, Tool, ToolScope
+from scim.models import ScimGroup, ScimToken, ScimUser
 
 User = get_user_model()
 SYSTEM = Actor.system("test")
@@ -62,6 +63,18 @@ def _scope() -> ToolScope:
 # One instance of every audited model, and what its snapshot must be: written out, and equal to
 # what the helper it replaces recorded (the LEGACY functions below, copied from before).
 CASES = {
+    "scim_token": (
+        lambda: ScimToken(name="okta", token_hash=SECRET, prefix="tgs_abcdefgh"),
+        {"name": "okta", "prefix": "tgs_abcdefgh"}),
+    "scim_user": (
+        lambda: ScimUser(scim_id=uuid.UUID(int=2), user_name="alice@example.com",
+                         external_id="00u1", active=False, document={"password": SECRET}),
+        {"scim_id": "00000000-0000-0000-0000-000000000002", "user_name": "alice@example.com",
+         "external_id": "00u1", "active": False}),
+    "scim_group": (
+        lambda: ScimGroup(scim_id=uuid.UUID(int=3), display_name="hr-staff", external_id="g1"),
+        {"scim_id": "00000000-0000-0000-0000-000000000003", "display_name": "hr-staff",
+         "external_id": "g1"}),
     "tenant": (
         lambda: Tenant(slug="acme", name="Acme", registry_resync_minutes=30,
                        decision_log_retention_days=90),
@@ -264,7 +277,8 @@ def test_each_model_snapshots_exactly_what_its_old_helper_recorded(name):
     snapshot = obj.audit_snapshot()
     assert snapshot == expected
     assert list(snapshot) == list(expected)  # same keys, in the order the helpers wrote them
-    assert snapshot == to_json(LEGACY[name](obj))
+    if name in LEGACY:  # models audited since the helpers were replaced have none
+        assert snapshot == to_json(LEGACY[name](obj))
     assert to_json(snapshot) == snapshot  # audit_record stores it unchanged
 
 
@@ -316,6 +330,7 @@ def test_every_audited_model_is_covered_here_and_declares_real_attributes():
 SECRET_FIELDS = {
     GatewayToken: ["token_hash"],
     ApiToken: ["token_hash"],
+    ScimToken: ["token_hash"],
     SigningKey: ["private_key_encrypted"],
     Exporter: ["token_encrypted"],
     Channel: ["url_encrypted", "secret_encrypted"],
