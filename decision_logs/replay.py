@@ -131,7 +131,12 @@ class Replayer:
             return Decision("deny", "unknown principal"), []
         args = row["arguments"]
         complete = isinstance(args, dict) and arguments_sha256(args) == row["arguments_sha256"]
-        decision = decide(self.data, issuer=principal[0], subject=principal[1],
+        # A delegated call is replayed as the agent acting for the same person (RFC 8693 form).
+        person = row.get("on_behalf_of")
+        caller = ({"subject": person, "actor": principal[1],
+                   "groups": row.get("on_behalf_of_groups") or []} if person
+                  else {"subject": principal[1], "client_id": principal[1]})
+        decision = decide(self.data, issuer=principal[0], **caller,
                           server=row["server"], tool=row["tool"],
                           arguments=args if complete else {}, at=row["timestamp"])
         if not complete and decision.grant is not None:
@@ -192,7 +197,7 @@ class Tally:
 
 
 FIELDS = ("id", "decision_id", "timestamp", "agent", "principal", "server", "tool", "arguments",
-          "arguments_sha256", "outcome", "reason")
+          "arguments_sha256", "outcome", "reason", "on_behalf_of", "on_behalf_of_groups")
 
 
 def run_replay(run: ReplayRun, *, now: datetime) -> Tally:

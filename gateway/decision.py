@@ -4,12 +4,21 @@ One function decides every call, for the reference gateway, the bundle tests and
 that needs to know what a bundle allows. A call — (principal, server, tool, arguments, time) —
 is **denied** unless
 
-1. the principal (issuer, subject) belongs to an agent of the bundle, and that agent is active;
+1. the principal (issuer, subject) belongs to an agent of the bundle — or, for an OAuth token
+   that acts for a person (below), the acting client does — and that agent is active;
 2. the server is in the bundle and active, and the tool is one of its approved tools;
 3. the live definition hash, when the caller knows it, equals the pinned one;
 4. an active grant of that agent, unexpired at the call's time, is for a scope containing the
-   tool, its time window includes the call's time, its argument constraints hold, and its rate
-   and quota (counted by the caller) are not exhausted.
+   tool, its time window includes the call's time, its argument constraints hold, its rate
+   and quota (counted by the caller) are not exhausted, and, when it names an
+   ``on_behalf_of_group``, the call is made on behalf of a person in that group.
+
+**Delegation** (:func:`resolve_caller`): a token acts for a person when it says so with an
+RFC 8693 ``act`` claim (the actor ``act.sub`` is the agent, ``sub`` the person), or when its
+``sub`` is no agent's principal while its client (``azp``/``client_id``) is an agent's OAuth
+client (data.json ``clients``: ``{issuer: {client id: agent}}``) and differs from ``sub``. The
+person (``sub`` and the groups the token lists) is then an input of the decision and named in
+the decision (``Decision.on_behalf_of``).
 
 Among the grants that pass, one that needs no approval **allows** the call; otherwise the call
 is **escalated** (a grant requires approval always, or when its condition matches the
@@ -20,8 +29,8 @@ Pure Python, no Django: ``gateway/`` is what a gateway vendor reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -44,6 +53,8 @@ class Decision:
     reason: str
     grant: str | None = None
     agent: str | None = None
+    # The person the agent acts for: {"subject": …, "groups": […]} (delegated calls only).
+    on_behalf_of: Mapping[str, Any] | None = None
 
     @property
     def allowed(self) -> bool:
@@ -55,9 +66,37 @@ def tool_key(server: str, tool: str) -> str:
     return f"{server}/{tool}"
 
 
-def find_agent(data: Mapping[str, Any], issuer: str, subject: str) -> str | None:
+def find_agent(data: Mapping[str, Any], issuer: str, subject: str,
+               client_id: str | None = None, actor: str | None = None,
+               groups: Sequence[str] = ()) -> str | None:
     """The name of the agent the principal identifies, or None."""
-    return data.get("principals", {}).get(issuer, {}).get(subject)
+    return resolve_caller(data, issuer=issuer, subject=subject, client_id=client_id,
+                          actor=actor, groups=groups)[0]
+
+
+def resolve_caller(data: Mapping[str, Any], *, issuer: str, subject: str,
+                   client_id: str | None = None, actor: str | None = None,
+                   groups: Sequence[str] = ()) -> tuple[str | None, dict[str, Any] | None]:
+    """(the agent's name or None, the person it acts for or None) — see the module's text.
+
+    ``actor`` is the token's ``act.sub`` (RFC 8693), ``client_id`` its ``azp``/``client_id``,
+    ``groups`` the person's groups as the token lists them. An ``act`` whose actor is no agent
+    is an unknown principal: the subject is never taken as the agent instead."""
+    principals = data.get("principals", {}).get(issuer, {})
+    clients = data.get("clients", {}).get(issuer, {})
+    if actor is not None:
+        agent = principals.get(actor) or clients.get(actor)
+        return (agent, _person(subject, groups)) if agent else (None, None)
+    agent = principals.get(subject)
+    if agent is not None:
+        return agent, None
+    if client_id is not None and client_id in clients:
+        return clients[client_id], None if subject == client_id else _person(subject, groups)
+    return None, None
+
+
+def _person(subject: str, groups: Sequence[str]) -> dict[str, Any]:
+    return {"subject": subject, "groups": sorted(set(groups))}
 
 
 def parse_instant(value: str) -> datetime:
@@ -93,12 +132,27 @@ def decide(
     at: datetime,
     live_sha256: str | None = None,
     usage: Usage | None = None,
+    client_id: str | None = None,
+    actor: str | None = None,
+    groups: Sequence[str] = (),
 ) -> Decision:
-    """Decide one call against ``data`` (a parsed ``mcp/data.json``); ``at`` must be aware."""
+    """Decide one call against ``data`` (a parsed ``mcp/data.json``); ``at`` must be aware.
+
+    ``client_id``, ``actor`` and ``groups`` come from a verified OAuth token (delegation,
+    :func:`resolve_caller`); a delegated decision names the person in ``on_behalf_of``."""
     if at.tzinfo is None:
         raise ValueError("the call's time must be timezone-aware")
-    arguments = dict(arguments or {})
-    agent_name = find_agent(data, issuer, subject)
+    agent_name, person = resolve_caller(data, issuer=issuer, subject=subject,
+                                        client_id=client_id, actor=actor, groups=groups)
+    decision = _decide(data, agent_name, person, server=server, tool=tool,
+                       arguments=dict(arguments or {}), at=at, live_sha256=live_sha256,
+                       usage=usage)
+    return decision if person is None else replace(decision, on_behalf_of=person)
+
+
+def _decide(data: Mapping[str, Any], agent_name: str | None, person: Mapping[str, Any] | None,
+            *, server: str, tool: str, arguments: dict[str, Any], at: datetime,
+            live_sha256: str | None, usage: Usage | None) -> Decision:
     if agent_name is None:
         return Decision(DENY, "unknown principal")
     agent = data["agents"][agent_name]
@@ -136,6 +190,16 @@ def decide(
         if not _in_window(grant["window"], at):
             refusals.append(Decision(DENY, f"grant {gid}: outside its time window", gid,
                                      agent_name))
+            continue
+        group = grant.get("on_behalf_of_group")
+        if group and person is None:
+            refusals.append(Decision(DENY, f"grant {gid}: only on behalf of a member of "
+                                     f"{group}, and the call is not made for a person", gid,
+                                     agent_name))
+            continue
+        if group and group not in person["groups"]:
+            refusals.append(Decision(DENY, f"grant {gid}: {person['subject']} is not in group "
+                                     f"{group}", gid, agent_name))
             continue
         problems = violations(grant["argument_constraints"], tool, arguments)
         if problems:

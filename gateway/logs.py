@@ -93,6 +93,10 @@ def decision_event(
             else principal
     if call_id is not None:
         event_input["call_id"] = call_id
+    if decision.on_behalf_of is not None:
+        event_input["on_behalf_of"] = {
+            "subject": decision.on_behalf_of["subject"],
+            "groups": list(decision.on_behalf_of.get("groups") or [])}
     if arguments is not None:
         event_input["arguments"] = dict(arguments)
     result: dict[str, Any] = {"outcome": decision.outcome, "reason": decision.reason}

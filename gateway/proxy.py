@@ -29,9 +29,10 @@ HTTP to the proxy with ``Authorization: Bearer <credential>``:
 
 Every decision (including the fail-closed ones) is handed to ``decision_sink(fields)`` with
 ``call_id``, ``timestamp``, ``agent``, ``principal`` (``{"issuer", "subject"}``), ``server``,
-``tool``, ``arguments_sha256``, ``outcome``, ``reason``, ``grant``, ``bundle_revision`` and
-``escalation_id``. A held call gives two: ``escalate`` when its escalation is attached, then
-``allow`` or ``deny`` when the human's decision is known (same ``call_id``).
+``tool``, ``arguments_sha256``, ``outcome``, ``reason``, ``grant``, ``bundle_revision``,
+``escalation_id`` and ``on_behalf_of`` (the person of a delegated call, or None). A held
+call gives two: ``escalate`` when its escalation is attached, then ``allow`` or ``deny``
+when the human's decision is known (same ``call_id``).
 
 Entry point: :func:`build_app` returns an ASGI application (run it with uvicorn). The upstream
 connection is opened by the application's lifespan and re-opened (with backoff) when it breaks.
@@ -102,7 +103,7 @@ class UpstreamUnavailable(Exception):
 
 
 def listable(data: Mapping[str, Any], *, issuer: str, subject: str, server: str, tool: str,
-             at: datetime, live_sha256: str | None) -> bool:
+             at: datetime, live_sha256: str | None, **caller: Any) -> bool:
     """Whether ``tools/list`` shows the tool to this principal.
 
     Everything ``decide`` checks before the grants (agent, server, approved tool, live hash),
@@ -110,7 +111,7 @@ def listable(data: Mapping[str, Any], *, issuer: str, subject: str, server: str,
     (arguments, time window, rate, approval) is left to ``tools/call``.
     """
     decision = decide(data, issuer=issuer, subject=subject, server=server, tool=tool,
-                      arguments={}, at=at, live_sha256=live_sha256)
+                      arguments={}, at=at, live_sha256=live_sha256, **caller)
     if decision.outcome != DENY:
         return True
     if decision.grant is None:  # refused before any grant was looked at, or no grant covers it
@@ -335,7 +336,7 @@ class Proxy:
         shown = [
             tool for tool in tools
             if isinstance(tool.get("name"), str) and listable(
-                bundle.data, issuer=principal.issuer, subject=principal.subject,
+                bundle.data, **principal.caller(),
                 server=self.server_name, tool=tool["name"], at=at,
                 live_sha256=_live_sha256(tool))
         ]
@@ -395,7 +396,8 @@ class Proxy:
         held = HeldCall(issuer=principal.issuer, subject=principal.subject,
                         agent=decision.agent or "", server=self.server_name, tool=name,
                         arguments=arguments, arguments_sha256=event["arguments_sha256"],
-                        reason=decision.reason, bundle_revision=bundle.revision_number)
+                        reason=decision.reason, bundle_revision=bundle.revision_number,
+                        on_behalf_of=decision.on_behalf_of)
         logged = False
 
         async def attached(escalation_id: str | None) -> None:
@@ -448,14 +450,14 @@ class Proxy:
             tools = await self.upstream.tools()
         except UpstreamUnavailable as error:
             return Decision(DENY, f"upstream MCP server unavailable: {error}",
-                            agent=find_agent(data, principal.issuer, principal.subject))
+                            agent=find_agent(data, **principal.caller()))
         live = next((t for t in tools if t.get("name") == name), None)
-        agent = find_agent(data, principal.issuer, principal.subject)
+        agent = find_agent(data, **principal.caller())
         grant_ids = [g["id"] for g in data.get("grants", []) if agent and g["agent"] == agent]
         at = datetime.now(UTC)
         counts = await self.counters.usage([f"{bundle.tenant}:{g}" for g in grant_ids], at)
         decision = decide(
-            data, issuer=principal.issuer, subject=principal.subject, server=self.server_name,
+            data, **principal.caller(), server=self.server_name,
             tool=name, arguments=arguments, at=at,
             live_sha256=None if live is None else _live_sha256(live),
             usage=lambda gid: counts.get(f"{bundle.tenant}:{gid}", (0, 0)),
@@ -476,6 +478,7 @@ class Proxy:
             reason=decision.reason,
             grant=decision.grant,
             bundle_revision=None if bundle is None else bundle.revision_number,
+            on_behalf_of=decision.on_behalf_of,
         )
         logger.info("decision %s %s/%s for %s: %s", decision.outcome, self.server_name,
                     event["tool"], decision.agent or event["principal"], decision.reason)

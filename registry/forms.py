@@ -11,7 +11,16 @@ from django.db.models import Q
 
 from governance import bounds
 from governance.tenancy.models import Tenant
-from registry.models import Agent, DataClass, Grant, McpServer, Risk, Tool, ToolScope
+from registry.models import (
+    Agent,
+    AgentPrincipal,
+    DataClass,
+    Grant,
+    McpServer,
+    Risk,
+    Tool,
+    ToolScope,
+)
 from registry.server_json import MAX_DOCUMENT_BYTES
 from registry.simulator import POLICIES
 
@@ -176,6 +185,11 @@ class PrincipalForm(forms.Form):
     issuer = forms.CharField(max_length=500, help_text="e.g. https://login.example.com or "
                                                        "spiffe://example.org")
     subject = forms.CharField(max_length=500, help_text="JWT sub, OAuth client id or SPIFFE ID")
+    kind = forms.ChoiceField(
+        choices=AgentPrincipal.Kind.choices, initial=AgentPrincipal.Kind.SUBJECT,
+        label="Matches", help_text="The token's subject, or its OAuth client (azp / "
+                                   "client_id): a client id also recognises the agent when it "
+                                   "acts for a person.")
 
 
 # --- Grants ------------------------------------------------------------------------------------
@@ -222,6 +236,10 @@ class GrantTermsForm(forms.Form):
         "Approval condition (JSON)",
         "Same shape; with approval “when”, a call whose arguments match every check waits "
         "for a person.")
+    on_behalf_of_group = forms.CharField(
+        required=False, max_length=200, label="Only on behalf of members of (IdP group)",
+        help_text="Delegation: the grant covers only calls the agent makes for a person whose "
+                  "token lists this group (e.g. hr-staff). Empty: no such requirement.")
 
     def _clean_json(self, field: str) -> dict:
         text = self.cleaned_data[field].strip()
@@ -258,6 +276,7 @@ class GrantTermsForm(forms.Form):
             "expires_at": grant.expires_at, "approval_mode": grant.approval_mode,
             "argument_constraints": pretty(grant.argument_constraints),
             "approval_condition": pretty(grant.approval_condition),
+            "on_behalf_of_group": grant.on_behalf_of_group,
         }
 
 
