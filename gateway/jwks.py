@@ -9,8 +9,9 @@
 - **How long**: as the JWKS answer's ``Cache-Control: max-age`` says (``no-store``/``no-cache``:
   ``min_refetch`` seconds), else ``ttl`` seconds; never longer than ``max_ttl``.
 - **Rotation**: a token signed with a ``kid`` the cache does not hold makes it fetch the JWKS
-  again at once — at most once every ``min_refetch`` seconds, so tokens with made-up key ids
-  cannot turn the gateway into a flood of requests to the authorization server.
+  again at once — such fetches at most once every ``min_refetch`` seconds, so tokens with
+  made-up key ids cannot turn the gateway into a flood of requests to the authorization
+  server (a key that appears meanwhile is found at the next allowed fetch).
 - **Failures**: a fetch that fails keeps the keys already held (the next attempt waits
   ``min_refetch`` seconds); with none held, tokens are refused.
 - **Which key**: only signature keys (``use`` absent or ``sig``) whose type fits the token's
@@ -98,7 +99,8 @@ class JwksCache:
         self.fetches = 0  # how many JWKS documents were fetched (for tests and status)
         self._keys: list[dict[str, Any]] = []
         self._expires = 0.0
-        self._attempted = float("-inf")
+        self._attempted = float("-inf")  # the last fetch of any kind
+        self._unknown_kid_at = float("-inf")  # the last fetch an unknown kid asked for
         self._lock = anyio.Lock()
 
     async def key_for(self, kid: str | None, alg: str) -> jwt.PyJWK:
@@ -107,7 +109,8 @@ class JwksCache:
         if now >= self._expires:
             await self._refresh(now, reason="expired")
         key = self._find(kid, alg)
-        if key is None and time.monotonic() - self._attempted >= self.min_refetch:
+        if key is None and time.monotonic() - self._unknown_kid_at >= self.min_refetch:
+            self._unknown_kid_at = time.monotonic()
             await self._refresh(time.monotonic(), reason=f"unknown key id {kid!r}")
             key = self._find(kid, alg)
         if key is None:
