@@ -14,8 +14,10 @@ or with every option in a TOML file (the same names, dashes or underscores)::
 
 Agents connect with MCP streamable HTTP to ``http://<listen>/mcp`` and
 ``Authorization: Bearer <credential>``; the credential is a static token of the
-``--identities`` JSON file (``{"<token>": {"issuer": "…", "subject": "…"}}``, for demos) or a
-JWT of ``--jwt-issuer`` checked against ``--jwt-jwks-url``.
+``--identities`` JSON file (``{"<token>": {"issuer": "…", "subject": "…"}}``, for demos), an
+OAuth access token of ``--oauth-issuer`` for ``--resource-uri`` (MCP authorization: the gateway
+serves RFC 9728 metadata and points 401s at it; ``gateway/oauth.py``), or a JWT of
+``--jwt-issuer`` checked against ``--jwt-jwks-url``.
 
 A call the bundle escalates is held while a human decides, at most ``--max-hold`` seconds
 (then the agent gets a pending result to retry; ``gateway/escalations.py``).

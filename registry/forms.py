@@ -187,9 +187,12 @@ class PrincipalForm(forms.Form):
     subject = forms.CharField(max_length=500, help_text="JWT sub, OAuth client id or SPIFFE ID")
     kind = forms.ChoiceField(
         choices=AgentPrincipal.Kind.choices, initial=AgentPrincipal.Kind.SUBJECT,
-        label="Matches", help_text="The token's subject, or its OAuth client (azp / "
-                                   "client_id): a client id also recognises the agent when it "
-                                   "acts for a person.")
+        required=False, label="Matches",
+        help_text="The token's subject, or its OAuth client (azp / client_id): a client id "
+                  "also recognises the agent when it acts for a person.")
+
+    def clean_kind(self) -> str:
+        return self.cleaned_data["kind"] or AgentPrincipal.Kind.SUBJECT
 
 
 # --- Grants ------------------------------------------------------------------------------------

@@ -198,3 +198,35 @@ def test_a_delegated_call_is_allowed_for_a_member_refused_for_others_and_logged(
                   .values_list("outcome", "on_behalf_of", "on_behalf_of_groups"))
     assert stored == [("allow", "alice", ["hr-staff"]), ("deny", "bob", ["sales"]),
                       ("deny", "", []), ("allow", "alice", ["hr-staff"]), ("allow", "", [])]
+
+
+def test_the_escalation_request_names_the_person(tmp_path):
+    """The gateway's ``POST escalations`` carries ``on_behalf_of`` for a delegated call (and
+    nothing new otherwise), so the approver sees who the agent acts for."""
+    import json as _json
+
+    import anyio
+
+    from gateway.escalations import Escalations
+    from tests.gateway_support import StubServer
+
+    created = (201, {"Content-Type": "application/json"}, _json.dumps(
+        {"id": "7f9c3c52-3f51-4a3e-a1e3-7f0e8c6d2b11", "status": "pending",
+         "expires_at": "2026-12-07T13:00:00Z"}).encode())
+    script = {("POST", "/api/v1/gateway/escalations"): [created]}
+    held = {"issuer": IDP, "subject": "alice", "agent": "bot", "server": "s", "tool": "read",
+            "arguments": {"id": 1}, "arguments_sha256": "0" * 64, "reason": "r",
+            "bundle_revision": 3}
+    with StubServer(script) as stub:
+        async def keys(refresh: bool) -> dict:
+            return {"keys": []}
+
+        escalations = Escalations(stub.url, "gw-token", "acme", keys=keys,
+                                  state_file=tmp_path / "escalations.json")
+        person = HeldCall(**held, on_behalf_of={"subject": "alice", "groups": ["hr-staff"]})
+        anyio.run(escalations._attach, person.fingerprint, person)
+        alone = HeldCall(**held)
+        anyio.run(escalations._attach, alone.fingerprint, alone)
+    bodies = [_json.loads(body) for method, path, headers, body in stub.requests]
+    assert bodies[0]["on_behalf_of"] == {"subject": "alice", "groups": ["hr-staff"]}
+    assert "on_behalf_of" not in bodies[1]

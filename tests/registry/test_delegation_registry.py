@@ -132,3 +132,18 @@ def test_only_registry_managers_set_the_group(as_user, victor, tenant_a, scope, 
                  {"on_behalf_of_group": "hr-staff"})
     grant.refresh_from_db()
     assert grant.on_behalf_of_group == ""
+
+
+def test_the_agent_page_adds_a_client_id_and_shows_what_it_matches(client, dave, tenant_a,
+                                                                    daves_agent):
+    client.force_login(dave)
+    url = f"/t/{tenant_a.slug}/agents/{daves_agent.pk}/principals/"
+    response = client.post(url, {"issuer": IDP, "subject": "payroll-client", "kind": "client"})
+    assert response.status_code == 302
+    assert AgentPrincipal.objects.get().kind == "client"
+    page = client.get(f"/t/{tenant_a.slug}/agents/{daves_agent.pk}/").content.decode()
+    assert "OAuth client id (azp / client_id)" in page
+    bad = client.post(url, {"issuer": IDP, "subject": "other", "kind": "spiffe"})
+    assert bad.status_code == 400
+    assert "Select a valid choice." in bad.content.decode()
+    assert AgentPrincipal.objects.count() == 1
