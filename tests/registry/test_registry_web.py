@@ -914,7 +914,7 @@ def test_the_owner_adds_a_principal(login, dave, daves_agent, tenant_a):
             "&#x27;https://login.example&#x27;.") in _body(response)
     assert AgentPrincipal.objects.get(agent=daves_agent).issuer == "https://login.example"
     assert _events(tenant_a, "agent.principal_added")[0].after == {
-        "issuer": "https://login.example", "subject": "client-42"}
+        "issuer": "https://login.example", "subject": "client-42", "kind": "subject"}
 
 
 def test_a_principal_used_by_another_agent_is_a_field_error(
@@ -939,7 +939,7 @@ def test_removing_a_principal_asks_first(login, dave, principal, daves_agent, te
     assert response["Location"] == f"/t/alpha/agents/{daves_agent.pk}/"
     assert not AgentPrincipal.objects.filter(pk=principal.pk).exists()
     assert _events(tenant_a, "agent.principal_removed")[0].before == {
-        "issuer": "https://idp.example", "subject": "payroll-bot"}
+        "issuer": "https://idp.example", "subject": "payroll-bot", "kind": "subject"}
 
 
 def test_an_empty_agent_list_explains_agents(login, dave):
