@@ -11,7 +11,7 @@ from django.db.models import Q
 
 from governance import bounds
 from governance.tenancy.models import Tenant
-from registry.models import Agent, DataClass, Grant, McpServer, Risk, Tool, ToolScope
+from registry.models import Agent, DataClass, Grant, McpFeature, McpServer, Risk, Tool, ToolScope
 from registry.server_json import MAX_DOCUMENT_BYTES
 from registry.simulator import POLICIES
 
@@ -56,6 +56,12 @@ class ServerForm(forms.Form):
         choices=DataClass.choices, required=False, widget=forms.CheckboxSelectMultiple,
         label="Data classes",
     )
+    forward = forms.MultipleChoiceField(
+        choices=McpFeature.choices, required=False, widget=forms.CheckboxSelectMultiple,
+        label="Forwarded besides tools",
+        help_text="Gateways refuse the others (every request is logged as a decision). "
+                  "Off by default: resources and prompts reach the model without a tool call.",
+    )
     owner = MemberChoiceField(queryset=None, required=False, empty_label="— nobody —")
 
     def __init__(self, *args, tenant: Tenant, **kwargs) -> None:
@@ -72,7 +78,8 @@ class ServerForm(forms.Form):
             "name": server.name, "transport": server.transport, "url": server.url,
             "command": "\n".join(server.command), "description": server.description,
             "version": server.version, "risk_tier": server.risk_tier,
-            "data_classes": server.data_classes, "owner": server.owner_id,
+            "data_classes": server.data_classes, "forward": server.forward,
+            "owner": server.owner_id,
         }
 
 
