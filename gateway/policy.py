@@ -27,9 +27,12 @@ from gateway.decision import (
     ALLOW,
     DENY,
     ESCALATE,
+    FEATURE_OF_METHOD,
     Decision,
     decide,
+    decide_feature,
     find_agent,
+    forwarded_features,
     parse_instant,
     tool_key,
 )
@@ -44,18 +47,6 @@ logger = logging.getLogger(__name__)
 DecisionSink = Callable[[dict[str, Any]], Awaitable[None] | None]
 NO_BUNDLE_REASON = "no valid policy bundle (none received yet, or it expired): failing closed"
 ESCALATION_META = "tollgate/escalation"
-# The bundle's server entries name what besides tools is forwarded (``forward``, optional).
-FEATURE_OF_METHOD = {
-    "resources/list": "resources",
-    "resources/templates/list": "resources",
-    "resources/read": "resources",
-    "resources/subscribe": "resources",
-    "resources/unsubscribe": "resources",
-    "prompts/list": "prompts",
-    "prompts/get": "prompts",
-    "completion/complete": "completion",
-}
-FEATURES = ("resources", "prompts", "completion")
 CAPABILITY_OF_FEATURE = {"resources": "resources", "prompts": "prompts",
                          "completion": "completions"}
 
@@ -81,46 +72,6 @@ def listable(data: Mapping[str, Any], *, issuer: str, subject: str, server: str,
         and (grant["expires_at"] is None or parse_instant(grant["expires_at"]) > at)
         for grant in data["grants"]
     )
-
-
-def forwarded_features(data: Mapping[str, Any] | None, server: str) -> set[str]:
-    """The features besides tools the server's registration lets through (none by default)."""
-    entry = (data or {}).get("servers", {}).get(server) or {}
-    forward = entry.get("forward")
-    return {f for f in forward if f in FEATURES} if isinstance(forward, list) else set()
-
-
-def decide_feature(data: Mapping[str, Any], *, issuer: str, subject: str, server: str,
-                   feature: str, at: datetime) -> Decision:
-    """A resources/prompts/completion request: allowed when the agent is active, the server
-    active and its registration forwards the feature, and a grant in force of the agent covers
-    one of the server's tools (an agent with no access to the server reads none of it)."""
-    agent = find_agent(data, issuer, subject)
-    if agent is None:
-        return Decision(DENY, "unknown principal")
-    status = data["agents"][agent]["status"]
-    if status != "active":
-        return Decision(DENY, f"agent {agent} is {status}", agent=agent)
-    entry = data["servers"].get(server)
-    if entry is None:
-        return Decision(DENY, f"unknown server {server}", agent=agent)
-    if entry["status"] != "active":
-        return Decision(DENY, f"server {server} is {entry['status']}", agent=agent)
-    if feature not in forwarded_features(data, server):
-        return Decision(DENY, f"{feature} of server {server} are not forwarded (its "
-                              f"registration does not enable them)", agent=agent)
-    prefix = f"{server}/"
-    for grant in data["grants"]:
-        if grant["agent"] != agent:
-            continue
-        if grant["expires_at"] is not None and parse_instant(grant["expires_at"]) <= at:
-            continue
-        tools = data["scopes"][grant["scope"]]["tools"]
-        if any(key.startswith(prefix) and data["tools"].get(key, {}).get("server") == server
-               for key in tools):
-            return Decision(ALLOW, f"{feature} of server {server} forwarded (grant "
-                                   f"{grant['id']})", grant["id"], agent)
-    return Decision(DENY, f"no grant of {agent} covers server {server}", agent=agent)
 
 
 def live_sha256(tool: Mapping[str, Any]) -> str:

@@ -41,8 +41,9 @@ from mcp_types import (
 )
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
+from gateway.decision import FEATURE_OF_METHOD, FEATURES
 from gateway.identity import Principal
-from gateway.policy import CAPABILITY_OF_FEATURE, FEATURE_OF_METHOD, FEATURES, Policy, tool_error
+from gateway.policy import CAPABILITY_OF_FEATURE, Policy, tool_error
 from gateway.upstream import (
     GATEWAY_CLIENT_INFO,
     FateUnknown,

@@ -324,8 +324,23 @@ class UpstreamConnection:
         """Send ``message`` (its id is replaced by an upstream id) and return the answer, whose
         id is that upstream id. ``retry``: whether a request whose fate is unknown may be sent
         again. ``sent(live, upstream_id)`` is called each time it goes out."""
-        for _ in range(3):
-            live = await self.ensure()
+        sends, backoff, deadline = 0, 0.1, 0.0
+        while True:
+            try:
+                live = await self.ensure()
+            except UpstreamUnavailable:
+                if sends == 0:
+                    raise
+                # Sending again after a lost connection: give a restarting upstream a moment.
+                deadline = deadline or time.monotonic() + self.target.timeout
+                if time.monotonic() >= deadline:
+                    raise
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if sends == 3:
+                raise UpstreamUnavailable(self.last_error or "the upstream keeps losing it")
+            sends += 1
             message.id = next(_ids)
             waiter = _Waiter()
             live.pending[message.id] = waiter
@@ -349,7 +364,15 @@ class UpstreamConnection:
                 live.pending.pop(message.id, None)
             answer = waiter.answer
             if answer is _NOT_SENT:
-                raise UpstreamUnavailable(live.error or "the upstream refused the connection")
+                if sends == 1:
+                    raise UpstreamUnavailable(live.error or "the upstream refused the connection")
+                sends -= 1  # recovering from a lost session: it may still be starting again
+                deadline = deadline or time.monotonic() + self.target.timeout
+                if time.monotonic() >= deadline:
+                    raise UpstreamUnavailable(live.error or "the upstream refused the connection")
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
             if answer is _LOST:
                 if retry:
                     continue
@@ -359,7 +382,6 @@ class UpstreamConnection:
                 self.drop(live)
                 continue  # never reached the upstream: safe to send on the new session
             return answer
-        raise UpstreamUnavailable(self.last_error or "the upstream keeps losing the session")
 
     async def send(self, live: _Live | None, message: Any) -> None:
         """Send a notification or a response (to an upstream request) on ``live``, or on the
