@@ -322,3 +322,117 @@ def test_a_resource_read_is_refused_until_the_registration_enables_resources(wor
 
     assert anyio.run(prompt).startswith(f"denied by Tollgate: prompts of server {SERVER}")
     assert (events[-1]["tool"], events[-1]["outcome"]) == ("prompts/get", "deny")
+
+
+# ------------------------------------------------------------------------------------------
+# A third-party stdio server: one child process per agent session
+# ------------------------------------------------------------------------------------------
+
+
+def children_running(script: Path) -> int:
+    """Child processes of this test process running ``script`` (the gateway runs in a thread
+    here, so its stdio upstreams are our children)."""
+    import os
+
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        if ppid == os.getpid() and str(script).encode() in cmdline:
+            count += 1
+    return count
+
+
+def test_a_stdio_upstream_runs_one_child_per_agent_session(tenant_a, everything_js):
+    """npm @modelcontextprotocol/server-everything over stdio, through a real bundle."""
+    command = ["node", str(everything_js), "stdio"]
+    server = registry.server_create(tenant=tenant_a, actor=SYSTEM, name="everything",
+                                    transport="stdio", command=command, forward=["resources"])
+    registry.server_transition(tenant=tenant_a, actor=SYSTEM, server=server, status="active")
+    found = discover_tools(transport="stdio", command=command, timeout=30)
+    names = ("echo", "trigger-long-running-operation")
+    tools = ToolFactory.listed(server, found.tools, approved=list(names))
+    scope = ScopeFactory(tenant=tenant_a, name="everything:some",
+                         tools=[tools[name] for name in names])
+    for name in ("ann", "bob"):
+        agent_ = AgentFactory(tenant=tenant_a, name=name, principals=[(IDP, name)])
+        GrantFactory(tenant=tenant_a, agent=agent_, scope=scope)
+    bundle = publish(tenant_a)
+    events: list[dict[str, Any]] = []
+    app = build_app(bundle_source=lambda: bundle, server_name="everything",
+                    upstream_cmd=command, decision_sink=events.append,
+                    identities=StaticIdentities({ANN: (IDP, "ann"), BOB: (IDP, "bob")}))
+
+    async def scenario(url: str):
+        progress: list[float] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            progress.append(done)
+
+        async with agent(url, ANN) as ann, agent(url, BOB) as bob:
+            # The gateway's own session (discovery) plus one child per agent session.
+            during = await until(lambda: children_running(everything_js) == 3 and 3,
+                                 "three children")
+            echoed = await ann.call_tool("echo", {"message": "hi"})
+            long = await ann.call_tool("trigger-long-running-operation",
+                                       {"duration": 1, "steps": 3},
+                                       progress_callback=on_progress)
+            other = await bob.call_tool("echo", {"message": "bob here"})
+            resources = await bob.list_resources()
+            with pytest.raises(MCPError) as refused:
+                await bob.list_prompts()
+        after = await until(lambda: children_running(everything_js) == 1 and 1,
+                            "the agent sessions' children to be reaped")
+        return during, echoed, long, progress, other, resources, refused.value, after
+
+    with Served(app) as served:
+        during, echoed, long, progress, other, resources, refused, after = anyio.run(
+            scenario, served.url)
+    assert (during, after) == (3, 1)
+    assert "hi" in text_of(echoed)
+    assert not long.is_error and progress == [1, 2, 3]
+    assert "bob here" in text_of(other)
+    assert resources.resources  # enabled on the registration: forwarded
+    assert str(refused).startswith("denied by Tollgate: prompts of server everything")
+    assert [(e["tool"], e["outcome"]) for e in events] == [
+        ("echo", "allow"), ("trigger-long-running-operation", "allow"),
+        ("echo", "allow"), ("resources/list", "allow"),
+        ("prompts/list", "deny")]
+
+
+def test_a_session_belongs_to_its_principal_and_sessions_are_bounded(world, upstream):
+    app = build_app(bundle_source=lambda: world["bundle"]["current"], server_name=SERVER,
+                    upstream_url=upstream.url, max_sessions=1,
+                    identities=StaticIdentities({ANN: (IDP, "ann"), BOB: (IDP, "bob")}))
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}}
+    accept = {"Accept": "application/json, text/event-stream"}
+    with Served(app) as served:
+        opened = httpx2.post(served.url, json=initialize,
+                             headers=accept | {"Authorization": f"Bearer {ANN}"})
+        assert opened.status_code == 200
+        session = opened.headers["mcp-session-id"]
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        stolen = httpx2.post(served.url, json=ping, headers=accept | {
+            "Authorization": f"Bearer {BOB}", "mcp-session-id": session,
+            "mcp-protocol-version": "2025-06-18"})
+        assert stolen.status_code == 404
+        assert stolen.json()["error"]["message"] == "Session not found"
+        full = httpx2.post(served.url, json=initialize,
+                           headers=accept | {"Authorization": f"Bearer {BOB}"})
+        assert full.status_code == 503
+        assert full.json()["error"]["message"] == "Too many open sessions"
+        ended = httpx2.delete(served.url, headers={"Authorization": f"Bearer {ANN}",
+                                                   "mcp-session-id": session,
+                                                   "mcp-protocol-version": "2025-06-18"})
+        assert ended.status_code == 200
+        again = httpx2.post(served.url, json=initialize,
+                            headers=accept | {"Authorization": f"Bearer {BOB}"})
+        assert again.status_code == 200
