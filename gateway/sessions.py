@@ -115,8 +115,11 @@ class AgentSessions:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         principal = (scope.get("state") or {}).get(PRINCIPAL_STATE_KEY)
-        if not isinstance(principal, Principal) or self._tg is None:
-            await _json_error(send, 401 if self._tg else 503, -32600, "unauthenticated")
+        if not isinstance(principal, Principal):  # BearerAuth always sets it
+            await _json_error(send, 401, -32600, "unauthenticated")
+            return
+        if self._tg is None:
+            await _json_error(send, 503, -32603, "the gateway is not running")
             return
         session_id = version = None
         for name, value in scope.get("headers") or []:
