@@ -25,7 +25,14 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CreateMessageResult, TextContent, ToolListChangedNotification
+from mcp_types import (
+    CreateMessageResult,
+    ElicitResult,
+    ListRootsResult,
+    Root,
+    TextContent,
+    ToolListChangedNotification,
+)
 
 from bundles import selectors
 from bundles.publish import bundle_publish
@@ -281,6 +288,25 @@ def test_progress_list_changed_and_sampling_are_relayed(gateway):
     assert text_of(grown) == "grown"
     assert "extra" not in listed  # relayed, and the new (unapproved) tool stays hidden
     assert "count" in listed
+
+
+def test_elicitation_and_roots_requests_are_relayed_and_answered(gateway):
+    url, _ = gateway
+
+    async def elicit(context: Any, params: Any) -> ElicitResult:
+        assert params.message == "Proceed with the payment?"
+        return ElicitResult(action="accept", content={"ok": True})
+
+    async def roots(context: Any) -> ListRootsResult:
+        return ListRootsResult(roots=[Root(uri="file:///srv/agent", name="work")])
+
+    async def scenario():
+        async with agent(url, ANN, elicitation_callback=elicit,
+                         list_roots_callback=roots) as session:
+            return (text_of(await session.call_tool("confirm", {})),
+                    text_of(await session.call_tool("roots", {})))
+
+    assert anyio.run(scenario) == ("accept: True", "file:///srv/agent")
 
 
 def test_a_resource_read_is_refused_until_the_registration_enables_resources(world, gateway):

@@ -12,6 +12,7 @@ Tools:
   times the call ran.
 - ``progress``: three progress notifications, then ``done``.
 - ``ask``: a ``sampling/createMessage`` request to the client; answers with the client's text.
+- ``confirm``: an ``elicitation/create`` request; ``roots``: a ``roots/list`` request.
 - ``grow``: adds a tool ``extra`` and sends ``notifications/tools/list_changed``.
 Resource ``note://hello`` (text ``hello from the upstream``); prompt ``greet``.
 """
@@ -28,6 +29,11 @@ import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import SamplingMessage, TextContent, ToolAnnotations
+from pydantic import BaseModel
+
+
+class Confirmation(BaseModel):
+    ok: bool
 
 
 def build(state_dir: Path) -> MCPServer:
@@ -75,6 +81,18 @@ def build(state_dir: Path) -> MCPServer:
                                       content=TextContent(type="text", text=question))],
             max_tokens=50, related_request_id=ctx.request_id)
         return f"the client said: {getattr(result.content, 'text', result.content)}"
+
+    @server.tool()
+    async def confirm(ctx: Context) -> str:
+        """Ask the user to confirm (elicitation)."""
+        answer = await ctx.elicit("Proceed with the payment?", Confirmation)
+        return f"{answer.action}: {getattr(getattr(answer, 'data', None), 'ok', None)}"
+
+    @server.tool()
+    async def roots(ctx: Context) -> str:
+        """List the client's roots."""
+        listed = await ctx.session.list_roots()
+        return " ".join(str(root.uri) for root in listed.roots)
 
     @server.tool()
     async def grow(ctx: Context) -> str:
