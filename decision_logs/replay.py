@@ -28,7 +28,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from decision_logs.models import DecisionLog, ReplayRun
-from gateway.decision import Decision, decide, tool_key
+from gateway.decision import FEATURE_OF_METHOD, Decision, decide, decide_feature, tool_key
 from gateway.receipts import arguments_sha256
 from governance.audit.services import Actor, audit_record
 from governance.tasking import enqueue_on_commit
@@ -129,6 +129,11 @@ class Replayer:
         principal = principal_of(self.data, agent) if agent else None
         if principal is None:
             return Decision("deny", "unknown principal"), []
+        feature = FEATURE_OF_METHOD.get(row["tool"])
+        if feature is not None:  # a resources/prompts/completion request (tool = its method)
+            return decide_feature(self.data, issuer=principal[0], subject=principal[1],
+                                  server=row["server"], feature=feature,
+                                  at=row["timestamp"]), []
         args = row["arguments"]
         complete = isinstance(args, dict) and arguments_sha256(args) == row["arguments_sha256"]
         # A delegated call is replayed as the agent acting for the same person (RFC 8693 form).

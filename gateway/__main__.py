@@ -300,7 +300,7 @@ def decision_sink(uploader: Any, tenant: str, labels: Mapping[str, str]):
             arguments_sha256=fields["arguments_sha256"],
             bundle_revision=fields.get("bundle_revision"), tenant=tenant,
             call_id=fields.get("call_id"), escalation_id=fields.get("escalation_id"),
-            labels=labels))
+            labels=labels, target=fields.get("target")))
 
     return sink
 

@@ -41,6 +41,19 @@ ALLOW = "allow"
 DENY = "deny"
 ESCALATE = "escalate"
 
+# The bundle's server entries name what besides tools is forwarded (``forward``, optional).
+FEATURE_OF_METHOD = {
+    "resources/list": "resources",
+    "resources/templates/list": "resources",
+    "resources/read": "resources",
+    "resources/subscribe": "resources",
+    "resources/unsubscribe": "resources",
+    "prompts/list": "prompts",
+    "prompts/get": "prompts",
+    "completion/complete": "completion",
+}
+FEATURES = ("resources", "prompts", "completion")
+
 # usage(grant_id) → (calls in the last minute, calls today) as the gateway counts them.
 Usage = Callable[[str], tuple[int, int]]
 
@@ -233,3 +246,56 @@ def _decide(data: Mapping[str, Any], agent_name: str | None, person: Mapping[str
     if refusals:
         return refusals[0]
     return Decision(DENY, f"no grant of {agent_name} covers {key}", agent=agent_name)
+
+
+def forwarded_features(data: Mapping[str, Any] | None, server: str) -> set[str]:
+    """The features besides tools the server's registration lets through (none by default)."""
+    entry = (data or {}).get("servers", {}).get(server) or {}
+    forward = entry.get("forward")
+    return {f for f in forward if f in FEATURES} if isinstance(forward, list) else set()
+
+
+def decide_feature(data: Mapping[str, Any], *, issuer: str, subject: str, server: str,
+                   feature: str, at: datetime, client_id: str | None = None,
+                   actor: str | None = None, groups: Sequence[str] = ()) -> Decision:
+    """A resources/prompts/completion request: allowed when the agent is active, the server
+    active and its registration forwards the feature, and a grant in force of the agent covers
+    one of the server's tools (an agent with no access to the server reads none of it); a grant
+    that requires the person the agent acts for to be in a group counts only for its members."""
+    agent, person = resolve_caller(data, issuer=issuer, subject=subject, client_id=client_id,
+                                   actor=actor, groups=groups)
+    decision = _decide_feature(data, agent, person, server=server, feature=feature, at=at)
+    return decision if person is None else replace(decision, on_behalf_of=person)
+
+
+def _decide_feature(data: Mapping[str, Any], agent: str | None,
+                    person: Mapping[str, Any] | None, *, server: str, feature: str,
+                    at: datetime) -> Decision:
+    if agent is None:
+        return Decision(DENY, "unknown principal")
+    status = data["agents"][agent]["status"]
+    if status != "active":
+        return Decision(DENY, f"agent {agent} is {status}", agent=agent)
+    entry = data["servers"].get(server)
+    if entry is None:
+        return Decision(DENY, f"unknown server {server}", agent=agent)
+    if entry["status"] != "active":
+        return Decision(DENY, f"server {server} is {entry['status']}", agent=agent)
+    if feature not in forwarded_features(data, server):
+        return Decision(DENY, f"{feature} of server {server} are not forwarded (its "
+                              f"registration does not enable them)", agent=agent)
+    prefix = f"{server}/"
+    for grant in data["grants"]:
+        if grant["agent"] != agent:
+            continue
+        if grant["expires_at"] is not None and parse_instant(grant["expires_at"]) <= at:
+            continue
+        group = grant.get("on_behalf_of_group")
+        if group and (person is None or group not in person["groups"]):
+            continue
+        tools = data["scopes"][grant["scope"]]["tools"]
+        if any(key.startswith(prefix) and data["tools"].get(key, {}).get("server") == server
+               for key in tools):
+            return Decision(ALLOW, f"{feature} of server {server} forwarded (grant "
+                                   f"{grant['id']})", grant["id"], agent)
+    return Decision(DENY, f"no grant of {agent} covers server {server}", agent=agent)

@@ -82,11 +82,13 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
 
     servers = {
         name: {"status": status, "transport": transport, "url": url, "version": version,
-               "risk_tier": risk_tier, "data_classes": sorted(data_classes)}
-        for name, status, transport, url, version, risk_tier, data_classes in (
+               "risk_tier": risk_tier, "data_classes": sorted(data_classes),
+               # Optional (older gateways ignore it): what is forwarded besides tools.
+               **({"forward": sorted(forward)} if forward else {})}
+        for name, status, transport, url, version, risk_tier, data_classes, forward in (
             McpServer.objects.for_tenant(tenant).exclude(status=McpServer.Status.RETIRED)
             .values_list("name", "status", "transport", "url", "version", "risk_tier",
-                         "data_classes"))
+                         "data_classes", "forward"))
     }
 
     # One pass over the tenant's tools (of servers that are not retired): approved tools of

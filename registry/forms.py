@@ -16,6 +16,7 @@ from registry.models import (
     AgentPrincipal,
     DataClass,
     Grant,
+    McpFeature,
     McpServer,
     Risk,
     Tool,
@@ -65,6 +66,12 @@ class ServerForm(forms.Form):
         choices=DataClass.choices, required=False, widget=forms.CheckboxSelectMultiple,
         label="Data classes",
     )
+    forward = forms.MultipleChoiceField(
+        choices=McpFeature.choices, required=False, widget=forms.CheckboxSelectMultiple,
+        label="Forwarded besides tools",
+        help_text="Gateways refuse the others (every request is logged as a decision). "
+                  "Off by default: resources and prompts reach the model without a tool call.",
+    )
     owner = MemberChoiceField(queryset=None, required=False, empty_label="— nobody —")
 
     def __init__(self, *args, tenant: Tenant, **kwargs) -> None:
@@ -81,7 +88,8 @@ class ServerForm(forms.Form):
             "name": server.name, "transport": server.transport, "url": server.url,
             "command": "\n".join(server.command), "description": server.description,
             "version": server.version, "risk_tier": server.risk_tier,
-            "data_classes": server.data_classes, "owner": server.owner_id,
+            "data_classes": server.data_classes, "forward": server.forward,
+            "owner": server.owner_id,
         }
 
 

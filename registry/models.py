@@ -18,6 +18,14 @@ class DataClass(models.TextChoices):
     PUBLIC = "public", "Public"
 
 
+class McpFeature(models.TextChoices):
+    """What a gateway forwards to a server besides tools (each off by default)."""
+
+    RESOURCES = "resources", "Resources (list, read, templates, subscribe)"
+    PROMPTS = "prompts", "Prompts (list, get)"
+    COMPLETION = "completion", "Completion of prompt and resource arguments"
+
+
 class Risk(models.TextChoices):
     LOW = "low", "Low"
     MEDIUM = "medium", "Medium"
@@ -38,7 +46,7 @@ class McpServer(LifecycleMixin, TenantScopedModel):
     """An MCP server agents reach through gateways."""
 
     audit_fields = ("name", "description", "transport", "url", "command", "version",
-                    "data_classes", "risk_tier", "status")
+                    "data_classes", "risk_tier", "forward", "status")
 
     class Transport(models.TextChoices):
         STREAMABLE_HTTP = "streamable-http", "Streamable HTTP"
@@ -73,6 +81,8 @@ class McpServer(LifecycleMixin, TenantScopedModel):
     )
     data_classes = models.JSONField(default=list, blank=True)
     risk_tier = models.CharField(max_length=10, choices=Risk.choices, default=Risk.MEDIUM)
+    # McpFeature values gateways forward besides tools (bundle: the server's ``forward``).
+    forward = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     # Where the server came from when it was imported from an MCP registry server.json.
     registry_name = models.CharField(max_length=200, blank=True)

@@ -21,6 +21,7 @@ from registry.models import (
     DataClass,
     GatewayBinding,
     Grant,
+    McpFeature,
     McpServer,
     Risk,
     ServerSync,
@@ -124,6 +125,13 @@ class ServerIn(serializers.Serializer):
     data_classes = serializers.ListField(child=serializers.CharField(), required=False,
                                          help_text=DATA_CLASSES_HELP)
     risk_tier = serializers.ChoiceField(choices=Risk.choices, required=False)
+    forward = serializers.MultipleChoiceField(
+        choices=McpFeature.choices, required=False,
+        help_text="what gateways forward besides tools: resources, prompts, completion "
+                  "(default none)")
+
+    def validate_forward(self, value: set[str]) -> list[str]:
+        return sorted(value)
 
 
 class ServerTransitionIn(serializers.Serializer):
@@ -167,7 +175,8 @@ class ServerOut(serializers.ModelSerializer):
     class Meta:
         model = McpServer
         fields = ["id", "name", "description", "transport", "url", "command", "version", "owner",
-                  "data_classes", "risk_tier", "status", "registry_name", "tool_count",
+                  "data_classes", "risk_tier", "forward", "status", "registry_name",
+                  "tool_count",
                   "review_count", "latest_sync", "gateways", "last_synced_at", "created_at",
                   "updated_at"]
 

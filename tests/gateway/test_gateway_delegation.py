@@ -230,3 +230,21 @@ def test_the_escalation_request_names_the_person(tmp_path):
     bodies = [_json.loads(body) for method, path, headers, body in stub.requests]
     assert bodies[0]["on_behalf_of"] == {"subject": "alice", "groups": ["hr-staff"]}
     assert "on_behalf_of" not in bodies[1]
+
+
+def test_resources_follow_the_group_requirement_too():
+    """decide_feature (resources, prompts, completion) counts a group grant only for a member of
+    the group, and names the person."""
+    from gateway.decision import decide_feature
+
+    data = {**DATA, "servers": {"s": {"status": "active", "forward": ["resources"]}}}
+
+    def feature(**caller):
+        return decide_feature(data, issuer=IDP, server="s", feature="resources", at=NOW,
+                              **caller)
+
+    inside = feature(subject="alice", client_id=CLIENT, groups=["hr-staff"])
+    assert (inside.outcome, inside.on_behalf_of) == (
+        ALLOW, {"subject": "alice", "groups": ["hr-staff"]})
+    assert feature(subject="bob", client_id=CLIENT, groups=["sales"]).outcome == DENY
+    assert feature(subject="bot-sub").outcome == DENY

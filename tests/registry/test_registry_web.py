@@ -215,6 +215,31 @@ def test_admin_registers_a_streamable_http_server(login, alice, tenant_a):
     assert _events(tenant_a, "server.created")[0].actor_label == "alice"
 
 
+def test_admin_chooses_what_is_forwarded_besides_tools(login, alice, tenant_a, server):
+    client = login(alice)
+    form = _body(client.get(f"/t/alpha/servers/{server.pk}/edit/"))
+    assert "Forwarded besides tools" in form and 'value="resources"' in form
+    page = _body(client.get(f"/t/alpha/servers/{server.pk}/"))
+    assert "nothing (resources, prompts and completion refused)" in page
+    fields = {"name": "payroll", "transport": "streamable-http",
+              "url": "https://payroll.example/mcp", "risk_tier": "high"}
+    refused = client.post(f"/t/alpha/servers/{server.pk}/edit/",
+                          {**fields, "forward": ["resources", "everything"]})
+    assert refused.status_code == 400
+    assert "Select a valid choice. everything is not one of the available choices." in \
+        _body(refused)
+    server.refresh_from_db()
+    assert server.forward == []
+    saved = client.post(f"/t/alpha/servers/{server.pk}/edit/",
+                        {**fields, "forward": ["prompts", "resources"]})
+    assert saved.status_code == 302
+    server.refresh_from_db()
+    assert server.forward == ["prompts", "resources"]
+    assert _events(tenant_a, "server.updated")[-1].after["forward"] == ["prompts", "resources"]
+    page = _body(client.get(f"/t/alpha/servers/{server.pk}/"))
+    assert '<dd id="server-forward">prompts, resources</dd>' in page
+
+
 def test_a_stdio_server_takes_one_argument_per_line(login, alice, tenant_a):
     login(alice).post("/t/alpha/servers/new/", {
         "name": "local", "transport": "stdio", "command": "npx\r\n-y\r\n\r\n @acme/mcp@1.2.0 \r\n",
