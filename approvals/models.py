@@ -181,8 +181,8 @@ class Escalation(Decidable):
     idempotent on (gateway, call_id), decided like an access request, then answered with a
     short-lived signed receipt that the gateway consumes exactly once."""
 
-    audit_fields = ("status", "agent", "server", "tool", "arguments_sha256", "current_stage",
-                    AuditField("deadline", render=isoformat))
+    audit_fields = ("status", "agent", "server", "tool", "arguments_sha256", "on_behalf_of",
+                    "current_stage", AuditField("deadline", render=isoformat))
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     gateway = models.ForeignKey("bundles.Gateway", on_delete=models.CASCADE,
@@ -202,6 +202,10 @@ class Escalation(Decidable):
     bundle_revision = models.PositiveIntegerField(null=True, blank=True)
     reason = models.TextField(blank=True)
     consumed_at = models.DateTimeField(null=True, blank=True)
+    # Delegation: the person the agent acts for (token subject) and the groups the token listed;
+    # empty when the agent acts on its own.
+    on_behalf_of = models.CharField(max_length=500, blank=True)
+    on_behalf_of_groups = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["deadline"]

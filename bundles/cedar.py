@@ -23,8 +23,11 @@ Model (namespace ``Mcp``):
 - Context: ``now`` (Unix seconds, floored), ``clock`` (for every time zone a window of the bundle
   uses: the local ``day``, 0 = Monday, and ``minute`` of the day), ``arguments`` (one ``Value``
   per argument name that some constraint or condition of the bundle mentions, when the call
-  passes it), optionally ``live_sha256`` (the tool definition the gateway sees) and optionally
-  ``usage`` (per grant with limits: calls in the last ``minute`` and this ``day``).
+  passes it), optionally ``live_sha256`` (the tool definition the gateway sees), optionally
+  ``usage`` (per grant with limits: calls in the last ``minute`` and this ``day``) and, for a
+  call the agent makes on behalf of a person (delegation, ``gateway.decision.resolve_caller``),
+  ``on_behalf_of`` (``subject`` and ``groups``, a set). A grant with an
+  ``on_behalf_of_group`` permits only when ``context.on_behalf_of.groups`` contains it.
 
 An argument ``Value`` describes a JSON value so that the policy can test it without type
 errors: ``json`` (canonical JSON, ASCII, integral numbers written as integers, so that equal
@@ -134,6 +137,7 @@ def compile_schema(data: Mapping[str, Any]) -> str:
         f'      "clock": {clock},\n'
         f'      "arguments": {arguments},\n'
         f'      "usage"?: {usage},\n'
+        '      "on_behalf_of"?: { "subject": String, "groups": Set<String> },\n'
         "    },\n"
         "  };\n"
         "}\n"
@@ -329,6 +333,11 @@ def _grant_policies(data: Mapping[str, Any], grant: Mapping[str, Any],
     usage = _usage(grant)
     if usage:
         clauses.append(f"when {{ {usage} }}")
+    group = grant.get("on_behalf_of_group")
+    if group:
+        header.append(f"// only on behalf of a member of {cedar_string(group)}")
+        clauses.append(f"when {{ context has on_behalf_of && "
+                       f"context.on_behalf_of.groups.contains({cedar_string(group)}) }}")
     for name in (sorted(n for n in constraints if n in set(names)) if constraints else ()):
         if not constraints.get(name):
             continue
@@ -373,6 +382,7 @@ def compile_policy(data: Mapping[str, Any]) -> str:
         "// Default deny: only a grant's permit allows a call, and only if no forbid applies.\n"
         '// A permit annotated @approval("required") escalates the call to a person instead.\n'
         "// The gateway maps (issuer, subject) to the agent before asking Cedar (unknown: deny),\n"
+        "// and, for an agent acting for a person, passes the person as context.on_behalf_of,\n"
         "// builds the entities and context from data.json (see the schema) and counts usage.\n"
         "// Arguments arrive described (see Value in the schema): floor/ceil are the number\n"
         "// rounded down/up, order a double as a Long in the same order, length counts code\n"

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -21,7 +21,7 @@ from bundles.cedar_values import (
     time_zones,
     unix_seconds,
 )
-from gateway.decision import tool_key
+from gateway.decision import resolve_caller, tool_key
 
 # Calls a grant's agent made (in the last minute, this day), by grant id.
 Usage = Callable[[str], tuple[int, int]]
@@ -49,13 +49,22 @@ def cedar_request(
     at: datetime,
     live_sha256: str | None = None,
     usage: Usage | None = None,
+    client_id: str | None = None,
+    actor: str | None = None,
+    groups: Sequence[str] = (),
 ) -> CedarRequest | None:
-    """The Cedar request and entities for one call; None when it is denied before Cedar."""
+    """The Cedar request and entities for one call; None when it is denied before Cedar.
+
+    ``client_id``, ``actor`` and ``groups`` are the OAuth token's, as ``decide()`` takes them:
+    the agent and the person it acts for are resolved the same way (``resolve_caller``)."""
     if at.tzinfo is None:
         raise ValueError("the call's time must be timezone-aware")
-    agent = data.get("principals", {}).get(issuer, {}).get(subject)
+    agent, person = resolve_caller(data, issuer=issuer, subject=subject, client_id=client_id,
+                                   actor=actor, groups=groups)
     if agent is None or agent not in data.get("agents", {}):
         return None
+    if person is not None and not is_utf8(person["subject"]):
+        return None  # Cedar cannot carry it: refuse rather than drop the person
     if not all(is_utf8(s) for s in (server, tool)):
         return None  # not a name data.json can hold; Cedar cannot carry it either
     key = tool_key(server, tool)
@@ -89,6 +98,10 @@ def cedar_request(
         context["clock"][tz] = {"day": local.weekday(), "minute": local.hour * 60 + local.minute}
     if live_sha256 is not None:
         context["live_sha256"] = live_sha256
+    if person is not None:
+        # A group Cedar cannot carry is left out: the person then counts as not in it.
+        context["on_behalf_of"] = {"subject": person["subject"], "groups": [
+            g for g in person["groups"] if is_utf8(g)]}
     if usage is not None:
         limited = set(limited_grants(data))
         context["usage"] = {}

@@ -54,6 +54,9 @@ class DecisionLog(TenantScopedModel):
     grant_id = models.BigIntegerField(null=True, blank=True)
     escalation_id = models.UUIDField(null=True, blank=True)
     labels = models.JSONField(default=dict, blank=True)
+    # Delegation: the person the agent acted for (the token's subject) and the groups it listed.
+    on_behalf_of = models.CharField(max_length=500, blank=True)
+    on_behalf_of_groups = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-timestamp", "-id"]

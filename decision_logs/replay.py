@@ -28,7 +28,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from decision_logs.models import DecisionLog, ReplayRun
-from gateway.decision import Decision, decide, tool_key
+from gateway.decision import FEATURE_OF_METHOD, Decision, decide, decide_feature, tool_key
 from gateway.receipts import arguments_sha256
 from governance.audit.services import Actor, audit_record
 from governance.tasking import enqueue_on_commit
@@ -129,9 +129,19 @@ class Replayer:
         principal = principal_of(self.data, agent) if agent else None
         if principal is None:
             return Decision("deny", "unknown principal"), []
+        feature = FEATURE_OF_METHOD.get(row["tool"])
+        if feature is not None:  # a resources/prompts/completion request (tool = its method)
+            return decide_feature(self.data, issuer=principal[0], subject=principal[1],
+                                  server=row["server"], feature=feature,
+                                  at=row["timestamp"]), []
         args = row["arguments"]
         complete = isinstance(args, dict) and arguments_sha256(args) == row["arguments_sha256"]
-        decision = decide(self.data, issuer=principal[0], subject=principal[1],
+        # A delegated call is replayed as the agent acting for the same person (RFC 8693 form).
+        person = row.get("on_behalf_of")
+        caller = ({"subject": person, "actor": principal[1],
+                   "groups": row.get("on_behalf_of_groups") or []} if person
+                  else {"subject": principal[1], "client_id": principal[1]})
+        decision = decide(self.data, issuer=principal[0], **caller,
                           server=row["server"], tool=row["tool"],
                           arguments=args if complete else {}, at=row["timestamp"])
         if not complete and decision.grant is not None:
@@ -192,7 +202,7 @@ class Tally:
 
 
 FIELDS = ("id", "decision_id", "timestamp", "agent", "principal", "server", "tool", "arguments",
-          "arguments_sha256", "outcome", "reason")
+          "arguments_sha256", "outcome", "reason", "on_behalf_of", "on_behalf_of_groups")
 
 
 def run_replay(run: ReplayRun, *, now: datetime) -> Tally:

@@ -60,7 +60,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 _DIGITS = re.compile(r"[0-9]{1,19}\Z")
 # Longest value per column (the model's max_length); ``reason`` is cut, the others refused.
 _LIMITS = {"decision_id": 100, "agent": 200, "principal": 500, "server": 200, "tool": 200,
-           "call_id": 200}
+           "call_id": 200, "on_behalf_of": 500}
+MAX_GROUPS, GROUP_MAX = 1000, 200
 REASON_MAX = 1000
 
 
@@ -86,6 +87,8 @@ class DecisionEvent(NamedTuple):
     grant_id: int | None
     escalation_id: uuid.UUID | None
     labels: str  # JSON text
+    on_behalf_of: str  # the person a delegated call was made for ("" for none)
+    on_behalf_of_groups: str  # JSON text: their groups as the token listed them
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,27 @@ def _principal(value: Any) -> str:
     return principal
 
 
+def _on_behalf_of(value: Any) -> tuple[str, str]:
+    """``input.on_behalf_of`` ({subject, groups?}) → (subject, groups as JSON text)."""
+    if value is None:
+        return "", "[]"
+    path = "input.on_behalf_of"
+    if type(value) is not dict:
+        raise _Bad(path, "must be an object {subject, groups}")
+    subject = value.get("subject")
+    if type(subject) is not str or not subject:
+        raise _Bad(f"{path}.subject", "must be a non-empty string")
+    if len(subject) > _LIMITS["on_behalf_of"] or "\x00" in subject:
+        raise _Bad(f"{path}.subject", f"must be at most {_LIMITS['on_behalf_of']} characters, "
+                                      f"without NUL")
+    groups = value.get("groups", [])
+    if type(groups) is not list or len(groups) > MAX_GROUPS or any(
+            type(g) is not str or len(g) > GROUP_MAX or "\x00" in g for g in groups):
+        raise _Bad(f"{path}.groups", f"must be a list of at most {MAX_GROUPS} strings of at "
+                                     f"most {GROUP_MAX} characters")
+    return subject, _json_text(sorted(set(groups)), f"{path}.groups")
+
+
 def _call_id(value: Any) -> str:
     if value is None:
         return ""
@@ -285,7 +309,7 @@ def _event(raw: Any) -> DecisionEvent:
         decision_id, timestamp, revision, agent, _principal(call.get("principal")), server,
         tool, _call_id(call.get("call_id")), sha, arguments, outcome, reason,
         _grant(result.get("grant")), _escalation(result.get("escalation_id")),
-        _json_text(labels, "labels"),
+        _json_text(labels, "labels"), *_on_behalf_of(call.get("on_behalf_of")),
     )
 
 
@@ -319,8 +343,9 @@ _ROW_COLUMNS = len(DecisionEvent._fields)
 # PostgreSQL, the other two ways (kept for bench/ingest.py's comparison): one array per column
 # unnested into rows, or multi-row VALUES.
 _PG_TYPES = ("varchar", "timestamptz", "bigint", "varchar", "varchar", "varchar", "varchar",
-             "varchar", "varchar", "text", "varchar", "varchar", "bigint", "uuid", "text")
-_PG_CASTS = {"arguments": "::jsonb", "labels": "::jsonb"}
+             "varchar", "varchar", "text", "varchar", "varchar", "bigint", "uuid", "text",
+             "varchar", "text")
+_PG_CASTS = {"arguments": "::jsonb", "labels": "::jsonb", "on_behalf_of_groups": "::jsonb"}
 
 
 def _quoted(names) -> str:

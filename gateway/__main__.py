@@ -14,8 +14,10 @@ or with every option in a TOML file (the same names, dashes or underscores)::
 
 Agents connect with MCP streamable HTTP to ``http://<listen>/mcp`` and
 ``Authorization: Bearer <credential>``; the credential is a static token of the
-``--identities`` JSON file (``{"<token>": {"issuer": "…", "subject": "…"}}``, for demos) or a
-JWT of ``--jwt-issuer`` checked against ``--jwt-jwks-url``.
+``--identities`` JSON file (``{"<token>": {"issuer": "…", "subject": "…"}}``, for demos), an
+OAuth access token of ``--oauth-issuer`` for ``--resource-uri`` (MCP authorization: the gateway
+serves RFC 9728 metadata and points 401s at it; ``gateway/oauth.py``), or a JWT of
+``--jwt-issuer`` checked against ``--jwt-jwks-url``.
 
 A call the bundle escalates is held while a human decides, at most ``--max-hold`` seconds
 (then the agent gets a pending result to retry; ``gateway/escalations.py``).
@@ -65,6 +67,14 @@ class Settings:
     jwt_issuer: str | None = None
     jwt_jwks_url: str | None = None
     jwt_audience: str | None = None
+    oauth_issuer: str | None = None
+    resource_uri: str | None = None
+    oauth_jwks_url: str | None = None
+    oauth_scopes: list[str] = field(default_factory=list)
+    oauth_groups_claim: str = "groups"
+    oauth_algorithms: list[str] | None = None
+    oauth_leeway: float = 30.0
+    jwks_refetch_interval: float = 30.0
     redis_url: str | None = None
     long_poll_seconds: int = 60
     max_hold_seconds: float = 60.0
@@ -96,6 +106,28 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--jwt-issuer", help="accept agent JWTs of this issuer…")
     run.add_argument("--jwt-jwks-url", help="…signed with a key of this JWKS")
     run.add_argument("--jwt-audience", help="…for this audience (optional)")
+    run.add_argument("--oauth-issuer",
+                     help="MCP authorization: accept OAuth access tokens (JWT) of this "
+                          "authorization server (its issuer identifier)…")
+    run.add_argument("--resource-uri",
+                     help="…minted for this resource URI, the gateway's MCP endpoint as "
+                          "agents reach it (e.g. https://gw.example/mcp): the tokens' audience "
+                          "and the protected-resource metadata's resource")
+    run.add_argument("--oauth-jwks-url",
+                     help="the issuer's JWKS (default: jwks_uri of its metadata)")
+    run.add_argument("--oauth-scopes",
+                     help="space-separated scopes a token must carry (advertised as "
+                          "scopes_supported; default none)")
+    run.add_argument("--oauth-groups-claim",
+                     help="the claim listing the person's groups (default groups)")
+    run.add_argument("--oauth-algorithms",
+                     help="comma-separated signature algorithms accepted (default RS*, PS*, "
+                          "ES*, EdDSA; never none or HS*)")
+    run.add_argument("--oauth-leeway", type=float,
+                     help="seconds of clock skew allowed on exp/nbf/iat (default 30)")
+    run.add_argument("--jwks-refetch-interval", type=float,
+                     help="minimum seconds between JWKS fetches for unknown key ids "
+                          "(default 30)")
     run.add_argument("--redis-url", help="share rate counters with other replicas")
     run.add_argument("--long-poll", type=int, help="seconds per bundle long poll (default 60)")
     run.add_argument("--max-hold", type=float,
@@ -144,8 +176,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError("--listen: use host:port, e.g. 127.0.0.1:8100.")
     identities = _identities(values.get("identities"))
-    if not identities and not values.get("jwt_issuer"):
-        raise ConfigError("Say how agents are identified: --identities and/or --jwt-issuer.")
+    if not identities and not values.get("jwt_issuer") and not values.get("oauth_issuer"):
+        raise ConfigError("Say how agents are identified: --identities, --jwt-issuer and/or "
+                          "--oauth-issuer.")
+    oauth = _oauth(values)
     if values.get("jwt_issuer") and not values.get("jwt_jwks_url"):
         raise ConfigError("--jwt-jwks-url is required with --jwt-issuer.")
     return Settings(
@@ -159,7 +193,54 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_hold_seconds=_max_hold(values.get("max_hold")),
         discovery_interval=_discovery_interval(values.get("discovery_interval")),
         labels={str(k): str(v) for k, v in (values.get("labels") or {}).items()},
+        **oauth,
     )
+
+
+def _oauth(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The MCP authorization options (``gateway/oauth.py``), checked."""
+    from gateway.oauth import ALLOWED_ALGORITHMS, check_resource_uri
+
+    issuer, resource = values.get("oauth_issuer"), values.get("resource_uri")
+    if not issuer:
+        if resource:
+            raise ConfigError("--resource-uri is used with --oauth-issuer.")
+        return {}
+    if not str(issuer).startswith(("https://", "http://")):
+        raise ConfigError("--oauth-issuer: the authorization server's issuer URL.")
+    if not resource:
+        raise ConfigError("--resource-uri is required with --oauth-issuer (the gateway's MCP "
+                          "endpoint as agents reach it, e.g. https://gw.example/mcp).")
+    try:
+        check_resource_uri(str(resource))
+    except ValueError as exc:
+        raise ConfigError(f"--resource-uri: {exc}.") from None
+    algorithms = values.get("oauth_algorithms")
+    if isinstance(algorithms, str):
+        algorithms = [a.strip() for a in algorithms.split(",") if a.strip()]
+    if algorithms is not None and (not algorithms or set(algorithms) - ALLOWED_ALGORITHMS):
+        raise ConfigError(f"--oauth-algorithms: among {', '.join(sorted(ALLOWED_ALGORITHMS))} "
+                          f"(none and HS* are never accepted).")
+    scopes = values.get("oauth_scopes") or []
+    if isinstance(scopes, str):
+        scopes = scopes.split()
+    result: dict[str, Any] = {
+        "oauth_issuer": str(issuer), "resource_uri": str(resource),
+        "oauth_jwks_url": values.get("oauth_jwks_url"), "oauth_scopes": list(scopes),
+        "oauth_groups_claim": str(values.get("oauth_groups_claim") or "groups"),
+        "oauth_algorithms": algorithms,
+    }
+    for name, low, high, default in (("oauth_leeway", 0, 300, 30.0),
+                                     ("jwks_refetch_interval", 1, 3600, 30.0)):
+        raw = values.get(name)
+        try:
+            number = default if raw is None else float(raw)
+        except (TypeError, ValueError):
+            number = -1.0
+        if not low <= number <= high:
+            raise ConfigError(f"--{name.replace('_', '-')}: between {low} and {high} seconds.")
+        result[name] = number
+    return result
 
 
 def _max_hold(value: Any) -> float:
@@ -212,14 +293,14 @@ def decision_sink(uploader: Any, tenant: str, labels: Mapping[str, str]):
 
     def sink(fields: Mapping[str, Any]) -> None:
         decision = Decision(fields["outcome"], fields["reason"], fields.get("grant"),
-                            fields.get("agent"))
+                            fields.get("agent"), fields.get("on_behalf_of"))
         uploader.log(decision_event(
             decision=decision, agent=fields.get("agent"), principal=fields.get("principal"),
             server=fields["server"], tool=fields["tool"],
             arguments_sha256=fields["arguments_sha256"],
             bundle_revision=fields.get("bundle_revision"), tenant=tenant,
             call_id=fields.get("call_id"), escalation_id=fields.get("escalation_id"),
-            labels=labels))
+            labels=labels, target=fields.get("target")))
 
     return sink
 
@@ -242,13 +323,16 @@ def build(settings: Settings) -> tuple[Any, Any, Any, Any]:
                           labels=settings.labels, decision_logs=uploader,
                           status_listener=lambda headers: reporter.status_answer(headers))
     client.load()  # the last good bundle, re-verified, so a restart enforces at once
+    # Static tokens first (a dictionary look-up), then OAuth access tokens, then bare JWTs.
+    sources: list[Any] = []
+    if settings.identities:
+        sources.append(StaticIdentities(settings.identities))
+    if settings.oauth_issuer:
+        sources.append(_oauth_identities(settings))
     if settings.jwt_issuer:
-        jwt = JwtIdentities(issuer=settings.jwt_issuer, jwks_url=settings.jwt_jwks_url,
-                            audience=settings.jwt_audience)
-        identities = jwt if not settings.identities else FirstOf(
-            StaticIdentities(settings.identities), jwt)
-    else:
-        identities = StaticIdentities(settings.identities)
+        sources.append(JwtIdentities(issuer=settings.jwt_issuer, jwks_url=settings.jwt_jwks_url,
+                                     audience=settings.jwt_audience))
+    identities = sources[0] if len(sources) == 1 else FirstOf(*sources)
     counters = RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters()
     escalations = Escalations(settings.control_plane, settings.token, settings.tenant,
                               keys=client.keys, max_hold=settings.max_hold_seconds,
@@ -262,7 +346,28 @@ def build(settings: Settings) -> tuple[Any, Any, Any, Any]:
     reporter = DiscoveryReporter(settings.control_plane, settings.token, settings.server_name,
                                  upstream, interval=settings.discovery_interval)
     reporter.attach(upstream)
+    if settings.oauth_issuer:
+        from gateway.oauth import ProtectedResource
+
+        app = ProtectedResource(app, resource=str(settings.resource_uri),
+                                authorization_servers=[settings.oauth_issuer],
+                                scopes=settings.oauth_scopes,
+                                resource_name=f"Tollgate gateway for {settings.server_name}")
     return app, client, uploader, reporter
+
+
+def _oauth_identities(settings: Settings) -> Any:
+    """OAuth access tokens of ``--oauth-issuer`` for ``--resource-uri`` (gateway/oauth.py)."""
+    from gateway.jwks import JwksCache
+    from gateway.oauth import DEFAULT_ALGORITHMS, OAuthIdentities
+
+    return OAuthIdentities(
+        issuer=str(settings.oauth_issuer), resource=str(settings.resource_uri),
+        jwks=JwksCache(issuer=str(settings.oauth_issuer), jwks_url=settings.oauth_jwks_url,
+                       min_refetch=settings.jwks_refetch_interval),
+        algorithms=settings.oauth_algorithms or DEFAULT_ALGORITHMS,
+        leeway_seconds=settings.oauth_leeway, groups_claim=settings.oauth_groups_claim,
+        required_scopes=settings.oauth_scopes)
 
 
 async def serve(settings: Settings) -> None:

@@ -33,6 +33,9 @@ no rule. The export never allows a call that ``decide()`` refuses; kind by kind:
 - **rate limits and quotas**: agentgateway's local rate limit is a token bucket per route (every
   agent and request together, bursting past a per-minute count) and its remote one needs a
   rate-limit service: neither counts calls per grant, so a grant with a limit gives no rule;
+- **delegation**: a grant that requires the person the agent acts for to be in a group
+  (``on_behalf_of_group``) gives no rule (fail closed); agents known only by an OAuth client id
+  (data.json ``clients``) get no rules either (the rules match ``jwt.sub``);
 - **pinned definition hashes**: CEL here cannot see a tool's definition, so by default
   (``unpinned="deny"``) no tool gets a rule; ``unpinned="allow"`` exports the rules anyway and
   says that a changed definition is not refused at this gateway.
@@ -324,7 +327,13 @@ def _refused_tools(export: Export, base: dict[str, Any],
         export.not_expressed.append({
             **base, "kind": "rate_limit", "detail": ", ".join(limits),
             "effect": "no rule: refused (agentgateway has no per-grant call count to emit)"})
-    if limits or (mode == "always" and export.approvals == "deny"):
+    group = grant.get("on_behalf_of_group")
+    if group:
+        export.not_expressed.append({
+            **base, "kind": "on_behalf_of", "detail": f"only on behalf of a member of {group}",
+            "effect": "no rule: refused (the rules match the agent's own token; who it acts for "
+                      "and that person's groups are not checked here)"})
+    if limits or group or (mode == "always" and export.approvals == "deny"):
         return None
     return refused
 

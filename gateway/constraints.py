@@ -31,6 +31,7 @@ KEYWORDS = {"enum", "const", "minimum", "maximum", "maxLength", "pattern", "with
 # bundle whose grants use one is version 2, so that a gateway that reads only version 1 refuses
 # it (and keeps its last good bundle) instead of skipping a check it cannot run.
 KEYWORD_SINCE = {"within": 2, "url": 2}
+ON_BEHALF_OF_GROUP_SINCE = 3  # the grant term on_behalf_of_group (delegation)
 # What each keyword can apply to, in JSON Schema type names (enum and const: any type).
 STRING_KEYWORDS = ("maxLength", "pattern", "within", "url")
 NUMBER_KEYWORDS = ("minimum", "maximum")
@@ -329,9 +330,13 @@ def validate_against_schemas(doc: dict, schemas: dict[str, list[Any]], *, root: 
 
 def schema_version_for(grants: list[dict]) -> int:
     """The bundle schema version that ``grants`` (data.json's) need: 1, or the highest version
-    that introduced a keyword their argument constraints or approval conditions use."""
+    that introduced a keyword their argument constraints or approval conditions use, or 3 when
+    a grant requires the person an agent acts for to be in a group (``on_behalf_of_group``): a
+    gateway that cannot check it refuses the bundle instead of ignoring the requirement."""
     version = 1
     for grant in grants:
+        if grant.get("on_behalf_of_group"):
+            version = max(version, ON_BEHALF_OF_GROUP_SINCE)
         for doc in (grant.get("argument_constraints") or {}, grant.get("approval_condition") or {}):
             for args in doc.values():
                 for rules in (args or {}).values():

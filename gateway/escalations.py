@@ -71,11 +71,17 @@ class HeldCall:
     arguments_sha256: str
     reason: str
     bundle_revision: int | None
+    # The person a delegated call is made for ({"subject", "groups"}), shown to the approver.
+    on_behalf_of: Mapping[str, Any] | None = None
 
     @property
     def fingerprint(self) -> str:
-        """Same principal, server, tool and arguments: the same call (a retry re-attaches)."""
-        identity = [self.issuer, self.subject, self.server, self.tool, self.arguments_sha256]
+        """Same principal (and person), server, tool and arguments: the same call (a retry
+        re-attaches; another person's identical call is another request)."""
+        identity: list[Any] = [self.issuer, self.subject, self.server, self.tool,
+                               self.arguments_sha256]
+        if self.on_behalf_of is not None:
+            identity.append(self.on_behalf_of.get("subject"))
         return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()
 
 
@@ -197,6 +203,9 @@ class Escalations:
             "tool": call.tool, "arguments_sha256": call.arguments_sha256,
             "bundle_revision": call.bundle_revision, "reason": call.reason,
         }
+        if call.on_behalf_of is not None:
+            body["on_behalf_of"] = {"subject": call.on_behalf_of["subject"],
+                                    "groups": list(call.on_behalf_of.get("groups") or [])}
         if self.send_arguments:
             body["arguments"] = dict(call.arguments)
         doc = await self._request("POST", f"{API}/escalations", json_body=body)

@@ -8,6 +8,9 @@ sources:
 - :class:`JwtIdentities`: a JWT signed by a configured issuer, checked against its JWKS
   (a document or a URL, cached): signature, ``iss``, ``exp``/``nbf``, optionally ``aud``.
   The principal is (``iss``, the subject claim, ``sub`` by default).
+- ``gateway.oauth.OAuthIdentities``: the MCP authorization specification's resource server —
+  OAuth access tokens (JWT) bound to this gateway's resource URI. Its principal also carries
+  the token's client, the RFC 8693 actor and the person's groups (delegation).
 
 ``identify()`` returns None for a missing, unknown or invalid credential: the proxy answers
 401 before any MCP message is read. Pure Python (PyJWT), no Django.
@@ -31,10 +34,23 @@ DEFAULT_ALGORITHMS = ("RS256", "ES256", "PS256", "EdDSA")
 
 @dataclass(frozen=True)
 class Principal:
-    """How the bundle's ``principals`` table knows an agent."""
+    """How the bundle's ``principals`` (and ``clients``) tables know an agent.
+
+    ``client_id`` (``azp``/``client_id``), ``actor`` (``act.sub``) and ``groups`` (the
+    configured groups claim) come from OAuth access tokens only: with them the decision knows
+    whether the agent acts for a person (``gateway.decision.resolve_caller``)."""
 
     issuer: str
     subject: str
+    client_id: str | None = None
+    actor: str | None = None
+    groups: tuple[str, ...] = ()
+
+    def caller(self) -> dict[str, Any]:
+        """The keyword arguments of ``gateway.decision.decide`` / ``find_agent`` that name
+        the caller."""
+        return {"issuer": self.issuer, "subject": self.subject, "client_id": self.client_id,
+                "actor": self.actor, "groups": self.groups}
 
 
 class Identities(Protocol):

@@ -77,11 +77,13 @@ def decision_event(
     labels: Mapping[str, Any] | None = None,
     now: datetime | None = None,
     arguments: Mapping[str, Any] | None = None,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """The OPA decision-log event of one decision (fields: docs/gateway-contract.md).
 
     ``principal`` is a string or ``{"issuer", "subject"}``; ``arguments``, when given, must
-    already be redacted (they are stored as sent)."""
+    already be redacted (they are stored as sent); ``target``: what a resources, prompts or
+    completion request names (``tool`` is then its method)."""
     now = now or datetime.now(UTC)
     event_input: dict[str, Any] = {"server": server, "tool": tool,
                                    "arguments_sha256": arguments_sha256}
@@ -93,8 +95,14 @@ def decision_event(
             else principal
     if call_id is not None:
         event_input["call_id"] = call_id
+    if decision.on_behalf_of is not None:
+        event_input["on_behalf_of"] = {
+            "subject": decision.on_behalf_of["subject"],
+            "groups": list(decision.on_behalf_of.get("groups") or [])}
     if arguments is not None:
         event_input["arguments"] = dict(arguments)
+    if target is not None:
+        event_input["target"] = target
     result: dict[str, Any] = {"outcome": decision.outcome, "reason": decision.reason}
     if decision.grant is not None and str(decision.grant).isdigit():
         result["grant"] = int(decision.grant)

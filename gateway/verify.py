@@ -91,7 +91,8 @@ ROOT = "mcp"
 ALGORITHM = "ES256"
 HASH_ALGORITHM = "SHA-256"
 # 2: data.json may use the constraint keywords within and url (gateway.constraints.KEYWORD_SINCE).
-SCHEMA_VERSIONS = (1, 2)
+# 3: a grant may require the person an agent acts for to be in a group (on_behalf_of_group).
+SCHEMA_VERSIONS = (1, 2, 3)
 
 DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_FILES = 256

@@ -10,6 +10,8 @@ What goes in: every agent (with its status, so gateways can say *why* a suspende
 refused), every server that is not retired, the approved tools still listed by active servers
 (quarantined, blocked, pending and vanished tools are simply absent: default deny), every scope
 with the tools of it that are in the bundle, and the grants in force at compile time.
+Agents known by an OAuth client id (principals of kind ``client``, delegation) are listed in
+``clients`` (``{issuer: {client id: agent}}``), a key that is absent when no agent has one.
 """
 
 from __future__ import annotations
@@ -64,20 +66,29 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
         agents[name] = {"status": status, "owner": owner, "environment": environment,
                         "principals": []}
     principals: dict[str, dict[str, str]] = {}
-    for agent_id, issuer, subject in (
+    # OAuth client ids (principals of kind "client"): in their own table, so a token's client
+    # is never confused with its subject; present only when a tenant uses them.
+    clients: dict[str, dict[str, str]] = {}
+    for agent_id, issuer, subject, kind in (
             AgentPrincipal.objects.filter(tenant=tenant).order_by("issuer", "subject")
-            .values_list("agent_id", "issuer", "subject")):
+            .values_list("agent_id", "issuer", "subject", "kind")):
         name = agent_names[agent_id]
+        if kind == AgentPrincipal.Kind.CLIENT:
+            agents[name].setdefault("clients", []).append([issuer, subject])
+            clients.setdefault(issuer, {})[subject] = name
+            continue
         agents[name]["principals"].append([issuer, subject])
         principals.setdefault(issuer, {})[subject] = name
 
     servers = {
         name: {"status": status, "transport": transport, "url": url, "version": version,
-               "risk_tier": risk_tier, "data_classes": sorted(data_classes)}
-        for name, status, transport, url, version, risk_tier, data_classes in (
+               "risk_tier": risk_tier, "data_classes": sorted(data_classes),
+               # Optional (older gateways ignore it): what is forwarded besides tools.
+               **({"forward": sorted(forward)} if forward else {})}
+        for name, status, transport, url, version, risk_tier, data_classes, forward in (
             McpServer.objects.for_tenant(tenant).exclude(status=McpServer.Status.RETIRED)
             .values_list("name", "status", "transport", "url", "version", "risk_tier",
-                         "data_classes"))
+                         "data_classes", "forward"))
     }
 
     # One pass over the tenant's tools (of servers that are not retired): approved tools of
@@ -144,18 +155,21 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
             "approval_mode": mode,
             "approval_condition": _json(condition),
             "expires_at": rfc3339(expires) if expires else None,
+            # Only when set (schema version 3): bundles without it stay byte for byte the same.
+            **({"on_behalf_of_group": group} if group else {}),
         }
         for (pk, agent_id, scope_id, per_minute, per_day, start, end, days, tz, constraints,
-             mode, condition, expires) in (
+             mode, condition, expires, group) in (
             Grant.objects.for_tenant(tenant).filter(in_force).order_by("pk")
             .annotate(days_text=_text("window_days"), constraints_text=_text(
                 "argument_constraints"), condition_text=_text("approval_condition"))
             .values_list(
                 "pk", "agent_id", "scope_id", "calls_per_minute", "calls_per_day",
                 "window_start", "window_end", "days_text", "window_tz",
-                "constraints_text", "approval_mode", "condition_text", "expires_at"))
+                "constraints_text", "approval_mode", "condition_text", "expires_at",
+                "on_behalf_of_group"))
     ]
-    return {
+    data = {
         "schema_version": schema_version_for(grants),
         "tenant": tenant.slug,
         "agents": agents,
@@ -167,6 +181,9 @@ def compile_data(tenant: Tenant, *, at: datetime) -> dict[str, Any]:
         "grants": grants,
         "escalation": escalation_settings(tenant),
     }
+    if clients:
+        data["clients"] = clients
+    return data
 
 
 def escalation_settings(tenant: Tenant) -> dict[str, Any]:

@@ -11,7 +11,17 @@ from django.db.models import Q
 
 from governance import bounds
 from governance.tenancy.models import Tenant
-from registry.models import Agent, DataClass, Grant, McpServer, Risk, Tool, ToolScope
+from registry.models import (
+    Agent,
+    AgentPrincipal,
+    DataClass,
+    Grant,
+    McpFeature,
+    McpServer,
+    Risk,
+    Tool,
+    ToolScope,
+)
 from registry.server_json import MAX_DOCUMENT_BYTES
 from registry.simulator import POLICIES
 
@@ -56,6 +66,12 @@ class ServerForm(forms.Form):
         choices=DataClass.choices, required=False, widget=forms.CheckboxSelectMultiple,
         label="Data classes",
     )
+    forward = forms.MultipleChoiceField(
+        choices=McpFeature.choices, required=False, widget=forms.CheckboxSelectMultiple,
+        label="Forwarded besides tools",
+        help_text="Gateways refuse the others (every request is logged as a decision). "
+                  "Off by default: resources and prompts reach the model without a tool call.",
+    )
     owner = MemberChoiceField(queryset=None, required=False, empty_label="— nobody —")
 
     def __init__(self, *args, tenant: Tenant, **kwargs) -> None:
@@ -72,7 +88,8 @@ class ServerForm(forms.Form):
             "name": server.name, "transport": server.transport, "url": server.url,
             "command": "\n".join(server.command), "description": server.description,
             "version": server.version, "risk_tier": server.risk_tier,
-            "data_classes": server.data_classes, "owner": server.owner_id,
+            "data_classes": server.data_classes, "forward": server.forward,
+            "owner": server.owner_id,
         }
 
 
@@ -176,6 +193,14 @@ class PrincipalForm(forms.Form):
     issuer = forms.CharField(max_length=500, help_text="e.g. https://login.example.com or "
                                                        "spiffe://example.org")
     subject = forms.CharField(max_length=500, help_text="JWT sub, OAuth client id or SPIFFE ID")
+    kind = forms.ChoiceField(
+        choices=AgentPrincipal.Kind.choices, initial=AgentPrincipal.Kind.SUBJECT,
+        required=False, label="Matches",
+        help_text="The token's subject, or its OAuth client (azp / client_id): a client id "
+                  "also recognises the agent when it acts for a person.")
+
+    def clean_kind(self) -> str:
+        return self.cleaned_data["kind"] or AgentPrincipal.Kind.SUBJECT
 
 
 # --- Grants ------------------------------------------------------------------------------------
@@ -222,6 +247,10 @@ class GrantTermsForm(forms.Form):
         "Approval condition (JSON)",
         "Same shape; with approval “when”, a call whose arguments match every check waits "
         "for a person.")
+    on_behalf_of_group = forms.CharField(
+        required=False, max_length=200, label="Only on behalf of members of (IdP group)",
+        help_text="Delegation: the grant covers only calls the agent makes for a person whose "
+                  "token lists this group (e.g. hr-staff). Empty: no such requirement.")
 
     def _clean_json(self, field: str) -> dict:
         text = self.cleaned_data[field].strip()
@@ -258,6 +287,7 @@ class GrantTermsForm(forms.Form):
             "expires_at": grant.expires_at, "approval_mode": grant.approval_mode,
             "argument_constraints": pretty(grant.argument_constraints),
             "approval_condition": pretty(grant.approval_condition),
+            "on_behalf_of_group": grant.on_behalf_of_group,
         }
 
 

@@ -18,6 +18,14 @@ class DataClass(models.TextChoices):
     PUBLIC = "public", "Public"
 
 
+class McpFeature(models.TextChoices):
+    """What a gateway forwards to a server besides tools (each off by default)."""
+
+    RESOURCES = "resources", "Resources (list, read, templates, subscribe)"
+    PROMPTS = "prompts", "Prompts (list, get)"
+    COMPLETION = "completion", "Completion of prompt and resource arguments"
+
+
 class Risk(models.TextChoices):
     LOW = "low", "Low"
     MEDIUM = "medium", "Medium"
@@ -38,7 +46,7 @@ class McpServer(LifecycleMixin, TenantScopedModel):
     """An MCP server agents reach through gateways."""
 
     audit_fields = ("name", "description", "transport", "url", "command", "version",
-                    "data_classes", "risk_tier", "status")
+                    "data_classes", "risk_tier", "forward", "status")
 
     class Transport(models.TextChoices):
         STREAMABLE_HTTP = "streamable-http", "Streamable HTTP"
@@ -73,6 +81,8 @@ class McpServer(LifecycleMixin, TenantScopedModel):
     )
     data_classes = models.JSONField(default=list, blank=True)
     risk_tier = models.CharField(max_length=10, choices=Risk.choices, default=Risk.MEDIUM)
+    # McpFeature values gateways forward besides tools (bundle: the server's ``forward``).
+    forward = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     # Where the server came from when it was imported from an MCP registry server.json.
     registry_name = models.CharField(max_length=200, blank=True)
@@ -327,11 +337,20 @@ class Agent(LifecycleMixin, TenantScopedModel):
 
 
 class AgentPrincipal(TenantScopedModel):
-    """An (issuer, subject) pair a gateway recognises the agent by: JWT sub, client id, SPIFFE."""
+    """An (issuer, subject) pair a gateway recognises the agent by: JWT sub, client id, SPIFFE.
+
+    ``kind`` says which claim of a token it matches: the token's subject (``sub``, the default),
+    or its OAuth client (``azp``/``client_id``) — the latter also recognises the agent when it
+    acts for a person (a token whose ``sub`` is the person, issued to the agent's client)."""
+
+    class Kind(models.TextChoices):
+        SUBJECT = "subject", "Token subject (sub)"
+        CLIENT = "client", "OAuth client id (azp / client_id)"
 
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="principals")
     issuer = models.CharField(max_length=500)
     subject = models.CharField(max_length=500)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SUBJECT)
 
     class Meta:
         ordering = ["issuer", "subject"]
@@ -339,6 +358,8 @@ class AgentPrincipal(TenantScopedModel):
             models.UniqueConstraint(
                 fields=["tenant", "issuer", "subject"], name="principal_unique_per_tenant"
             ),
+            models.CheckConstraint(condition=models.Q(kind__in=["subject", "client"]),
+                                   name="principal_kind_valid"),
         ]
 
     def __str__(self) -> str:
@@ -350,7 +371,8 @@ class Grant(TenantScopedModel):
 
     audit_fields = ("agent", "scope", "calls_per_minute", "calls_per_day", "window_start",
                     "window_end", "window_days", "window_tz", "argument_constraints",
-                    "approval_mode", "approval_condition", "expires_at", "status")
+                    "approval_mode", "approval_condition", "on_behalf_of_group", "expires_at",
+                    "status")
 
     class ApprovalMode(models.TextChoices):
         NEVER = "never", "Never"
@@ -378,6 +400,9 @@ class Grant(TenantScopedModel):
     )
     # Same shape as argument_constraints: the call is escalated when every listed check holds.
     approval_condition = models.JSONField(default=dict, blank=True)
+    # Delegation: only calls made on behalf of a person in this IdP group (the token's groups
+    # claim) are covered; empty: no such requirement (the agent may act on its own).
+    on_behalf_of_group = models.CharField(max_length=200, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     created_by = models.ForeignKey(

@@ -133,8 +133,10 @@ def _check_names(tenant: Tenant, agent: str, server: str, tool: str) -> None:
 
 
 def principal_of(data: Mapping[str, Any], agent: str) -> tuple[str, str] | None:
-    """The first (issuer, subject) by which gateways recognise ``agent`` in ``data``."""
-    principals = data.get("agents", {}).get(agent, {}).get("principals") or []
+    """The first (issuer, subject) by which gateways recognise ``agent`` in ``data`` (else its
+    first OAuth client id: decide with ``client_id`` equal to the subject)."""
+    entry = data.get("agents", {}).get(agent, {})
+    principals = entry.get("principals") or entry.get("clients") or []
     return (principals[0][0], principals[0][1]) if principals else None
 
 
@@ -159,6 +161,10 @@ def simulate(tenant: Tenant, *, agent: str, server: str, tool: str, arguments: A
     at = at or timezone.now()
     chosen = policy_data(tenant, policy)
     notes = list(ALWAYS_NOTES)
+    if any(g["agent"] == agent and g.get("on_behalf_of_group")
+           for g in chosen.data.get("grants", [])):
+        notes.append("The agent acts on its own here: a grant that requires the person it acts "
+                     "for to be in a group refuses the call.")
     principal = principal_of(chosen.data, agent)
     if agent not in chosen.data.get("agents", {}):
         decision = Decision(DENY, "unknown principal")
@@ -170,7 +176,8 @@ def simulate(tenant: Tenant, *, agent: str, server: str, tool: str, arguments: A
                         "recognise it. Add one on the agent's page.")
     else:
         decision = decide(chosen.data, issuer=principal[0], subject=principal[1],
-                          server=server, tool=tool, arguments=args, at=at)
+                          client_id=principal[1], server=server, tool=tool, arguments=args,
+                          at=at)
         if tool_key(server, tool) not in chosen.data.get("tools", {}):
             notes.insert(0, f"Tool {tool_key(server, tool)} is not in {chosen.label}.")
     return Simulation(policy=chosen, agent=agent, server=server, tool=tool, arguments=args,

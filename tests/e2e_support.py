@@ -94,10 +94,12 @@ class TestIdp:
 
     def __init__(self, *, workdir: Path, client_id: str, client_secret: str,
                  redirect_uris: list[str], post_logout_redirect_uris: list[str],
-                 backchannel_logout_uri: str = "", refresh_tokens: bool = False) -> None:
+                 backchannel_logout_uri: str = "", refresh_tokens: bool = False,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.backchannel_logout_uri = backchannel_logout_uri
         self.refresh_tokens = refresh_tokens
         self.client_id = client_id
+        self.extra_env = dict(extra_env or {})  # IDP_EXTRA_CLIENTS, IDP_RESOURCE_SERVERS …
         self.client_secret = client_secret
         self.redirect_uris = redirect_uris
         self.post_logout_redirect_uris = post_logout_redirect_uris
@@ -123,10 +125,12 @@ class TestIdp:
         except FileNotFoundError:
             return ""
 
-    def start(self, attempts: int = 3) -> str:
-        """Start the IdP on a free port and wait for `IDP READY`; returns the issuer URL."""
+    def start(self, attempts: int = 3, port: int | None = None) -> str:
+        """Start the IdP on a free port (or ``port``: a restart keeps the issuer) and wait for
+        `IDP READY`; returns the issuer URL."""
+        fixed = port
         for attempt in range(1, attempts + 1):
-            port = free_port()
+            port = fixed or free_port()
             proc = self._spawn(port)
             line, problem = self._wait_ready(proc)
             if line is not None:
@@ -157,6 +161,7 @@ class TestIdp:
             "IDP_REDIRECT_URIS": ",".join(self.redirect_uris),
             "IDP_POST_LOGOUT_REDIRECT_URIS": ",".join(self.post_logout_redirect_uris),
             "IDP_USERS_FILE": str(self.users_file),
+            **self.extra_env,
         }
         if self.backchannel_logout_uri:
             env["IDP_BACKCHANNEL_LOGOUT_URI"] = self.backchannel_logout_uri

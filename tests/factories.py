@@ -208,8 +208,9 @@ class ScopeFactory(factory.django.DjangoModelFactory):
 
 
 class AgentFactory(factory.django.DjangoModelFactory):
-    """An agent (``agent.created``), its ``principals`` — (issuer, subject) pairs, or subjects of
-    ``IDP`` — added (``agent.principal_added`` each), then moved to ``status``."""
+    """An agent (``agent.created``), its ``principals`` — (issuer, subject) pairs, (issuer, client
+    id, "client") triples, or subjects of ``IDP`` — added (``agent.principal_added`` each),
+    then moved to ``status``."""
 
     class Meta:
         model = Agent
@@ -225,10 +226,12 @@ class AgentFactory(factory.django.DjangoModelFactory):
     @classmethod
     def _create(cls, model_class, *args, tenant, principals, status, **kwargs):
         agent = registry.agent_create(tenant=tenant, actor=SYSTEM, **kwargs)
-        for principal in principals:
-            issuer, subject = (IDP, principal) if isinstance(principal, str) else principal
+        for principal in principals:  # (issuer, subject[, kind]) or a subject of IDP
+            issuer, subject, *kind = (IDP, principal) if isinstance(principal, str) \
+                else principal
             registry.agent_principal_add(tenant=tenant, actor=SYSTEM, agent=agent,
-                                         issuer=issuer, subject=subject)
+                                         issuer=issuer, subject=subject, kind=(kind or
+                                                                              ["subject"])[0])
         for step in AGENT_PATHS[status]:
             agent = registry.agent_transition(tenant=tenant, actor=SYSTEM, agent=agent,
                                               status=step)

@@ -185,7 +185,8 @@ class EscalationOut(serializers.ModelSerializer):
         fields = ["id", "agent", "agent_name", "scope", "scope_name", "risk_level", "grant",
                   "gateway", "gateway_name", "call_id", "server", "tool", "arguments",
                   "arguments_sha256", "arguments_complete", "bundle_revision", "reason",
-                  "status", "stages", "current_stage", "on_alternates", "decisions",
+                  "on_behalf_of", "on_behalf_of_groups", "status", "stages", "current_stage",
+                  "on_alternates", "decisions",
                   "created_at", "deadline", "decided_at", "deny_reason", "consumed_at"]
 
     def get_arguments_complete(self, escalation: Escalation) -> bool:

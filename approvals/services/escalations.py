@@ -101,7 +101,25 @@ def _validate_call(body: dict[str, Any]) -> dict[str, Any]:
                                  or revision < 0):
         raise Refused(400, "invalid", "bundle_revision: a non-negative integer.")
     call["bundle_revision"] = revision
+    call["on_behalf_of"], call["on_behalf_of_groups"] = _person(body.get("on_behalf_of"))
     return call
+
+
+def _person(value: Any) -> tuple[str, list[str]]:
+    """``on_behalf_of`` of a delegated call: {subject, groups?} → (subject, groups)."""
+    if value is None:
+        return "", []
+    subject = value.get("subject") if isinstance(value, dict) else None
+    if not isinstance(subject, str) or not subject.strip() or len(subject) > 500 \
+            or "\x00" in subject:
+        raise Refused(400, "invalid", "on_behalf_of: {\"subject\": a string of 1 to 500 "
+                                      "characters, \"groups\": [strings]} or absent.")
+    groups = value.get("groups", [])
+    if not isinstance(groups, list) or len(groups) > 1000 or any(
+            not isinstance(g, str) or len(g) > 200 or "\x00" in g for g in groups):
+        raise Refused(400, "invalid", "on_behalf_of.groups: at most 1000 strings of at most "
+                                      "200 characters.")
+    return subject, sorted(set(groups))
 
 
 def _same_call(existing: Escalation, call: dict[str, Any]) -> bool:
@@ -161,10 +179,14 @@ def _create_escalation(tenant: Tenant, gateway: Gateway, agent: Agent, call: dic
     if tool is None:
         raise Refused(400, "invalid", f"tool: no tool {call['tool']} on server "
                                       f"{call['server']} in this tenant.")
-    grant = (Grant.objects.for_tenant(tenant).filter(_in_force(now), agent=agent,
-                                                     scope__tools=tool)
-             .exclude(approval_mode=Grant.ApprovalMode.NEVER).select_related("scope")
-             .order_by("pk").first())
+    grants = (Grant.objects.for_tenant(tenant).filter(_in_force(now), agent=agent,
+                                                      scope__tools=tool)
+              .exclude(approval_mode=Grant.ApprovalMode.NEVER).select_related("scope")
+              .order_by("pk"))
+    # A grant that requires the person to be in a group asks only for its members' calls.
+    grant = next((g for g in grants if not g.on_behalf_of_group
+                  or g.on_behalf_of_group in call["on_behalf_of_groups"]
+                  and call["on_behalf_of"]), None)
     if grant is None:
         raise Refused(400, "invalid", f"No grant in force lets agent {agent.name} call "
                                       f"{call['server']}/{call['tool']} with approval: deny "
@@ -175,7 +197,9 @@ def _create_escalation(tenant: Tenant, gateway: Gateway, agent: Agent, call: dic
         tenant=tenant, gateway=gateway, call_id=call["call_id"], agent=agent, grant=grant,
         scope=grant.scope, server=call["server"], tool=call["tool"],
         arguments=call["arguments"], arguments_sha256=call["arguments_sha256"],
-        bundle_revision=call["bundle_revision"], reason=call["reason"], stages=rules.stages,
+        bundle_revision=call["bundle_revision"], reason=call["reason"],
+        on_behalf_of=call["on_behalf_of"], on_behalf_of_groups=call["on_behalf_of_groups"],
+        stages=rules.stages,
         alternates=rules.alternates, created_at=now, deadline=now + timedelta(seconds=timeout),
     )
     audit_record(tenant=tenant, actor=gateway_actor(gateway), action="escalation.created",

@@ -35,4 +35,4 @@ class DecisionLogOut(serializers.ModelSerializer):
         fields = ["id", "decision_id", "timestamp", "received_at", "gateway", "gateway_name",
                   "bundle_revision", "agent", "principal", "server", "tool", "call_id",
                   "arguments_sha256", "arguments", "outcome", "reason", "grant_id",
-                  "escalation_id", "labels"]
+                  "escalation_id", "labels", "on_behalf_of", "on_behalf_of_groups"]

@@ -21,6 +21,7 @@ from registry.models import (
     DataClass,
     GatewayBinding,
     Grant,
+    McpFeature,
     McpServer,
     Risk,
     ServerSync,
@@ -124,6 +125,13 @@ class ServerIn(serializers.Serializer):
     data_classes = serializers.ListField(child=serializers.CharField(), required=False,
                                          help_text=DATA_CLASSES_HELP)
     risk_tier = serializers.ChoiceField(choices=Risk.choices, required=False)
+    forward = serializers.MultipleChoiceField(
+        choices=McpFeature.choices, required=False,
+        help_text="what gateways forward besides tools: resources, prompts, completion "
+                  "(default none)")
+
+    def validate_forward(self, value: set[str]) -> list[str]:
+        return sorted(value)
 
 
 class ServerTransitionIn(serializers.Serializer):
@@ -167,7 +175,8 @@ class ServerOut(serializers.ModelSerializer):
     class Meta:
         model = McpServer
         fields = ["id", "name", "description", "transport", "url", "command", "version", "owner",
-                  "data_classes", "risk_tier", "status", "registry_name", "tool_count",
+                  "data_classes", "risk_tier", "forward", "status", "registry_name",
+                  "tool_count",
                   "review_count", "latest_sync", "gateways", "last_synced_at", "created_at",
                   "updated_at"]
 
@@ -331,7 +340,7 @@ class AgentTransitionIn(serializers.Serializer):
 class PrincipalBriefOut(serializers.ModelSerializer):
     class Meta:
         model = AgentPrincipal
-        fields = ["id", "issuer", "subject"]
+        fields = ["id", "issuer", "subject", "kind"]
 
 
 class AgentOut(serializers.ModelSerializer):
@@ -356,6 +365,10 @@ class PrincipalIn(serializers.Serializer):
                                    help_text="e.g. the IdP's issuer URL, or spiffe://trust-domain")
     subject = serializers.CharField(max_length=500,
                                     help_text="JWT sub, OAuth client id or SPIFFE ID")
+    kind = serializers.ChoiceField(
+        choices=AgentPrincipal.Kind.choices, required=False,
+        help_text="subject (default): matches the token's sub; client: matches its azp / "
+                  "client_id, also when the agent acts for a person (delegation)")
 
 
 class PrincipalOut(serializers.ModelSerializer):
@@ -363,7 +376,7 @@ class PrincipalOut(serializers.ModelSerializer):
 
     class Meta:
         model = AgentPrincipal
-        fields = ["id", "agent", "agent_name", "issuer", "subject"]
+        fields = ["id", "agent", "agent_name", "issuer", "subject", "kind"]
 
 
 # --- Grants ------------------------------------------------------------------------------------
@@ -398,6 +411,10 @@ class GrantTermsIn(serializers.Serializer):
     approval_condition = ConstraintsField(
         required=False, help_text="same shape as argument_constraints; with approval_mode when"
     )
+    on_behalf_of_group = serializers.CharField(
+        required=False, allow_blank=True, max_length=200, trim_whitespace=False,
+        help_text="delegation: only calls the agent makes for a person whose token lists this "
+                  "IdP group; empty: no such requirement")
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
 
@@ -425,5 +442,5 @@ class GrantOut(serializers.ModelSerializer):
         fields = ["id", "agent", "agent_name", "scope", "scope_name", "status", "in_force",
                   "calls_per_minute", "calls_per_day", "window_start", "window_end",
                   "window_days", "window_tz", "argument_constraints", "approval_mode",
-                  "approval_condition", "expires_at", "created_by", "created_at", "revoked_at",
-                  "break_glass"]
+                  "approval_condition", "on_behalf_of_group", "expires_at", "created_by",
+                  "created_at", "revoked_at", "break_glass"]

@@ -93,12 +93,16 @@ def agent_transition(*, tenant: Tenant, actor: Actor, agent: Agent, status: str)
 
 @transaction.atomic
 def agent_principal_add(
-    *, tenant: Tenant, actor: Actor, agent: Agent, issuer: str, subject: str
+    *, tenant: Tenant, actor: Actor, agent: Agent, issuer: str, subject: str,
+    kind: str = AgentPrincipal.Kind.SUBJECT,
 ) -> AgentPrincipal:
-    """Add an (issuer, subject) pair; it may identify only one agent in the tenant."""
+    """Add an (issuer, subject) pair — a token subject, or an OAuth client id (``kind``); it may
+    identify only one agent in the tenant, whichever its kind."""
     issuer, subject = issuer.strip(), subject.strip()
     if not issuer or not subject:
         raise ValidationError("Both issuer and subject are required.")
+    if kind not in AgentPrincipal.Kind.values:
+        raise ValidationError({"kind": f"Use one of {', '.join(AgentPrincipal.Kind.values)}."})
     taken = AgentPrincipal.objects.for_tenant(tenant).filter(issuer=issuer, subject=subject)
     if taken.exists():
         raise ValidationError(
@@ -110,7 +114,7 @@ def agent_principal_add(
     try:
         with transaction.atomic():
             principal = AgentPrincipal.objects.create(
-                tenant=tenant, agent=agent, issuer=issuer, subject=subject
+                tenant=tenant, agent=agent, issuer=issuer, subject=subject, kind=kind
             )
     except IntegrityError:  # a concurrent add won the race
         raise ValidationError({"subject": "This principal is already in use."}) from None
@@ -119,7 +123,7 @@ def agent_principal_add(
         actor=actor,
         action="agent.principal_added",
         obj=agent,
-        after={"issuer": issuer, "subject": subject},
+        after={"issuer": issuer, "subject": subject, "kind": kind},
     )
     return principal
 
@@ -133,6 +137,7 @@ def agent_principal_remove(*, tenant: Tenant, actor: Actor, principal: AgentPrin
         actor=actor,
         action="agent.principal_removed",
         obj=agent,
-        before={"issuer": principal.issuer, "subject": principal.subject},
+        before={"issuer": principal.issuer, "subject": principal.subject,
+                "kind": principal.kind},
     )
     principal.delete()

@@ -31,6 +31,7 @@ GRANT_FIELDS = (
     "argument_constraints",
     "approval_mode",
     "approval_condition",
+    "on_behalf_of_group",
     "expires_at",
     "status",
 )
@@ -86,6 +87,7 @@ def _validate_grant_terms(
         zoneinfo.ZoneInfo(terms["window_tz"])
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
         raise ValidationError({"window_tz": f"Unknown time zone {terms['window_tz']!r}."}) from None
+    terms["on_behalf_of_group"] = _clean_group(terms.get("on_behalf_of_group"))
     expires_at = terms["expires_at"]
     if check_expiry and expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "Choose an expiry in the future."})
@@ -94,6 +96,22 @@ def _validate_grant_terms(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise ValidationError({field: "Must be at least 1 (leave empty for no limit)."})
+
+
+def _clean_group(value: Any) -> str:
+    """An IdP group name as tokens list it (compared exactly): printable, at most 200
+    characters, no surrounding spaces; empty for none."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValidationError({"on_behalf_of_group": "Give the group's name as text."})
+    group = value.strip()
+    if len(group) > 200:
+        raise ValidationError({"on_behalf_of_group": "At most 200 characters."})
+    if any(not ch.isprintable() for ch in group):
+        raise ValidationError({"on_behalf_of_group": (
+            "Control and invisible characters are not allowed in a group name.")})
+    return group
 
 
 def _refuse_duplicate(
@@ -131,6 +149,7 @@ def grant_create(
     argument_constraints: dict | None = None,
     approval_mode: str = Grant.ApprovalMode.NEVER,
     approval_condition: dict | None = None,
+    on_behalf_of_group: str = "",
     expires_at: datetime | None = None,
 ) -> Grant:
     """Grant a scope to an agent with its limits; every part is validated with a field path."""
@@ -146,6 +165,7 @@ def grant_create(
         "argument_constraints": argument_constraints,
         "approval_mode": approval_mode,
         "approval_condition": approval_condition,
+        "on_behalf_of_group": on_behalf_of_group,
         "expires_at": expires_at,
     }
     _validate_grant_terms(scope, terms)

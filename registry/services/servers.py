@@ -13,7 +13,7 @@ from django.utils import timezone
 from governance import outbound
 from governance.audit.services import Actor, audit_record
 from governance.tenancy.models import Tenant
-from registry.models import DataClass, McpServer, Risk
+from registry.models import DataClass, McpFeature, McpServer, Risk
 from registry.server_json import ServerJsonError, parse_document, read_server_json
 from registry.services.common import check_choices, check_member, transition
 
@@ -26,6 +26,7 @@ SERVER_FIELDS = (
     "version",
     "data_classes",
     "risk_tier",
+    "forward",
     "status",
 )
 
@@ -34,6 +35,7 @@ def _validate_server(server: McpServer, *, check_url: bool = True) -> None:
     """``check_url``: run the outbound guard on the URL (when it is new or changed)."""
     check_member(server.tenant, server.owner)
     server.data_classes = check_choices("data_classes", server.data_classes, DataClass.values)
+    server.forward = sorted(check_choices("forward", server.forward, McpFeature.values))
     if server.transport == McpServer.Transport.STDIO:
         if not server.command or not all(isinstance(a, str) and a for a in server.command):
             raise ValidationError(
@@ -65,6 +67,7 @@ def server_create(
     owner: AbstractBaseUser | None = None,
     data_classes: Sequence[str] = (),
     risk_tier: str = Risk.MEDIUM,
+    forward: Sequence[str] = (),
     registry_name: str = "",
 ) -> McpServer:
     """Register a server (status pending until an admin activates it)."""
@@ -79,6 +82,7 @@ def server_create(
         owner=owner,
         data_classes=list(data_classes),
         risk_tier=risk_tier,
+        forward=list(forward),
         registry_name=registry_name,
     )
     _validate_server(server)

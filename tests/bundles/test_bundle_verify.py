@@ -461,14 +461,28 @@ def test_it_rejects_a_signed_data_json_that_is_not_an_object():
     assert (error.code, error.message) == ("bad_data", "mcp/data.json is not a JSON object")
 
 
-@pytest.mark.parametrize("version", [3, 0, True, "2"])
+@pytest.mark.parametrize("version", [4, 0, True, "2"])
 def test_it_rejects_a_schema_version_it_does_not_know(version):
     manifest = a_manifest()
     manifest["metadata"]["schema_version"] = version
 
     error = rejection(signed({**CONTENT, ".manifest": bundle_json(manifest)}))
     assert (error.code, error.message) == (
-        "bad_manifest", f"schema_version {version!r} is not supported (this verifier reads 1, 2)")
+        "bad_manifest",
+        f"schema_version {version!r} is not supported (this verifier reads 1, 2, 3)")
+
+
+def test_it_reads_version_3_and_a_version_2_verifier_refuses_it(monkeypatch):
+    """Version 3 bundles (a grant requiring the person an agent acts for to be in a group) verify
+    here; a gateway that reads only up to version 2 refuses them instead of ignoring the group."""
+    manifest = a_manifest()
+    manifest["metadata"]["schema_version"] = 3
+    bundle = signed({**CONTENT, ".manifest": bundle_json(manifest)})
+    assert verify(bundle).revision_number == 5
+    monkeypatch.setattr(gateway_verify, "SCHEMA_VERSIONS", (1, 2))
+    error = rejection(bundle)
+    assert (error.code, error.message) == (
+        "bad_manifest", "schema_version 3 is not supported (this verifier reads 1, 2)")
 
 
 def test_it_reads_version_2_and_a_version_1_verifier_refuses_it(monkeypatch):

@@ -83,6 +83,21 @@ def test_optional_fields_may_be_absent(tenant_a, token):
     assert row.principal == "spiffe://example.org/bot"
 
 
+def test_a_gateways_resource_decision_is_stored_under_its_method(tenant_a, token):
+    from gateway.decision import Decision
+    from gateway.logs import decision_event
+
+    logged = decision_event(
+        decision=Decision("deny", "resources of server payroll are not forwarded", agent="bot"),
+        agent="bot", principal={"issuer": "https://idp.example", "subject": "bot"},
+        server="payroll", tool="resources/read", arguments_sha256=sha(5), bundle_revision=3,
+        tenant="alpha", target="note://salaries")
+    assert logged["input"]["target"] == "note://salaries"
+    assert upload(token, [logged]).json() == {"accepted": 1, "duplicates": 0}
+    row = DecisionLog.objects.get(decision_id=logged["decision_id"])
+    assert (row.tool, row.outcome, row.agent) == ("resources/read", "deny", "bot")
+
+
 def test_a_gzip_upload_with_several_members(tenant_a, token):
     first = gzip.compress(f'[{{"decision_id": "z-1", "timestamp": "{DAY}T10:00:00Z", '.encode())
     rest = b'"input": {"server": "s", "tool": "t", "arguments_sha256": "' + sha(1).encode() + \

@@ -212,3 +212,30 @@ def test_a_real_worker_runs_the_replay(logged, tenant_a, celery_worker_process):
                       timeout=120)
     run.refresh_from_db()
     _check_result(run, logged["grant"].pk)
+
+
+def test_a_logged_resource_read_is_replayed_against_the_servers_registration(tenant_a):
+    import json
+
+    from bundles.packaging import bundle_json
+    from registry.compiler import compile_data
+
+    world = small_registry(tenant_a)
+    row = {"outcome": "allow", "reason": "resources of server payroll forwarded (grant 1)",
+           "agent": "bot", "principal": "", "server": "payroll", "tool": "resources/read",
+           "arguments": None, "arguments_sha256": arguments_sha256({"uri": "note://a"}),
+           "timestamp": datetime.now(UTC)}
+
+    def replayed():
+        data = json.loads(bundle_json(compile_data(tenant_a, at=datetime.now(UTC))))
+        return replay_service.Replayer(data).replay(row)
+
+    decision, checks = replayed()
+    assert checks == [] and decision.outcome == "deny"
+    assert decision.reason == ("resources of server payroll are not forwarded (its "
+                               "registration does not enable them)")
+    registry.server_update(tenant=tenant_a, actor=SYSTEM, server=world["server"],
+                           forward=["resources"])
+    decision, _ = replayed()
+    assert decision.outcome == "allow"
+    assert decision.reason == f"resources of server payroll forwarded (grant {world['grant'].pk})"

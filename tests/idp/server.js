@@ -15,6 +15,12 @@
 //                                  Back-Channel Logout 1.0 (session required: ID and logout tokens carry sid)
 //   IDP_REFRESH_TOKENS             "1": the client may use the refresh_token grant and every code
 //                                  exchange also issues a refresh token (optional)
+//   IDP_EXTRA_CLIENTS              JSON array of more client metadata objects (optional), e.g. MCP agents
+//                                  with grant_types ["client_credentials", "authorization_code"]
+//   IDP_RESOURCE_SERVERS           JSON {"<resource URI>": {"scope"?, "ttl"?, "ttl_by_client"?: {id: s}}}
+//                                  (optional): turns on resource indicators (RFC 8707) and the
+//                                  client credentials grant; access tokens for these resources are
+//                                  JWTs (RS256) with aud = the resource and the user's "groups"
 //
 // Prints exactly one line "IDP READY http://127.0.0.1:<port>" on stdout once listening.
 // Everything else (warnings, errors) goes to stderr.
@@ -23,7 +29,7 @@ import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as querystring from 'node:querystring';
 
-import Provider, { interactionPolicy } from 'oidc-provider';
+import Provider, { errors, interactionPolicy } from 'oidc-provider';
 
 // oidc-provider prints its "NOTICE" messages with console.info (stdout). Keep stdout
 // reserved for the single READY line that tests wait for.
@@ -62,6 +68,19 @@ const POST_LOGOUT_REDIRECT_URIS = list(process.env.IDP_POST_LOGOUT_REDIRECT_URIS
 const USERS_FILE = required('IDP_USERS_FILE');
 const BACKCHANNEL_LOGOUT_URI = process.env.IDP_BACKCHANNEL_LOGOUT_URI || '';
 const REFRESH_TOKENS = process.env.IDP_REFRESH_TOKENS === '1';
+
+function jsonEnv(name, fallback) {
+  const raw = process.env[name];
+  if (!raw) return fallback;
+  try {
+    return JSON.parse(raw);
+  } catch (err) {
+    return fail(`${name} is not JSON: ${err.message}`);
+  }
+}
+const EXTRA_CLIENTS = jsonEnv('IDP_EXTRA_CLIENTS', []);
+const RESOURCE_SERVERS = jsonEnv('IDP_RESOURCE_SERVERS', {});
+const RESOURCES_ENABLED = Object.keys(RESOURCE_SERVERS).length > 0;
 
 // ---------------------------------------------------------------------------
 // Users: the file is read again on every call (tests rewrite it between logins).
@@ -139,6 +158,10 @@ async function loadExistingGrant(ctx) {
 
   const scopes = [...oidc.requestParamOIDCScopes];
   if (scopes.length) grant.addOIDCScope(scopes.join(' '));
+  // Resource indicators: consent covers each requested resource's scope too.
+  for (const [indicator, server] of Object.entries(oidc.resourceServers || {})) {
+    grant.addResourceScope(indicator, server.scope);
+  }
   const claims = [...oidc.requestParamClaims];
   if (claims.length) grant.addOIDCClaims(claims);
 
@@ -215,7 +238,7 @@ const signingKey = {
 };
 
 const provider = new Provider(ISSUER, {
-  clients: [{
+  clients: [...EXTRA_CLIENTS, {
     client_id: CLIENT_ID,
     client_secret: CLIENT_SECRET,
     redirect_uris: REDIRECT_URIS,
@@ -258,6 +281,31 @@ const provider = new Provider(ISSUER, {
     userinfo: { enabled: true },
     rpInitiatedLogout: { enabled: true, logoutSource, postLogoutSuccessSource },
     backchannelLogout: { enabled: Boolean(BACKCHANNEL_LOGOUT_URI) },
+    clientCredentials: { enabled: RESOURCES_ENABLED },
+    resourceIndicators: {
+      enabled: RESOURCES_ENABLED,
+      defaultResource: async (ctx, client, oneOf) => oneOf,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (ctx, resourceIndicator, client) => {
+        const server = RESOURCE_SERVERS[resourceIndicator];
+        if (!server) throw new errors.InvalidTarget();
+        const ttl = server.ttl_by_client?.[client.clientId] ?? server.ttl ?? 300;
+        return {
+          scope: server.scope || 'mcp',
+          audience: resourceIndicator,
+          accessTokenTTL: ttl,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
+    },
+  },
+  // The user's groups in their access tokens (JWTs for resource servers), for delegation.
+  extraTokenClaims: async (ctx, token) => {
+    if (!RESOURCES_ENABLED || !token.accountId) return undefined;
+    const found = lookupAccount(token.accountId);
+    const groups = found && Array.isArray(found.user.groups) ? found.user.groups.map(String) : [];
+    return { groups };
   },
   renderError,
   clientBasedCORS: () => false,

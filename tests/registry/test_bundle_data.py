@@ -52,6 +52,13 @@ def test_only_approved_tools_of_active_servers_are_in_the_bundle(world):
     assert data["escalation"]["decision_timeout_seconds"] == 900
 
 
+def test_a_server_entry_names_what_is_forwarded_besides_tools_only_when_enabled(world):
+    assert "forward" not in _data(world)["servers"]["payroll"]  # older bundles' bytes
+    services.server_update(tenant=world["tenant"], actor=SYSTEM, server=world["server"],
+                           forward=["resources", "completion"])
+    assert _data(world)["servers"]["payroll"]["forward"] == ["completion", "resources"]
+
+
 def test_the_same_state_compiles_to_the_same_bytes(world):
     _grant(world, calls_per_minute=5, argument_constraints={"pay": {"amount": {"maximum": 10}}})
     first = bundle_json(compile_data(world["tenant"], at=NOW))

@@ -101,6 +101,35 @@ def test_an_admin_registers_changes_and_retires_a_server(admin, tenant_a, alice)
                                     ("server.active", "token"), ("server.retired", "token")]
 
 
+def test_what_gateways_forward_besides_tools_is_set_checked_and_audited(admin, tenant_a):
+    created = admin.post(f"{API}/servers/", {
+        "name": "docs", "transport": "streamable-http", "url": "https://docs.example/mcp",
+        "forward": ["resources", "completion"]}, format="json")
+    assert created.status_code == 201, created.json()
+    assert created.json()["forward"] == ["completion", "resources"]
+    pk = created.json()["id"]
+    event = AuditEvent.objects.filter(tenant=tenant_a, action="server.created").latest("seq")
+    assert event.after["forward"] == ["completion", "resources"]
+
+    bad = admin.patch(f"{API}/servers/{pk}/", {"forward": ["resources", "sampling"]},
+                      format="json")
+    assert bad.status_code == 400
+    assert bad.json()["errors"] == {"forward": ['"sampling" is not a valid choice.']}
+    assert admin.patch(f"{API}/servers/{pk}/", {"forward": "resources"},
+                       format="json").status_code == 400
+    assert McpServer.objects.get(pk=pk).forward == ["completion", "resources"]
+
+    changed = admin.patch(f"{API}/servers/{pk}/", {"forward": []}, format="json")
+    assert changed.status_code == 200 and changed.json()["forward"] == []
+    event = AuditEvent.objects.filter(tenant=tenant_a, action="server.updated").latest("seq")
+    assert (event.before["forward"], event.after["forward"]) == (["completion", "resources"],
+                                                                 [])
+    # Off by default.
+    plain = admin.post(f"{API}/servers/", {"name": "plain", "transport": "sse",
+                                           "url": "https://plain.example/sse"}, format="json")
+    assert plain.json()["forward"] == []
+
+
 def test_retiring_twice_is_a_400_from_the_lifecycle(admin, server):
     assert admin.delete(f"{API}/servers/{server.pk}/").status_code == 204
     again = admin.delete(f"{API}/servers/{server.pk}/")
@@ -145,7 +174,7 @@ def test_a_field_the_endpoint_does_not_take_is_refused_not_ignored(admin, server
     assert response.status_code == 400
     assert response.json()["errors"] == {"status": [
         "Unknown field; this takes name, transport, url, command, description, version, owner, "
-        "data_classes, risk_tier."]}
+        "data_classes, risk_tier, forward."]}
     server.refresh_from_db()
     assert server.status == "pending"  # a status changes only through …/transition/
 

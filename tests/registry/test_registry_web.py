@@ -215,6 +215,31 @@ def test_admin_registers_a_streamable_http_server(login, alice, tenant_a):
     assert _events(tenant_a, "server.created")[0].actor_label == "alice"
 
 
+def test_admin_chooses_what_is_forwarded_besides_tools(login, alice, tenant_a, server):
+    client = login(alice)
+    form = _body(client.get(f"/t/alpha/servers/{server.pk}/edit/"))
+    assert "Forwarded besides tools" in form and 'value="resources"' in form
+    page = _body(client.get(f"/t/alpha/servers/{server.pk}/"))
+    assert "nothing (resources, prompts and completion refused)" in page
+    fields = {"name": "payroll", "transport": "streamable-http",
+              "url": "https://payroll.example/mcp", "risk_tier": "high"}
+    refused = client.post(f"/t/alpha/servers/{server.pk}/edit/",
+                          {**fields, "forward": ["resources", "everything"]})
+    assert refused.status_code == 400
+    assert "Select a valid choice. everything is not one of the available choices." in \
+        _body(refused)
+    server.refresh_from_db()
+    assert server.forward == []
+    saved = client.post(f"/t/alpha/servers/{server.pk}/edit/",
+                        {**fields, "forward": ["prompts", "resources"]})
+    assert saved.status_code == 302
+    server.refresh_from_db()
+    assert server.forward == ["prompts", "resources"]
+    assert _events(tenant_a, "server.updated")[-1].after["forward"] == ["prompts", "resources"]
+    page = _body(client.get(f"/t/alpha/servers/{server.pk}/"))
+    assert '<dd id="server-forward">prompts, resources</dd>' in page
+
+
 def test_a_stdio_server_takes_one_argument_per_line(login, alice, tenant_a):
     login(alice).post("/t/alpha/servers/new/", {
         "name": "local", "transport": "stdio", "command": "npx\r\n-y\r\n\r\n @acme/mcp@1.2.0 \r\n",
@@ -914,7 +939,7 @@ def test_the_owner_adds_a_principal(login, dave, daves_agent, tenant_a):
             "&#x27;https://login.example&#x27;.") in _body(response)
     assert AgentPrincipal.objects.get(agent=daves_agent).issuer == "https://login.example"
     assert _events(tenant_a, "agent.principal_added")[0].after == {
-        "issuer": "https://login.example", "subject": "client-42"}
+        "issuer": "https://login.example", "subject": "client-42", "kind": "subject"}
 
 
 def test_a_principal_used_by_another_agent_is_a_field_error(
@@ -939,7 +964,7 @@ def test_removing_a_principal_asks_first(login, dave, principal, daves_agent, te
     assert response["Location"] == f"/t/alpha/agents/{daves_agent.pk}/"
     assert not AgentPrincipal.objects.filter(pk=principal.pk).exists()
     assert _events(tenant_a, "agent.principal_removed")[0].before == {
-        "issuer": "https://idp.example", "subject": "payroll-bot"}
+        "issuer": "https://idp.example", "subject": "payroll-bot", "kind": "subject"}
 
 
 def test_an_empty_agent_list_explains_agents(login, dave):
