@@ -2,7 +2,7 @@
 
 The control plane never runs a command a tenant supplied, so it cannot list the tools of a
 stdio MCP server itself: the gateway that runs the server does, over the MCP session it already
-has (``gateway.proxy.Upstream``; no second child process), and reports them with
+has for itself (``gateway.proxy.Upstream``, beside the agents' sessions), and reports them with
 ``POST /api/v1/gateway/discovery`` (gateway token, gzipped JSON)::
 
     {"server": "<--server-name>", "tools": [<every tool of every tools/list page, as sent>],

@@ -17,6 +17,7 @@ DEPLOY_DOCS = sorted((REPO / "deploy").glob("*.md"))
 # files that exist only at run time, or inside a bundle or an evidence pack.
 NOT_REPOSITORY_PATHS = {
     "notifications/tools/list_changed",  # an MCP notification, not the notifications app
+    "notifications/initialized",  # likewise
 }
 # A path with one of these is a pattern or an example (`…/{id}/`, `<state-dir>/…`), not a file.
 PLACEHOLDER = re.compile(r"[<>{}…*$?=\s]")

@@ -33,6 +33,7 @@ from mcp_types import (
     TextContent,
     ToolListChangedNotification,
 )
+from mcp_types.version import LATEST_HANDSHAKE_VERSION as VERSION
 
 from bundles import selectors
 from bundles.publish import bundle_publish
@@ -437,7 +438,7 @@ def test_a_session_belongs_to_its_principal_and_sessions_are_bounded(world, upst
                     upstream_url=upstream.url, max_sessions=1,
                     identities=StaticIdentities({ANN: (IDP, "ann"), BOB: (IDP, "bob")}))
     initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
+        "protocolVersion": VERSION, "capabilities": {},
         "clientInfo": {"name": "t", "version": "1"}}}
     accept = {"Accept": "application/json, text/event-stream"}
     with Served(app) as served:
@@ -448,7 +449,7 @@ def test_a_session_belongs_to_its_principal_and_sessions_are_bounded(world, upst
         ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
         stolen = httpx2.post(served.url, json=ping, headers=accept | {
             "Authorization": f"Bearer {BOB}", "mcp-session-id": session,
-            "mcp-protocol-version": "2025-06-18"})
+            "mcp-protocol-version": VERSION})
         assert stolen.status_code == 404
         assert stolen.json()["error"]["message"] == "Session not found"
         full = httpx2.post(served.url, json=initialize,
@@ -457,7 +458,7 @@ def test_a_session_belongs_to_its_principal_and_sessions_are_bounded(world, upst
         assert full.json()["error"]["message"] == "Too many open sessions"
         ended = httpx2.delete(served.url, headers={"Authorization": f"Bearer {ANN}",
                                                    "mcp-session-id": session,
-                                                   "mcp-protocol-version": "2025-06-18"})
+                                                   "mcp-protocol-version": VERSION})
         assert ended.status_code == 200
         again = httpx2.post(served.url, json=initialize,
                             headers=accept | {"Authorization": f"Bearer {BOB}"})
