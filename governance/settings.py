@@ -529,6 +529,7 @@ SPECTACULAR_SETTINGS = {
         "KindEnum": "governance.tenancy.models.ApiToken.Kind",
         "ChannelKindEnum": "notifications.models.Channel.Kind",
         "ExporterKindEnum": "exports.models.Exporter.Kind",
+        "PrincipalKindEnum": "registry.models.AgentPrincipal.Kind",
         "DeliveryStatusEnum": "notifications.models.Delivery.Status",
         # A member's role and an approval stage's roles are the same choice set.
         "RoleEnum": "governance.tenancy.roles.Role",

@@ -129,7 +129,8 @@ CASES = {
                            arguments={"iban": SECRET}, arguments_sha256="ab" * 32,
                            current_stage=0, deadline=AT),
         {"status": "approved", "agent": "payroll-bot", "server": "payroll", "tool": "pay",
-         "arguments_sha256": "ab" * 32, "current_stage": 0, "deadline": AT_FULL}),
+         "arguments_sha256": "ab" * 32, "on_behalf_of": "", "current_stage": 0,
+         "deadline": AT_FULL}),
     "channel": (
         lambda: Channel(name="ops", kind=Channel.Kind.WEBHOOK, enabled=True,
                         events=["alert.raised"], addresses=[], to_recipients=False,
@@ -153,7 +154,7 @@ CASES = {
                           status=McpServer.Status.ACTIVE, registry_name="io.example/payroll"),
         {"name": "payroll", "description": "Payroll", "transport": "stdio", "url": "",
          "command": ["node", "payroll.js"], "version": "1.2", "data_classes": ["pii"],
-         "risk_tier": "low", "status": "active"}),
+         "risk_tier": "low", "forward": [], "status": "active"}),
     "tool": (
         lambda: Tool(name="pay", title="Pay", description="Pays someone",
                      input_schema={"type": "object"}, output_schema=None,
@@ -175,7 +176,7 @@ CASES = {
          "window_days": [0, 1, 2], "window_tz": "Europe/Berlin",
          "argument_constraints": {"pay": {"amount": {"maximum": 100}}},
          "approval_mode": "when", "approval_condition": {"pay": {"amount": {"minimum": 50}}},
-         "expires_at": AT_JSON, "status": "active"}),
+         "on_behalf_of_group": "", "expires_at": AT_JSON, "status": "active"}),
     "alert_rule": (
         lambda: AlertRule(kind=Kind.DENIAL_BURST, enabled=True, threshold=20, window_minutes=5,
                           severity=Severity.WARNING),
@@ -270,6 +271,15 @@ VARIANTS = {
 }
 
 
+# Fields audited since the per-service helpers were replaced (the helpers never knew them).
+LATER_FIELDS = {"escalation": {"on_behalf_of"}, "server": {"forward"},
+                "grant": {"on_behalf_of_group"}}
+
+
+def _without_later_fields(name: str, snapshot: dict) -> dict:
+    return {k: v for k, v in snapshot.items() if k not in LATER_FIELDS.get(name, set())}
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_each_model_snapshots_exactly_what_its_old_helper_recorded(name):
     make, expected = CASES[name]
@@ -278,7 +288,7 @@ def test_each_model_snapshots_exactly_what_its_old_helper_recorded(name):
     assert snapshot == expected
     assert list(snapshot) == list(expected)  # same keys, in the order the helpers wrote them
     if name in LEGACY:  # models audited since the helpers were replaced have none
-        assert snapshot == to_json(LEGACY[name](obj))
+        assert _without_later_fields(name, snapshot) == to_json(LEGACY[name](obj))
     assert to_json(snapshot) == snapshot  # audit_record stores it unchanged
 
 
@@ -287,7 +297,7 @@ def test_the_other_branches_match_the_old_helpers_too(name):
     obj = CASES[name][0]()
     for field, value in VARIANTS[name].items():
         setattr(obj, field, value)
-    assert obj.audit_snapshot() == to_json(LEGACY[name](obj))
+    assert _without_later_fields(name, obj.audit_snapshot()) == to_json(LEGACY[name](obj))
 
 
 def test_the_variants_render_as_the_trail_always_had_them():
