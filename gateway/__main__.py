@@ -79,6 +79,7 @@ class Settings:
     long_poll_seconds: int = 60
     max_hold_seconds: float = 60.0
     discovery_interval: float = 300.0
+    log_level: str = "INFO"
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -136,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--discovery-interval", type=float,
                      help="seconds between reports of the upstream's tools to the control "
                           "plane (default 300; 0: only on start, on change and when asked)")
+    run.add_argument("--log-level", type=str.upper, help="DEBUG, INFO (default), WARNING or "
+                     "ERROR: the gateway's own lines and its HTTP server's")
     return parser
 
 
@@ -192,6 +195,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         long_poll_seconds=int(values.get("long_poll") or 60),
         max_hold_seconds=_max_hold(values.get("max_hold")),
         discovery_interval=_discovery_interval(values.get("discovery_interval")),
+        log_level=_log_level(values.get("log_level")),
         labels={str(k): str(v) for k, v in (values.get("labels") or {}).items()},
         **oauth,
     )
@@ -253,6 +257,16 @@ def _max_hold(value: Any) -> float:
     if not 0 <= seconds <= 3600:
         raise ConfigError("--max-hold: between 0 and 3600 seconds.")
     return seconds
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(value: Any) -> str:
+    level = str(value or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level: one of {', '.join(LOG_LEVELS)} (got {value!r}).")
+    return level
 
 
 def _discovery_interval(value: Any) -> float:
@@ -376,7 +390,8 @@ async def serve(settings: Settings) -> None:
     app, client, uploader, reporter = build(settings)
     stop = asyncio.Event()
     server = uvicorn.Server(uvicorn.Config(app, host=settings.listen_host,
-                                           port=settings.listen_port, log_level="info",
+                                           port=settings.listen_port,
+                                           log_level=settings.log_level.lower(),
                                            lifespan="on"))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -398,6 +413,12 @@ async def serve(settings: Settings) -> None:
             await escalations.aclose()
 
 
+def configure_logging(settings: Settings) -> None:
+    """One line per record on stderr at ``--log-level`` (the HTTP server's follow it: serve)."""
+    logging.basicConfig(level=settings.log_level, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["verify"]:
@@ -410,8 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
-                                                   "%(message)s")
+    configure_logging(settings)
     asyncio.run(serve(settings))
     return 0
 
