@@ -47,6 +47,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 60) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` s; nothing if it is gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
 def require_e2e_tools() -> None:
     """Fail (never skip) with the command that fixes a missing end-to-end dependency."""
     if shutil.which("node") is None:

@@ -14,7 +14,7 @@ import requests
 from django.db import connection
 
 from governance.config import uvicorn_flags
-from tests.e2e_support import free_port
+from tests.e2e_support import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 # The web process takes its configuration from these only (not from the test's environment).
@@ -67,11 +67,4 @@ class WebProcess:
         return self.log.read_text() if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=60)
+        stop_process(self.proc)

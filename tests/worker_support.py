@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from tests.e2e_support import stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -68,12 +70,7 @@ def start_worker(tmp_path: Path, **env_overrides: str) -> Worker:
 
 
 def stop_worker(worker: Worker) -> None:
-    worker.process.terminate()
-    try:
-        worker.process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        worker.process.kill()
-        worker.process.wait(timeout=60)
+    stop_process(worker.process)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from django.db import migrations, models
 
+from governance.tenancy.db import EnforceSameTenant, SuspendSameTenant
+
 
 class Migration(migrations.Migration):
 
@@ -10,9 +12,18 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # SQLite rebuilds the mcpserver table (governance/tenancy/db.py): suspend the triggers
+        # that mention it, re-install them and the table's own afterwards.
+        SuspendSameTenant("tool", "server", "mcpserver"),
+        SuspendSameTenant("serversync", "server", "mcpserver"),
+        SuspendSameTenant("gatewaybinding", "server", "mcpserver"),
         migrations.AddField(
             model_name='mcpserver',
             name='forward',
             field=models.JSONField(blank=True, default=list),
         ),
+        EnforceSameTenant("mcpserver", "latest_sync", "serversync", sqlite_only=True),
+        EnforceSameTenant("tool", "server", "mcpserver", sqlite_only=True),
+        EnforceSameTenant("serversync", "server", "mcpserver", sqlite_only=True),
+        EnforceSameTenant("gatewaybinding", "server", "mcpserver", sqlite_only=True),
     ]

@@ -33,6 +33,10 @@ PURE = {
         "translate(at=…) and the CEL rules evaluated at a given request.startTime, on documents "
         "built in memory",
     "tests/gateway/test_gateway_proxy.py": "the rate counters' reserve/usage(at)",
+    "tests/gateway/test_gateway_delegation.py":
+        "decide(at=…) and decide_feature(at=…) on documents built in memory (the escalation "
+        "stub's expiry follows the real clock)",
+    "tests/bundles/test_policy_export_delegation.py": "translate(at=…) on compiled data",
     "tests/governance/test_audit_snapshot.py":
         "audit_snapshot() and the renderers on unsaved model instances (what it stores follows "
         "the real clock)",

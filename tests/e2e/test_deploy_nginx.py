@@ -37,7 +37,7 @@ from bundles.models import BundleBlob
 from governance.audit.models import AuditEvent
 from governance.config import uvicorn_flags
 from tests.bundle_support import make_gateway, small_registry
-from tests.e2e_support import free_port
+from tests.e2e_support import free_port, stop_process
 from tests.nginx_support import Nginx, main_conf, nginx_binary, worker_user
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -91,13 +91,7 @@ class Web:
         self.proc.wait(timeout=60)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=60)
+        stop_process(self.proc)
 
 
 class Stack:

@@ -155,7 +155,7 @@ def test_register_sync_review_scope_agent_grant_and_drift(
     page.get_by_role("button", name="Add principal").click()
     expect_heading(page, "payroll-bot")
     assert table_rows(page, "#principals-table") == [
-        ["https://login.example", "payroll-bot-client", "Remove"]]
+        ["https://login.example", "payroll-bot-client", "Token subject (sub)", "Remove"]]
     assert AgentPrincipal.objects.filter(agent=agent, subject="payroll-bot-client").exists()
 
     # Grant the scope from the agent's page, with a rate limit.

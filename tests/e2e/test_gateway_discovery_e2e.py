@@ -94,7 +94,8 @@ def test_a_stdio_servers_tools_come_from_its_gateway_on_start_on_change_and_on_s
         event = AuditEvent.objects.get(tenant=acme, action="tool.drift_detected")
         assert (event.actor_type, event.actor_label, event.object_id, event.after["status"]) \
             == ("gateway", "demo-gateway", str(find_ticket.pk), "quarantined")
-        assert "(tools/list_changed) recorded: 2 tools" in gw.output(20000)
+        gw.wait_for(lambda: "(tools/list_changed) recorded: 2 tools" in gw.output(20000),
+                    "the gateway's log line of the list_changed report")
 
         # 3. The admin presses Sync: a run waits for the gateway, which the answer to its next
         #    status report asks; its report completes the run.
@@ -112,7 +113,10 @@ def test_a_stdio_servers_tools_come_from_its_gateway_on_start_on_change_and_on_s
         assert (requested.trigger, requested.gateway, requested.progress) == (
             ServerSync.Trigger.MANUAL, demo_gateway, "Reported by gateway demo-gateway")
         assert requested.summary["unchanged"] == 2
-        assert "(requested by the control plane) recorded: 2 tools" in gw.output(20000)
+        # The gateway logs the report once the control plane's answer is back: just after the
+        # run is recorded as succeeded, so wait for the line too.
+        gw.wait_for(lambda: "(requested by the control plane) recorded: 2 tools"
+                    in gw.output(20000), "the gateway's log line of the requested report")
         assert Tool.objects.get(pk=find_ticket.pk).status == Tool.Status.QUARANTINED
     finally:
         gw.stop()

@@ -32,6 +32,7 @@ import requests
 from mcp.client.session import ClientSession
 
 from gateway.client import STATE_FILE
+from tests.e2e_support import stop_process
 from tests.gateway_support import AGENT_TOKEN, GatewayProcess, gateway_bundle, start_gateway
 from tests.mcp_support import as_agent
 from tests.outage_support import PYTHON, REPO, ControlPlane
@@ -142,13 +143,7 @@ class Worker:
         return self.log.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=60)
+        stop_process(self.proc)
 
 
 def _wait(predicate: Callable[[], Any], what: str, output: Callable[[], str],

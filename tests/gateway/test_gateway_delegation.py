@@ -8,7 +8,7 @@ official SDK client as the agent, and the decision events ingested by the contro
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -212,7 +212,8 @@ def test_the_escalation_request_names_the_person(tmp_path):
 
     created = (201, {"Content-Type": "application/json"}, _json.dumps(
         {"id": "7f9c3c52-3f51-4a3e-a1e3-7f0e8c6d2b11", "status": "pending",
-         "expires_at": "2026-12-07T13:00:00Z"}).encode())
+         "expires_at": (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    ).encode())
     script = {("POST", "/api/v1/gateway/escalations"): [created]}
     held = {"issuer": IDP, "subject": "alice", "agent": "bot", "server": "s", "tool": "read",
             "arguments": {"id": 1}, "arguments_sha256": "0" * 64, "reason": "r",
